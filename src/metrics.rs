@@ -1,0 +1,161 @@
+//! Every metric family, in one place, passed around as a handle (no globals). Names are public interface
+//! (DESIGN.md §3): dashboards and alerts depend on them.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub kind: &'static str,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
+/// Request kinds and results of `image_cache_requests_total`.
+pub mod kind {
+    pub const FILE: &str = "file";
+    pub const MANIFEST: &str = "manifest";
+    pub const BLOB: &str = "blob";
+}
+
+pub mod result {
+    pub const HIT: &str = "hit";
+    pub const MISS: &str = "miss";
+    pub const STALE: &str = "stale";
+    pub const ERROR: &str = "error";
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub bytes_served: Family<SourceLabels, Counter>,
+    pub upstream_requests: Family<UpstreamLabels, Counter>,
+    pub fills_coalesced: Counter,
+    pub store_bytes: Gauge,
+    pub store_objects: Gauge,
+    pub evictions: Counter,
+    pub dns_queries: Family<ResultLabels, Counter>,
+    pub sync_runs: Family<ResultLabels, Counter>,
+    pub sync_last_success: Gauge<f64, AtomicU64>,
+    pub sync_images: Family<StateLabels, Gauge>,
+    pub peer_up: Family<PeerLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("image_cache");
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            requests: Family::default(),
+            bytes_served: Family::default(),
+            upstream_requests: Family::default(),
+            fills_coalesced: Counter::default(),
+            store_bytes: Gauge::default(),
+            store_objects: Gauge::default(),
+            evictions: Counter::default(),
+            dns_queries: Family::default(),
+            sync_runs: Family::default(),
+            sync_last_success: Gauge::default(),
+            sync_images: Family::default(),
+            peer_up: Family::default(),
+        };
+        r.register("requests", "Client requests by kind and cache result", m.requests.clone());
+        r.register("bytes_served", "Body bytes sent to clients, by where they came from", m.bytes_served.clone());
+        r.register("upstream_requests", "Requests sent to origins and registries, by status", m.upstream_requests.clone());
+        r.register("fills_coalesced", "Requests that joined a fill already running", m.fills_coalesced.clone());
+        r.register("store_bytes", "Bytes held in the store (each blob once)", m.store_bytes.clone());
+        r.register("store_objects", "Keys in the store index", m.store_objects.clone());
+        r.register("evictions", "Keys evicted to stay under cache.max_size", m.evictions.clone());
+        r.register("dns_queries", "DNS queries by outcome", m.dns_queries.clone());
+        r.register("sync_runs", "metal-api sync runs by result", m.sync_runs.clone());
+        r.register(
+            "sync_last_success_timestamp_seconds",
+            "Unix time of the last successful sync run",
+            m.sync_last_success.clone(),
+        );
+        r.register("sync_images", "Images known to the last sync plan, by state", m.sync_images.clone());
+        r.register("peer_up", "1 when the peer's /health answers, after hysteresis", m.peer_up.clone());
+        Metrics { registry: Arc::new(r), ..m }
+    }
+
+    pub fn request(&self, kind: &'static str, result: &'static str) {
+        self.requests.get_or_create(&RequestLabels { kind, result }).inc();
+    }
+
+    pub fn served(&self, source: &'static str, bytes: u64) {
+        self.bytes_served.get_or_create(&SourceLabels { source }).inc_by(bytes);
+    }
+
+    pub fn upstream(&self, kind: &'static str, status: impl Into<String>) {
+        self.upstream_requests.get_or_create(&UpstreamLabels { kind, status: status.into() }).inc();
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_prefix_and_suffixes() {
+        let m = Metrics::new();
+        m.request(kind::FILE, result::HIT);
+        m.served("cache", 10);
+        m.fills_coalesced.inc();
+        m.store_bytes.set(5);
+        let text = m.encode();
+        for needle in [
+            "image_cache_requests_total{kind=\"file\",result=\"hit\"} 1",
+            "image_cache_bytes_served_total{source=\"cache\"} 10",
+            "image_cache_fills_coalesced_total 1",
+            "image_cache_store_bytes 5",
+            "# TYPE image_cache_sync_last_success_timestamp_seconds gauge",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The only code that writes into the state dir's `blobs/` and `tmp/`.
+//!
+//! A blob is born in `tmp/` under a random name, hashed while written, checked, fsynced, renamed to
+//! `blobs/sha256/<2>/<64>` and its directory fsynced. A `TempBlob` that is dropped before `publish`
+//! removes its file, so an aborted fill leaves nothing behind; a crash leaves only `tmp/` litter, which
+//! start-up recovery empties.
+
+use super::key::Digest;
+use md5::Md5;
+use sha2::{Digest as _, Sha256};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct BlobFs {
+    root: PathBuf,
+}
+
+impl BlobFs {
+    /// Creates `blobs/` and `tmp/` below `root` if needed.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        fs::create_dir_all(root.join("blobs/sha256"))?;
+        fs::create_dir_all(root.join("tmp"))?;
+        Ok(BlobFs { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join(digest.relative_path())
+    }
+
+    pub fn open_blob(&self, digest: &Digest) -> io::Result<File> {
+        File::open(self.blob_path(digest))
+    }
+
+    pub fn blob_exists(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// A new temp file, opened read-write so readers of a growing fill can share its descriptor.
+    pub fn create_temp(&self, with_md5: bool) -> io::Result<TempBlob> {
+        let name = format!("fill-{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        let path = self.tmp_dir().join(name);
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        Ok(TempBlob {
+            path: Some(path),
+            file: Arc::new(file),
+            written: 0,
+            sha256: Sha256::new(),
+            md5: with_md5.then(Md5::new),
+        })
+    }
+
+    /// Moves a verified temp file to its content address. If the blob already exists (same content under
+    /// another key), the temp file is dropped and the existing blob kept.
+    pub fn publish(&self, mut temp: TempBlob, digest: &Digest) -> io::Result<()> {
+        let Some(from) = temp.path.take() else {
+            return Err(io::Error::other("temp blob already published"));
+        };
+        let target = self.blob_path(digest);
+        if target.is_file() {
+            let _ = fs::remove_file(&from);
+            return Ok(());
+        }
+        let result = (|| {
+            temp.file.sync_all()?;
+            let dir = target.parent().ok_or_else(|| io::Error::other("blob path has no parent"))?;
+            fs::create_dir_all(dir)?;
+            #[allow(clippy::disallowed_methods)] // the one sanctioned rename into the store
+            fs::rename(&from, &target)?;
+            File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&from);
+        }
+        result
+    }
+
+    /// Unlinks a blob. Readers that hold it open keep reading (Linux keeps the inode alive).
+    pub fn remove_blob(&self, digest: &Digest) -> io::Result<()> {
+        match fs::remove_file(self.blob_path(digest)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Empties `tmp/`: fills that were running when the process died can never complete.
+    pub fn clear_tmp(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(self.tmp_dir())? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                fs::remove_dir_all(&path)?;
+            } else {
+                fs::remove_file(&path)?;
+            }
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Every file under `blobs/sha256`, as (digest or None for a stray name, path, size).
+    pub fn list_blobs(&self) -> io::Result<Vec<(Option<Digest>, PathBuf, u64)>> {
+        let mut out = Vec::new();
+        for fan in fs::read_dir(self.root.join("blobs/sha256"))? {
+            let fan = fan?;
+            if !fan.file_type()?.is_dir() {
+                out.push((None, fan.path(), 0));
+                continue;
+            }
+            for entry in fs::read_dir(fan.path())? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let digest = name.to_str().and_then(|n| Digest::parse(n).ok());
+                let digest = digest.filter(|d| d.hex()[..2] == *fan.file_name().to_string_lossy());
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push((digest, entry.path(), size));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a stray file found by `list_blobs` (not named by a digest, or not in the index).
+    pub fn remove_stray(&self, path: &Path) -> io::Result<()> {
+        if path.starts_with(self.root.join("blobs")) {
+            if path.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) }
+        } else {
+            Err(io::Error::other("refusing to remove a path outside blobs/"))
+        }
+    }
+}
+
+/// Hashes of a finished temp blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hashes {
+    pub size: u64,
+    pub sha256: Digest,
+    pub md5: Option<[u8; 16]>,
+}
+
+/// A blob being written. Appends are hashed on the way; dropping it unpublished deletes the file.
+#[derive(Debug)]
+pub struct TempBlob {
+    path: Option<PathBuf>,
+    file: Arc<File>,
+    written: u64,
+    sha256: Sha256,
+    md5: Option<Md5>,
+}
+
+impl TempBlob {
+    /// The descriptor readers of a growing fill share (positioned reads, so no shared cursor).
+    pub fn shared_file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends and hashes. Blocking: call from a blocking thread.
+    pub fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut file: &File = &self.file;
+        file.write_all(data)?;
+        self.sha256.update(data);
+        if let Some(m) = &mut self.md5 {
+            m.update(data);
+        }
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    pub fn hashes(&self) -> Hashes {
+        Hashes {
+            size: self.written,
+            sha256: Digest::from_bytes(self.sha256.clone().finalize().into()),
+            md5: self.md5.as_ref().map(|m| m.clone().finalize().into()),
+        }
+    }
+}
+
+impl Drop for TempBlob {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Reads `len` bytes at `offset` (fewer at end of file). Blocking.
+pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// Streams a whole file through sha256 (and md5). Blocking; used by `store verify`.
+pub fn hash_file(file: &File) -> io::Result<Hashes> {
+    let mut sha = Sha256::new();
+    let mut md5 = Md5::new();
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match file.read_at(&mut buf, offset) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        sha.update(&buf[..n]);
+        md5.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok(Hashes { size: offset, sha256: Digest::from_bytes(sha.finalize().into()), md5: Some(md5.finalize().into()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_is_atomic_and_dedups() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs_ = BlobFs::open(dir.path()).unwrap();
+        let mut t = fs_.create_temp(true).unwrap();
+        t.append(b"hello ").unwrap();
+        t.append(b"world").unwrap();
+        let h = t.hashes();
+        assert_eq!(h.size, 11);
+        assert_eq!(h.sha256.hex(), "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
+        assert_eq!(hex::encode(h.md5.unwrap()), "5eb63bbbe01eeed093cb22bb8f5acdc3");
+        fs_.publish(t, &h.sha256).unwrap();
+        assert_eq!(fs::read(fs_.blob_path(&h.sha256)).unwrap(), b"hello world");
+        assert_eq!(fs::read_dir(fs_.tmp_dir()).unwrap().count(), 0);
+
+        let mut again = fs_.create_temp(false).unwrap();
+        again.append(b"hello world").unwrap();
+        fs_.publish(again, &h.sha256).unwrap();
+        assert_eq!(fs::read_dir(fs_.tmp_dir()).unwrap().count(), 0);
+        let listed = fs_.list_blobs().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, Some(h.sha256));
+    }
+
+    #[test]
+    fn dropped_temp_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs_ = BlobFs::open(dir.path()).unwrap();
+        let mut t = fs_.create_temp(false).unwrap();
+        t.append(b"partial").unwrap();
+        assert_eq!(fs::read_dir(fs_.tmp_dir()).unwrap().count(), 1);
+        drop(t);
+        assert_eq!(fs::read_dir(fs_.tmp_dir()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,265 @@
+//! Single-flight fills and the readers that follow them.
+//!
+//! One fill per key writes the temp file; every client of that key — the first, late joiners, Range
+//! readers — reads the growing file through a shared descriptor as bytes arrive. Readers never see the
+//! last byte before the content is verified, so a fill that fails verification (or breaks) ends every
+//! reader's response short: the client sees an aborted transfer, never a complete-looking wrong one.
+
+use super::fs;
+use super::index::ObjectRow;
+use bytes::Bytes;
+use futures_util::Stream;
+use std::fs::File;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// Largest read handed to a client in one piece.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// What the origin told us about the body before sending it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceMeta {
+    pub content_length: Option<u64>,
+    pub content_type: Option<String>,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+pub type SourceBody = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+
+/// The answer of whatever feeds a fill (an origin, a peer, a registry), as far as the store cares.
+pub enum SourceOutcome {
+    Body { meta: SourceMeta, body: SourceBody },
+    /// A conditional request found the stored copy current.
+    NotModified,
+    /// No body to store: the source answered with another status or could not be reached.
+    Unavailable { status: Option<u16>, message: String },
+}
+
+pub type SourceFuture = Pin<Box<dyn Future<Output = SourceOutcome> + Send>>;
+
+/// What a fill's result must match before it is published. Unset fields are not checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expected {
+    pub size: Option<u64>,
+    pub sha256: Option<super::key::Digest>,
+    pub md5: Option<[u8; 16]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FillFailure {
+    /// The source refused or broke; nothing to serve.
+    Upstream { status: Option<u16>, message: String },
+    /// The body did not match its length or digest; nothing stored, readers aborted.
+    Integrity(String),
+    /// The body could not be stored (disk full, too large). The source is fine: a reader may continue
+    /// from where it stopped by other means.
+    Storage(String),
+}
+
+impl std::fmt::Display for FillFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FillFailure::Upstream { status: Some(s), message } => write!(f, "upstream answered {s}: {message}"),
+            FillFailure::Upstream { status: None, message } => write!(f, "upstream failed: {message}"),
+            FillFailure::Integrity(m) => write!(f, "integrity check failed: {m}"),
+            FillFailure::Storage(m) => write!(f, "cannot store: {m}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Phase {
+    Connecting,
+    Streaming { meta: Arc<SourceMeta>, written: u64, verified: bool },
+    Complete { row: ObjectRow },
+    NotModified,
+    Failed(FillFailure),
+}
+
+impl Phase {
+    /// Bytes a reader may hand out now: everything once verified, else all but the last byte.
+    fn readable(&self) -> Option<u64> {
+        match self {
+            Phase::Streaming { written, verified: true, .. } => Some(*written),
+            Phase::Streaming { written, verified: false, .. } => Some(written.saturating_sub(1)),
+            Phase::Complete { row } => Some(row.size),
+            _ => None,
+        }
+    }
+
+    fn finished_at(&self) -> Option<u64> {
+        match self {
+            Phase::Streaming { written, verified: true, .. } => Some(*written),
+            Phase::Complete { row } => Some(row.size),
+            _ => None,
+        }
+    }
+}
+
+/// One running fill.
+pub struct Fill {
+    key: String,
+    phase: watch::Sender<Phase>,
+    file: OnceLock<Arc<File>>,
+    started: Instant,
+    readers: AtomicUsize,
+}
+
+/// A snapshot for the admin API and status page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FillStatus {
+    pub key: String,
+    pub written: u64,
+    pub total: Option<u64>,
+    pub readers: usize,
+    pub elapsed_ms: u64,
+}
+
+impl Fill {
+    pub(super) fn new(key: String) -> Arc<Self> {
+        let (tx, _) = watch::channel(Phase::Connecting);
+        Arc::new(Fill { key, phase: tx, file: OnceLock::new(), started: Instant::now(), readers: AtomicUsize::new(0) })
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub(super) fn set_file(&self, file: Arc<File>) {
+        let _ = self.file.set(file);
+    }
+
+    pub(super) fn set_phase(&self, phase: Phase) {
+        self.phase.send_replace(phase);
+    }
+
+    pub(super) fn advance(&self, written_now: u64, verified_now: bool) {
+        self.phase.send_modify(|p| {
+            if let Phase::Streaming { written, verified, .. } = p {
+                *written = written_now;
+                *verified = verified_now;
+            }
+        });
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase.borrow().clone()
+    }
+
+    pub fn status(&self) -> FillStatus {
+        let (written, total) = match &*self.phase.borrow() {
+            Phase::Streaming { meta, written, .. } => (*written, meta.content_length),
+            Phase::Complete { row } => (row.size, Some(row.size)),
+            _ => (0, None),
+        };
+        FillStatus {
+            key: self.key.clone(),
+            written,
+            total,
+            readers: self.readers.load(Ordering::Relaxed),
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Waits until the source has answered: returns `Streaming`, `Complete`, `NotModified` or `Failed`.
+    pub async fn head(&self) -> Phase {
+        let mut rx = self.phase.subscribe();
+        loop {
+            let current = rx.borrow_and_update().clone();
+            if !matches!(current, Phase::Connecting) {
+                return current;
+            }
+            if rx.changed().await.is_err() {
+                return self.phase();
+            }
+        }
+    }
+
+    /// A stream of the bytes `[start, end)` (`end = None`: to the end of the content), delivered as the
+    /// fill writes them.
+    pub fn reader(self: &Arc<Self>, start: u64, end: Option<u64>) -> FillReader {
+        self.readers.fetch_add(1, Ordering::Relaxed);
+        FillReader { fill: Arc::clone(self), rx: self.phase.subscribe(), pos: start, end }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The fill failed after `delivered` bytes of this reader's range had been handed out.
+    #[error("{failure}")]
+    Failed { failure: FillFailure, delivered_to: u64 },
+    #[error("reading the fill's temp file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct FillReader {
+    fill: Arc<Fill>,
+    rx: watch::Receiver<Phase>,
+    pos: u64,
+    end: Option<u64>,
+}
+
+impl Drop for FillReader {
+    fn drop(&mut self) {
+        self.fill.readers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl FillReader {
+    /// The next piece, `None` at the end of the range.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, ReadError>> {
+        loop {
+            if self.end.is_some_and(|e| self.pos >= e) {
+                return None;
+            }
+            let phase = self.rx.borrow_and_update().clone();
+            if let Phase::Failed(failure) = &phase {
+                return Some(Err(ReadError::Failed { failure: failure.clone(), delivered_to: self.pos }));
+            }
+            if let Some(readable) = phase.readable() {
+                let limit = self.end.map_or(readable, |e| e.min(readable));
+                if self.pos < limit {
+                    let Some(file) = self.fill.file.get().cloned() else {
+                        return Some(Err(ReadError::Io(std::io::Error::other("fill has no file"))));
+                    };
+                    let len = (limit - self.pos).min(READ_CHUNK as u64) as usize;
+                    let pos = self.pos;
+                    let read = tokio::task::spawn_blocking(move || fs::read_at(&file, pos, len)).await;
+                    return match read {
+                        Ok(Ok(buf)) if !buf.is_empty() => {
+                            self.pos += buf.len() as u64;
+                            Some(Ok(Bytes::from(buf)))
+                        }
+                        Ok(Ok(_)) => Some(Err(ReadError::Io(std::io::Error::other("temp file shorter than written")))),
+                        Ok(Err(e)) => Some(Err(ReadError::Io(e))),
+                        Err(e) => Some(Err(ReadError::Io(std::io::Error::other(e)))),
+                    };
+                }
+                if phase.finished_at().is_some_and(|f| self.pos >= f) {
+                    return None;
+                }
+            }
+            if matches!(phase, Phase::NotModified) {
+                return None;
+            }
+            if self.rx.changed().await.is_err() {
+                // The fill task is gone without a final phase (runtime shutting down).
+                let failure = FillFailure::Upstream { status: None, message: "fill abandoned".into() };
+                return Some(Err(ReadError::Failed { failure, delivered_to: self.pos }));
+            }
+        }
+    }
+
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, ReadError>> + Send + 'static {
+        futures_util::stream::unfold(self, |mut r| async move { r.next_chunk().await.map(|item| (item, r)) })
+    }
+}

@@ -1,0 +1,604 @@
+//! The content store: content-addressed blobs on disk, a redb index of keys, single-flight fills that
+//! stream to every reader while they are written, LRU eviction with pins, start-up recovery.
+//!
+//! Everything else is a client of this module. It knows nothing of HTTP: sources of bytes are futures
+//! handed in by the fronts.
+
+mod evict;
+pub mod fs;
+pub mod index;
+pub mod inflight;
+pub mod key;
+mod recover;
+
+pub use index::ObjectRow;
+pub use inflight::{
+    Expected, Fill, FillFailure, FillReader, FillStatus, Phase, ReadError, SourceBody, SourceFuture, SourceMeta,
+    SourceOutcome,
+};
+pub use key::{Digest, FilePath, Key, KeyError};
+pub use recover::RecoveryReport;
+
+use crate::metrics::Metrics;
+use fs::{BlobFs, TempBlob};
+use futures_util::StreamExt;
+use index::{AccessUpdate, Index, IndexError};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+
+/// Body bytes gathered before one write to the temp file.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Longest a partial batch waits before it is written, so readers of a slow source still see progress.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+const STRIPES: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Index(#[from] IndexError),
+    #[error("store I/O on {what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("start-up recovery failed: {0}")]
+    Recover(#[from] recover::RecoverError),
+    #[error("a blocking store task failed: {0}")]
+    Join(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let what = what.into();
+    move |source| StoreError::Io { what, source }
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A stored object opened for reading.
+pub struct Hit {
+    pub row: ObjectRow,
+    pub file: std::fs::File,
+}
+
+/// What the caller wants done with a key, decided from its current row (if any).
+pub enum Plan {
+    /// Serve the stored row (when there is none: `Access::Skipped`).
+    Serve,
+    /// Do nothing here (e.g. a peer asking for a key we lack, or `on_miss = redirect`).
+    Skip,
+    Fill(FillSpec),
+}
+
+pub struct FillSpec {
+    pub expected: Expected,
+    pub source: SourceFuture,
+    /// Compute md5 while writing (kept in the row for `.md5` sidecars).
+    pub want_md5: bool,
+}
+
+pub enum Access {
+    Hit(Hit),
+    Fill { fill: Arc<Fill>, coalesced: bool },
+    Skipped(Option<ObjectRow>),
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    pub blobs_checked: u64,
+    pub bytes_checked: u64,
+    pub corrupt_keys: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct GcReport {
+    pub evicted_keys: u64,
+    pub freed_bytes: u64,
+    pub bytes_after: u64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    fs: BlobFs,
+    index: Index,
+    max_size: u64,
+    metrics: Metrics,
+    /// Running fills by key. Hits also take this lock while opening their blob, and eviction while
+    /// removing, so a blob is never unlinked between a row lookup and its open.
+    inflight: Mutex<HashMap<String, Arc<Fill>>>,
+    /// Serialises publish and unlink per digest, so dedup never links a row to a blob being unlinked.
+    stripes: Vec<Mutex<()>>,
+    access: Mutex<HashMap<String, (u64, u64)>>,
+    evict_wake: Notify,
+    runtime: tokio::runtime::Handle,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; keep serving.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `state_dir` and recovers from any crash. Blocking.
+    pub fn open(
+        state_dir: &Path,
+        max_size: u64,
+        metrics: Metrics,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<(Self, RecoveryReport), StoreError> {
+        let fs = BlobFs::open(state_dir).map_err(io_err(format!("state dir {}", state_dir.display())))?;
+        let index = Index::open(&state_dir.join("index.redb"))?;
+        let report = recover::recover(&fs, &index)?;
+        let inner = Inner {
+            fs,
+            index,
+            max_size,
+            metrics,
+            inflight: Mutex::new(HashMap::new()),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            access: Mutex::new(HashMap::new()),
+            evict_wake: Notify::new(),
+            runtime,
+        };
+        let store = Store { inner: Arc::new(inner) };
+        store.refresh_gauges();
+        Ok((store, report))
+    }
+
+    pub fn max_size(&self) -> u64 {
+        self.inner.max_size
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.inner.index.total_bytes()
+    }
+
+    pub fn object_count(&self) -> u64 {
+        self.inner.index.object_count()
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.inner.fs.root()
+    }
+
+    /// Looks a key up and, as `decide` says, serves it, joins its running fill or starts one.
+    pub fn access(&self, key: &Key, decide: impl FnOnce(Option<&ObjectRow>) -> Plan) -> Result<Access, StoreError> {
+        let mut inflight = lock(&self.inner.inflight);
+        if let Some(fill) = inflight.get(key.as_str()) {
+            self.inner.metrics.fills_coalesced.inc();
+            return Ok(Access::Fill { fill: Arc::clone(fill), coalesced: true });
+        }
+        let row = self.inner.index.get(key.as_str())?;
+        match decide(row.as_ref()) {
+            Plan::Skip => Ok(Access::Skipped(row)),
+            Plan::Serve => {
+                let Some(row) = row else { return Ok(Access::Skipped(None)) };
+                match self.inner.fs.open_blob(&row.digest) {
+                    Ok(file) => {
+                        drop(inflight);
+                        self.record_hit(key.as_str());
+                        Ok(Access::Hit(Hit { row, file }))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        // The index promised a blob that is gone (removed by hand?): forget the row.
+                        drop(inflight);
+                        tracing::warn!(key = %key, digest = %row.digest, "blob missing on disk; dropping the row");
+                        self.inner.index.remove(&[key.as_str().to_string()])?;
+                        self.refresh_gauges();
+                        Ok(Access::Skipped(None))
+                    }
+                    Err(e) => Err(StoreError::Io { what: format!("blob {}", row.digest), source: e }),
+                }
+            }
+            Plan::Fill(spec) => {
+                let fill = Fill::new(key.as_str().to_string());
+                inflight.insert(key.as_str().to_string(), Arc::clone(&fill));
+                drop(inflight);
+                let inner = Arc::clone(&self.inner);
+                let task_fill = Arc::clone(&fill);
+                self.inner.runtime.spawn(run_fill(inner, task_fill, spec, row));
+                Ok(Access::Fill { fill, coalesced: false })
+            }
+        }
+    }
+
+    /// Reads a row without side effects.
+    pub fn get(&self, key: &Key) -> Result<Option<ObjectRow>, StoreError> {
+        Ok(self.inner.index.get(key.as_str())?)
+    }
+
+    pub fn fills(&self) -> Vec<FillStatus> {
+        lock(&self.inner.inflight).values().map(|f| f.status()).collect()
+    }
+
+    pub fn list(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> Result<Vec<(String, ObjectRow)>, StoreError> {
+        Ok(self.inner.index.list(prefix, cursor, limit)?)
+    }
+
+    /// Pins or unpins a key; returns false when the key is not stored.
+    pub fn set_pinned(&self, key: &Key, pinned: bool) -> Result<bool, StoreError> {
+        Ok(self.inner.index.update(key.as_str(), |row| {
+            let changed = row.pinned != pinned;
+            row.pinned = pinned;
+            changed
+        })?)
+    }
+
+    fn record_hit(&self, key: &str) {
+        let mut access = lock(&self.inner.access);
+        let entry = access.entry(key.to_string()).or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 = now_secs();
+    }
+
+    /// Writes batched hit counts to the index.
+    pub fn flush_access(&self) -> Result<(), StoreError> {
+        let batch: Vec<AccessUpdate> = lock(&self.inner.access)
+            .drain()
+            .map(|(key, (hits, last_access))| AccessUpdate { key, hits, last_access })
+            .collect();
+        Ok(self.inner.index.apply_access(&batch)?)
+    }
+
+    fn refresh_gauges(&self) {
+        let m = &self.inner.metrics;
+        m.store_bytes.set(self.inner.index.total_bytes() as i64);
+        m.store_objects.set(self.inner.index.object_count() as i64);
+    }
+
+    /// Evicts least-recently-used keys until the store is at `target` bytes or only pins remain. Blocking.
+    pub fn evict_to(&self, target: u64) -> Result<GcReport, StoreError> {
+        self.flush_access()?;
+        let rows = self.inner.index.all_objects()?;
+        let mut report = GcReport::default();
+        {
+            let inflight = lock(&self.inner.inflight);
+            let busy: HashSet<String> = inflight.keys().cloned().collect();
+            let plan = evict::plan(&rows, self.inner.index.total_bytes(), target, &busy);
+            if !plan.keys.is_empty() {
+                let (removed, orphans) = self.inner.index.remove(&plan.keys)?;
+                report.evicted_keys = removed.len() as u64;
+                for digest in orphans {
+                    self.unlink_if_unreferenced(&digest)?;
+                }
+            }
+        }
+        self.inner.metrics.evictions.inc_by(report.evicted_keys);
+        let after = self.inner.index.total_bytes();
+        report.bytes_after = after;
+        report.freed_bytes = self.total_before_eviction(&rows).saturating_sub(after);
+        self.refresh_gauges();
+        if report.evicted_keys > 0 {
+            tracing::info!(keys = report.evicted_keys, freed = report.freed_bytes, now = after, "evicted");
+        }
+        Ok(report)
+    }
+
+    fn total_before_eviction(&self, rows: &[(String, ObjectRow)]) -> u64 {
+        let mut seen = HashSet::new();
+        rows.iter().filter(|(_, r)| seen.insert(r.digest)).map(|(_, r)| r.size).sum()
+    }
+
+    /// `store gc`: evicts down to 90% of `cache.max_size` now.
+    pub fn gc(&self) -> Result<GcReport, StoreError> {
+        self.evict_to(evict::target_bytes(self.inner.max_size))
+    }
+
+    /// Removes keys outright (admin API, sync unpinning is separate). Returns how many existed.
+    pub fn remove(&self, keys: &[String]) -> Result<usize, StoreError> {
+        let inflight = lock(&self.inner.inflight);
+        let (removed, orphans) = self.inner.index.remove(keys)?;
+        for digest in orphans {
+            self.unlink_if_unreferenced(&digest)?;
+        }
+        drop(inflight);
+        self.refresh_gauges();
+        Ok(removed.len())
+    }
+
+    /// Re-hashes every blob; rows of a blob whose content no longer matches its name are removed.
+    /// Blocking. `progress` gets (bytes done, bytes total).
+    pub fn verify(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport, StoreError> {
+        let blobs = self.inner.index.all_blobs()?;
+        let total: u64 = blobs.iter().map(|(_, b)| b.size).sum();
+        let mut report = VerifyReport::default();
+        let mut bad = HashSet::new();
+        for (digest, blob) in blobs {
+            let ok = match self.inner.fs.open_blob(&digest) {
+                Ok(file) => fs::hash_file(&file).map(|h| h.sha256 == digest && h.size == blob.size).unwrap_or(false),
+                Err(_) => false,
+            };
+            if !ok {
+                bad.insert(digest);
+            }
+            report.blobs_checked += 1;
+            report.bytes_checked += blob.size;
+            progress(report.bytes_checked, total);
+        }
+        if !bad.is_empty() {
+            let keys: Vec<String> = self
+                .inner
+                .index
+                .all_objects()?
+                .into_iter()
+                .filter(|(_, r)| bad.contains(&r.digest))
+                .map(|(k, _)| k)
+                .collect();
+            tracing::error!(keys = keys.len(), blobs = bad.len(), "corrupt blobs found; their keys are removed");
+            self.remove(&keys)?;
+            for digest in &bad {
+                self.unlink_if_unreferenced(digest)?;
+            }
+            report.corrupt_keys = keys;
+        }
+        Ok(report)
+    }
+
+    fn unlink_if_unreferenced(&self, digest: &Digest) -> Result<(), StoreError> {
+        let _stripe = lock(&self.inner.stripes[stripe_of(digest)]);
+        if self.inner.index.get_blob(digest)?.is_none() {
+            self.inner.fs.remove_blob(digest).map_err(io_err(format!("unlink {digest}")))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the background duties: batched hit counts and eviction when the store outgrows its size.
+    pub async fn run_maintenance(self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+                _ = self.inner.evict_wake.notified() => {}
+            }
+            let store = self.clone();
+            let result = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+                store.flush_access()?;
+                if store.total_bytes() > store.max_size() {
+                    store.gc()?;
+                }
+                Ok(())
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "store maintenance failed"),
+                Err(e) => tracing::error!(error = %e, "store maintenance task panicked"),
+            }
+        }
+        if let Err(e) = self.flush_access() {
+            tracing::warn!(error = %e, "could not save hit counts at shutdown");
+        }
+    }
+
+    /// Waits up to `grace` for running fills to finish; what remains is discarded (temp files are
+    /// removed now or by recovery at the next start).
+    pub async fn drain_fills(&self, grace: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let n = lock(&self.inner.inflight).len();
+            if n == 0 || tokio::time::Instant::now() >= deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn stripe_of(digest: &Digest) -> usize {
+    digest.hex().as_bytes().iter().take(4).fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(*b as usize)) % STRIPES
+}
+
+/// Ends a fill exactly once: final phase first, then off the in-flight map, so anyone who no longer finds
+/// the fill finds its committed row.
+struct FillGuard {
+    inner: Arc<Inner>,
+    fill: Arc<Fill>,
+    done: bool,
+}
+
+impl FillGuard {
+    fn finish(mut self, phase: Phase) {
+        self.end(phase);
+    }
+
+    fn end(&mut self, phase: Phase) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.fill.set_phase(phase);
+        let mut inflight = lock(&self.inner.inflight);
+        if inflight.get(self.fill.key()).is_some_and(|f| Arc::ptr_eq(f, &self.fill)) {
+            inflight.remove(self.fill.key());
+        }
+    }
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        self.end(Phase::Failed(FillFailure::Upstream { status: None, message: "fill abandoned (shutting down)".into() }));
+    }
+}
+
+async fn run_fill(inner: Arc<Inner>, fill: Arc<Fill>, spec: FillSpec, prior: Option<ObjectRow>) {
+    let guard = FillGuard { inner: Arc::clone(&inner), fill: Arc::clone(&fill), done: false };
+    let key = fill.key().to_string();
+    let phase = match spec.source.await {
+        SourceOutcome::NotModified => {
+            let now = now_secs();
+            let index_inner = Arc::clone(&inner);
+            let k = key.clone();
+            let updated = tokio::task::spawn_blocking(move || {
+                index_inner.index.update(&k, |row| {
+                    row.validated_at = now;
+                    true
+                })
+            })
+            .await;
+            match (prior, updated) {
+                (Some(_), Ok(Ok(true))) => Phase::NotModified,
+                _ => Phase::Failed(FillFailure::Upstream {
+                    status: Some(304),
+                    message: "origin answered 304 but nothing is stored".into(),
+                }),
+            }
+        }
+        SourceOutcome::Unavailable { status, message } => Phase::Failed(FillFailure::Upstream { status, message }),
+        SourceOutcome::Body { meta, body } => {
+            match write_body(&inner, &fill, &key, meta, body, spec.expected, spec.want_md5).await {
+                Ok(row) => {
+                    inner.metrics.store_bytes.set(inner.index.total_bytes() as i64);
+                    inner.metrics.store_objects.set(inner.index.object_count() as i64);
+                    if inner.index.total_bytes() > inner.max_size {
+                        inner.evict_wake.notify_one();
+                    }
+                    Phase::Complete { row }
+                }
+                Err(failure) => {
+                    tracing::warn!(key = %key, %failure, "fill failed; nothing stored");
+                    Phase::Failed(failure)
+                }
+            }
+        }
+    };
+    guard.finish(phase);
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| e.to_string())
+}
+
+async fn write_body(
+    inner: &Arc<Inner>,
+    fill: &Arc<Fill>,
+    key: &str,
+    meta: SourceMeta,
+    mut body: SourceBody,
+    expected: Expected,
+    want_md5: bool,
+) -> Result<ObjectRow, FillFailure> {
+    let integrity = |m: String| Err(FillFailure::Integrity(m));
+    if let (Some(cl), Some(size)) = (meta.content_length, expected.size)
+        && cl != size
+    {
+        return integrity(format!("source announces {cl} bytes, expected {size}"));
+    }
+    if meta.content_length.is_some_and(|cl| cl > inner.max_size) {
+        return Err(FillFailure::Storage(format!("object is larger than cache.max_size ({} bytes)", inner.max_size)));
+    }
+    let fs_ = inner.fs.clone();
+    let with_md5 = want_md5 || expected.md5.is_some();
+    let mut temp: TempBlob = blocking(move || fs_.create_temp(with_md5))
+        .await
+        .map_err(FillFailure::Storage)?
+        .map_err(|e| FillFailure::Storage(format!("creating temp file: {e}")))?;
+    fill.set_file(temp.shared_file());
+    fill.set_phase(Phase::Streaming { meta: Arc::new(meta.clone()), written: 0, verified: false });
+
+    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        let next = if buf.is_empty() {
+            body.next().await
+        } else {
+            match tokio::time::timeout(FLUSH_AFTER, body.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    (temp, buf) = flush(fill, temp, buf).await?;
+                    continue;
+                }
+            }
+        };
+        match next {
+            Some(Ok(bytes)) => {
+                buf.extend_from_slice(&bytes);
+                if temp.written() + buf.len() as u64 > inner.max_size {
+                    return Err(FillFailure::Storage("object grew past cache.max_size".into()));
+                }
+                if buf.len() >= WRITE_BATCH {
+                    (temp, buf) = flush(fill, temp, buf).await?;
+                }
+            }
+            Some(Err(message)) => return Err(FillFailure::Upstream { status: None, message }),
+            None => break,
+        }
+    }
+    if !buf.is_empty() {
+        (temp, _) = flush(fill, temp, buf).await?;
+    }
+
+    let hashes = temp.hashes();
+    if let Some(cl) = meta.content_length
+        && cl != hashes.size
+    {
+        return integrity(format!("source announced {cl} bytes and sent {}", hashes.size));
+    }
+    if let Some(size) = expected.size
+        && size != hashes.size
+    {
+        return integrity(format!("expected {size} bytes, got {}", hashes.size));
+    }
+    if let Some(want) = expected.sha256
+        && want != hashes.sha256
+    {
+        return integrity(format!("expected {want}, got {}", hashes.sha256));
+    }
+    if let (Some(want), Some(got)) = (expected.md5, hashes.md5)
+        && want != got
+    {
+        return integrity(format!("expected md5 {}, got {}", hex::encode(want), hex::encode(got)));
+    }
+    fill.advance(hashes.size, true);
+
+    let now = now_secs();
+    let row = ObjectRow {
+        digest: hashes.sha256,
+        size: hashes.size,
+        content_type: meta.content_type.clone(),
+        md5: hashes.md5.map(hex::encode),
+        etag: meta.etag.clone(),
+        last_modified: meta.last_modified.clone(),
+        fetched_at: now,
+        validated_at: now,
+        last_access: now,
+        hits: 0,
+        pinned: false,
+    };
+    let inner2 = Arc::clone(inner);
+    let key2 = key.to_string();
+    let row2 = row.clone();
+    let committed = blocking(move || -> Result<(), StoreError> {
+        let digest = row2.digest;
+        let orphan = {
+            let _stripe = lock(&inner2.stripes[stripe_of(&digest)]);
+            inner2.fs.publish(temp, &digest).map_err(io_err(format!("publishing {digest}")))?;
+            inner2.index.put(&key2, &row2)?
+        };
+        if let Some(old) = orphan.filter(|o| *o != digest) {
+            Store { inner: Arc::clone(&inner2) }.unlink_if_unreferenced(&old)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(FillFailure::Storage)?;
+    committed.map_err(|e| FillFailure::Storage(e.to_string()))?;
+    Ok(row)
+}
+
+async fn flush(fill: &Arc<Fill>, mut temp: TempBlob, mut buf: Vec<u8>) -> Result<(TempBlob, Vec<u8>), FillFailure> {
+    let (temp, buf, result) = blocking(move || {
+        let r = temp.append(&buf);
+        buf.clear();
+        (temp, buf, r)
+    })
+    .await
+    .map_err(FillFailure::Storage)?;
+    result.map_err(|e| FillFailure::Storage(format!("writing temp file: {e}")))?;
+    fill.advance(temp.written(), false);
+    Ok((temp, buf))
+}
