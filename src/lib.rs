@@ -1,6 +1,17 @@
 //! image-cache: DNS interceptor, PXE image cache and OCI pull-through mirror in one process.
-//! Module layering: DESIGN.md §2.
+//! Module layering: DESIGN.md §2 (leaves → core → fronts → wiring).
 
+// layer 0
 pub mod config;
+pub mod lifecycle;
 pub mod metrics;
+pub mod systemd;
+pub mod telemetry;
+// layer 1
 pub mod store;
+pub mod upstream;
+// layer 2
+pub mod http;
+// layer 3
+pub mod app;
+pub mod cli;

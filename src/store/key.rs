@@ -169,6 +169,11 @@ impl Key {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A key no object ever has; `/health` looks it up to prove the index answers.
+    pub fn health_probe() -> Self {
+        Key("oci:image-cache/health-probe:none".to_string())
+    }
 }
 
 impl fmt::Display for Key {

@@ -1,0 +1,223 @@
+//! Composition root: builds every component from the validated config, mounts the HTTP front on one actix
+//! server, starts the workers, and tears everything down in order.
+
+use crate::config::{Config, ConfigError};
+use crate::http::{self, HttpState};
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::systemd;
+use crate::upstream::{Upstream, tls::TlsSetupError};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long shutdown waits for requests and fills in flight before discarding them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Bind { addr: SocketAddr, source: std::io::Error, hint: &'static str },
+    #[error("HTTP server failed: {0}")]
+    Server(std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl AppError {
+    /// 2 for anything the operator fixes in the config, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AppError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl From<TlsSetupError> for AppError {
+    fn from(e: TlsSetupError) -> Self {
+        AppError::Config(ConfigError::new("upstream.ca_file", e.to_string()))
+    }
+}
+
+/// A started service. Tests drive it in-process; `serve` waits for a signal, then calls `shutdown`.
+pub struct Running {
+    pub http_addrs: Vec<SocketAddr>,
+    pub admin_addrs: Vec<SocketAddr>,
+    pub lifecycle: Lifecycle,
+    pub store: Store,
+    server: actix_web::dev::ServerHandle,
+    server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    maintenance: tokio::task::JoinHandle<()>,
+}
+
+/// Per-server routing facts, computed once.
+struct Routing {
+    state: Arc<HttpState>,
+    admin_addrs: Vec<SocketAddr>,
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    use socket2::{Domain, Socket, Type};
+    let hint = |e: &std::io::Error| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE; or choose a port above 1024)"
+        }
+        std::io::ErrorKind::AddrInUse => " (another process holds this address)",
+        _ => "",
+    };
+    let make = || -> std::io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_tcp_nodelay(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket.into())
+    };
+    make().map_err(|source| AppError::Bind { addr, hint: hint(&source), source })
+}
+
+pub async fn start(config: Config) -> Result<Running, AppError> {
+    let config = Arc::new(config);
+    let metrics = Metrics::new();
+    let lifecycle = Lifecycle::new();
+
+    let state_dir = config.state_dir.clone();
+    let max_size = config.cache.max_size.bytes();
+    let store_metrics = metrics.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let (store, report) = tokio::task::spawn_blocking(move || Store::open(&state_dir, max_size, store_metrics, runtime))
+        .await
+        .map_err(|e| AppError::Other(format!("store open task failed: {e}")))??;
+    tracing::info!(
+        state_dir = %config.state_dir.display(),
+        objects = store.object_count(),
+        bytes = store.total_bytes(),
+        tmp_removed = report.tmp_removed,
+        rows_dropped = report.rows_dropped.len(),
+        orphans_removed = report.orphan_blobs_removed,
+        "store open"
+    );
+
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let upstream = Upstream::start(&config.upstream, metrics.clone(), cpus.min(4))?;
+    let state = Arc::new(HttpState::new(Arc::clone(&config), store.clone(), upstream, metrics.clone(), lifecycle.clone()));
+
+    let mut listeners = Vec::new();
+    for addr in &config.http.listen {
+        listeners.push(bind(*addr)?);
+    }
+    let mut admin_listeners = Vec::new();
+    for addr in &config.http.admin_listen {
+        admin_listeners.push(bind(*addr)?);
+    }
+    let local = |l: &TcpListener| l.local_addr().map_err(AppError::Server);
+    let http_addrs = listeners.iter().map(local).collect::<Result<Vec<_>, _>>()?;
+    let admin_addrs = admin_listeners.iter().map(local).collect::<Result<Vec<_>, _>>()?;
+
+    let routing = web::Data::new(Routing { state, admin_addrs: admin_addrs.clone() });
+    let mut server = HttpServer::new(move || App::new().app_data(routing.clone()).default_service(web::to(dispatch)))
+        .workers(cpus.clamp(1, 8))
+        .backlog(1024)
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .disable_signals();
+    for l in listeners.into_iter().chain(admin_listeners) {
+        server = server.listen(l).map_err(AppError::Server)?;
+    }
+    let server = server.run();
+    let handle = server.handle();
+    let server_task = tokio::spawn(server);
+    let maintenance = tokio::spawn(store.clone().run_maintenance(lifecycle.shutdown_token()));
+
+    for a in &http_addrs {
+        tracing::info!("listening http on {a}");
+    }
+    for a in &admin_addrs {
+        tracing::info!("listening admin on {a}");
+    }
+    lifecycle.set_ready();
+    systemd::ready(&format!("serving {} objects, {} bytes", store.object_count(), store.total_bytes()));
+    if let Some(every) = systemd::watchdog_interval() {
+        tokio::spawn(watchdog(every, store.clone(), lifecycle.clone()));
+    }
+    Ok(Running { http_addrs, admin_addrs, lifecycle, store, server: handle, server_task, maintenance })
+}
+
+/// Pets the systemd watchdog while the store answers; stops petting if it does not, so systemd restarts us.
+async fn watchdog(every: Duration, store: Store, lifecycle: Lifecycle) {
+    let probe = crate::store::Key::health_probe();
+    while !lifecycle.is_shutting_down() {
+        let s = store.clone();
+        let p = probe.clone();
+        let healthy = tokio::task::spawn_blocking(move || s.get(&p).is_ok()).await.unwrap_or(false);
+        if healthy {
+            systemd::watchdog();
+            systemd::status(&format!("{} objects, {} bytes, {} fills", store.object_count(), store.total_bytes(), store.fills().len()));
+        } else {
+            tracing::error!("watchdog: store does not answer");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+impl Running {
+    /// Ordered teardown: stop accepting, let requests and fills finish (bounded), flush hit counts.
+    pub async fn shutdown(self) {
+        systemd::stopping();
+        self.lifecycle.request_shutdown();
+        self.server.stop(true).await;
+        let left = self.store.drain_fills(SHUTDOWN_GRACE).await;
+        if left > 0 {
+            tracing::warn!(fills = left, "discarding unfinished fills");
+        }
+        let _ = self.maintenance.await;
+        match self.server_task.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server ended with an error"),
+            Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+            Ok(Ok(())) => {}
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// `serve`: start, wait for SIGTERM/SIGINT, stop.
+pub async fn serve(config: Config) -> Result<(), AppError> {
+    let running = start(config).await?;
+    running.lifecycle.wait_for_signal().await;
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Intercepted Host → file cache; anything else → admin routes (on `http.admin_listen` only, if set).
+async fn dispatch(req: HttpRequest, routing: web::Data<Routing>) -> HttpResponse {
+    let state = &routing.state;
+    let local = req.app_config().local_addr();
+    let on_admin_listener = routing.admin_addrs.contains(&local);
+    if on_admin_listener {
+        return http::admin::handle(&req, state);
+    }
+    let host = req
+        .headers()
+        .get(actix_web::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().host())
+        .and_then(http::vhost::normalize_host);
+    if let Some(host) = host
+        && let Some(domain) = http::vhost::find(&state.config.domains, &host)
+    {
+        return http::files::handle(req.clone(), Arc::clone(state), domain, host).await;
+    }
+    if !routing.admin_addrs.is_empty() {
+        return HttpResponse::NotFound().body("not found\n");
+    }
+    http::admin::handle(&req, state)
+}

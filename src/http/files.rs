@@ -1,0 +1,338 @@
+//! The cache front for intercepted domains: stored → serve from disk; missing → `on_miss` (fill while
+//! streaming, redirect, or proxy); stale → revalidate with the origin, serving the stored copy if it is
+//! unreachable. Reads top to bottom: validate, look up, decide, answer.
+
+use super::HttpState;
+use super::body::{self, Resume};
+use super::conditional::{self, Decision};
+use crate::config::{DomainConfig, OnMiss};
+use crate::metrics::{kind, result};
+use crate::store::{
+    Access, Expected, FilePath, Fill, FillFailure, FillSpec, Hit, Key, Phase, Plan, SourceFuture, SourceMeta,
+    SourceOutcome, now_secs,
+};
+use crate::upstream::{self, UpstreamError};
+use actix_web::body::SizedStream;
+use actix_web::http::{Method, StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Marks a request from another cache node: answer from the local store only, never fill (no loops).
+pub const PEER_HEADER: &str = "x-image-cache-peer";
+
+pub async fn handle(req: HttpRequest, state: Arc<HttpState>, domain: &DomainConfig, host: String) -> HttpResponse {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return HttpResponse::MethodNotAllowed().insert_header((header::ALLOW, "GET, HEAD")).body("read-only cache\n");
+    }
+    let path = match FilePath::from_request(req.uri().path()) {
+        Ok(p) => p,
+        Err(e) => return bad_request(&state, &e.to_string()),
+    };
+    let key = match Key::file(&host, &path) {
+        Ok(k) => k,
+        Err(e) => return bad_request(&state, &e.to_string()),
+    };
+    let from_peer = req.headers().get(PEER_HEADER).is_some_and(|v| v.as_bytes() == b"1");
+    let origin_url = match url::Url::parse(&format!("{}{}", super::vhost::origin_for(domain, &host), path.to_url_path())) {
+        Ok(u) => u,
+        Err(e) => return bad_request(&state, &format!("cannot build origin URL: {e}")),
+    };
+    let revalidate_after = domain.revalidate_after.get().as_secs();
+    let may_fill = domain.on_miss != OnMiss::Redirect;
+
+    let upstream = state.upstream.clone();
+    let url_for_fill = origin_url.clone();
+    let access = state.store.access(&key, |row| match row {
+        Some(_) if from_peer => Plan::Serve,
+        Some(r) if !may_fill || now_secs().saturating_sub(r.validated_at) < revalidate_after => Plan::Serve,
+        Some(r) => Plan::Fill(FillSpec {
+            expected: Expected::default(),
+            source: origin_source(upstream, url_for_fill, r.etag.clone(), r.last_modified.clone()),
+            want_md5: true,
+        }),
+        None if from_peer || domain.on_miss != OnMiss::Fill => Plan::Skip,
+        None => Plan::Fill(FillSpec {
+            expected: Expected::default(),
+            source: origin_source(upstream, url_for_fill, None, None),
+            want_md5: true,
+        }),
+    });
+    let access = match access {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(key = %key, error = %e, "store lookup failed; passing through");
+            return pass_through(&req, &state, origin_url, result::ERROR).await;
+        }
+    };
+
+    match access {
+        Access::Hit(hit) => {
+            state.metrics.request(kind::FILE, result::HIT);
+            serve_hit(&req, &state, hit)
+        }
+        Access::Skipped(_) if from_peer => {
+            state.metrics.request(kind::FILE, result::MISS);
+            HttpResponse::NotFound().body("not in this node's cache\n")
+        }
+        Access::Skipped(_) => match domain.on_miss {
+            OnMiss::Redirect => {
+                state.metrics.request(kind::FILE, result::MISS);
+                redirect(&req, &host)
+            }
+            _ => pass_through(&req, &state, origin_url, result::MISS).await,
+        },
+        Access::Fill { fill, .. } => follow_fill(&req, &state, &key, fill, origin_url).await,
+    }
+}
+
+fn bad_request(state: &HttpState, why: &str) -> HttpResponse {
+    state.metrics.request(kind::FILE, result::ERROR);
+    HttpResponse::BadRequest().body(format!("invalid path: {why}\n"))
+}
+
+/// 307 to the same path over HTTPS, query kept, as metal-stack's cache answers a miss.
+fn redirect(req: &HttpRequest, host: &str) -> HttpResponse {
+    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    HttpResponse::TemporaryRedirect().insert_header((header::LOCATION, format!("https://{host}{pq}"))).finish()
+}
+
+/// The fill's source: a GET to the origin, conditional when a stored copy is being revalidated.
+fn origin_source(
+    upstream: upstream::Upstream,
+    url: url::Url,
+    etag: Option<String>,
+    last_modified: Option<String>,
+) -> SourceFuture {
+    Box::pin(async move {
+        let mut request = upstream::Request::get(url, "file");
+        if let Some(e) = etag {
+            request = request.header("if-none-match", e);
+        }
+        if let Some(lm) = last_modified {
+            request = request.header("if-modified-since", lm);
+        }
+        match upstream.send(request).await {
+            Ok(resp) if resp.status == 200 => SourceOutcome::Body {
+                meta: SourceMeta {
+                    content_length: resp.content_length(),
+                    content_type: resp.header("content-type").map(str::to_string),
+                    etag: resp.header("etag").map(str::to_string),
+                    last_modified: resp.header("last-modified").map(str::to_string),
+                },
+                body: resp.body,
+            },
+            Ok(resp) if resp.status == 304 => SourceOutcome::NotModified,
+            Ok(resp) => SourceOutcome::Unavailable {
+                status: Some(resp.status),
+                message: format!("origin {} answered {}", resp.url, resp.status),
+            },
+            Err(e) => SourceOutcome::Unavailable { status: None, message: describe(&e) },
+        }
+    })
+}
+
+fn describe(e: &UpstreamError) -> String {
+    match e {
+        UpstreamError::Timeout(m) => format!("timeout: {m}"),
+        other => other.to_string(),
+    }
+}
+
+async fn follow_fill(
+    req: &HttpRequest,
+    state: &Arc<HttpState>,
+    key: &Key,
+    fill: Arc<Fill>,
+    origin_url: url::Url,
+) -> HttpResponse {
+    match fill.head().await {
+        Phase::NotModified => serve_stored_again(req, state, key, result::HIT),
+        Phase::Failed(FillFailure::Storage(why)) => {
+            tracing::warn!(key = %key, %why, "cannot store; passing through");
+            pass_through(req, state, origin_url, result::MISS).await
+        }
+        Phase::Failed(failure) => {
+            // Revalidation failed: the stored copy (if any) is better than an error.
+            if let Ok(Some(_)) = state.store.get(key) {
+                tracing::warn!(key = %key, %failure, "origin unavailable; serving the stored copy");
+                return serve_stored_again(req, state, key, result::STALE);
+            }
+            state.metrics.request(kind::FILE, result::ERROR);
+            failure_response(&failure)
+        }
+        Phase::Complete { row } => {
+            state.metrics.request(kind::FILE, result::MISS);
+            let meta = SourceMeta {
+                content_length: Some(row.size),
+                content_type: row.content_type.clone(),
+                etag: row.etag.clone(),
+                last_modified: row.last_modified.clone(),
+            };
+            stream_fill(req, state, &fill, &meta, origin_url)
+        }
+        Phase::Streaming { meta, .. } => {
+            state.metrics.request(kind::FILE, result::MISS);
+            stream_fill(req, state, &fill, &meta, origin_url)
+        }
+        Phase::Connecting => HttpResponse::ServiceUnavailable().body("fill did not start\n"),
+    }
+}
+
+fn serve_stored_again(req: &HttpRequest, state: &HttpState, key: &Key, res: &'static str) -> HttpResponse {
+    match state.store.access(key, |_| Plan::Serve) {
+        Ok(Access::Hit(hit)) => {
+            state.metrics.request(kind::FILE, res);
+            serve_hit(req, state, hit)
+        }
+        _ => {
+            state.metrics.request(kind::FILE, result::ERROR);
+            HttpResponse::BadGateway().body("origin unavailable and nothing stored\n")
+        }
+    }
+}
+
+fn failure_response(failure: &FillFailure) -> HttpResponse {
+    match failure {
+        FillFailure::Upstream { status: Some(s @ (404 | 410)), .. } => {
+            HttpResponse::build(StatusCode::from_u16(*s).unwrap_or(StatusCode::NOT_FOUND)).body("not found at the origin\n")
+        }
+        FillFailure::Upstream { status: None, message } if message.starts_with("timeout") => {
+            HttpResponse::GatewayTimeout().body(format!("origin timed out: {message}\n"))
+        }
+        other => HttpResponse::BadGateway().body(format!("{other}\n")),
+    }
+}
+
+fn stream_fill(
+    req: &HttpRequest,
+    state: &HttpState,
+    fill: &Arc<Fill>,
+    meta: &SourceMeta,
+    origin_url: url::Url,
+) -> HttpResponse {
+    let resume = Some(Resume { upstream: state.upstream.clone(), url: origin_url, etag: meta.etag.clone() });
+    let range_header = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
+    let mut builder = HttpResponse::Ok();
+    builder.insert_header((header::ACCEPT_RANGES, "bytes"));
+    content_headers(&mut builder, meta.content_type.as_deref(), meta.last_modified.as_deref());
+    let Some(total) = meta.content_length else {
+        // Unknown length: stream the whole body, chunked. Ranges need a known size.
+        if req.method() == Method::HEAD {
+            return builder.finish();
+        }
+        let reader = fill.reader(0, None);
+        return builder.streaming(body::fill_stream(reader, None, resume, state.metrics.clone()));
+    };
+    let (status, start, end) = match range_header.map(|r| conditional::partial(r, total)) {
+        Some(Decision::Partial { start, end }) => (StatusCode::PARTIAL_CONTENT, start, end + 1),
+        Some(Decision::Unsatisfiable) => return unsatisfiable(total),
+        _ => (StatusCode::OK, 0, total),
+    };
+    builder.status(status);
+    if status == StatusCode::PARTIAL_CONTENT {
+        builder.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{}/{total}", end - 1)));
+    }
+    if req.method() == Method::HEAD {
+        builder.no_chunking(end - start);
+        return builder.finish();
+    }
+    let reader = fill.reader(start, Some(end));
+    let stream = body::fill_stream(reader, Some(end), resume, state.metrics.clone());
+    builder.body(SizedStream::new(end - start, stream))
+}
+
+fn unsatisfiable(total: u64) -> HttpResponse {
+    HttpResponse::RangeNotSatisfiable().insert_header((header::CONTENT_RANGE, format!("bytes */{total}"))).finish()
+}
+
+fn content_headers(builder: &mut HttpResponseBuilder, content_type: Option<&str>, last_modified: Option<&str>) {
+    builder.insert_header((header::CONTENT_TYPE, content_type.unwrap_or("application/octet-stream")));
+    if let Some(lm) = last_modified {
+        builder.insert_header((header::LAST_MODIFIED, lm));
+    }
+}
+
+pub(super) fn serve_hit(req: &HttpRequest, state: &HttpState, hit: Hit) -> HttpResponse {
+    let row = &hit.row;
+    let etag = format!("\"{}\"", row.digest);
+    let last_modified = row
+        .last_modified
+        .as_deref()
+        .and_then(|lm| httpdate::parse_http_date(lm).ok())
+        .unwrap_or(UNIX_EPOCH + Duration::from_secs(row.fetched_at));
+    let last_modified_text = httpdate::fmt_http_date(last_modified);
+    let h = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let decision = conditional::decide(
+        &conditional::Request {
+            if_none_match: h(header::IF_NONE_MATCH),
+            if_modified_since: h(header::IF_MODIFIED_SINCE),
+            if_range: h(header::IF_RANGE),
+            range: h(header::RANGE),
+        },
+        &conditional::Object { etag: &etag, last_modified: Some(last_modified), size: row.size },
+    );
+    let mut builder = HttpResponse::Ok();
+    builder.insert_header((header::ETAG, etag.clone())).insert_header((header::ACCEPT_RANGES, "bytes"));
+    content_headers(&mut builder, row.content_type.as_deref(), Some(&last_modified_text));
+    let (start, end) = match decision {
+        Decision::NotModified => {
+            builder.status(StatusCode::NOT_MODIFIED);
+            return builder.finish();
+        }
+        Decision::Unsatisfiable => return unsatisfiable(row.size),
+        Decision::Full => (0, row.size),
+        Decision::Partial { start, end } => {
+            builder.status(StatusCode::PARTIAL_CONTENT);
+            builder.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{end}/{}", row.size)));
+            (start, end + 1)
+        }
+    };
+    if req.method() == Method::HEAD {
+        builder.no_chunking(end - start);
+        return builder.finish();
+    }
+    let stream = body::file_stream(hit.file, start, end, state.metrics.clone());
+    builder.body(SizedStream::new(end - start, stream))
+}
+
+/// Streams from the origin without storing (`on_miss = proxy`, or when the store cannot take the object).
+async fn pass_through(req: &HttpRequest, state: &HttpState, url: url::Url, res: &'static str) -> HttpResponse {
+    let mut request = upstream::Request::get(url, "file");
+    if req.method() == Method::HEAD {
+        request.method = upstream::Method::Head;
+    }
+    for name in [header::RANGE, header::IF_RANGE, header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+        if let Some(v) = req.headers().get(&name).and_then(|v| v.to_str().ok()) {
+            request = request.header(name.as_str(), v);
+        }
+    }
+    let resp = match state.upstream.send(request).await {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.request(kind::FILE, result::ERROR);
+            let failure = FillFailure::Upstream { status: None, message: describe(&e) };
+            return failure_response(&failure);
+        }
+    };
+    state.metrics.request(kind::FILE, res);
+    let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut builder = HttpResponse::build(status);
+    for name in ["content-type", "etag", "last-modified", "content-range", "accept-ranges"] {
+        if let Some(v) = resp.header(name) {
+            builder.insert_header((name, v));
+        }
+    }
+    let length = resp.content_length();
+    if req.method() == Method::HEAD || matches!(resp.status, 204 | 304) {
+        if let Some(l) = length {
+            builder.no_chunking(l);
+        }
+        return builder.finish();
+    }
+    let stream = body::relay(resp.body, state.metrics.clone());
+    match length {
+        Some(l) => builder.body(SizedStream::new(l, stream)),
+        None => builder.streaming(stream),
+    }
+}

@@ -1,0 +1,33 @@
+//! The HTTP front for intercepted domains (file cache) and the admin routes. `app` mounts it, with the
+//! registry, on one actix server and decides by Host which of them answers.
+
+pub mod admin;
+mod body;
+pub mod conditional;
+pub mod files;
+pub mod vhost;
+
+use crate::config::Config;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::store::{Key, Store};
+use crate::upstream::Upstream;
+use std::sync::Arc;
+
+/// Everything a request handler needs, shared by all actix workers.
+pub struct HttpState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub upstream: Upstream,
+    pub metrics: Metrics,
+    pub lifecycle: Lifecycle,
+    /// A key looked up by `/health` to prove the index answers.
+    pub health_probe_key: Key,
+}
+
+impl HttpState {
+    pub fn new(config: Arc<Config>, store: Store, upstream: Upstream, metrics: Metrics, lifecycle: Lifecycle) -> Self {
+        let health_probe_key = Key::health_probe();
+        HttpState { config, store, upstream, metrics, lifecycle, health_probe_key }
+    }
+}

@@ -1,0 +1,60 @@
+//! Shutdown signal and readiness, shared by every component.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio_util::sync::CancellationToken;
+
+/// Cheap to clone. `ready` turns true once every listener is bound and the store is open.
+#[derive(Clone, Default)]
+pub struct Lifecycle {
+    shutdown: CancellationToken,
+    ready: Arc<AtomicBool>,
+}
+
+impl Lifecycle {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub fn request_shutdown(&self) {
+        self.ready.store(false, Ordering::Relaxed);
+        self.shutdown.cancel();
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.is_shutting_down()
+    }
+
+    /// Resolves on SIGTERM or SIGINT (or when something else requested shutdown).
+    pub async fn wait_for_signal(&self) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+                    _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+                    _ = self.shutdown.cancelled() => {}
+                }
+            }
+            _ => {
+                tracing::warn!("cannot install signal handlers; stop with the admin API or kill");
+                self.shutdown.cancelled().await;
+            }
+        }
+        self.request_shutdown();
+    }
+}

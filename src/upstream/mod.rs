@@ -1,0 +1,259 @@
+//! The only outbound HTTP client: origins, peers, registries and the metal-api all go through here.
+//!
+//! awc is single-threaded (`!Send`), so the client lives on its own actix threads and this handle talks to
+//! them over channels. That keeps fronts, workers and the sync job free to run anywhere, and puts every
+//! timeout, redirect rule and metric for outbound traffic in one file.
+
+mod redirect;
+pub mod tls;
+
+use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use url::Url;
+
+pub use redirect::MAX_REDIRECTS;
+
+/// Body chunks in flight between the client thread and the consumer; bounds memory per response.
+const BODY_CHANNEL: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: Method,
+    pub url: Url,
+    /// Extra request headers (lowercase names). `authorization` is dropped on cross-origin redirects.
+    pub headers: Vec<(String, String)>,
+    /// Label for `image_cache_upstream_requests_total{kind}`.
+    pub kind: &'static str,
+    pub follow_redirects: bool,
+}
+
+impl Request {
+    pub fn get(url: Url, kind: &'static str) -> Self {
+        Request { method: Method::Get, url, headers: Vec::new(), kind, follow_redirects: true }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+}
+
+pub type Body = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+
+pub struct Response {
+    pub status: u16,
+    /// Response headers, names lowercase.
+    pub headers: Vec<(String, String)>,
+    /// The URL that answered, after redirects.
+    pub url: Url,
+    pub body: Body,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn content_length(&self) -> Option<u64> {
+        self.header("content-length").and_then(|v| v.trim().parse().ok())
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("redirect refused: {0}")]
+    Redirect(String),
+    #[error("upstream client is shut down")]
+    Closed,
+}
+
+struct Job {
+    request: Request,
+    reply: oneshot::Sender<Result<Response, UpstreamError>>,
+}
+
+/// Cheap to clone; every clone talks to the same client threads.
+#[derive(Clone)]
+pub struct Upstream {
+    workers: Arc<Vec<mpsc::UnboundedSender<Job>>>,
+    next: Arc<AtomicUsize>,
+}
+
+#[derive(Clone)]
+struct Settings {
+    tls: Arc<rustls::ClientConfig>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    metrics: Metrics,
+}
+
+impl Upstream {
+    /// Starts `threads` client threads. Fails when `upstream.ca_file` cannot be used.
+    pub fn start(config: &UpstreamConfig, metrics: Metrics, threads: usize) -> Result<Self, tls::TlsSetupError> {
+        let settings = Settings {
+            tls: tls::client_config(config.ca_file.as_deref())?,
+            connect_timeout: config.connect_timeout.get(),
+            read_timeout: config.read_timeout.get(),
+            metrics,
+        };
+        let mut workers = Vec::new();
+        for i in 0..threads.max(1) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let settings = settings.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("upstream-{i}"))
+                .spawn(move || actix_rt::System::new().block_on(serve_jobs(rx, settings)));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start an upstream client thread");
+                continue;
+            }
+            workers.push(tx);
+        }
+        Ok(Upstream { workers: Arc::new(workers), next: Arc::new(AtomicUsize::new(0)) })
+    }
+
+    /// Sends a request; resolves when the response head has arrived (the body streams afterwards).
+    pub async fn send(&self, request: Request) -> Result<Response, UpstreamError> {
+        if self.workers.is_empty() {
+            return Err(UpstreamError::Closed);
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+        let (reply, answer) = oneshot::channel();
+        self.workers[i].send(Job { request, reply }).map_err(|_| UpstreamError::Closed)?;
+        answer.await.map_err(|_| UpstreamError::Closed)?
+    }
+}
+
+async fn serve_jobs(mut rx: mpsc::UnboundedReceiver<Job>, settings: Settings) {
+    let connector = awc::Connector::new()
+        .rustls_0_23(Arc::clone(&settings.tls))
+        .timeout(settings.connect_timeout)
+        .max_http_version(awc::http::Version::HTTP_11);
+    #[allow(clippy::disallowed_methods)] // the one place that builds an outbound client
+    let client = awc::Client::builder()
+        .connector(connector)
+        .timeout(settings.read_timeout)
+        .disable_redirects()
+        .no_default_headers()
+        .add_default_header(("user-agent", concat!("image-cache/", env!("CARGO_PKG_VERSION"))))
+        .finish();
+    while let Some(job) = rx.recv().await {
+        let client = client.clone();
+        let settings = settings.clone();
+        actix_rt::spawn(async move {
+            let kind = job.request.kind;
+            let result = execute(&client, job.request, &settings).await;
+            let label = match &result {
+                Ok(r) => r.status.to_string(),
+                Err(UpstreamError::Timeout(_)) => "timeout".into(),
+                Err(_) => "error".into(),
+            };
+            settings.metrics.upstream(kind, label);
+            let _ = job.reply.send(result);
+        });
+    }
+}
+
+async fn execute(client: &awc::Client, mut request: Request, settings: &Settings) -> Result<Response, UpstreamError> {
+    let mut hops = 0;
+    loop {
+        let method = match request.method {
+            Method::Get => awc::http::Method::GET,
+            Method::Head => awc::http::Method::HEAD,
+        };
+        let mut req = client.request(method, request.url.as_str());
+        for (name, value) in &request.headers {
+            req = req.insert_header((name.as_str(), value.as_str()));
+        }
+        let response = req.send().await.map_err(|e| classify(&request.url, e))?;
+        let status = response.status().as_u16();
+        if request.follow_redirects && redirect::is_redirect(status) {
+            let location = response.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let Some(location) = location else {
+                return Err(UpstreamError::Protocol(format!("{} answered {status} without Location", request.url)));
+            };
+            hops += 1;
+            if hops > MAX_REDIRECTS {
+                return Err(UpstreamError::Redirect(format!("more than {MAX_REDIRECTS} redirects from {}", request.url)));
+            }
+            match redirect::follow(&request.url, &location) {
+                redirect::Follow::To { url, same_origin } => {
+                    if !same_origin {
+                        request.headers.retain(|(n, _)| n != "authorization");
+                    }
+                    request.url = url;
+                    continue;
+                }
+                redirect::Follow::Refuse(why) => return Err(UpstreamError::Redirect(why)),
+            }
+        }
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_string(), v.to_string())))
+            .collect();
+        let body = if request.method == Method::Head {
+            Box::pin(futures_util::stream::empty()) as Body
+        } else {
+            pump_body(response, settings.read_timeout)
+        };
+        return Ok(Response { status, headers, url: request.url, body });
+    }
+}
+
+/// Moves body chunks from the client thread to the consumer, enforcing the idle timeout per chunk.
+/// Dropping the consumer's end stops the transfer (and closes the connection).
+fn pump_body<S>(mut response: awc::ClientResponse<S>, idle: Duration) -> Body
+where
+    S: Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(BODY_CHANNEL);
+    actix_rt::spawn(async move {
+        loop {
+            let item = match tokio::time::timeout(idle, response.next()).await {
+                Ok(Some(Ok(chunk))) => Ok(chunk),
+                Ok(Some(Err(e))) => Err(format!("body broken: {e}")),
+                Ok(None) => break,
+                Err(_) => Err(format!("no body bytes for {}s", idle.as_secs())),
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    Box::pin(tokio_stream_from(rx))
+}
+
+fn tokio_stream_from(mut rx: mpsc::Receiver<Result<Bytes, String>>) -> impl Stream<Item = Result<Bytes, String>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn classify(url: &Url, e: awc::error::SendRequestError) -> UpstreamError {
+    use awc::error::{ConnectError, SendRequestError as E};
+    match e {
+        E::Timeout => UpstreamError::Timeout(format!("no response from {url}")),
+        E::Connect(ConnectError::Timeout) => UpstreamError::Timeout(format!("connecting to {url}")),
+        E::Connect(c) => UpstreamError::Connect(format!("{url}: {c}")),
+        other => UpstreamError::Protocol(format!("{url}: {other}")),
+    }
+}
