@@ -154,9 +154,10 @@ async fn follow_fill(
         }
         Phase::Failed(failure) => {
             // Revalidation failed: the stored copy (if any) is better than an error.
-            if let Ok(Some(_)) = state.store.get(key) {
+            if let Ok(Some(hit)) = state.store.open_stored(key) {
                 tracing::warn!(key = %key, %failure, "origin unavailable; serving the stored copy");
-                return serve_stored_again(req, state, key, result::STALE);
+                state.metrics.request(kind::FILE, result::STALE);
+                return serve_hit(req, state, hit);
             }
             state.metrics.request(kind::FILE, result::ERROR);
             failure_response(&failure)
@@ -180,8 +181,8 @@ async fn follow_fill(
 }
 
 fn serve_stored_again(req: &HttpRequest, state: &HttpState, key: &Key, res: &'static str) -> HttpResponse {
-    match state.store.access(key, |_| Plan::Serve) {
-        Ok(Access::Hit(hit)) => {
+    match state.store.open_stored(key) {
+        Ok(Some(hit)) => {
             state.metrics.request(kind::FILE, res);
             serve_hit(req, state, hit)
         }
@@ -234,12 +235,16 @@ fn stream_fill(
         builder.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{}/{total}", end - 1)));
     }
     if req.method() == Method::HEAD {
-        builder.no_chunking(end - start);
-        return builder.finish();
+        return head_response(builder, end - start);
     }
     let reader = fill.reader(start, Some(end));
     let stream = body::fill_stream(reader, Some(end), resume, state.metrics.clone());
     builder.body(SizedStream::new(end - start, stream))
+}
+
+/// A HEAD answer announcing `len` bytes: actix writes the Content-Length of the body and sends none.
+fn head_response(mut builder: HttpResponseBuilder, len: u64) -> HttpResponse {
+    builder.body(SizedStream::new(len, futures_util::stream::empty::<Result<bytes::Bytes, body::BoxError>>()))
 }
 
 fn unsatisfiable(total: u64) -> HttpResponse {
@@ -289,8 +294,7 @@ pub(super) fn serve_hit(req: &HttpRequest, state: &HttpState, hit: Hit) -> HttpR
         }
     };
     if req.method() == Method::HEAD {
-        builder.no_chunking(end - start);
-        return builder.finish();
+        return head_response(builder, end - start);
     }
     let stream = body::file_stream(hit.file, start, end, state.metrics.clone());
     builder.body(SizedStream::new(end - start, stream))
@@ -325,10 +329,10 @@ async fn pass_through(req: &HttpRequest, state: &HttpState, url: url::Url, res: 
     }
     let length = resp.content_length();
     if req.method() == Method::HEAD || matches!(resp.status, 204 | 304) {
-        if let Some(l) = length {
-            builder.no_chunking(l);
-        }
-        return builder.finish();
+        return match length {
+            Some(l) if req.method() == Method::HEAD => head_response(builder, l),
+            _ => builder.finish(),
+        };
     }
     let stream = body::relay(resp.body, state.metrics.clone());
     match length {

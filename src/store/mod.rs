@@ -207,6 +207,21 @@ impl Store {
         }
     }
 
+    /// Opens the stored copy of a key, ignoring any fill running for it (a failed revalidation serves the
+    /// old copy; a 304 serves the same copy). `None` when nothing is stored.
+    pub fn open_stored(&self, key: &Key) -> Result<Option<Hit>, StoreError> {
+        let inflight = lock(&self.inner.inflight);
+        let Some(row) = self.inner.index.get(key.as_str())? else { return Ok(None) };
+        let file = match self.inner.fs.open_blob(&row.digest) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::Io { what: format!("blob {}", row.digest), source: e }),
+        };
+        drop(inflight);
+        self.record_hit(key.as_str());
+        Ok(Some(Hit { row, file }))
+    }
+
     /// Reads a row without side effects.
     pub fn get(&self, key: &Key) -> Result<Option<ObjectRow>, StoreError> {
         Ok(self.inner.index.get(key.as_str())?)

@@ -146,8 +146,9 @@ impl Upstream {
 async fn serve_jobs(mut rx: mpsc::UnboundedReceiver<Job>, settings: Settings) {
     let connector = awc::Connector::new()
         .rustls_0_23(Arc::clone(&settings.tls))
-        .timeout(settings.connect_timeout)
-        .max_http_version(awc::http::Version::HTTP_11);
+        .timeout(settings.connect_timeout);
+    // HTTP/1.1 only: the ALPN list in the TLS config says so. (Connector::max_http_version would rebuild the
+    // TLS connector and drop our trust roots.)
     #[allow(clippy::disallowed_methods)] // the one place that builds an outbound client
     let client = awc::Client::builder()
         .connector(connector)

@@ -1,0 +1,128 @@
+//! Shared harness: a test CA and HTTPS origin, the service started in-process on 127.0.0.1:0, a client.
+#![allow(dead_code)]
+
+pub mod origin;
+
+use image_cache::app::{self, Running};
+use image_cache::config::{Config, DomainConfig, OnMiss, Span};
+use origin::{Origin, TestCa};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DOMAIN: &str = "files.test";
+
+pub struct Env {
+    pub ca: TestCa,
+    pub origin: Origin,
+    pub dir: tempfile::TempDir,
+    pub ca_file: PathBuf,
+}
+
+impl Env {
+    pub async fn new() -> Self {
+        let ca = TestCa::new();
+        let origin = Origin::start(&ca).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &ca.pem).unwrap();
+        Env { ca, origin, dir, ca_file }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A config with one intercepted domain whose origin is the test origin.
+    pub fn config(&self, on_miss: OnMiss) -> Config {
+        let mut c = Config::laptop_defaults();
+        c.state_dir = self.state_dir();
+        c.http.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.dns.enabled = false;
+        c.upstream.ca_file = Some(self.ca_file.clone());
+        c.upstream.read_timeout = Span(Duration::from_secs(2));
+        c.upstream.connect_timeout = Span(Duration::from_secs(2));
+        let mut d = DomainConfig::named(DOMAIN);
+        d.origin = Some(self.origin.url());
+        d.on_miss = on_miss;
+        c.domains = vec![d];
+        c
+    }
+
+    pub async fn start(&self, config: Config) -> Service {
+        let running = app::start(config).await.expect("service starts");
+        let base = format!("http://{}", running.http_addrs[0]);
+        Service { running: Some(running), base, client: client() }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(120)).pool_max_idle_per_host(0).build().unwrap()
+}
+
+pub struct Service {
+    pub running: Option<Running>,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Service {
+    pub fn store(&self) -> &image_cache::store::Store {
+        &self.running.as_ref().unwrap().store
+    }
+
+    /// A request for `path` with the intercepted Host.
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(format!("{}{}", self.base, path)).header("host", DOMAIN)
+    }
+
+    pub fn admin(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(format!("{}{}", self.base, path))
+    }
+
+    pub async fn metric(&self, needle: &str) -> f64 {
+        let text = self.admin("/metrics").send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find(|l| l.starts_with(needle) && l[needle.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until no fill is running (a client has its last byte slightly before the index commit).
+    pub async fn settle(&self) {
+        for _ in 0..200 {
+            if self.store().fills().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("fills still running: {:?}", self.store().fills());
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// The files under `dir`, recursively (to check that nothing was written outside the state dir).
+pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}

@@ -1,0 +1,291 @@
+//! An HTTPS origin on 127.0.0.1 with a CA made in the test. Behaviour is chosen by path, every request is
+//! counted, and the server can be stopped to play "the internet is gone".
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::{self, pki_types::PrivateKeyDer};
+
+pub struct TestCa {
+    pub pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "image-cache test CA");
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa { pem: cert.pem(), issuer: Issuer::new(params, key) }
+    }
+
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+            .unwrap();
+        Arc::new(config)
+    }
+}
+
+/// Deterministic bytes for (seed, offset): what `/file/<size>/<seed>` serves.
+pub fn content(seed: u64, size: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size as usize);
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while (out.len() as u64) < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(size as usize);
+    out
+}
+
+#[derive(Default)]
+pub struct OriginState {
+    pub gets: Mutex<HashMap<String, u64>>,
+    pub conditional_gets: AtomicU64,
+    /// Version served at `/mutable/*`; bump it to change the content.
+    pub version: AtomicU64,
+    /// Requests seen with a Range header.
+    pub ranged: AtomicU64,
+    /// Set by `stop`: open keep-alive connections answer nothing more.
+    pub stopped: std::sync::atomic::AtomicBool,
+}
+
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub state: Arc<OriginState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    pub async fn start(ca: &TestCa) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = TlsAcceptor::from(ca.server_config());
+        let state = Arc::new(OriginState::default());
+        state.version.store(1, Ordering::SeqCst);
+        let st = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let acceptor = acceptor.clone();
+                let st = Arc::clone(&st);
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        let _ = serve_conn(tls, st).await;
+                    }
+                });
+            }
+        });
+        Origin { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    pub fn gets(&self, path: &str) -> u64 {
+        self.state.gets.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    pub fn total_gets(&self) -> u64 {
+        self.state.gets.lock().unwrap().values().sum()
+    }
+
+    pub fn stop(&self) {
+        self.state.stopped.store(true, Ordering::SeqCst);
+        self.task.abort();
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut io: S,
+    st: Arc<OriginState>,
+) -> std::io::Result<()> {
+    loop {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if io.read(&mut byte).await? == 0 {
+                return Ok(());
+            }
+            head.push(byte[0]);
+            if head.len() > 65536 {
+                return Ok(());
+            }
+        }
+        if st.stopped.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&head).to_string();
+        let mut lines = text.split("\r\n");
+        let first = lines.next().unwrap_or_default().to_string();
+        let headers: HashMap<String, String> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let mut parts = first.split(' ');
+        let method = parts.next().unwrap_or_default().to_string();
+        let path = parts.next().unwrap_or_default().to_string();
+        if method == "GET" {
+            *st.gets.lock().unwrap().entry(path.clone()).or_default() += 1;
+        }
+        if headers.contains_key("if-none-match") || headers.contains_key("if-modified-since") {
+            st.conditional_gets.fetch_add(1, Ordering::SeqCst);
+        }
+        if headers.contains_key("range") {
+            st.ranged.fetch_add(1, Ordering::SeqCst);
+        }
+        let keep = respond(&mut io, &method, &path, &headers, &st).await?;
+        if !keep {
+            return Ok(());
+        }
+    }
+}
+
+fn seg(path: &str, i: usize) -> u64 {
+    path.split('/').nth(i).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// Writes one response; returns whether the connection may be reused.
+async fn respond<S: tokio::io::AsyncWrite + Unpin>(
+    io: &mut S,
+    method: &str,
+    path: &str,
+    headers: &HashMap<String, String>,
+    st: &OriginState,
+) -> std::io::Result<bool> {
+    let head_only = method == "HEAD";
+    let kind = path.split('/').nth(1).unwrap_or_default();
+    match kind {
+        // /file/<size>/<seed>, /slow/<size>/<seed>/<chunk>/<delay ms>
+        "file" | "slow" => {
+            let (size, seed) = (seg(path, 2), seg(path, 3));
+            let etag = format!("\"{seed}-{size}\"");
+            if headers.get("if-none-match") == Some(&etag) {
+                io.write_all(format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\n\r\n").as_bytes()).await?;
+                return Ok(true);
+            }
+            let body = content(seed, size);
+            let (status, start, end) = match headers.get("range").and_then(|r| parse_range(r, size)) {
+                Some((s, e)) => ("206 Partial Content", s, e),
+                None => ("200 OK", 0, size),
+            };
+            let mut h = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: application/x-test\r\nETag: {etag}\r\nLast-Modified: Tue, 14 Nov 2023 22:13:20 GMT\r\nAccept-Ranges: bytes\r\n",
+                end - start
+            );
+            if status.starts_with("206") {
+                h.push_str(&format!("Content-Range: bytes {start}-{}/{size}\r\n", end - 1));
+            }
+            h.push_str("\r\n");
+            io.write_all(h.as_bytes()).await?;
+            if head_only {
+                return Ok(true);
+            }
+            let data = &body[start as usize..end as usize];
+            if kind == "slow" {
+                let chunk = seg(path, 4).max(1) as usize;
+                let delay = Duration::from_millis(seg(path, 5));
+                for piece in data.chunks(chunk) {
+                    io.write_all(piece).await?;
+                    io.flush().await?;
+                    tokio::time::sleep(delay).await;
+                }
+            } else {
+                io.write_all(data).await?;
+            }
+            io.flush().await?;
+            Ok(true)
+        }
+        // /chunked/<size>/<seed>: no Content-Length
+        "chunked" => {
+            let body = content(seg(path, 3), seg(path, 2));
+            io.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await?;
+            for piece in body.chunks(10_000) {
+                io.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).await?;
+                io.write_all(piece).await?;
+                io.write_all(b"\r\n").await?;
+            }
+            io.write_all(b"0\r\n\r\n").await?;
+            io.flush().await?;
+            Ok(true)
+        }
+        // /status/<code>
+        "status" => {
+            let code = seg(path, 2);
+            io.write_all(format!("HTTP/1.1 {code} Test\r\nContent-Length: 4\r\n\r\nnope").as_bytes()).await?;
+            Ok(true)
+        }
+        // /hang: never answers
+        "hang" => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(false)
+        }
+        // /short/<size>/<seed>: announces <size>, sends half after a pause, then closes.
+        "short" => {
+            let size = seg(path, 2);
+            let body = content(seg(path, 3), size);
+            io.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").as_bytes()).await?;
+            io.write_all(&body[..(size / 2) as usize]).await?;
+            io.flush().await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(false)
+        }
+        // /redirect/<rest>: 302 to /<rest>
+        "redirect" => {
+            let rest = path.trim_start_matches("/redirect");
+            io.write_all(format!("HTTP/1.1 302 Found\r\nLocation: {rest}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await?;
+            Ok(true)
+        }
+        // /mutable/<name>: content depends on the version counter; ETag too.
+        "mutable" => {
+            let v = st.version.load(Ordering::SeqCst);
+            let etag = format!("\"v{v}\"");
+            if headers.get("if-none-match") == Some(&etag) {
+                io.write_all(format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\n\r\n").as_bytes()).await?;
+                return Ok(true);
+            }
+            let body = format!("version {v}\n");
+            io.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {etag}\r\n\r\n{body}", body.len()).as_bytes())
+                .await?;
+            Ok(true)
+        }
+        _ => {
+            io.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await?;
+            Ok(true)
+        }
+    }
+}
+
+fn parse_range(r: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = r.strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let start: u64 = a.parse().ok()?;
+    let end = if b.is_empty() { size } else { b.parse::<u64>().ok()? + 1 };
+    (start < end && end <= size).then_some((start, end))
+}
