@@ -23,7 +23,11 @@ pub enum AppError {
     #[error("cannot open the store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr}: {source}{hint}")]
-    Bind { addr: SocketAddr, source: std::io::Error, hint: &'static str },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+        hint: &'static str,
+    },
     #[error("HTTP server failed: {0}")]
     Server(std::io::Error),
     #[error("{0}")]
@@ -83,7 +87,11 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
         socket.listen(1024)?;
         Ok(socket.into())
     };
-    make().map_err(|source| AppError::Bind { addr, hint: hint(&source), source })
+    make().map_err(|source| AppError::Bind {
+        addr,
+        hint: hint(&source),
+        source,
+    })
 }
 
 pub async fn start(config: Config) -> Result<Running, AppError> {
@@ -95,9 +103,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let max_size = config.cache.max_size.bytes();
     let store_metrics = metrics.clone();
     let runtime = tokio::runtime::Handle::current();
-    let (store, report) = tokio::task::spawn_blocking(move || Store::open(&state_dir, max_size, store_metrics, runtime))
-        .await
-        .map_err(|e| AppError::Other(format!("store open task failed: {e}")))??;
+    let (store, report) = tokio::task::spawn_blocking(move || {
+        Store::open(&state_dir, max_size, store_metrics, runtime)
+    })
+    .await
+    .map_err(|e| AppError::Other(format!("store open task failed: {e}")))??;
     tracing::info!(
         state_dir = %config.state_dir.display(),
         objects = store.object_count(),
@@ -110,7 +120,13 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
 
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let upstream = Upstream::start(&config.upstream, metrics.clone(), cpus.min(4))?;
-    let state = Arc::new(HttpState::new(Arc::clone(&config), store.clone(), upstream, metrics.clone(), lifecycle.clone()));
+    let state = Arc::new(HttpState::new(
+        Arc::clone(&config),
+        store.clone(),
+        upstream,
+        metrics.clone(),
+        lifecycle.clone(),
+    ));
 
     let mut listeners = Vec::new();
     for addr in &config.http.listen {
@@ -122,14 +138,24 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     }
     let local = |l: &TcpListener| l.local_addr().map_err(AppError::Server);
     let http_addrs = listeners.iter().map(local).collect::<Result<Vec<_>, _>>()?;
-    let admin_addrs = admin_listeners.iter().map(local).collect::<Result<Vec<_>, _>>()?;
+    let admin_addrs = admin_listeners
+        .iter()
+        .map(local)
+        .collect::<Result<Vec<_>, _>>()?;
 
-    let routing = web::Data::new(Routing { state, admin_addrs: admin_addrs.clone() });
-    let mut server = HttpServer::new(move || App::new().app_data(routing.clone()).default_service(web::to(dispatch)))
-        .workers(cpus.clamp(1, 8))
-        .backlog(1024)
-        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-        .disable_signals();
+    let routing = web::Data::new(Routing {
+        state,
+        admin_addrs: admin_addrs.clone(),
+    });
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(routing.clone())
+            .default_service(web::to(dispatch))
+    })
+    .workers(cpus.clamp(1, 8))
+    .backlog(1024)
+    .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+    .disable_signals();
     for l in listeners.into_iter().chain(admin_listeners) {
         server = server.listen(l).map_err(AppError::Server)?;
     }
@@ -145,11 +171,23 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         tracing::info!("listening admin on {a}");
     }
     lifecycle.set_ready();
-    systemd::ready(&format!("serving {} objects, {} bytes", store.object_count(), store.total_bytes()));
+    systemd::ready(&format!(
+        "serving {} objects, {} bytes",
+        store.object_count(),
+        store.total_bytes()
+    ));
     if let Some(every) = systemd::watchdog_interval() {
         tokio::spawn(watchdog(every, store.clone(), lifecycle.clone()));
     }
-    Ok(Running { http_addrs, admin_addrs, lifecycle, store, server: handle, server_task, maintenance })
+    Ok(Running {
+        http_addrs,
+        admin_addrs,
+        lifecycle,
+        store,
+        server: handle,
+        server_task,
+        maintenance,
+    })
 }
 
 /// Pets the systemd watchdog while the store answers; stops petting if it does not, so systemd restarts us.
@@ -158,10 +196,17 @@ async fn watchdog(every: Duration, store: Store, lifecycle: Lifecycle) {
     while !lifecycle.is_shutting_down() {
         let s = store.clone();
         let p = probe.clone();
-        let healthy = tokio::task::spawn_blocking(move || s.get(&p).is_ok()).await.unwrap_or(false);
+        let healthy = tokio::task::spawn_blocking(move || s.get(&p).is_ok())
+            .await
+            .unwrap_or(false);
         if healthy {
             systemd::watchdog();
-            systemd::status(&format!("{} objects, {} bytes, {} fills", store.object_count(), store.total_bytes(), store.fills().len()));
+            systemd::status(&format!(
+                "{} objects, {} bytes, {} fills",
+                store.object_count(),
+                store.total_bytes(),
+                store.fills().len()
+            ));
         } else {
             tracing::error!("watchdog: store does not answer");
         }

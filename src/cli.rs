@@ -9,7 +9,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "image-cache", version, about = "DNS interceptor, PXE image cache and OCI pull-through mirror")]
+#[command(
+    name = "image-cache",
+    version,
+    about = "DNS interceptor, PXE image cache and OCI pull-through mirror"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -55,14 +59,21 @@ pub enum StoreAction {
 
 /// Loads the config, or the error that `main` turns into exit 2.
 pub fn load_config(arg: &ConfigArg) -> Result<(Config, ConfigSource), AppError> {
-    Ok(config::load(arg.config.as_deref(), std::path::Path::new(config::DEFAULT_CONFIG_PATH))?)
+    Ok(config::load(
+        arg.config.as_deref(),
+        std::path::Path::new(config::DEFAULT_CONFIG_PATH),
+    )?)
 }
 
 pub fn check_config(arg: &ConfigArg) -> Result<(), AppError> {
     let (config, source) = load_config(arg)?;
-    let text = toml::to_string_pretty(&config).map_err(|e| AppError::Other(format!("cannot print config: {e}")))?;
+    let text = toml::to_string_pretty(&config)
+        .map_err(|e| AppError::Other(format!("cannot print config: {e}")))?;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "# effective config, from {source}; secrets are read from the files named here and never printed");
+    let _ = writeln!(
+        out,
+        "# effective config, from {source}; secrets are read from the files named here and never printed"
+    );
     let _ = write!(out, "{text}");
     Ok(())
 }
@@ -80,24 +91,37 @@ pub async fn store(arg: &ConfigArg, action: &StoreAction) -> Result<i32, AppErro
     let runtime = tokio::runtime::Handle::current();
     let dir = config.state_dir.clone();
     let max = config.cache.max_size.bytes();
-    let (store, _) = tokio::task::spawn_blocking(move || Store::open(&dir, max, Metrics::new(), runtime))
-        .await
-        .map_err(|e| AppError::Other(e.to_string()))??;
+    let (store, _) =
+        tokio::task::spawn_blocking(move || Store::open(&dir, max, Metrics::new(), runtime))
+            .await
+            .map_err(|e| AppError::Other(e.to_string()))??;
     let job = match action {
         StoreAction::Ls { prefix, limit } => {
             let rows = store.list(prefix, None, *limit)?;
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{:<60} {:>14} {:>8} {:>20} PINNED", "KEY", "SIZE", "HITS", "LAST ACCESS");
+            let _ = writeln!(
+                out,
+                "{:<60} {:>14} {:>8} {:>20} PINNED",
+                "KEY", "SIZE", "HITS", "LAST ACCESS"
+            );
             for (key, row) in rows {
-                let when = httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(row.last_access));
-                let _ = writeln!(out, "{key:<60} {:>14} {:>8} {when:>20} {}", row.size, row.hits, if row.pinned { "yes" } else { "no" });
+                let when = httpdate::fmt_http_date(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(row.last_access),
+                );
+                let _ = writeln!(
+                    out,
+                    "{key:<60} {:>14} {:>8} {when:>20} {}",
+                    row.size,
+                    row.hits,
+                    if row.pinned { "yes" } else { "no" }
+                );
             }
             return Ok(0);
         }
         StoreAction::Verify => tokio::task::spawn_blocking(move || {
             let mut last = 0u64;
             let report = store.verify(|done, total| {
-                let pct = if total == 0 { 100 } else { done * 100 / total };
+                let pct = (done * 100).checked_div(total).unwrap_or(100);
                 if pct != last {
                     last = pct;
                     eprint!("\rverifying: {pct:>3}% ({done} of {total} bytes)");
@@ -105,7 +129,12 @@ pub async fn store(arg: &ConfigArg, action: &StoreAction) -> Result<i32, AppErro
             });
             eprintln!();
             report.map(|r| {
-                println!("checked {} blobs, {} bytes; {} corrupt objects removed", r.blobs_checked, r.bytes_checked, r.corrupt_keys.len());
+                println!(
+                    "checked {} blobs, {} bytes; {} corrupt objects removed",
+                    r.blobs_checked,
+                    r.bytes_checked,
+                    r.corrupt_keys.len()
+                );
                 for k in &r.corrupt_keys {
                     println!("corrupt: {k}");
                 }
@@ -114,7 +143,10 @@ pub async fn store(arg: &ConfigArg, action: &StoreAction) -> Result<i32, AppErro
         }),
         StoreAction::Gc => tokio::task::spawn_blocking(move || {
             store.gc().map(|r| {
-                println!("evicted {} objects, freed {} bytes; store now holds {} bytes", r.evicted_keys, r.freed_bytes, r.bytes_after);
+                println!(
+                    "evicted {} objects, freed {} bytes; store now holds {} bytes",
+                    r.evicted_keys, r.freed_bytes, r.bytes_after
+                );
                 0
             })
         }),

@@ -96,35 +96,91 @@ impl Metrics {
             sync_images: Family::default(),
             peer_up: Family::default(),
         };
-        r.register("requests", "Client requests by kind and cache result", m.requests.clone());
-        r.register("bytes_served", "Body bytes sent to clients, by where they came from", m.bytes_served.clone());
-        r.register("upstream_requests", "Requests sent to origins and registries, by status", m.upstream_requests.clone());
-        r.register("fills_coalesced", "Requests that joined a fill already running", m.fills_coalesced.clone());
-        r.register("store_bytes", "Bytes held in the store (each blob once)", m.store_bytes.clone());
-        r.register("store_objects", "Keys in the store index", m.store_objects.clone());
-        r.register("evictions", "Keys evicted to stay under cache.max_size", m.evictions.clone());
-        r.register("dns_queries", "DNS queries by outcome", m.dns_queries.clone());
-        r.register("sync_runs", "metal-api sync runs by result", m.sync_runs.clone());
+        r.register(
+            "requests",
+            "Client requests by kind and cache result",
+            m.requests.clone(),
+        );
+        r.register(
+            "bytes_served",
+            "Body bytes sent to clients, by where they came from",
+            m.bytes_served.clone(),
+        );
+        r.register(
+            "upstream_requests",
+            "Requests sent to origins and registries, by status",
+            m.upstream_requests.clone(),
+        );
+        r.register(
+            "fills_coalesced",
+            "Requests that joined a fill already running",
+            m.fills_coalesced.clone(),
+        );
+        r.register(
+            "store_bytes",
+            "Bytes held in the store (each blob once)",
+            m.store_bytes.clone(),
+        );
+        r.register(
+            "store_objects",
+            "Keys in the store index",
+            m.store_objects.clone(),
+        );
+        r.register(
+            "evictions",
+            "Keys evicted to stay under cache.max_size",
+            m.evictions.clone(),
+        );
+        r.register(
+            "dns_queries",
+            "DNS queries by outcome",
+            m.dns_queries.clone(),
+        );
+        r.register(
+            "sync_runs",
+            "metal-api sync runs by result",
+            m.sync_runs.clone(),
+        );
         r.register(
             "sync_last_success_timestamp_seconds",
             "Unix time of the last successful sync run",
             m.sync_last_success.clone(),
         );
-        r.register("sync_images", "Images known to the last sync plan, by state", m.sync_images.clone());
-        r.register("peer_up", "1 when the peer's /health answers, after hysteresis", m.peer_up.clone());
-        Metrics { registry: Arc::new(r), ..m }
+        r.register(
+            "sync_images",
+            "Images known to the last sync plan, by state",
+            m.sync_images.clone(),
+        );
+        r.register(
+            "peer_up",
+            "1 when the peer's /health answers, after hysteresis",
+            m.peer_up.clone(),
+        );
+        Metrics {
+            registry: Arc::new(r),
+            ..m
+        }
     }
 
     pub fn request(&self, kind: &'static str, result: &'static str) {
-        self.requests.get_or_create(&RequestLabels { kind, result }).inc();
+        self.requests
+            .get_or_create(&RequestLabels { kind, result })
+            .inc();
     }
 
     pub fn served(&self, source: &'static str, bytes: u64) {
-        self.bytes_served.get_or_create(&SourceLabels { source }).inc_by(bytes);
+        self.bytes_served
+            .get_or_create(&SourceLabels { source })
+            .inc_by(bytes);
     }
 
     pub fn upstream(&self, kind: &'static str, status: impl Into<String>) {
-        self.upstream_requests.get_or_create(&UpstreamLabels { kind, status: status.into() }).inc();
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels {
+                kind,
+                status: status.into(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition of every family.

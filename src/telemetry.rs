@@ -23,24 +23,32 @@ pub fn init(config: &LogConfig) {
     };
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
-        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
         LogFormat::Journald => match tracing_journald::layer() {
-            Ok(layer) => registry.with(layer.with_syslog_identifier("image-cache".into())).try_init(),
+            Ok(layer) => registry
+                .with(layer.with_syslog_identifier("image-cache".into()))
+                .try_init(),
             Err(e) => {
                 eprintln!("image-cache: journald unavailable ({e}); logging to stderr");
-                registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()
+                registry
+                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                    .try_init()
             }
         },
-        LogFormat::Text | LogFormat::Auto => {
-            registry
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .with_writer(std::io::stderr)
-                        .with_target(false)
-                        .with_ansi(std::io::stderr().is_terminal()),
-                )
-                .try_init()
-        }
+        LogFormat::Text | LogFormat::Auto => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .try_init(),
     };
     // A second init (tests starting several apps in one process) keeps the first subscriber.
     let _ = result;

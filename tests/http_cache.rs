@@ -14,7 +14,13 @@ use std::time::Duration;
 fn same(a: &[u8], b: &[u8]) -> bool {
     let equal = a == b;
     if !equal {
-        eprintln!("body {} ({} bytes) != {} ({} bytes)", sha256(a), a.len(), sha256(b), b.len());
+        eprintln!(
+            "body {} ({} bytes) != {} ({} bytes)",
+            sha256(a),
+            a.len(),
+            sha256(b),
+            b.len()
+        );
     }
     equal
 }
@@ -29,12 +35,23 @@ async fn cold_then_warm_with_one_origin_fetch() {
         assert_eq!(resp.status(), 200, "round {round}");
         assert_eq!(resp.headers()["content-length"], "300000");
         assert_eq!(resp.headers()["content-type"], "application/x-test");
-        assert!(same(resp.bytes().await.unwrap().as_ref(), want.as_slice()), "round {round}");
+        assert!(
+            same(resp.bytes().await.unwrap().as_ref(), want.as_slice()),
+            "round {round}"
+        );
         svc.settle().await;
     }
     assert_eq!(env.origin.gets("/file/300000/7"), 1);
-    assert_eq!(svc.metric("image_cache_requests_total{kind=\"file\",result=\"miss\"}").await, 1.0);
-    assert_eq!(svc.metric("image_cache_requests_total{kind=\"file\",result=\"hit\"}").await, 2.0);
+    assert_eq!(
+        svc.metric("image_cache_requests_total{kind=\"file\",result=\"miss\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        svc.metric("image_cache_requests_total{kind=\"file\",result=\"hit\"}")
+            .await,
+        2.0
+    );
     assert_eq!(svc.metric("image_cache_store_objects").await, 1.0);
     assert_eq!(svc.metric("image_cache_store_bytes").await, 300_000.0);
     svc.stop().await;
@@ -72,10 +89,18 @@ async fn fifty_concurrent_cold_gets_make_one_origin_get() {
     }
     assert_eq!(env.origin.gets(&path), 1, "exactly one origin GET");
     let coalesced = svc.metric("image_cache_fills_coalesced_total").await;
-    let misses = svc.metric("image_cache_requests_total{kind=\"file\",result=\"miss\"}").await;
-    let hits = svc.metric("image_cache_requests_total{kind=\"file\",result=\"hit\"}").await;
+    let misses = svc
+        .metric("image_cache_requests_total{kind=\"file\",result=\"miss\"}")
+        .await;
+    let hits = svc
+        .metric("image_cache_requests_total{kind=\"file\",result=\"hit\"}")
+        .await;
     assert_eq!(misses + hits, 50.0);
-    assert_eq!(misses, coalesced + 1.0, "joiners count as misses and as coalesced");
+    assert_eq!(
+        misses,
+        coalesced + 1.0,
+        "joiners count as misses and as coalesced"
+    );
     svc.stop().await;
 }
 
@@ -86,17 +111,41 @@ async fn range_on_a_cold_object_is_served_while_it_fills() {
     // 2 MB dripped in 64 KiB pieces every 100 ms: the fill takes over 3 s.
     let path = "/slow/2000000/5/65536/100";
     let want = content(5, 2_000_000);
-    let resp = svc.get(path).header("range", "bytes=1000-1999").send().await.unwrap();
+    let resp = svc
+        .get(path)
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 206);
     assert_eq!(resp.headers()["content-range"], "bytes 1000-1999/2000000");
-    assert!(same(resp.bytes().await.unwrap().as_ref(), &want[1000..2000]));
-    assert_eq!(svc.store().fills().len(), 1, "the range was answered while the fill was still running");
+    assert!(same(
+        resp.bytes().await.unwrap().as_ref(),
+        &want[1000..2000]
+    ));
+    assert_eq!(
+        svc.store().fills().len(),
+        1,
+        "the range was answered while the fill was still running"
+    );
     // A second range further in joins the same fill.
-    let resp = svc.get(path).header("range", "bytes=1500000-").send().await.unwrap();
+    let resp = svc
+        .get(path)
+        .header("range", "bytes=1500000-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 206);
-    assert!(same(resp.bytes().await.unwrap().as_ref(), &want[1_500_000..]));
+    assert!(same(
+        resp.bytes().await.unwrap().as_ref(),
+        &want[1_500_000..]
+    ));
     assert_eq!(env.origin.gets(path), 1);
-    assert_eq!(env.origin.state.ranged.load(Ordering::SeqCst), 0, "the fill fetches the whole object");
+    assert_eq!(
+        env.origin.state.ranged.load(Ordering::SeqCst),
+        0,
+        "the fill fetches the whole object"
+    );
     svc.stop().await;
 }
 
@@ -105,39 +154,93 @@ async fn hits_answer_range_head_and_conditional_requests() {
     let env = Env::new().await;
     let svc = env.start(env.config(OnMiss::Fill)).await;
     let want = content(9, 10_000);
-    svc.get("/file/10000/9").send().await.unwrap().bytes().await.unwrap();
+    svc.get("/file/10000/9")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     svc.settle().await;
 
     let resp = svc.get("/file/10000/9").send().await.unwrap();
     let etag = resp.headers()["etag"].to_str().unwrap().to_string();
-    let last_modified = resp.headers()["last-modified"].to_str().unwrap().to_string();
+    let last_modified = resp.headers()["last-modified"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(etag.starts_with("\"sha256:"), "{etag}");
     assert_eq!(etag, format!("\"sha256:{}\"", sha256(&want)));
-    assert_eq!(last_modified, "Tue, 14 Nov 2023 22:13:20 GMT", "the origin's Last-Modified is kept");
+    assert_eq!(
+        last_modified, "Tue, 14 Nov 2023 22:13:20 GMT",
+        "the origin's Last-Modified is kept"
+    );
 
-    let r = svc.get("/file/10000/9").header("range", "bytes=10-19").send().await.unwrap();
+    let r = svc
+        .get("/file/10000/9")
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 10-19/10000");
     assert!(same(r.bytes().await.unwrap().as_ref(), &want[10..20]));
 
-    let r = svc.get("/file/10000/9").header("range", "bytes=-5").send().await.unwrap();
+    let r = svc
+        .get("/file/10000/9")
+        .header("range", "bytes=-5")
+        .send()
+        .await
+        .unwrap();
     assert!(same(r.bytes().await.unwrap().as_ref(), &want[9995..]));
 
-    let r = svc.get("/file/10000/9").header("range", "bytes=20000-").send().await.unwrap();
+    let r = svc
+        .get("/file/10000/9")
+        .header("range", "bytes=20000-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 416);
     assert_eq!(r.headers()["content-range"], "bytes */10000");
 
-    let r = svc.client.head(format!("{}/file/10000/9", svc.base)).header("host", DOMAIN).send().await.unwrap();
+    let r = svc
+        .client
+        .head(format!("{}/file/10000/9", svc.base))
+        .header("host", DOMAIN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], "10000");
 
-    let r = svc.get("/file/10000/9").header("if-none-match", &etag).send().await.unwrap();
+    let r = svc
+        .get("/file/10000/9")
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 304);
-    let r = svc.get("/file/10000/9").header("if-modified-since", &last_modified).send().await.unwrap();
+    let r = svc
+        .get("/file/10000/9")
+        .header("if-modified-since", &last_modified)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 304);
-    let r = svc.get("/file/10000/9").header("if-none-match", "\"other\"").send().await.unwrap();
+    let r = svc
+        .get("/file/10000/9")
+        .header("if-none-match", "\"other\"")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = svc.get("/file/10000/9").header("range", "bytes=0-0").header("if-range", "\"stale\"").send().await.unwrap();
+    let r = svc
+        .get("/file/10000/9")
+        .header("range", "bytes=0-0")
+        .header("if-range", "\"stale\"")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "a failed If-Range gets the whole body");
     assert_eq!(env.origin.total_gets(), 1);
     svc.stop().await;
@@ -165,8 +268,12 @@ async fn hostile_paths_are_rejected_before_anything_is_touched() {
         "/file/a\\..\\b",
     ] {
         // Raw requests: an HTTP client library would normalise `..` away before sending.
-        let raw = raw_get(&svc.base, path).await;
-        assert!(raw.starts_with("HTTP/1.1 400"), "{path}: {}", raw.lines().next().unwrap_or_default());
+        let raw = common::raw_get(&svc.base, path).await;
+        assert!(
+            raw.starts_with("HTTP/1.1 400"),
+            "{path}: {}",
+            raw.lines().next().unwrap_or_default()
+        );
     }
     assert_eq!(env.origin.total_gets(), 0, "nothing reached the origin");
     let after: Vec<_> = files_under(env.dir.path());
@@ -175,22 +282,23 @@ async fn hostile_paths_are_rejected_before_anything_is_touched() {
     svc.stop().await;
 }
 
-async fn raw_get(base: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_hosts_never_reach_the_file_cache() {
     let env = Env::new().await;
     let svc = env.start(env.config(OnMiss::Fill)).await;
-    for host in ["evil.test", "127.0.0.1", "files.test.evil.test", "sub.files.test"] {
-        let r = svc.client.get(format!("{}/file/100/1", svc.base)).header("host", host).send().await.unwrap();
+    for host in [
+        "evil.test",
+        "127.0.0.1",
+        "files.test.evil.test",
+        "sub.files.test",
+    ] {
+        let r = svc
+            .client
+            .get(format!("{}/file/100/1", svc.base))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404, "{host}");
     }
     assert_eq!(env.origin.total_gets(), 0);
@@ -207,7 +315,13 @@ async fn other_hosts_never_reach_the_file_cache() {
 async fn origin_failures_give_clear_statuses_and_store_nothing() {
     let env = Env::new().await;
     let svc = env.start(env.config(OnMiss::Fill)).await;
-    let cases = [("/status/404", 404), ("/status/410", 410), ("/status/500", 502), ("/status/403", 502), ("/hang", 504)];
+    let cases = [
+        ("/status/404", 404),
+        ("/status/410", 410),
+        ("/status/500", 502),
+        ("/status/403", 502),
+        ("/hang", 504),
+    ];
     for (path, want) in cases {
         let r = svc.get(path).send().await.unwrap();
         assert_eq!(r.status(), want, "{path}");
@@ -216,10 +330,21 @@ async fn origin_failures_give_clear_statuses_and_store_nothing() {
     // looking body.
     let r = svc.get("/short/1000000/3").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.bytes().await.is_err(), "a broken fill aborts the response");
+    assert!(
+        r.bytes().await.is_err(),
+        "a broken fill aborts the response"
+    );
     assert_eq!(svc.store().object_count(), 0, "nothing stored");
-    assert_eq!(files_under(&env.state_dir().join("tmp")).len(), 0, "no temp litter");
-    assert!(svc.metric("image_cache_requests_total{kind=\"file\",result=\"error\"}").await >= 5.0);
+    assert_eq!(
+        files_under(&env.state_dir().join("tmp")).len(),
+        0,
+        "no temp litter"
+    );
+    assert!(
+        svc.metric("image_cache_requests_total{kind=\"file\",result=\"error\"}")
+            .await
+            >= 5.0
+    );
 
     // Origin gone entirely.
     env.origin.stop();
@@ -242,7 +367,10 @@ async fn a_failed_fill_aborts_every_reader() {
         }));
     }
     for t in tasks {
-        assert!(t.await.unwrap().is_err(), "every reader sees an aborted body");
+        assert!(
+            t.await.unwrap().is_err(),
+            "every reader sees an aborted body"
+        );
     }
     assert_eq!(svc.store().object_count(), 0);
     svc.stop().await;
@@ -254,12 +382,30 @@ async fn redirects_and_chunked_origins_are_stored_under_the_requested_key() {
     let svc = env.start(env.config(OnMiss::Fill)).await;
     let r = svc.get("/redirect/file/5000/11").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(same(r.bytes().await.unwrap().as_ref(), content(11, 5000).as_slice()));
+    assert!(same(
+        r.bytes().await.unwrap().as_ref(),
+        content(11, 5000).as_slice()
+    ));
     let r = svc.get("/chunked/123456/12").send().await.unwrap();
-    assert!(same(r.bytes().await.unwrap().as_ref(), content(12, 123_456).as_slice()));
+    assert!(same(
+        r.bytes().await.unwrap().as_ref(),
+        content(12, 123_456).as_slice()
+    ));
     svc.settle().await;
-    let keys: Vec<String> = svc.store().list("", None, 10).unwrap().into_iter().map(|(k, _)| k).collect();
-    assert_eq!(keys, ["file:files.test/chunked/123456/12", "file:files.test/redirect/file/5000/11"]);
+    let keys: Vec<String> = svc
+        .store()
+        .list("", None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "file:files.test/chunked/123456/12",
+            "file:files.test/redirect/file/5000/11"
+        ]
+    );
     for p in ["/redirect/file/5000/11", "/chunked/123456/12"] {
         svc.get(p).send().await.unwrap().bytes().await.unwrap();
     }
@@ -272,17 +418,31 @@ async fn redirects_and_chunked_origins_are_stored_under_the_requested_key() {
 async fn on_miss_redirect_and_proxy() {
     let env = Env::new().await;
     let svc = env.start(env.config(OnMiss::Redirect)).await;
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let r = client.get(format!("{}/metal-os/img.tar.lz4?x=1&y=2", svc.base)).header("host", DOMAIN).send().await.unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("{}/metal-os/img.tar.lz4?x=1&y=2", svc.base))
+        .header("host", DOMAIN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 307);
-    assert_eq!(r.headers()["location"], "https://files.test/metal-os/img.tar.lz4?x=1&y=2");
+    assert_eq!(
+        r.headers()["location"],
+        "https://files.test/metal-os/img.tar.lz4?x=1&y=2"
+    );
     svc.stop().await;
 
     let env = Env::new().await;
     let svc = env.start(env.config(OnMiss::Proxy)).await;
     for _ in 0..2 {
         let r = svc.get("/file/4096/2").send().await.unwrap();
-        assert!(same(r.bytes().await.unwrap().as_ref(), content(2, 4096).as_slice()));
+        assert!(same(
+            r.bytes().await.unwrap().as_ref(),
+            content(2, 4096).as_slice()
+        ));
     }
     assert_eq!(env.origin.gets("/file/4096/2"), 2, "proxy does not store");
     assert_eq!(svc.store().object_count(), 0);
@@ -305,22 +465,38 @@ async fn revalidation_keeps_copies_current_and_survives_a_dead_origin() {
     }
     assert_eq!(fetch!(), "version 1\n");
     assert_eq!(fetch!(), "version 1\n");
-    assert_eq!(env.origin.gets("/mutable/a"), 1, "fresh copies are served without asking");
+    assert_eq!(
+        env.origin.gets("/mutable/a"),
+        1,
+        "fresh copies are served without asking"
+    );
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(fetch!(), "version 1\n");
-    assert_eq!(env.origin.state.conditional_gets.load(Ordering::SeqCst), 1, "stale copy revalidated with If-None-Match");
+    assert_eq!(
+        env.origin.state.conditional_gets.load(Ordering::SeqCst),
+        1,
+        "stale copy revalidated with If-None-Match"
+    );
 
     env.origin.state.version.store(2, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(fetch!(), "version 2\n", "changed content replaces the copy");
     assert_eq!(svc.store().object_count(), 1);
-    assert_eq!(svc.metric("image_cache_store_bytes").await, 10.0, "the old blob is released");
+    assert_eq!(
+        svc.metric("image_cache_store_bytes").await,
+        10.0,
+        "the old blob is released"
+    );
 
     env.origin.stop();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(fetch!(), "version 2\n", "origin down: stored copy served");
-    assert_eq!(svc.metric("image_cache_requests_total{kind=\"file\",result=\"stale\"}").await, 1.0);
+    assert_eq!(
+        svc.metric("image_cache_requests_total{kind=\"file\",result=\"stale\"}")
+            .await,
+        1.0
+    );
     svc.stop().await;
 }
 
@@ -328,14 +504,33 @@ async fn revalidation_keeps_copies_current_and_survives_a_dead_origin() {
 async fn peer_requests_are_answered_from_the_local_store_only() {
     let env = Env::new().await;
     let svc = env.start(env.config(OnMiss::Fill)).await;
-    let r = svc.get("/file/100/4").header("x-image-cache-peer", "1").send().await.unwrap();
+    let r = svc
+        .get("/file/100/4")
+        .header("x-image-cache-peer", "1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(env.origin.total_gets(), 0, "a peer miss never fills");
-    svc.get("/file/100/4").send().await.unwrap().bytes().await.unwrap();
+    svc.get("/file/100/4")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     svc.settle().await;
-    let r = svc.get("/file/100/4").header("x-image-cache-peer", "1").send().await.unwrap();
+    let r = svc
+        .get("/file/100/4")
+        .header("x-image-cache-peer", "1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(same(r.bytes().await.unwrap().as_ref(), content(4, 100).as_slice()));
+    assert!(same(
+        r.bytes().await.unwrap().as_ref(),
+        content(4, 100).as_slice()
+    ));
     svc.stop().await;
 }
 
@@ -357,21 +552,47 @@ async fn eviction_keeps_the_store_under_its_size_and_spares_pins() {
     let mut config = env.config(OnMiss::Fill);
     config.cache.max_size = image_cache::config::ByteSize(1_000_000);
     let svc = env.start(config).await;
-    svc.get("/file/300000/1").send().await.unwrap().bytes().await.unwrap();
+    svc.get("/file/300000/1")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     svc.settle().await;
     let pinned = image_cache::store::Key::parse("file:files.test/file/300000/1").unwrap();
     assert!(svc.store().set_pinned(&pinned, true).unwrap());
     for seed in 2..6 {
-        svc.get(&format!("/file/300000/{seed}")).send().await.unwrap().bytes().await.unwrap();
+        svc.get(&format!("/file/300000/{seed}"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         svc.settle().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let store = svc.store().clone();
-    tokio::task::spawn_blocking(move || store.gc()).await.unwrap().unwrap();
-    assert!(svc.store().total_bytes() <= 900_000, "down to 90% of max_size: {}", svc.store().total_bytes());
-    assert!(svc.store().get(&pinned).unwrap().is_some(), "the pinned key survives");
+    tokio::task::spawn_blocking(move || store.gc())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        svc.store().total_bytes() <= 900_000,
+        "down to 90% of max_size: {}",
+        svc.store().total_bytes()
+    );
+    assert!(
+        svc.store().get(&pinned).unwrap().is_some(),
+        "the pinned key survives"
+    );
     assert!(svc.metric("image_cache_evictions_total").await >= 1.0);
     let blobs = files_under(&env.state_dir().join("blobs"));
-    assert_eq!(blobs.len() as u64, svc.store().object_count(), "evicted blobs are unlinked");
+    assert_eq!(
+        blobs.len() as u64,
+        svc.store().object_count(),
+        "evicted blobs are unlinked"
+    );
     svc.stop().await;
 }

@@ -33,7 +33,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { key: key.into(), message: message.into() }
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -56,20 +59,30 @@ const CLI_ENV: &[&str] = &["config"];
 ///
 /// `explicit` is the `--config` argument: a missing explicit file is an error, while a missing default
 /// file means "run on laptop defaults".
-pub fn load(explicit: Option<&Path>, default_path: &Path) -> Result<(Config, ConfigSource), ConfigError> {
+pub fn load(
+    explicit: Option<&Path>,
+    default_path: &Path,
+) -> Result<(Config, ConfigSource), ConfigError> {
     let (base, source) = match explicit {
         Some(path) => {
             if !path.is_file() {
                 return Err(ConfigError::new(
                     "",
-                    format!("config file {} does not exist or is not a file", path.display()),
+                    format!(
+                        "config file {} does not exist or is not a file",
+                        path.display()
+                    ),
                 ));
             }
-            (Config::production_defaults(), ConfigSource::File(path.to_path_buf()))
+            (
+                Config::production_defaults(),
+                ConfigSource::File(path.to_path_buf()),
+            )
         }
-        None if default_path.is_file() => {
-            (Config::production_defaults(), ConfigSource::File(default_path.to_path_buf()))
-        }
+        None if default_path.is_file() => (
+            Config::production_defaults(),
+            ConfigSource::File(default_path.to_path_buf()),
+        ),
         None => (Config::laptop_defaults(), ConfigSource::BuiltIn),
     };
 
@@ -79,7 +92,10 @@ pub fn load(explicit: Option<&Path>, default_path: &Path) -> Result<(Config, Con
             .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
         // Parse first with the toml crate so a syntax error reports its line and column.
         if let Err(e) = text.parse::<toml::Table>() {
-            return Err(ConfigError::new("", format!("{} is not valid TOML: {e}", path.display())));
+            return Err(ConfigError::new(
+                "",
+                format!("{} is not valid TOML: {e}", path.display()),
+            ));
         }
         figment = figment.merge(Toml::string(&text));
     }
@@ -96,12 +112,23 @@ fn from_figment(err: figment::Error) -> ConfigError {
     let mut key = err.path.join(".");
     let message = match &err.kind {
         Kind::UnknownField(field, expected) => {
-            key = if key.is_empty() { field.clone() } else { format!("{key}.{field}") };
+            key = if key.is_empty() {
+                field.clone()
+            } else {
+                format!("{key}.{field}")
+            };
             let expected: Vec<_> = expected.iter().map(|e| format!("`{e}`")).collect();
-            format!("unknown key (typo?); expected one of {}", expected.join(", "))
+            format!(
+                "unknown key (typo?); expected one of {}",
+                expected.join(", ")
+            )
         }
         Kind::MissingField(field) => {
-            key = if key.is_empty() { field.to_string() } else { format!("{key}.{field}") };
+            key = if key.is_empty() {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            };
             "missing required key".to_string()
         }
         other => other.to_string(),

@@ -228,8 +228,14 @@ impl Config {
         ];
         Config {
             state_dir: PathBuf::from("/var/lib/image-cache"),
-            cache: CacheConfig { max_size: ByteSize(100_000_000_000) },
-            http: HttpConfig { listen: addrs(&["0.0.0.0:80"]), admin_listen: vec![], admin_token_file: None },
+            cache: CacheConfig {
+                max_size: ByteSize(100_000_000_000),
+            },
+            http: HttpConfig {
+                listen: addrs(&["0.0.0.0:80"]),
+                admin_listen: vec![],
+                admin_token_file: None,
+            },
             dns: DnsConfig {
                 enabled: true,
                 listen: addrs(&["0.0.0.0:53"]),
@@ -237,8 +243,14 @@ impl Config {
                 allow: nets.iter().filter_map(|n| n.parse().ok()).collect(),
                 answer_ttl: Span::from_secs(30),
             },
-            passthrough: PassthroughConfig { enabled: true, listen: addrs(&["0.0.0.0:443"]) },
-            domains: vec![DomainConfig::named("images.metal-stack.io"), DomainConfig::named("github.com")],
+            passthrough: PassthroughConfig {
+                enabled: true,
+                listen: addrs(&["0.0.0.0:443"]),
+            },
+            domains: vec![
+                DomainConfig::named("images.metal-stack.io"),
+                DomainConfig::named("github.com"),
+            ],
             nodes: NodesConfig {
                 self_addr: None,
                 peers: vec![],
@@ -271,9 +283,15 @@ impl Config {
                 enabled: true,
                 tag_ttl: Span::from_secs(60),
                 negative_ttl: Span::from_secs(30),
-                upstreams: upstreams.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                upstreams: upstreams
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
             },
-            log: LogConfig { level: "info".into(), format: LogFormat::Auto },
+            log: LogConfig {
+                level: "info".into(),
+                format: LogFormat::Auto,
+            },
         }
     }
 

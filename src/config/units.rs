@@ -19,7 +19,9 @@ impl ByteSize {
             .with_decimal()
             .parse_size(trimmed)
             .map(ByteSize)
-            .map_err(|e| format!("`{trimmed}` is not a size ({e}); use e.g. `100G`, `50GiB`, `512M`"))
+            .map_err(|e| {
+                format!("`{trimmed}` is not a size ({e}); use e.g. `100G`, `50GiB`, `512M`")
+            })
     }
 
     pub fn bytes(self) -> u64 {
@@ -46,7 +48,7 @@ impl fmt::Display for ByteSize {
         // Prefer the unit that divides exactly and leaves the smallest number.
         let best = UNITS
             .iter()
-            .filter(|(unit, _)| n % unit == 0)
+            .filter(|(unit, _)| n.is_multiple_of(*unit))
             .min_by_key(|(unit, _)| n / unit);
         match best {
             Some((unit, suffix)) => write!(f, "{}{}", n / unit, suffix),
@@ -83,9 +85,9 @@ pub struct Span(pub Duration);
 impl Span {
     pub fn parse(s: &str) -> Result<Self, String> {
         let trimmed = s.trim();
-        humantime::parse_duration(trimmed)
-            .map(Span)
-            .map_err(|e| format!("`{trimmed}` is not a duration ({e}); use e.g. `30s`, `10m`, `7d`"))
+        humantime::parse_duration(trimmed).map(Span).map_err(|e| {
+            format!("`{trimmed}` is not a duration ({e}); use e.g. `30s`, `10m`, `7d`")
+        })
     }
 
     pub fn get(self) -> Duration {
@@ -143,7 +145,17 @@ mod tests {
 
     #[test]
     fn sizes_print_back_to_the_same_value() {
-        for n in [0, 1, 999, 1000, 1024, 100_000_000_000, 50 * (1 << 30), 1_500_000, 123_456_789] {
+        for n in [
+            0,
+            1,
+            999,
+            1000,
+            1024,
+            100_000_000_000,
+            50 * (1 << 30),
+            1_500_000,
+            123_456_789,
+        ] {
             let printed = ByteSize(n).to_string();
             assert_eq!(ByteSize::parse(&printed), Ok(ByteSize(n)), "{printed}");
         }
@@ -153,7 +165,13 @@ mod tests {
 
     #[test]
     fn spans_parse_and_print_back() {
-        let cases = [("30s", 30), ("10m", 600), ("2h", 7200), ("7d", 7 * 86400), ("0s", 0)];
+        let cases = [
+            ("30s", 30),
+            ("10m", 600),
+            ("2h", 7200),
+            ("7d", 7 * 86400),
+            ("0s", 0),
+        ];
         for (text, secs) in cases {
             let span = Span::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(span.get(), Duration::from_secs(secs));

@@ -9,28 +9,52 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
         return Err(ConfigError::new("state_dir", "must not be empty"));
     }
     if c.cache.max_size.bytes() == 0 {
-        return Err(ConfigError::new("cache.max_size", "must be greater than zero"));
+        return Err(ConfigError::new(
+            "cache.max_size",
+            "must be greater than zero",
+        ));
     }
     if c.http.listen.is_empty() {
-        return Err(ConfigError::new("http.listen", "needs at least one address"));
+        return Err(ConfigError::new(
+            "http.listen",
+            "needs at least one address",
+        ));
     }
     if c.dns.enabled && c.dns.listen.is_empty() {
-        return Err(ConfigError::new("dns.listen", "needs at least one address when dns.enabled"));
+        return Err(ConfigError::new(
+            "dns.listen",
+            "needs at least one address when dns.enabled",
+        ));
     }
     if c.dns.enabled && c.dns.upstreams.is_empty() {
-        return Err(ConfigError::new("dns.upstreams", "needs at least one resolver when dns.enabled"));
+        return Err(ConfigError::new(
+            "dns.upstreams",
+            "needs at least one resolver when dns.enabled",
+        ));
     }
     if c.passthrough.enabled && c.passthrough.listen.is_empty() {
-        return Err(ConfigError::new("passthrough.listen", "needs at least one address when passthrough.enabled"));
+        return Err(ConfigError::new(
+            "passthrough.listen",
+            "needs at least one address when passthrough.enabled",
+        ));
     }
     if c.upstream.connect_timeout.get().is_zero() {
-        return Err(ConfigError::new("upstream.connect_timeout", "must be greater than zero"));
+        return Err(ConfigError::new(
+            "upstream.connect_timeout",
+            "must be greater than zero",
+        ));
     }
     if c.upstream.read_timeout.get().is_zero() {
-        return Err(ConfigError::new("upstream.read_timeout", "must be greater than zero"));
+        return Err(ConfigError::new(
+            "upstream.read_timeout",
+            "must be greater than zero",
+        ));
     }
     if c.nodes.health_interval.get().is_zero() {
-        return Err(ConfigError::new("nodes.health_interval", "must be greater than zero"));
+        return Err(ConfigError::new(
+            "nodes.health_interval",
+            "must be greater than zero",
+        ));
     }
 
     let mut seen = BTreeSet::new();
@@ -39,7 +63,10 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
         d.name = d.name.trim().trim_end_matches('.').to_ascii_lowercase();
         check_dns_name(&d.name).map_err(|m| ConfigError::new(key("name"), m))?;
         if !seen.insert(d.name.clone()) {
-            return Err(ConfigError::new(key("name"), format!("`{}` is listed twice", d.name)));
+            return Err(ConfigError::new(
+                key("name"),
+                format!("`{}` is listed twice", d.name),
+            ));
         }
         if let Some(origin) = &d.origin {
             check_origin(origin).map_err(|m| ConfigError::new(key("origin"), m))?;
@@ -50,14 +77,21 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
             if d.origin_url() != implied {
                 return Err(ConfigError::new(
                     key("origin"),
-                    format!("on_miss = \"redirect\" sends clients to {implied}; remove `origin` or use on_miss = \"proxy\"/\"fill\""),
+                    format!(
+                        "on_miss = \"redirect\" sends clients to {implied}; remove `origin` or use on_miss = \"proxy\"/\"fill\""
+                    ),
                 ));
             }
         }
     }
 
     if c.nodes.self_addr.is_none() && c.dns.enabled {
-        c.nodes.self_addr = c.dns.listen.iter().map(|a| a.ip()).find(|ip| !ip.is_unspecified());
+        c.nodes.self_addr = c
+            .dns
+            .listen
+            .iter()
+            .map(|a| a.ip())
+            .find(|ip| !ip.is_unspecified());
         if c.nodes.self_addr.is_none() {
             return Err(ConfigError::new(
                 "nodes.self",
@@ -67,14 +101,23 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
     }
     if let Some(me) = c.nodes.self_addr {
         if me.is_unspecified() {
-            return Err(ConfigError::new("nodes.self", "must be a specific address, not a wildcard"));
+            return Err(ConfigError::new(
+                "nodes.self",
+                "must be a specific address, not a wildcard",
+            ));
         }
         if c.nodes.peers.contains(&me) {
-            return Err(ConfigError::new("nodes.peers", format!("contains this node's own address {me}")));
+            return Err(ConfigError::new(
+                "nodes.peers",
+                format!("contains this node's own address {me}"),
+            ));
         }
     }
     if let Some(bad) = c.nodes.peers.iter().find(|p| p.is_unspecified()) {
-        return Err(ConfigError::new("nodes.peers", format!("{bad} is a wildcard address")));
+        return Err(ConfigError::new(
+            "nodes.peers",
+            format!("{bad} is a wildcard address"),
+        ));
     }
 
     check_sync(&c)?;
@@ -82,13 +125,19 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
     for (name, url) in &c.registry.upstreams {
         let key = format!("registry.upstreams.\"{name}\"");
         if name.is_empty() || name.chars().any(|ch| ch.is_whitespace() || ch == '/') {
-            return Err(ConfigError::new(key, "registry names are host[:port] without slashes"));
+            return Err(ConfigError::new(
+                key,
+                "registry names are host[:port] without slashes",
+            ));
         }
         check_origin(url).map_err(|m| ConfigError::new(key, m))?;
     }
 
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
-        return Err(ConfigError::new("log.level", format!("`{}` is not a log filter: {e}", c.log.level)));
+        return Err(ConfigError::new(
+            "log.level",
+            format!("`{}` is not a log filter: {e}", c.log.level),
+        ));
     }
     Ok(c)
 }
@@ -99,25 +148,43 @@ fn check_sync(c: &Config) -> Result<(), ConfigError> {
     if fields != 5 {
         return Err(ConfigError::new(
             "sync.schedule",
-            format!("`{}` has {fields} fields; use a standard 5-field cron expression like `*/10 * * * *`", s.schedule),
+            format!(
+                "`{}` has {fields} fields; use a standard 5-field cron expression like `*/10 * * * *`",
+                s.schedule
+            ),
         ));
     }
     if s.min_images_per_name == 0 {
-        return Err(ConfigError::new("sync.min_images_per_name", "must be at least 1"));
+        return Err(ConfigError::new(
+            "sync.min_images_per_name",
+            "must be at least 1",
+        ));
     }
     if s.concurrency == 0 {
         return Err(ConfigError::new("sync.concurrency", "must be at least 1"));
     }
-    if url::Url::parse(&s.url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
-        return Err(ConfigError::new("sync.url", format!("`{}` is not an http(s) URL", s.url)));
+    if url::Url::parse(&s.url)
+        .map(|u| !matches!(u.scheme(), "http" | "https"))
+        .unwrap_or(true)
+    {
+        return Err(ConfigError::new(
+            "sync.url",
+            format!("`{}` is not an http(s) URL", s.url),
+        ));
     }
     if s.enabled {
         match s.api {
             super::MetalApiVersion::V1 if s.hmac_file.is_none() => {
-                return Err(ConfigError::new("sync.hmac_file", "required when sync.enabled with api = \"v1\""));
+                return Err(ConfigError::new(
+                    "sync.hmac_file",
+                    "required when sync.enabled with api = \"v1\"",
+                ));
             }
             super::MetalApiVersion::V2 if s.token_file.is_none() => {
-                return Err(ConfigError::new("sync.token_file", "required when sync.enabled with api = \"v2\""));
+                return Err(ConfigError::new(
+                    "sync.token_file",
+                    "required when sync.enabled with api = \"v2\"",
+                ));
             }
             _ => {}
         }
@@ -128,19 +195,27 @@ fn check_sync(c: &Config) -> Result<(), ConfigError> {
 /// A hostname as it may appear in DNS and a Host header: letters, digits, hyphens, dots.
 fn check_dns_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 253 {
-        return Err(format!("`{name}` is not a domain name (1 to 253 characters)"));
+        return Err(format!(
+            "`{name}` is not a domain name (1 to 253 characters)"
+        ));
     }
     if name.parse::<IpAddr>().is_ok() {
-        return Err(format!("`{name}` is an IP address; intercepted domains are names"));
+        return Err(format!(
+            "`{name}` is an IP address; intercepted domains are names"
+        ));
     }
     for label in name.split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !ok {
-            return Err(format!("`{name}` is not a valid domain name (label `{label}`)"));
+            return Err(format!(
+                "`{name}` is not a valid domain name (label `{label}`)"
+            ));
         }
     }
     Ok(())
@@ -172,7 +247,16 @@ mod tests {
         for ok in ["images.metal-stack.io", "github.com", "a", "x_y.test"] {
             assert!(check_dns_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a..b", "-a.b", "a-.b", "a b", "10.0.0.1", "a/b", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "a b",
+            "10.0.0.1",
+            "a/b",
+            &"x".repeat(64),
+        ] {
             assert!(check_dns_name(bad).is_err(), "{bad}");
         }
     }
@@ -182,7 +266,13 @@ mod tests {
         for ok in ["https://a.b", "http://127.0.0.1:5000", "https://a.b/prefix"] {
             assert!(check_origin(ok).is_ok(), "{ok}");
         }
-        for bad in ["ftp://a.b", "a.b", "https://a.b/?x=1", "https://u:p@a.b", "https://"] {
+        for bad in [
+            "ftp://a.b",
+            "a.b",
+            "https://a.b/?x=1",
+            "https://u:p@a.b",
+            "https://",
+        ] {
             assert!(check_origin(bad).is_err(), "{bad}");
         }
     }
@@ -190,7 +280,10 @@ mod tests {
     #[test]
     fn self_defaults_to_first_specific_dns_address() {
         let mut c = Config::production_defaults();
-        c.dns.listen = vec!["0.0.0.0:53".parse().unwrap(), "10.1.2.3:53".parse().unwrap()];
+        c.dns.listen = vec![
+            "0.0.0.0:53".parse().unwrap(),
+            "10.1.2.3:53".parse().unwrap(),
+        ];
         let c = validate(c).unwrap();
         assert_eq!(c.nodes.self_addr, Some("10.1.2.3".parse().unwrap()));
     }

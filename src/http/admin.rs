@@ -18,10 +18,14 @@ pub fn handle(req: &HttpRequest, state: &HttpState) -> HttpResponse {
 /// This node's own health: store open and readable, front answering (it is, since this runs).
 fn health(state: &HttpState) -> HttpResponse {
     match state.store.get(&state.health_probe_key) {
-        Ok(_) => HttpResponse::Ok().content_type("text/plain").body("HEALTHY"),
+        Ok(_) => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("HEALTHY"),
         Err(e) => {
             tracing::error!(error = %e, "health check: store unreadable");
-            HttpResponse::ServiceUnavailable().content_type("text/plain").body("UNHEALTHY: store unreadable")
+            HttpResponse::ServiceUnavailable()
+                .content_type("text/plain")
+                .body("UNHEALTHY: store unreadable")
         }
     }
 }
@@ -30,13 +34,18 @@ fn ready(state: &HttpState) -> HttpResponse {
     if state.lifecycle.is_ready() {
         HttpResponse::Ok().content_type("text/plain").body("READY")
     } else {
-        HttpResponse::ServiceUnavailable().content_type("text/plain").body("NOT READY")
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("NOT READY")
     }
 }
 
 fn metrics(state: &HttpState) -> HttpResponse {
     HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8"))
+        .insert_header((
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ))
         .body(state.metrics.encode())
 }
 
@@ -76,16 +85,25 @@ fn status_page(state: &HttpState) -> HttpResponse {
         state.store.object_count(),
         bytes,
         max,
-        if max > 0 { bytes as f64 * 100.0 / max as f64 } else { 0.0 },
+        if max > 0 {
+            bytes as f64 * 100.0 / max as f64
+        } else {
+            0.0
+        },
         rows
     );
-    HttpResponse::build(StatusCode::OK).content_type("text/html; charset=utf-8").body(html)
+    HttpResponse::build(StatusCode::OK)
+        .content_type("text/html; charset=utf-8")
+        .body(html)
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn escapes_markup() {
-        assert_eq!(super::escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            super::escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 }

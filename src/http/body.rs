@@ -29,11 +29,14 @@ pub fn file_stream(
                 return Ok(None);
             }
             let len = (end - pos).min(FILE_CHUNK as u64) as usize;
-            let buf = tokio::task::spawn_blocking(move || crate::store::fs::read_at(&file, pos, len))
-                .await
-                .map_err(std::io::Error::other)??;
+            let buf =
+                tokio::task::spawn_blocking(move || crate::store::fs::read_at(&file, pos, len))
+                    .await
+                    .map_err(std::io::Error::other)??;
             if buf.is_empty() {
-                return Err(std::io::Error::other("stored blob is shorter than its index row"));
+                return Err(std::io::Error::other(
+                    "stored blob is shorter than its index row",
+                ));
             }
             metrics.served("cache", buf.len() as u64);
             let next = pos + buf.len() as u64;
@@ -83,7 +86,10 @@ pub fn fill_stream(
                         Some((Ok(b), State::Fill(reader)))
                     }
                     None => None,
-                    Some(Err(ReadError::Failed { failure: FillFailure::Storage(why), delivered_to })) => {
+                    Some(Err(ReadError::Failed {
+                        failure: FillFailure::Storage(why),
+                        delivered_to,
+                    })) => {
                         let Some(resume) = resume else {
                             return Some((Err(why.into()), State::Done));
                         };
@@ -116,7 +122,11 @@ pub fn fill_stream(
 
 /// Requests `[from, end)` from the origin. A 206 continues the body as is; a 200 (origin ignores Range)
 /// is skipped forward to `from`; anything else aborts.
-async fn resume_from(resume: &Resume, from: u64, end: Option<u64>) -> Result<upstream::Body, String> {
+async fn resume_from(
+    resume: &Resume,
+    from: u64,
+    end: Option<u64>,
+) -> Result<upstream::Body, String> {
     let range = match end {
         Some(e) => format!("bytes={from}-{}", e.saturating_sub(1)),
         None => format!("bytes={from}-"),
@@ -133,43 +143,50 @@ async fn resume_from(resume: &Resume, from: u64, end: Option<u64>) -> Result<ups
     }
 }
 
-fn skip_bytes(body: upstream::Body, skip: u64, end: Option<u64>) -> impl Stream<Item = Result<Bytes, String>> {
+fn skip_bytes(
+    body: upstream::Body,
+    skip: u64,
+    end: Option<u64>,
+) -> impl Stream<Item = Result<Bytes, String>> {
     let limit = end.map(|e| e - skip);
-    futures_util::stream::unfold((body, skip, limit), |(mut body, mut skip, mut left)| async move {
-        loop {
-            if left == Some(0) {
-                return None;
-            }
-            let mut chunk = match body.next().await? {
-                Ok(c) => c,
-                Err(e) => return Some((Err(e), (body, 0, Some(0)))),
-            };
-            if skip > 0 {
-                let n = (chunk.len() as u64).min(skip) as usize;
-                skip -= n as u64;
-                chunk = chunk.slice(n..);
-                if chunk.is_empty() {
-                    continue;
+    futures_util::stream::unfold(
+        (body, skip, limit),
+        |(mut body, mut skip, mut left)| async move {
+            loop {
+                if left == Some(0) {
+                    return None;
                 }
-            }
-            if let Some(l) = left.as_mut() {
-                if (chunk.len() as u64) > *l {
-                    chunk = chunk.slice(..*l as usize);
+                let mut chunk = match body.next().await? {
+                    Ok(c) => c,
+                    Err(e) => return Some((Err(e), (body, 0, Some(0)))),
+                };
+                if skip > 0 {
+                    let n = (chunk.len() as u64).min(skip) as usize;
+                    skip -= n as u64;
+                    chunk = chunk.slice(n..);
+                    if chunk.is_empty() {
+                        continue;
+                    }
                 }
-                *l -= chunk.len() as u64;
+                if let Some(l) = left.as_mut() {
+                    if (chunk.len() as u64) > *l {
+                        chunk = chunk.slice(..*l as usize);
+                    }
+                    *l -= chunk.len() as u64;
+                }
+                return Some((Ok(chunk), (body, skip, left)));
             }
-            return Some((Ok(chunk), (body, skip, left)));
-        }
-    })
+        },
+    )
 }
 
 /// An origin body relayed as is, counted as upstream bytes.
-pub fn relay(body: upstream::Body, metrics: Metrics) -> impl Stream<Item = Result<Bytes, BoxError>> + 'static {
+pub fn relay(
+    body: upstream::Body,
+    metrics: Metrics,
+) -> impl Stream<Item = Result<Bytes, BoxError>> + 'static {
     body.map(move |item| {
-        item.map(|b| {
-            metrics.served("upstream", b.len() as u64);
-            b
-        })
-        .map_err(BoxError::from)
+        item.inspect(|b| metrics.served("upstream", b.len() as u64))
+            .map_err(BoxError::from)
     })
 }

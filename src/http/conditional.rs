@@ -9,7 +9,10 @@ pub enum Decision {
     NotModified,
     Full,
     /// Inclusive byte range.
-    Partial { start: u64, end: u64 },
+    Partial {
+        start: u64,
+        end: u64,
+    },
     Unsatisfiable,
 }
 
@@ -28,7 +31,9 @@ pub struct Object<'a> {
 }
 
 fn etag_listed(list: &str, etag: &str) -> bool {
-    list.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+    list.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
 }
 
 pub fn decide(req: &Request<'_>, obj: &Object<'_>) -> Decision {
@@ -42,12 +47,17 @@ pub fn decide(req: &Request<'_>, obj: &Object<'_>) -> Decision {
     {
         return Decision::NotModified;
     }
-    let Some(range) = req.range else { return Decision::Full };
+    let Some(range) = req.range else {
+        return Decision::Full;
+    };
     if let Some(if_range) = req.if_range {
         let matches = if if_range.starts_with('"') || if_range.starts_with("W/") {
             if_range == obj.etag
         } else {
-            httpdate::parse_http_date(if_range).ok().zip(obj.last_modified).is_some_and(|(d, lm)| lm <= d)
+            httpdate::parse_http_date(if_range)
+                .ok()
+                .zip(obj.last_modified)
+                .is_some_and(|(d, lm)| lm <= d)
         };
         if !matches {
             return Decision::Full;
@@ -59,7 +69,9 @@ pub fn decide(req: &Request<'_>, obj: &Object<'_>) -> Decision {
 /// A single satisfiable range → Partial; several ranges are answered with the whole body (allowed by RFC
 /// 9110 and what most clients expect); a malformed header is ignored.
 pub fn partial(range: &str, size: u64) -> Decision {
-    let Ok(Range::Bytes(specs)) = Range::from_str(range) else { return Decision::Full };
+    let Ok(Range::Bytes(specs)) = Range::from_str(range) else {
+        return Decision::Full;
+    };
     match specs.as_slice() {
         [one] => match spec_range(one, size) {
             Some((start, end)) => Decision::Partial { start, end },
@@ -81,11 +93,25 @@ mod tests {
     const ETAG: &str = "\"sha256:abc\"";
 
     fn obj(size: u64) -> Object<'static> {
-        Object { etag: ETAG, last_modified: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)), size }
+        Object {
+            etag: ETAG,
+            last_modified: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            size,
+        }
     }
 
-    fn req<'a>(inm: Option<&'a str>, ims: Option<&'a str>, if_range: Option<&'a str>, range: Option<&'a str>) -> Request<'a> {
-        Request { if_none_match: inm, if_modified_since: ims, if_range, range }
+    fn req<'a>(
+        inm: Option<&'a str>,
+        ims: Option<&'a str>,
+        if_range: Option<&'a str>,
+        range: Option<&'a str>,
+    ) -> Request<'a> {
+        Request {
+            if_none_match: inm,
+            if_modified_since: ims,
+            if_range,
+            range,
+        }
     }
 
     #[test]
@@ -95,23 +121,56 @@ mod tests {
         let cases: Vec<(Request<'_>, Decision)> = vec![
             (req(None, None, None, None), Decision::Full),
             (req(Some(ETAG), None, None, None), Decision::NotModified),
-            (req(Some("\"other\", W/\"sha256:abc\""), None, None, None), Decision::NotModified),
+            (
+                req(Some("\"other\", W/\"sha256:abc\""), None, None, None),
+                Decision::NotModified,
+            ),
             (req(Some("*"), None, None, None), Decision::NotModified),
-            (req(Some("\"other\""), Some(later), None, None), Decision::Full),
+            (
+                req(Some("\"other\""), Some(later), None, None),
+                Decision::Full,
+            ),
             (req(None, Some(later), None, None), Decision::NotModified),
             (req(None, Some(earlier), None, None), Decision::Full),
             (req(None, Some("garbage"), None, None), Decision::Full),
-            (req(None, None, None, Some("bytes=0-9")), Decision::Partial { start: 0, end: 9 }),
-            (req(None, None, None, Some("bytes=90-")), Decision::Partial { start: 90, end: 99 }),
-            (req(None, None, None, Some("bytes=-10")), Decision::Partial { start: 90, end: 99 }),
-            (req(None, None, None, Some("bytes=50-500")), Decision::Partial { start: 50, end: 99 }),
-            (req(None, None, None, Some("bytes=100-")), Decision::Unsatisfiable),
+            (
+                req(None, None, None, Some("bytes=0-9")),
+                Decision::Partial { start: 0, end: 9 },
+            ),
+            (
+                req(None, None, None, Some("bytes=90-")),
+                Decision::Partial { start: 90, end: 99 },
+            ),
+            (
+                req(None, None, None, Some("bytes=-10")),
+                Decision::Partial { start: 90, end: 99 },
+            ),
+            (
+                req(None, None, None, Some("bytes=50-500")),
+                Decision::Partial { start: 50, end: 99 },
+            ),
+            (
+                req(None, None, None, Some("bytes=100-")),
+                Decision::Unsatisfiable,
+            ),
             (req(None, None, None, Some("bytes=0-1,5-6")), Decision::Full),
             (req(None, None, None, Some("lines=1-2")), Decision::Full),
-            (req(None, None, Some(ETAG), Some("bytes=0-0")), Decision::Partial { start: 0, end: 0 }),
-            (req(None, None, Some("\"old\""), Some("bytes=0-0")), Decision::Full),
-            (req(None, None, Some(earlier), Some("bytes=0-0")), Decision::Full),
-            (req(None, None, Some(later), Some("bytes=0-0")), Decision::Partial { start: 0, end: 0 }),
+            (
+                req(None, None, Some(ETAG), Some("bytes=0-0")),
+                Decision::Partial { start: 0, end: 0 },
+            ),
+            (
+                req(None, None, Some("\"old\""), Some("bytes=0-0")),
+                Decision::Full,
+            ),
+            (
+                req(None, None, Some(earlier), Some("bytes=0-0")),
+                Decision::Full,
+            ),
+            (
+                req(None, None, Some(later), Some("bytes=0-0")),
+                Decision::Partial { start: 0, end: 0 },
+            ),
         ];
         for (i, (r, want)) in cases.iter().enumerate() {
             assert_eq!(decide(r, &obj(100)), *want, "case {i}");

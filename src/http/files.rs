@@ -8,8 +8,8 @@ use super::conditional::{self, Decision};
 use crate::config::{DomainConfig, OnMiss};
 use crate::metrics::{kind, result};
 use crate::store::{
-    Access, Expected, FilePath, Fill, FillFailure, FillSpec, Hit, Key, Phase, Plan, SourceFuture, SourceMeta,
-    SourceOutcome, now_secs,
+    Access, Expected, FilePath, Fill, FillFailure, FillSpec, Hit, Key, Phase, Plan, SourceFuture,
+    SourceMeta, SourceOutcome, now_secs,
 };
 use crate::upstream::{self, UpstreamError};
 use actix_web::body::SizedStream;
@@ -21,9 +21,16 @@ use std::time::{Duration, UNIX_EPOCH};
 /// Marks a request from another cache node: answer from the local store only, never fill (no loops).
 pub const PEER_HEADER: &str = "x-image-cache-peer";
 
-pub async fn handle(req: HttpRequest, state: Arc<HttpState>, domain: &DomainConfig, host: String) -> HttpResponse {
+pub async fn handle(
+    req: HttpRequest,
+    state: Arc<HttpState>,
+    domain: &DomainConfig,
+    host: String,
+) -> HttpResponse {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return HttpResponse::MethodNotAllowed().insert_header((header::ALLOW, "GET, HEAD")).body("read-only cache\n");
+        return HttpResponse::MethodNotAllowed()
+            .insert_header((header::ALLOW, "GET, HEAD"))
+            .body("read-only cache\n");
     }
     let path = match FilePath::from_request(req.uri().path()) {
         Ok(p) => p,
@@ -33,8 +40,15 @@ pub async fn handle(req: HttpRequest, state: Arc<HttpState>, domain: &DomainConf
         Ok(k) => k,
         Err(e) => return bad_request(&state, &e.to_string()),
     };
-    let from_peer = req.headers().get(PEER_HEADER).is_some_and(|v| v.as_bytes() == b"1");
-    let origin_url = match url::Url::parse(&format!("{}{}", super::vhost::origin_for(domain, &host), path.to_url_path())) {
+    let from_peer = req
+        .headers()
+        .get(PEER_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1");
+    let origin_url = match url::Url::parse(&format!(
+        "{}{}",
+        super::vhost::origin_for(domain, &host),
+        path.to_url_path()
+    )) {
         Ok(u) => u,
         Err(e) => return bad_request(&state, &format!("cannot build origin URL: {e}")),
     };
@@ -45,10 +59,17 @@ pub async fn handle(req: HttpRequest, state: Arc<HttpState>, domain: &DomainConf
     let url_for_fill = origin_url.clone();
     let access = state.store.access(&key, |row| match row {
         Some(_) if from_peer => Plan::Serve,
-        Some(r) if !may_fill || now_secs().saturating_sub(r.validated_at) < revalidate_after => Plan::Serve,
+        Some(r) if !may_fill || now_secs().saturating_sub(r.validated_at) < revalidate_after => {
+            Plan::Serve
+        }
         Some(r) => Plan::Fill(FillSpec {
             expected: Expected::default(),
-            source: origin_source(upstream, url_for_fill, r.etag.clone(), r.last_modified.clone()),
+            source: origin_source(
+                upstream,
+                url_for_fill,
+                r.etag.clone(),
+                r.last_modified.clone(),
+            ),
             want_md5: true,
         }),
         None if from_peer || domain.on_miss != OnMiss::Fill => Plan::Skip,
@@ -94,7 +115,9 @@ fn bad_request(state: &HttpState, why: &str) -> HttpResponse {
 /// 307 to the same path over HTTPS, query kept, as metal-stack's cache answers a miss.
 fn redirect(req: &HttpRequest, host: &str) -> HttpResponse {
     let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    HttpResponse::TemporaryRedirect().insert_header((header::LOCATION, format!("https://{host}{pq}"))).finish()
+    HttpResponse::TemporaryRedirect()
+        .insert_header((header::LOCATION, format!("https://{host}{pq}")))
+        .finish()
 }
 
 /// The fill's source: a GET to the origin, conditional when a stored copy is being revalidated.
@@ -127,7 +150,10 @@ fn origin_source(
                 status: Some(resp.status),
                 message: format!("origin {} answered {}", resp.url, resp.status),
             },
-            Err(e) => SourceOutcome::Unavailable { status: None, message: describe(&e) },
+            Err(e) => SourceOutcome::Unavailable {
+                status: None,
+                message: describe(&e),
+            },
         }
     })
 }
@@ -180,7 +206,12 @@ async fn follow_fill(
     }
 }
 
-fn serve_stored_again(req: &HttpRequest, state: &HttpState, key: &Key, res: &'static str) -> HttpResponse {
+fn serve_stored_again(
+    req: &HttpRequest,
+    state: &HttpState,
+    key: &Key,
+    res: &'static str,
+) -> HttpResponse {
     match state.store.open_stored(key) {
         Ok(Some(hit)) => {
             state.metrics.request(kind::FILE, res);
@@ -195,10 +226,15 @@ fn serve_stored_again(req: &HttpRequest, state: &HttpState, key: &Key, res: &'st
 
 fn failure_response(failure: &FillFailure) -> HttpResponse {
     match failure {
-        FillFailure::Upstream { status: Some(s @ (404 | 410)), .. } => {
-            HttpResponse::build(StatusCode::from_u16(*s).unwrap_or(StatusCode::NOT_FOUND)).body("not found at the origin\n")
-        }
-        FillFailure::Upstream { status: None, message } if message.starts_with("timeout") => {
+        FillFailure::Upstream {
+            status: Some(s @ (404 | 410)),
+            ..
+        } => HttpResponse::build(StatusCode::from_u16(*s).unwrap_or(StatusCode::NOT_FOUND))
+            .body("not found at the origin\n"),
+        FillFailure::Upstream {
+            status: None,
+            message,
+        } if message.starts_with("timeout") => {
             HttpResponse::GatewayTimeout().body(format!("origin timed out: {message}\n"))
         }
         other => HttpResponse::BadGateway().body(format!("{other}\n")),
@@ -212,18 +248,34 @@ fn stream_fill(
     meta: &SourceMeta,
     origin_url: url::Url,
 ) -> HttpResponse {
-    let resume = Some(Resume { upstream: state.upstream.clone(), url: origin_url, etag: meta.etag.clone() });
-    let range_header = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
+    let resume = Some(Resume {
+        upstream: state.upstream.clone(),
+        url: origin_url,
+        etag: meta.etag.clone(),
+    });
+    let range_header = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok());
     let mut builder = HttpResponse::Ok();
     builder.insert_header((header::ACCEPT_RANGES, "bytes"));
-    content_headers(&mut builder, meta.content_type.as_deref(), meta.last_modified.as_deref());
+    content_headers(
+        &mut builder,
+        meta.content_type.as_deref(),
+        meta.last_modified.as_deref(),
+    );
     let Some(total) = meta.content_length else {
         // Unknown length: stream the whole body, chunked. Ranges need a known size.
         if req.method() == Method::HEAD {
             return builder.finish();
         }
         let reader = fill.reader(0, None);
-        return builder.streaming(body::fill_stream(reader, None, resume, state.metrics.clone()));
+        return builder.streaming(body::fill_stream(
+            reader,
+            None,
+            resume,
+            state.metrics.clone(),
+        ));
     };
     let (status, start, end) = match range_header.map(|r| conditional::partial(r, total)) {
         Some(Decision::Partial { start, end }) => (StatusCode::PARTIAL_CONTENT, start, end + 1),
@@ -232,7 +284,10 @@ fn stream_fill(
     };
     builder.status(status);
     if status == StatusCode::PARTIAL_CONTENT {
-        builder.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{}/{total}", end - 1)));
+        builder.insert_header((
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{total}", end - 1),
+        ));
     }
     if req.method() == Method::HEAD {
         return head_response(builder, end - start);
@@ -244,15 +299,27 @@ fn stream_fill(
 
 /// A HEAD answer announcing `len` bytes: actix writes the Content-Length of the body and sends none.
 fn head_response(mut builder: HttpResponseBuilder, len: u64) -> HttpResponse {
-    builder.body(SizedStream::new(len, futures_util::stream::empty::<Result<bytes::Bytes, body::BoxError>>()))
+    builder.body(SizedStream::new(
+        len,
+        futures_util::stream::empty::<Result<bytes::Bytes, body::BoxError>>(),
+    ))
 }
 
 fn unsatisfiable(total: u64) -> HttpResponse {
-    HttpResponse::RangeNotSatisfiable().insert_header((header::CONTENT_RANGE, format!("bytes */{total}"))).finish()
+    HttpResponse::RangeNotSatisfiable()
+        .insert_header((header::CONTENT_RANGE, format!("bytes */{total}")))
+        .finish()
 }
 
-fn content_headers(builder: &mut HttpResponseBuilder, content_type: Option<&str>, last_modified: Option<&str>) {
-    builder.insert_header((header::CONTENT_TYPE, content_type.unwrap_or("application/octet-stream")));
+fn content_headers(
+    builder: &mut HttpResponseBuilder,
+    content_type: Option<&str>,
+    last_modified: Option<&str>,
+) {
+    builder.insert_header((
+        header::CONTENT_TYPE,
+        content_type.unwrap_or("application/octet-stream"),
+    ));
     if let Some(lm) = last_modified {
         builder.insert_header((header::LAST_MODIFIED, lm));
     }
@@ -275,11 +342,21 @@ pub(super) fn serve_hit(req: &HttpRequest, state: &HttpState, hit: Hit) -> HttpR
             if_range: h(header::IF_RANGE),
             range: h(header::RANGE),
         },
-        &conditional::Object { etag: &etag, last_modified: Some(last_modified), size: row.size },
+        &conditional::Object {
+            etag: &etag,
+            last_modified: Some(last_modified),
+            size: row.size,
+        },
     );
     let mut builder = HttpResponse::Ok();
-    builder.insert_header((header::ETAG, etag.clone())).insert_header((header::ACCEPT_RANGES, "bytes"));
-    content_headers(&mut builder, row.content_type.as_deref(), Some(&last_modified_text));
+    builder
+        .insert_header((header::ETAG, etag.clone()))
+        .insert_header((header::ACCEPT_RANGES, "bytes"));
+    content_headers(
+        &mut builder,
+        row.content_type.as_deref(),
+        Some(&last_modified_text),
+    );
     let (start, end) = match decision {
         Decision::NotModified => {
             builder.status(StatusCode::NOT_MODIFIED);
@@ -289,7 +366,10 @@ pub(super) fn serve_hit(req: &HttpRequest, state: &HttpState, hit: Hit) -> HttpR
         Decision::Full => (0, row.size),
         Decision::Partial { start, end } => {
             builder.status(StatusCode::PARTIAL_CONTENT);
-            builder.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{end}/{}", row.size)));
+            builder.insert_header((
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{end}/{}", row.size),
+            ));
             (start, end + 1)
         }
     };
@@ -301,12 +381,22 @@ pub(super) fn serve_hit(req: &HttpRequest, state: &HttpState, hit: Hit) -> HttpR
 }
 
 /// Streams from the origin without storing (`on_miss = proxy`, or when the store cannot take the object).
-async fn pass_through(req: &HttpRequest, state: &HttpState, url: url::Url, res: &'static str) -> HttpResponse {
+async fn pass_through(
+    req: &HttpRequest,
+    state: &HttpState,
+    url: url::Url,
+    res: &'static str,
+) -> HttpResponse {
     let mut request = upstream::Request::get(url, "file");
     if req.method() == Method::HEAD {
         request.method = upstream::Method::Head;
     }
-    for name in [header::RANGE, header::IF_RANGE, header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+    for name in [
+        header::RANGE,
+        header::IF_RANGE,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+    ] {
         if let Some(v) = req.headers().get(&name).and_then(|v| v.to_str().ok()) {
             request = request.header(name.as_str(), v);
         }
@@ -315,14 +405,23 @@ async fn pass_through(req: &HttpRequest, state: &HttpState, url: url::Url, res: 
         Ok(r) => r,
         Err(e) => {
             state.metrics.request(kind::FILE, result::ERROR);
-            let failure = FillFailure::Upstream { status: None, message: describe(&e) };
+            let failure = FillFailure::Upstream {
+                status: None,
+                message: describe(&e),
+            };
             return failure_response(&failure);
         }
     };
     state.metrics.request(kind::FILE, res);
     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut builder = HttpResponse::build(status);
-    for name in ["content-type", "etag", "last-modified", "content-range", "accept-ranges"] {
+    for name in [
+        "content-type",
+        "etag",
+        "last-modified",
+        "content-range",
+        "accept-ranges",
+    ] {
         if let Some(v) = resp.header(name) {
             builder.insert_header((name, v));
         }

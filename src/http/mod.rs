@@ -26,8 +26,21 @@ pub struct HttpState {
 }
 
 impl HttpState {
-    pub fn new(config: Arc<Config>, store: Store, upstream: Upstream, metrics: Metrics, lifecycle: Lifecycle) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        upstream: Upstream,
+        metrics: Metrics,
+        lifecycle: Lifecycle,
+    ) -> Self {
         let health_probe_key = Key::health_probe();
-        HttpState { config, store, upstream, metrics, lifecycle, health_probe_key }
+        HttpState {
+            config,
+            store,
+            upstream,
+            metrics,
+            lifecycle,
+            health_probe_key,
+        }
     }
 }

@@ -9,12 +9,16 @@ pub fn normalize_host(header: &str) -> Option<String> {
         // IPv6 literal: [::1]:8080
         rest.split(']').next()?
     } else {
-        h.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(h, |(host, _)| host)
+        h.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(h, |(host, _)| host)
     };
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let valid = !host.is_empty()
         && host.len() <= 253
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
     valid.then_some(host)
 }
 
@@ -25,7 +29,10 @@ pub fn find<'a>(domains: &'a [DomainConfig], host: &str) -> Option<&'a DomainCon
     }
     let mut rest = host;
     while let Some((_, parent)) = rest.split_once('.') {
-        if let Some(d) = domains.iter().find(|d| d.name == parent && d.include_subdomains) {
+        if let Some(d) = domains
+            .iter()
+            .find(|d| d.name == parent && d.include_subdomains)
+        {
             return Some(d);
         }
         rest = parent;
@@ -68,11 +75,23 @@ mod tests {
         let mut sub = DomainConfig::named("example.test");
         sub.include_subdomains = true;
         let domains = vec![DomainConfig::named("images.metal-stack.io"), sub];
-        assert_eq!(find(&domains, "images.metal-stack.io").map(|d| d.name.as_str()), Some("images.metal-stack.io"));
-        assert!(find(&domains, "x.images.metal-stack.io").is_none(), "no subdomains unless asked");
-        assert_eq!(find(&domains, "a.b.example.test").map(|d| d.name.as_str()), Some("example.test"));
+        assert_eq!(
+            find(&domains, "images.metal-stack.io").map(|d| d.name.as_str()),
+            Some("images.metal-stack.io")
+        );
+        assert!(
+            find(&domains, "x.images.metal-stack.io").is_none(),
+            "no subdomains unless asked"
+        );
+        assert_eq!(
+            find(&domains, "a.b.example.test").map(|d| d.name.as_str()),
+            Some("example.test")
+        );
         assert!(find(&domains, "notexample.test").is_none());
         assert!(find(&domains, "127.0.0.1").is_none());
-        assert_eq!(origin_for(&domains[1], "cdn.example.test"), "https://cdn.example.test");
+        assert_eq!(
+            origin_for(&domains[1], "cdn.example.test"),
+            "https://cdn.example.test"
+        );
     }
 }

@@ -16,8 +16,16 @@ pub struct EvictionPlan {
     pub freed: u64,
 }
 
-pub fn plan(rows: &[(String, ObjectRow)], total: u64, target: u64, busy: &HashSet<String>) -> EvictionPlan {
-    let mut plan = EvictionPlan { keys: Vec::new(), freed: 0 };
+pub fn plan(
+    rows: &[(String, ObjectRow)],
+    total: u64,
+    target: u64,
+    busy: &HashSet<String>,
+) -> EvictionPlan {
+    let mut plan = EvictionPlan {
+        keys: Vec::new(),
+        freed: 0,
+    };
     if total <= target {
         return plan;
     }
@@ -25,10 +33,16 @@ pub fn plan(rows: &[(String, ObjectRow)], total: u64, target: u64, busy: &HashSe
     for (_, row) in rows {
         *refs.entry(row.digest).or_default() += 1;
     }
-    let mut candidates: Vec<&(String, ObjectRow)> =
-        rows.iter().filter(|(k, r)| !r.pinned && !busy.contains(k)).collect();
+    let mut candidates: Vec<&(String, ObjectRow)> = rows
+        .iter()
+        .filter(|(k, r)| !r.pinned && !busy.contains(k))
+        .collect();
     // Oldest access first; ties broken by key so the plan is deterministic.
-    candidates.sort_by(|a, b| a.1.last_access.cmp(&b.1.last_access).then_with(|| a.0.cmp(&b.0)));
+    candidates.sort_by(|a, b| {
+        a.1.last_access
+            .cmp(&b.1.last_access)
+            .then_with(|| a.0.cmp(&b.0))
+    });
     for (key, row) in candidates {
         if total - plan.freed <= target {
             break;
@@ -92,7 +106,11 @@ mod tests {
         ];
         let busy = HashSet::from(["busy".to_string()]);
         let p = plan(&rows, 150, 0, &busy);
-        assert_eq!(keys(&p), ["old"], "cannot go below what pins and fills hold");
+        assert_eq!(
+            keys(&p),
+            ["old"],
+            "cannot go below what pins and fills hold"
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@ impl BlobFs {
     pub fn open(root: &Path) -> io::Result<Self> {
         fs::create_dir_all(root.join("blobs/sha256"))?;
         fs::create_dir_all(root.join("tmp"))?;
-        Ok(BlobFs { root: root.to_path_buf() })
+        Ok(BlobFs {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -49,9 +51,17 @@ impl BlobFs {
 
     /// A new temp file, opened read-write so readers of a growing fill can share its descriptor.
     pub fn create_temp(&self, with_md5: bool) -> io::Result<TempBlob> {
-        let name = format!("fill-{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        let name = format!(
+            "fill-{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
         let path = self.tmp_dir().join(name);
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         Ok(TempBlob {
             path: Some(path),
             file: Arc::new(file),
@@ -74,7 +84,9 @@ impl BlobFs {
         }
         let result = (|| {
             temp.file.sync_all()?;
-            let dir = target.parent().ok_or_else(|| io::Error::other("blob path has no parent"))?;
+            let dir = target
+                .parent()
+                .ok_or_else(|| io::Error::other("blob path has no parent"))?;
             fs::create_dir_all(dir)?;
             #[allow(clippy::disallowed_methods)] // the one sanctioned rename into the store
             fs::rename(&from, &target)?;
@@ -134,7 +146,11 @@ impl BlobFs {
     /// Removes a stray file found by `list_blobs` (not named by a digest, or not in the index).
     pub fn remove_stray(&self, path: &Path) -> io::Result<()> {
         if path.starts_with(self.root.join("blobs")) {
-            if path.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) }
+            if path.is_dir() {
+                fs::remove_dir_all(path)
+            } else {
+                fs::remove_file(path)
+            }
         } else {
             Err(io::Error::other("refusing to remove a path outside blobs/"))
         }
@@ -231,7 +247,11 @@ pub fn hash_file(file: &File) -> io::Result<Hashes> {
         md5.update(&buf[..n]);
         offset += n as u64;
     }
-    Ok(Hashes { size: offset, sha256: Digest::from_bytes(sha.finalize().into()), md5: Some(md5.finalize().into()) })
+    Ok(Hashes {
+        size: offset,
+        sha256: Digest::from_bytes(sha.finalize().into()),
+        md5: Some(md5.finalize().into()),
+    })
 }
 
 #[cfg(test)]
@@ -247,8 +267,14 @@ mod tests {
         t.append(b"world").unwrap();
         let h = t.hashes();
         assert_eq!(h.size, 11);
-        assert_eq!(h.sha256.hex(), "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
-        assert_eq!(hex::encode(h.md5.unwrap()), "5eb63bbbe01eeed093cb22bb8f5acdc3");
+        assert_eq!(
+            h.sha256.hex(),
+            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+        );
+        assert_eq!(
+            hex::encode(h.md5.unwrap()),
+            "5eb63bbbe01eeed093cb22bb8f5acdc3"
+        );
         fs_.publish(t, &h.sha256).unwrap();
         assert_eq!(fs::read(fs_.blob_path(&h.sha256)).unwrap(), b"hello world");
         assert_eq!(fs::read_dir(fs_.tmp_dir()).unwrap().count(), 0);

@@ -15,12 +15,17 @@ const BLOBS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("blobs");
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
-    #[error("the index {path} is in use by another image-cache process; stop it or use its admin API")]
+    #[error(
+        "the index {path} is in use by another image-cache process; stop it or use its admin API"
+    )]
     Locked { path: String },
     #[error("index database error: {0}")]
     Db(#[from] redb::Error),
     #[error("corrupt index row for {key}: {source}")]
-    Row { key: String, source: serde_json::Error },
+    Row {
+        key: String,
+        source: serde_json::Error,
+    },
 }
 
 macro_rules! from_redb {
@@ -81,7 +86,10 @@ pub struct Index {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, IndexError> {
-    serde_json::from_slice(bytes).map_err(|source| IndexError::Row { key: key.to_string(), source })
+    serde_json::from_slice(bytes).map_err(|source| IndexError::Row {
+        key: key.to_string(),
+        source,
+    })
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -94,7 +102,9 @@ impl Index {
         let db = match Database::create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(IndexError::Locked { path: path.display().to_string() });
+                return Err(IndexError::Locked {
+                    path: path.display().to_string(),
+                });
             }
             Err(e) => return Err(e.into()),
         };
@@ -102,7 +112,11 @@ impl Index {
         txn.open_table(OBJECTS)?;
         txn.open_table(BLOBS)?;
         txn.commit()?;
-        let index = Index { db, bytes: AtomicU64::new(0), objects: AtomicU64::new(0) };
+        let index = Index {
+            db,
+            bytes: AtomicU64::new(0),
+            objects: AtomicU64::new(0),
+        };
         index.recount()?;
         Ok(index)
     }
@@ -161,10 +175,16 @@ impl Index {
                     None => None,
                 };
                 let next = match current {
-                    Some(b) => BlobRow { size: b.size, refs: b.refs + 1 },
+                    Some(b) => BlobRow {
+                        size: b.size,
+                        refs: b.refs + 1,
+                    },
                     None => {
                         bytes_delta += row.size as i64;
-                        BlobRow { size: row.size, refs: 1 }
+                        BlobRow {
+                            size: row.size,
+                            refs: 1,
+                        }
                     }
                 };
                 blobs.insert(hex.as_str(), encode(&next).as_slice())?;
@@ -212,7 +232,11 @@ impl Index {
     }
 
     /// Changes one row in place; `f` returns false to leave it untouched. Returns whether the key exists.
-    pub fn update(&self, key: &str, f: impl FnOnce(&mut ObjectRow) -> bool) -> Result<bool, IndexError> {
+    pub fn update(
+        &self,
+        key: &str,
+        f: impl FnOnce(&mut ObjectRow) -> bool,
+    ) -> Result<bool, IndexError> {
         let txn = self.db.begin_write()?;
         let found;
         {
@@ -257,7 +281,12 @@ impl Index {
     }
 
     /// Rows in key order starting after `cursor`, whose key starts with `prefix`; at most `limit`.
-    pub fn list(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> Result<Vec<(String, ObjectRow)>, IndexError> {
+    pub fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, ObjectRow)>, IndexError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(OBJECTS)?;
         let start = match cursor {
@@ -298,7 +327,10 @@ impl Index {
 
     /// Rebuilds the blob table from the object rows: reference counts are derived data, and recovery
     /// recomputes them rather than trusting them. Object rows whose blob is `missing` are dropped.
-    pub fn rebuild_blobs(&self, missing: impl Fn(&Digest, u64) -> bool) -> Result<Vec<String>, IndexError> {
+    pub fn rebuild_blobs(
+        &self,
+        missing: impl Fn(&Digest, u64) -> bool,
+    ) -> Result<Vec<String>, IndexError> {
         let txn = self.db.begin_write()?;
         let mut dropped = Vec::new();
         {
@@ -317,7 +349,10 @@ impl Index {
             for (key, row) in rows {
                 match row {
                     Some(row) if !missing(&row.digest, row.size) => {
-                        let e = counts.entry(row.digest).or_insert(BlobRow { size: row.size, refs: 0 });
+                        let e = counts.entry(row.digest).or_insert(BlobRow {
+                            size: row.size,
+                            refs: 0,
+                        });
                         e.refs += 1;
                     }
                     _ => {
@@ -341,7 +376,9 @@ impl Index {
             if d >= 0 {
                 a.fetch_add(d as u64, Ordering::Relaxed);
             } else {
-                let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub((-d) as u64)));
+                let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub((-d) as u64))
+                });
             }
         };
         apply(&self.bytes, bytes);
@@ -361,7 +398,14 @@ fn release(
     };
     match current {
         Some(b) if b.refs > 1 => {
-            blobs.insert(hex.as_str(), encode(&BlobRow { size: b.size, refs: b.refs - 1 }).as_slice())?;
+            blobs.insert(
+                hex.as_str(),
+                encode(&BlobRow {
+                    size: b.size,
+                    refs: b.refs - 1,
+                })
+                .as_slice(),
+            )?;
             Ok((0, None))
         }
         Some(b) => {
@@ -369,6 +413,18 @@ fn release(
             Ok((b.size, Some(*digest)))
         }
         None => Ok((0, Some(*digest))),
+    }
+}
+
+impl Index {
+    pub fn get_blob(&self, digest: &Digest) -> Result<Option<BlobRow>, IndexError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BLOBS)?;
+        let hex = digest.hex();
+        match table.get(hex.as_str())? {
+            Some(v) => Ok(Some(decode(&hex, v.value())?)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -398,7 +454,11 @@ mod tests {
         let idx = Index::open(&dir.path().join("index.redb")).unwrap();
         assert_eq!(idx.put("file:a/x", &row(1, 100)).unwrap(), None);
         assert_eq!(idx.put("file:a/y", &row(1, 100)).unwrap(), None);
-        assert_eq!(idx.total_bytes(), 100, "one blob shared by two keys counts once");
+        assert_eq!(
+            idx.total_bytes(),
+            100,
+            "one blob shared by two keys counts once"
+        );
         assert_eq!(idx.object_count(), 2);
         // Replacing x's content releases one reference only.
         assert_eq!(idx.put("file:a/x", &row(2, 50)).unwrap(), None);
@@ -419,9 +479,15 @@ mod tests {
             idx.put(k, &row(9, 1)).unwrap();
         }
         let page1 = idx.list("file:a/", None, 2).unwrap();
-        assert_eq!(page1.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["file:a/1", "file:a/2"]);
+        assert_eq!(
+            page1.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["file:a/1", "file:a/2"]
+        );
         let page2 = idx.list("file:a/", Some("file:a/2"), 2).unwrap();
-        assert_eq!(page2.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["file:a/3"]);
+        assert_eq!(
+            page2.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["file:a/3"]
+        );
     }
 
     #[test]
@@ -443,17 +509,5 @@ mod tests {
         let path = dir.path().join("index.redb");
         let _first = Index::open(&path).unwrap();
         assert!(matches!(Index::open(&path), Err(IndexError::Locked { .. })));
-    }
-}
-
-impl Index {
-    pub fn get_blob(&self, digest: &Digest) -> Result<Option<BlobRow>, IndexError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(BLOBS)?;
-        let hex = digest.hex();
-        match table.get(hex.as_str())? {
-            Some(v) => Ok(Some(decode(&hex, v.value())?)),
-            None => Ok(None),
-        }
     }
 }

@@ -33,11 +33,17 @@ pub type SourceBody = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
 
 /// The answer of whatever feeds a fill (an origin, a peer, a registry), as far as the store cares.
 pub enum SourceOutcome {
-    Body { meta: SourceMeta, body: SourceBody },
+    Body {
+        meta: SourceMeta,
+        body: SourceBody,
+    },
     /// A conditional request found the stored copy current.
     NotModified,
     /// No body to store: the source answered with another status or could not be reached.
-    Unavailable { status: Option<u16>, message: String },
+    Unavailable {
+        status: Option<u16>,
+        message: String,
+    },
 }
 
 pub type SourceFuture = Pin<Box<dyn Future<Output = SourceOutcome> + Send>>;
@@ -53,7 +59,10 @@ pub struct Expected {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FillFailure {
     /// The source refused or broke; nothing to serve.
-    Upstream { status: Option<u16>, message: String },
+    Upstream {
+        status: Option<u16>,
+        message: String,
+    },
     /// The body did not match its length or digest; nothing stored, readers aborted.
     Integrity(String),
     /// The body could not be stored (disk full, too large). The source is fine: a reader may continue
@@ -64,8 +73,14 @@ pub enum FillFailure {
 impl std::fmt::Display for FillFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FillFailure::Upstream { status: Some(s), message } => write!(f, "upstream answered {s}: {message}"),
-            FillFailure::Upstream { status: None, message } => write!(f, "upstream failed: {message}"),
+            FillFailure::Upstream {
+                status: Some(s),
+                message,
+            } => write!(f, "upstream answered {s}: {message}"),
+            FillFailure::Upstream {
+                status: None,
+                message,
+            } => write!(f, "upstream failed: {message}"),
             FillFailure::Integrity(m) => write!(f, "integrity check failed: {m}"),
             FillFailure::Storage(m) => write!(f, "cannot store: {m}"),
         }
@@ -75,8 +90,14 @@ impl std::fmt::Display for FillFailure {
 #[derive(Debug, Clone)]
 pub enum Phase {
     Connecting,
-    Streaming { meta: Arc<SourceMeta>, written: u64, verified: bool },
-    Complete { row: ObjectRow },
+    Streaming {
+        meta: Arc<SourceMeta>,
+        written: u64,
+        verified: bool,
+    },
+    Complete {
+        row: ObjectRow,
+    },
     NotModified,
     Failed(FillFailure),
 }
@@ -85,8 +106,16 @@ impl Phase {
     /// Bytes a reader may hand out now: everything once verified, else all but the last byte.
     fn readable(&self) -> Option<u64> {
         match self {
-            Phase::Streaming { written, verified: true, .. } => Some(*written),
-            Phase::Streaming { written, verified: false, .. } => Some(written.saturating_sub(1)),
+            Phase::Streaming {
+                written,
+                verified: true,
+                ..
+            } => Some(*written),
+            Phase::Streaming {
+                written,
+                verified: false,
+                ..
+            } => Some(written.saturating_sub(1)),
             Phase::Complete { row } => Some(row.size),
             _ => None,
         }
@@ -94,7 +123,11 @@ impl Phase {
 
     fn finished_at(&self) -> Option<u64> {
         match self {
-            Phase::Streaming { written, verified: true, .. } => Some(*written),
+            Phase::Streaming {
+                written,
+                verified: true,
+                ..
+            } => Some(*written),
             Phase::Complete { row } => Some(row.size),
             _ => None,
         }
@@ -123,7 +156,13 @@ pub struct FillStatus {
 impl Fill {
     pub(super) fn new(key: String) -> Arc<Self> {
         let (tx, _) = watch::channel(Phase::Connecting);
-        Arc::new(Fill { key, phase: tx, file: OnceLock::new(), started: Instant::now(), readers: AtomicUsize::new(0) })
+        Arc::new(Fill {
+            key,
+            phase: tx,
+            file: OnceLock::new(),
+            started: Instant::now(),
+            readers: AtomicUsize::new(0),
+        })
     }
 
     pub fn key(&self) -> &str {
@@ -140,7 +179,10 @@ impl Fill {
 
     pub(super) fn advance(&self, written_now: u64, verified_now: bool) {
         self.phase.send_modify(|p| {
-            if let Phase::Streaming { written, verified, .. } = p {
+            if let Phase::Streaming {
+                written, verified, ..
+            } = p
+            {
                 *written = written_now;
                 *verified = verified_now;
             }
@@ -184,7 +226,12 @@ impl Fill {
     /// fill writes them.
     pub fn reader(self: &Arc<Self>, start: u64, end: Option<u64>) -> FillReader {
         self.readers.fetch_add(1, Ordering::Relaxed);
-        FillReader { fill: Arc::clone(self), rx: self.phase.subscribe(), pos: start, end }
+        FillReader {
+            fill: Arc::clone(self),
+            rx: self.phase.subscribe(),
+            pos: start,
+            end,
+        }
     }
 }
 
@@ -192,7 +239,10 @@ impl Fill {
 pub enum ReadError {
     /// The fill failed after `delivered` bytes of this reader's range had been handed out.
     #[error("{failure}")]
-    Failed { failure: FillFailure, delivered_to: u64 },
+    Failed {
+        failure: FillFailure,
+        delivered_to: u64,
+    },
     #[error("reading the fill's temp file: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -219,23 +269,31 @@ impl FillReader {
             }
             let phase = self.rx.borrow_and_update().clone();
             if let Phase::Failed(failure) = &phase {
-                return Some(Err(ReadError::Failed { failure: failure.clone(), delivered_to: self.pos }));
+                return Some(Err(ReadError::Failed {
+                    failure: failure.clone(),
+                    delivered_to: self.pos,
+                }));
             }
             if let Some(readable) = phase.readable() {
                 let limit = self.end.map_or(readable, |e| e.min(readable));
                 if self.pos < limit {
                     let Some(file) = self.fill.file.get().cloned() else {
-                        return Some(Err(ReadError::Io(std::io::Error::other("fill has no file"))));
+                        return Some(Err(ReadError::Io(std::io::Error::other(
+                            "fill has no file",
+                        ))));
                     };
                     let len = (limit - self.pos).min(READ_CHUNK as u64) as usize;
                     let pos = self.pos;
-                    let read = tokio::task::spawn_blocking(move || fs::read_at(&file, pos, len)).await;
+                    let read =
+                        tokio::task::spawn_blocking(move || fs::read_at(&file, pos, len)).await;
                     return match read {
                         Ok(Ok(buf)) if !buf.is_empty() => {
                             self.pos += buf.len() as u64;
                             Some(Ok(Bytes::from(buf)))
                         }
-                        Ok(Ok(_)) => Some(Err(ReadError::Io(std::io::Error::other("temp file shorter than written")))),
+                        Ok(Ok(_)) => Some(Err(ReadError::Io(std::io::Error::other(
+                            "temp file shorter than written",
+                        )))),
                         Ok(Err(e)) => Some(Err(ReadError::Io(e))),
                         Err(e) => Some(Err(ReadError::Io(std::io::Error::other(e)))),
                     };
@@ -249,8 +307,14 @@ impl FillReader {
             }
             if self.rx.changed().await.is_err() {
                 // The fill task is gone without a final phase (runtime shutting down).
-                let failure = FillFailure::Upstream { status: None, message: "fill abandoned".into() };
-                return Some(Err(ReadError::Failed { failure, delivered_to: self.pos }));
+                let failure = FillFailure::Upstream {
+                    status: None,
+                    message: "fill abandoned".into(),
+                };
+                return Some(Err(ReadError::Failed {
+                    failure,
+                    delivered_to: self.pos,
+                }));
             }
         }
     }
@@ -260,6 +324,8 @@ impl FillReader {
     }
 
     pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, ReadError>> + Send + 'static {
-        futures_util::stream::unfold(self, |mut r| async move { r.next_chunk().await.map(|item| (item, r)) })
+        futures_util::stream::unfold(self, |mut r| async move {
+            r.next_chunk().await.map(|item| (item, r))
+        })
     }
 }

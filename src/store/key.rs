@@ -125,7 +125,8 @@ fn check_percent_syntax(segment: &str) -> Result<(), KeyError> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let ok = i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit();
+            let ok =
+                i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit();
             if !ok {
                 return Err(KeyError::BadPercent);
             }
@@ -146,7 +147,9 @@ impl Key {
     pub fn file(domain: &str, path: &FilePath) -> Result<Self, KeyError> {
         let ok = !domain.is_empty()
             && domain.len() <= 253
-            && domain.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._:".contains(&b));
+            && domain
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._:".contains(&b));
         if !ok {
             return Err(KeyError::BadDomain);
         }
@@ -160,7 +163,10 @@ impl Key {
             let path = FilePath::from_request(&rest[slash..])?;
             return Key::file(&rest[..slash], &path);
         }
-        if text.starts_with("oci:") && !text.chars().any(char::is_control) && text.len() <= MAX_PATH_BYTES {
+        if text.starts_with("oci:")
+            && !text.chars().any(char::is_control)
+            && text.len() <= MAX_PATH_BYTES
+        {
             return Ok(Key(text.to_string()));
         }
         Err(KeyError::NotAbsolute)
@@ -194,7 +200,11 @@ impl Digest {
     /// Accepts `sha256:<64 hex>` or bare lowercase hex.
     pub fn parse(text: &str) -> Result<Self, KeyError> {
         let hex_part = text.strip_prefix("sha256:").unwrap_or(text);
-        if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex_part.len() != 64
+            || !hex_part
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(KeyError::BadDigest);
         }
         let mut out = [0u8; 32];
@@ -219,6 +229,19 @@ impl fmt::Display for Digest {
     }
 }
 
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        Digest::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,14 +249,21 @@ mod tests {
     #[test]
     fn accepts_normal_paths() {
         let cases = [
-            ("/metal-os/stable/debian/13/img.tar.lz4", "/metal-os/stable/debian/13/img.tar.lz4"),
+            (
+                "/metal-os/stable/debian/13/img.tar.lz4",
+                "/metal-os/stable/debian/13/img.tar.lz4",
+            ),
             ("/a%20b/c", "/a b/c"),
             ("/v1.2.3/metal-kernel", "/v1.2.3/metal-kernel"),
             ("/..a/b..", "/..a/b.."),
             ("/%E2%9C%93", "/\u{2713}"),
         ];
         for (raw, want) in cases {
-            assert_eq!(FilePath::from_request(raw).map(|p| p.0), Ok(want.to_string()), "{raw}");
+            assert_eq!(
+                FilePath::from_request(raw).map(|p| p.0),
+                Ok(want.to_string()),
+                "{raw}"
+            );
         }
     }
 
@@ -272,7 +302,12 @@ mod tests {
 
     #[test]
     fn url_path_round_trips() {
-        for raw in ["/a%20b/c", "/x/y.tar.lz4", "/%E2%9C%93/%3F%23", "/a+b@c:d=e,f"] {
+        for raw in [
+            "/a%20b/c",
+            "/x/y.tar.lz4",
+            "/%E2%9C%93/%3F%23",
+            "/a+b@c:d=e,f",
+        ] {
             let p = FilePath::from_request(raw).unwrap();
             let again = FilePath::from_request(&p.to_url_path()).unwrap();
             assert_eq!(p, again, "{raw}");
@@ -294,21 +329,14 @@ mod tests {
         let d = Digest::parse(&format!("sha256:{hex}")).unwrap();
         assert_eq!(d.hex(), hex);
         assert_eq!(d.relative_path(), format!("blobs/sha256/aa/{hex}"));
-        for bad in ["", "sha256:", &"A".repeat(64), &"a".repeat(63), &format!("md5:{hex}")] {
+        for bad in [
+            "",
+            "sha256:",
+            &"A".repeat(64),
+            &"a".repeat(63),
+            &format!("md5:{hex}"),
+        ] {
             assert!(Digest::parse(bad).is_err(), "{bad}");
         }
-    }
-}
-
-impl serde::Serialize for Digest {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Digest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <String as serde::Deserialize>::deserialize(d)?;
-        Digest::parse(&s).map_err(serde::de::Error::custom)
     }
 }

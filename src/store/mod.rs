@@ -13,8 +13,8 @@ mod recover;
 
 pub use index::ObjectRow;
 pub use inflight::{
-    Expected, Fill, FillFailure, FillReader, FillStatus, Phase, ReadError, SourceBody, SourceFuture, SourceMeta,
-    SourceOutcome,
+    Expected, Fill, FillFailure, FillReader, FillStatus, Phase, ReadError, SourceBody,
+    SourceFuture, SourceMeta, SourceOutcome,
 };
 pub use key::{Digest, FilePath, Key, KeyError};
 pub use recover::RecoveryReport;
@@ -40,7 +40,10 @@ pub enum StoreError {
     #[error("{0}")]
     Index(#[from] IndexError),
     #[error("store I/O on {what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("start-up recovery failed: {0}")]
     Recover(#[from] recover::RecoverError),
     #[error("a blocking store task failed: {0}")]
@@ -53,7 +56,10 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError 
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A stored object opened for reading.
@@ -131,7 +137,8 @@ impl Store {
         metrics: Metrics,
         runtime: tokio::runtime::Handle,
     ) -> Result<(Self, RecoveryReport), StoreError> {
-        let fs = BlobFs::open(state_dir).map_err(io_err(format!("state dir {}", state_dir.display())))?;
+        let fs = BlobFs::open(state_dir)
+            .map_err(io_err(format!("state dir {}", state_dir.display())))?;
         let index = Index::open(&state_dir.join("index.redb"))?;
         let report = recover::recover(&fs, &index)?;
         let inner = Inner {
@@ -145,7 +152,9 @@ impl Store {
             evict_wake: Notify::new(),
             runtime,
         };
-        let store = Store { inner: Arc::new(inner) };
+        let store = Store {
+            inner: Arc::new(inner),
+        };
         store.refresh_gauges();
         Ok((store, report))
     }
@@ -167,17 +176,26 @@ impl Store {
     }
 
     /// Looks a key up and, as `decide` says, serves it, joins its running fill or starts one.
-    pub fn access(&self, key: &Key, decide: impl FnOnce(Option<&ObjectRow>) -> Plan) -> Result<Access, StoreError> {
+    pub fn access(
+        &self,
+        key: &Key,
+        decide: impl FnOnce(Option<&ObjectRow>) -> Plan,
+    ) -> Result<Access, StoreError> {
         let mut inflight = lock(&self.inner.inflight);
         if let Some(fill) = inflight.get(key.as_str()) {
             self.inner.metrics.fills_coalesced.inc();
-            return Ok(Access::Fill { fill: Arc::clone(fill), coalesced: true });
+            return Ok(Access::Fill {
+                fill: Arc::clone(fill),
+                coalesced: true,
+            });
         }
         let row = self.inner.index.get(key.as_str())?;
         match decide(row.as_ref()) {
             Plan::Skip => Ok(Access::Skipped(row)),
             Plan::Serve => {
-                let Some(row) = row else { return Ok(Access::Skipped(None)) };
+                let Some(row) = row else {
+                    return Ok(Access::Skipped(None));
+                };
                 match self.inner.fs.open_blob(&row.digest) {
                     Ok(file) => {
                         drop(inflight);
@@ -192,7 +210,10 @@ impl Store {
                         self.refresh_gauges();
                         Ok(Access::Skipped(None))
                     }
-                    Err(e) => Err(StoreError::Io { what: format!("blob {}", row.digest), source: e }),
+                    Err(e) => Err(StoreError::Io {
+                        what: format!("blob {}", row.digest),
+                        source: e,
+                    }),
                 }
             }
             Plan::Fill(spec) => {
@@ -201,8 +222,13 @@ impl Store {
                 drop(inflight);
                 let inner = Arc::clone(&self.inner);
                 let task_fill = Arc::clone(&fill);
-                self.inner.runtime.spawn(run_fill(inner, task_fill, spec, row));
-                Ok(Access::Fill { fill, coalesced: false })
+                self.inner
+                    .runtime
+                    .spawn(run_fill(inner, task_fill, spec, row));
+                Ok(Access::Fill {
+                    fill,
+                    coalesced: false,
+                })
             }
         }
     }
@@ -211,11 +237,18 @@ impl Store {
     /// old copy; a 304 serves the same copy). `None` when nothing is stored.
     pub fn open_stored(&self, key: &Key) -> Result<Option<Hit>, StoreError> {
         let inflight = lock(&self.inner.inflight);
-        let Some(row) = self.inner.index.get(key.as_str())? else { return Ok(None) };
+        let Some(row) = self.inner.index.get(key.as_str())? else {
+            return Ok(None);
+        };
         let file = match self.inner.fs.open_blob(&row.digest) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StoreError::Io { what: format!("blob {}", row.digest), source: e }),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    what: format!("blob {}", row.digest),
+                    source: e,
+                });
+            }
         };
         drop(inflight);
         self.record_hit(key.as_str());
@@ -228,10 +261,18 @@ impl Store {
     }
 
     pub fn fills(&self) -> Vec<FillStatus> {
-        lock(&self.inner.inflight).values().map(|f| f.status()).collect()
+        lock(&self.inner.inflight)
+            .values()
+            .map(|f| f.status())
+            .collect()
     }
 
-    pub fn list(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> Result<Vec<(String, ObjectRow)>, StoreError> {
+    pub fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, ObjectRow)>, StoreError> {
         Ok(self.inner.index.list(prefix, cursor, limit)?)
     }
 
@@ -255,7 +296,11 @@ impl Store {
     pub fn flush_access(&self) -> Result<(), StoreError> {
         let batch: Vec<AccessUpdate> = lock(&self.inner.access)
             .drain()
-            .map(|(key, (hits, last_access))| AccessUpdate { key, hits, last_access })
+            .map(|(key, (hits, last_access))| AccessUpdate {
+                key,
+                hits,
+                last_access,
+            })
             .collect();
         Ok(self.inner.index.apply_access(&batch)?)
     }
@@ -289,14 +334,22 @@ impl Store {
         report.freed_bytes = self.total_before_eviction(&rows).saturating_sub(after);
         self.refresh_gauges();
         if report.evicted_keys > 0 {
-            tracing::info!(keys = report.evicted_keys, freed = report.freed_bytes, now = after, "evicted");
+            tracing::info!(
+                keys = report.evicted_keys,
+                freed = report.freed_bytes,
+                now = after,
+                "evicted"
+            );
         }
         Ok(report)
     }
 
     fn total_before_eviction(&self, rows: &[(String, ObjectRow)]) -> u64 {
         let mut seen = HashSet::new();
-        rows.iter().filter(|(_, r)| seen.insert(r.digest)).map(|(_, r)| r.size).sum()
+        rows.iter()
+            .filter(|(_, r)| seen.insert(r.digest))
+            .map(|(_, r)| r.size)
+            .sum()
     }
 
     /// `store gc`: evicts down to 90% of `cache.max_size` now.
@@ -325,7 +378,9 @@ impl Store {
         let mut bad = HashSet::new();
         for (digest, blob) in blobs {
             let ok = match self.inner.fs.open_blob(&digest) {
-                Ok(file) => fs::hash_file(&file).map(|h| h.sha256 == digest && h.size == blob.size).unwrap_or(false),
+                Ok(file) => fs::hash_file(&file)
+                    .map(|h| h.sha256 == digest && h.size == blob.size)
+                    .unwrap_or(false),
                 Err(_) => false,
             };
             if !ok {
@@ -344,7 +399,11 @@ impl Store {
                 .filter(|(_, r)| bad.contains(&r.digest))
                 .map(|(k, _)| k)
                 .collect();
-            tracing::error!(keys = keys.len(), blobs = bad.len(), "corrupt blobs found; their keys are removed");
+            tracing::error!(
+                keys = keys.len(),
+                blobs = bad.len(),
+                "corrupt blobs found; their keys are removed"
+            );
             self.remove(&keys)?;
             for digest in &bad {
                 self.unlink_if_unreferenced(digest)?;
@@ -357,7 +416,10 @@ impl Store {
     fn unlink_if_unreferenced(&self, digest: &Digest) -> Result<(), StoreError> {
         let _stripe = lock(&self.inner.stripes[stripe_of(digest)]);
         if self.inner.index.get_blob(digest)?.is_none() {
-            self.inner.fs.remove_blob(digest).map_err(io_err(format!("unlink {digest}")))?;
+            self.inner
+                .fs
+                .remove_blob(digest)
+                .map_err(io_err(format!("unlink {digest}")))?;
         }
         Ok(())
     }
@@ -406,7 +468,13 @@ impl Store {
 }
 
 fn stripe_of(digest: &Digest) -> usize {
-    digest.hex().as_bytes().iter().take(4).fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(*b as usize)) % STRIPES
+    digest
+        .hex()
+        .as_bytes()
+        .iter()
+        .take(4)
+        .fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(*b as usize))
+        % STRIPES
 }
 
 /// Ends a fill exactly once: final phase first, then off the in-flight map, so anyone who no longer finds
@@ -429,7 +497,10 @@ impl FillGuard {
         self.done = true;
         self.fill.set_phase(phase);
         let mut inflight = lock(&self.inner.inflight);
-        if inflight.get(self.fill.key()).is_some_and(|f| Arc::ptr_eq(f, &self.fill)) {
+        if inflight
+            .get(self.fill.key())
+            .is_some_and(|f| Arc::ptr_eq(f, &self.fill))
+        {
             inflight.remove(self.fill.key());
         }
     }
@@ -437,12 +508,19 @@ impl FillGuard {
 
 impl Drop for FillGuard {
     fn drop(&mut self) {
-        self.end(Phase::Failed(FillFailure::Upstream { status: None, message: "fill abandoned (shutting down)".into() }));
+        self.end(Phase::Failed(FillFailure::Upstream {
+            status: None,
+            message: "fill abandoned (shutting down)".into(),
+        }));
     }
 }
 
 async fn run_fill(inner: Arc<Inner>, fill: Arc<Fill>, spec: FillSpec, prior: Option<ObjectRow>) {
-    let guard = FillGuard { inner: Arc::clone(&inner), fill: Arc::clone(&fill), done: false };
+    let guard = FillGuard {
+        inner: Arc::clone(&inner),
+        fill: Arc::clone(&fill),
+        done: false,
+    };
     let key = fill.key().to_string();
     let phase = match spec.source.await {
         SourceOutcome::NotModified => {
@@ -464,12 +542,30 @@ async fn run_fill(inner: Arc<Inner>, fill: Arc<Fill>, spec: FillSpec, prior: Opt
                 }),
             }
         }
-        SourceOutcome::Unavailable { status, message } => Phase::Failed(FillFailure::Upstream { status, message }),
+        SourceOutcome::Unavailable { status, message } => {
+            Phase::Failed(FillFailure::Upstream { status, message })
+        }
         SourceOutcome::Body { meta, body } => {
-            match write_body(&inner, &fill, &key, meta, body, spec.expected, spec.want_md5).await {
+            match write_body(
+                &inner,
+                &fill,
+                &key,
+                meta,
+                body,
+                spec.expected,
+                spec.want_md5,
+            )
+            .await
+            {
                 Ok(row) => {
-                    inner.metrics.store_bytes.set(inner.index.total_bytes() as i64);
-                    inner.metrics.store_objects.set(inner.index.object_count() as i64);
+                    inner
+                        .metrics
+                        .store_bytes
+                        .set(inner.index.total_bytes() as i64);
+                    inner
+                        .metrics
+                        .store_objects
+                        .set(inner.index.object_count() as i64);
                     if inner.index.total_bytes() > inner.max_size {
                         inner.evict_wake.notify_one();
                     }
@@ -486,7 +582,9 @@ async fn run_fill(inner: Arc<Inner>, fill: Arc<Fill>, spec: FillSpec, prior: Opt
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| e.to_string())
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn write_body(
@@ -505,7 +603,10 @@ async fn write_body(
         return integrity(format!("source announces {cl} bytes, expected {size}"));
     }
     if meta.content_length.is_some_and(|cl| cl > inner.max_size) {
-        return Err(FillFailure::Storage(format!("object is larger than cache.max_size ({} bytes)", inner.max_size)));
+        return Err(FillFailure::Storage(format!(
+            "object is larger than cache.max_size ({} bytes)",
+            inner.max_size
+        )));
     }
     let fs_ = inner.fs.clone();
     let with_md5 = want_md5 || expected.md5.is_some();
@@ -514,7 +615,11 @@ async fn write_body(
         .map_err(FillFailure::Storage)?
         .map_err(|e| FillFailure::Storage(format!("creating temp file: {e}")))?;
     fill.set_file(temp.shared_file());
-    fill.set_phase(Phase::Streaming { meta: Arc::new(meta.clone()), written: 0, verified: false });
+    fill.set_phase(Phase::Streaming {
+        meta: Arc::new(meta.clone()),
+        written: 0,
+        verified: false,
+    });
 
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
     loop {
@@ -533,13 +638,20 @@ async fn write_body(
             Some(Ok(bytes)) => {
                 buf.extend_from_slice(&bytes);
                 if temp.written() + buf.len() as u64 > inner.max_size {
-                    return Err(FillFailure::Storage("object grew past cache.max_size".into()));
+                    return Err(FillFailure::Storage(
+                        "object grew past cache.max_size".into(),
+                    ));
                 }
                 if buf.len() >= WRITE_BATCH {
                     (temp, buf) = flush(fill, temp, buf).await?;
                 }
             }
-            Some(Err(message)) => return Err(FillFailure::Upstream { status: None, message }),
+            Some(Err(message)) => {
+                return Err(FillFailure::Upstream {
+                    status: None,
+                    message,
+                });
+            }
             None => break,
         }
     }
@@ -551,7 +663,10 @@ async fn write_body(
     if let Some(cl) = meta.content_length
         && cl != hashes.size
     {
-        return integrity(format!("source announced {cl} bytes and sent {}", hashes.size));
+        return integrity(format!(
+            "source announced {cl} bytes and sent {}",
+            hashes.size
+        ));
     }
     if let Some(size) = expected.size
         && size != hashes.size
@@ -566,7 +681,11 @@ async fn write_body(
     if let (Some(want), Some(got)) = (expected.md5, hashes.md5)
         && want != got
     {
-        return integrity(format!("expected md5 {}, got {}", hex::encode(want), hex::encode(got)));
+        return integrity(format!(
+            "expected md5 {}, got {}",
+            hex::encode(want),
+            hex::encode(got)
+        ));
     }
     fill.advance(hashes.size, true);
 
@@ -591,11 +710,17 @@ async fn write_body(
         let digest = row2.digest;
         let orphan = {
             let _stripe = lock(&inner2.stripes[stripe_of(&digest)]);
-            inner2.fs.publish(temp, &digest).map_err(io_err(format!("publishing {digest}")))?;
+            inner2
+                .fs
+                .publish(temp, &digest)
+                .map_err(io_err(format!("publishing {digest}")))?;
             inner2.index.put(&key2, &row2)?
         };
         if let Some(old) = orphan.filter(|o| *o != digest) {
-            Store { inner: Arc::clone(&inner2) }.unlink_if_unreferenced(&old)?;
+            Store {
+                inner: Arc::clone(&inner2),
+            }
+            .unlink_if_unreferenced(&old)?;
         }
         Ok(())
     })
@@ -605,7 +730,11 @@ async fn write_body(
     Ok(row)
 }
 
-async fn flush(fill: &Arc<Fill>, mut temp: TempBlob, mut buf: Vec<u8>) -> Result<(TempBlob, Vec<u8>), FillFailure> {
+async fn flush(
+    fill: &Arc<Fill>,
+    mut temp: TempBlob,
+    mut buf: Vec<u8>,
+) -> Result<(TempBlob, Vec<u8>), FillFailure> {
     let (temp, buf, result) = blocking(move || {
         let r = temp.append(&buf);
         buf.clear();

@@ -20,13 +20,25 @@ pub enum RecoverError {
     #[error("{0}")]
     Index(#[from] IndexError),
     #[error("scanning {what}: {source}")]
-    Io { what: &'static str, source: std::io::Error },
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 pub fn recover(fs: &BlobFs, index: &Index) -> Result<RecoveryReport, RecoverError> {
-    let tmp_removed = fs.clear_tmp().map_err(|source| RecoverError::Io { what: "tmp/", source })?;
-    let files = fs.list_blobs().map_err(|source| RecoverError::Io { what: "blobs/", source })?;
-    let present: HashMap<_, u64> = files.iter().filter_map(|(d, _, size)| d.map(|d| (d, *size))).collect();
+    let tmp_removed = fs.clear_tmp().map_err(|source| RecoverError::Io {
+        what: "tmp/",
+        source,
+    })?;
+    let files = fs.list_blobs().map_err(|source| RecoverError::Io {
+        what: "blobs/",
+        source,
+    })?;
+    let present: HashMap<_, u64> = files
+        .iter()
+        .filter_map(|(d, _, size)| d.map(|d| (d, *size)))
+        .collect();
 
     let rows_dropped = index.rebuild_blobs(|digest, size| present.get(digest) != Some(&size))?;
 
@@ -37,5 +49,9 @@ pub fn recover(fs: &BlobFs, index: &Index) -> Result<RecoveryReport, RecoverErro
             orphan_blobs_removed += 1;
         }
     }
-    Ok(RecoveryReport { tmp_removed, rows_dropped, orphan_blobs_removed })
+    Ok(RecoveryReport {
+        tmp_removed,
+        rows_dropped,
+        orphan_blobs_removed,
+    })
 }

@@ -42,7 +42,13 @@ pub struct Request {
 
 impl Request {
     pub fn get(url: Url, kind: &'static str) -> Self {
-        Request { method: Method::Get, url, headers: Vec::new(), kind, follow_redirects: true }
+        Request {
+            method: Method::Get,
+            url,
+            headers: Vec::new(),
+            kind,
+            follow_redirects: true,
+        }
     }
 
     pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
@@ -64,11 +70,15 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn content_length(&self) -> Option<u64> {
-        self.header("content-length").and_then(|v| v.trim().parse().ok())
+        self.header("content-length")
+            .and_then(|v| v.trim().parse().ok())
     }
 }
 
@@ -108,7 +118,11 @@ struct Settings {
 
 impl Upstream {
     /// Starts `threads` client threads. Fails when `upstream.ca_file` cannot be used.
-    pub fn start(config: &UpstreamConfig, metrics: Metrics, threads: usize) -> Result<Self, tls::TlsSetupError> {
+    pub fn start(
+        config: &UpstreamConfig,
+        metrics: Metrics,
+        threads: usize,
+    ) -> Result<Self, tls::TlsSetupError> {
         let settings = Settings {
             tls: tls::client_config(config.ca_file.as_deref())?,
             connect_timeout: config.connect_timeout.get(),
@@ -128,7 +142,10 @@ impl Upstream {
             }
             workers.push(tx);
         }
-        Ok(Upstream { workers: Arc::new(workers), next: Arc::new(AtomicUsize::new(0)) })
+        Ok(Upstream {
+            workers: Arc::new(workers),
+            next: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
     /// Sends a request; resolves when the response head has arrived (the body streams afterwards).
@@ -138,7 +155,9 @@ impl Upstream {
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
         let (reply, answer) = oneshot::channel();
-        self.workers[i].send(Job { request, reply }).map_err(|_| UpstreamError::Closed)?;
+        self.workers[i]
+            .send(Job { request, reply })
+            .map_err(|_| UpstreamError::Closed)?;
         answer.await.map_err(|_| UpstreamError::Closed)?
     }
 }
@@ -155,7 +174,10 @@ async fn serve_jobs(mut rx: mpsc::UnboundedReceiver<Job>, settings: Settings) {
         .timeout(settings.read_timeout)
         .disable_redirects()
         .no_default_headers()
-        .add_default_header(("user-agent", concat!("image-cache/", env!("CARGO_PKG_VERSION"))))
+        .add_default_header((
+            "user-agent",
+            concat!("image-cache/", env!("CARGO_PKG_VERSION")),
+        ))
         .finish();
     while let Some(job) = rx.recv().await {
         let client = client.clone();
@@ -174,7 +196,11 @@ async fn serve_jobs(mut rx: mpsc::UnboundedReceiver<Job>, settings: Settings) {
     }
 }
 
-async fn execute(client: &awc::Client, mut request: Request, settings: &Settings) -> Result<Response, UpstreamError> {
+async fn execute(
+    client: &awc::Client,
+    mut request: Request,
+    settings: &Settings,
+) -> Result<Response, UpstreamError> {
     let mut hops = 0;
     loop {
         let method = match request.method {
@@ -188,13 +214,23 @@ async fn execute(client: &awc::Client, mut request: Request, settings: &Settings
         let response = req.send().await.map_err(|e| classify(&request.url, e))?;
         let status = response.status().as_u16();
         if request.follow_redirects && redirect::is_redirect(status) {
-            let location = response.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let Some(location) = location else {
-                return Err(UpstreamError::Protocol(format!("{} answered {status} without Location", request.url)));
+                return Err(UpstreamError::Protocol(format!(
+                    "{} answered {status} without Location",
+                    request.url
+                )));
             };
             hops += 1;
             if hops > MAX_REDIRECTS {
-                return Err(UpstreamError::Redirect(format!("more than {MAX_REDIRECTS} redirects from {}", request.url)));
+                return Err(UpstreamError::Redirect(format!(
+                    "more than {MAX_REDIRECTS} redirects from {}",
+                    request.url
+                )));
             }
             match redirect::follow(&request.url, &location) {
                 redirect::Follow::To { url, same_origin } => {
@@ -210,14 +246,23 @@ async fn execute(client: &awc::Client, mut request: Request, settings: &Settings
         let headers = response
             .headers()
             .iter()
-            .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_string(), v.to_string())))
+            .filter_map(|(n, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (n.as_str().to_string(), v.to_string()))
+            })
             .collect();
         let body = if request.method == Method::Head {
             Box::pin(futures_util::stream::empty()) as Body
         } else {
             pump_body(response, settings.read_timeout)
         };
-        return Ok(Response { status, headers, url: request.url, body });
+        return Ok(Response {
+            status,
+            headers,
+            url: request.url,
+            body,
+        });
     }
 }
 
@@ -245,7 +290,9 @@ where
     Box::pin(tokio_stream_from(rx))
 }
 
-fn tokio_stream_from(mut rx: mpsc::Receiver<Result<Bytes, String>>) -> impl Stream<Item = Result<Bytes, String>> {
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Result<Bytes, String>>,
+) -> impl Stream<Item = Result<Bytes, String>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 

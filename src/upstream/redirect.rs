@@ -7,7 +7,10 @@ pub const MAX_REDIRECTS: usize = 10;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Follow {
     /// Request this URL next; `same_origin` false means credentials must not travel along.
-    To { url: Url, same_origin: bool },
+    To {
+        url: Url,
+        same_origin: bool,
+    },
     Refuse(String),
 }
 
@@ -19,16 +22,26 @@ pub fn is_redirect(status: u16) -> bool {
 pub fn follow(current: &Url, location: &str) -> Follow {
     let next = match current.join(location) {
         Ok(u) => u,
-        Err(e) => return Follow::Refuse(format!("redirect to unparsable location `{location}`: {e}")),
+        Err(e) => {
+            return Follow::Refuse(format!("redirect to unparsable location `{location}`: {e}"));
+        }
     };
     if !matches!(next.scheme(), "http" | "https") {
-        return Follow::Refuse(format!("redirect to unsupported scheme `{}`", next.scheme()));
+        return Follow::Refuse(format!(
+            "redirect to unsupported scheme `{}`",
+            next.scheme()
+        ));
     }
     if current.scheme() == "https" && next.scheme() == "http" {
-        return Follow::Refuse(format!("redirect from https to plain http ({next}) refused"));
+        return Follow::Refuse(format!(
+            "redirect from https to plain http ({next}) refused"
+        ));
     }
     let same_origin = next.origin() == current.origin();
-    Follow::To { url: next, same_origin }
+    Follow::To {
+        url: next,
+        same_origin,
+    }
 }
 
 #[cfg(test)]
@@ -39,9 +52,15 @@ mod tests {
     fn redirect_rules() {
         let cur = Url::parse("https://github.com/o/r/releases/download/v1/k").unwrap();
         let cases = [
-            ("https://objects.githubusercontent.com/x?sig=1", Some(("https://objects.githubusercontent.com/x?sig=1", false))),
+            (
+                "https://objects.githubusercontent.com/x?sig=1",
+                Some(("https://objects.githubusercontent.com/x?sig=1", false)),
+            ),
             ("/o/r/other", Some(("https://github.com/o/r/other", true))),
-            ("../v2/k", Some(("https://github.com/o/r/releases/download/v2/k", true))),
+            (
+                "../v2/k",
+                Some(("https://github.com/o/r/releases/download/v2/k", true)),
+            ),
             ("http://github.com/plain", None),
             ("ftp://x/y", None),
             ("file:///etc/passwd", None),
@@ -57,7 +76,13 @@ mod tests {
             }
         }
         let plain = Url::parse("http://127.0.0.1:5000/v2/").unwrap();
-        assert!(matches!(follow(&plain, "https://cdn.test/b"), Follow::To { same_origin: false, .. }));
+        assert!(matches!(
+            follow(&plain, "https://cdn.test/b"),
+            Follow::To {
+                same_origin: false,
+                ..
+            }
+        ));
         assert!(is_redirect(307) && !is_redirect(304) && !is_redirect(200));
     }
 }

@@ -9,7 +9,10 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} holds no PEM certificate")]
     Empty { path: String },
     #[error("{path}: certificate rejected: {reason}")]
@@ -42,10 +45,16 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
 
 fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let shown = path.display().to_string();
-    let data = std::fs::read(path).map_err(|source| TlsSetupError::Read { path: shown.clone(), source })?;
+    let data = std::fs::read(path).map_err(|source| TlsSetupError::Read {
+        path: shown.clone(),
+        source,
+    })?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
         .collect::<Result<_, _>>()
-        .map_err(|source| TlsSetupError::Read { path: shown.clone(), source })?;
+        .map_err(|source| TlsSetupError::Read {
+            path: shown.clone(),
+            source,
+        })?;
     if certs.is_empty() {
         return Err(TlsSetupError::Empty { path: shown });
     }

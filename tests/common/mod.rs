@@ -1,4 +1,5 @@
 //! Shared harness: a test CA and HTTPS origin, the service started in-process on 127.0.0.1:0, a client.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed setup should panic loudly
 #![allow(dead_code)]
 
 pub mod origin;
@@ -25,7 +26,12 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, &ca.pem).unwrap();
-        Env { ca, origin, dir, ca_file }
+        Env {
+            ca,
+            origin,
+            dir,
+            ca_file,
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -51,12 +57,20 @@ impl Env {
     pub async fn start(&self, config: Config) -> Service {
         let running = app::start(config).await.expect("service starts");
         let base = format!("http://{}", running.http_addrs[0]);
-        Service { running: Some(running), base, client: client() }
+        Service {
+            running: Some(running),
+            base,
+            client: client(),
+        }
     }
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(120)).pool_max_idle_per_host(0).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
 }
 
 pub struct Service {
@@ -72,7 +86,9 @@ impl Service {
 
     /// A request for `path` with the intercepted Host.
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client.get(format!("{}{}", self.base, path)).header("host", DOMAIN)
+        self.client
+            .get(format!("{}{}", self.base, path))
+            .header("host", DOMAIN)
     }
 
     pub fn admin(&self, path: &str) -> reqwest::RequestBuilder {
@@ -80,7 +96,14 @@ impl Service {
     }
 
     pub async fn metric(&self, needle: &str) -> f64 {
-        let text = self.admin("/metrics").send().await.unwrap().text().await.unwrap();
+        let text = self
+            .admin("/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         text.lines()
             .find(|l| l.starts_with(needle) && l[needle.len()..].starts_with(' '))
             .and_then(|l| l.rsplit(' ').next())
@@ -125,4 +148,19 @@ pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
 pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
+}
+
+/// A request sent byte for byte (client libraries normalise `..` away). Returns the whole response.
+pub async fn raw_get(base: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
 }

@@ -21,15 +21,22 @@ impl TestCa {
     pub fn new() -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "image-cache test CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "image-cache test CA");
         let key = KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
-        TestCa { pem: cert.pem(), issuer: Issuer::new(params, key) }
+        TestCa {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
     }
 
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -37,7 +44,10 @@ impl TestCa {
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
-            .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
             .unwrap();
         Arc::new(config)
     }
@@ -85,7 +95,9 @@ impl Origin {
         let st = Arc::clone(&state);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 let acceptor = acceptor.clone();
                 let st = Arc::clone(&st);
                 tokio::spawn(async move {
@@ -103,7 +115,13 @@ impl Origin {
     }
 
     pub fn gets(&self, path: &str) -> u64 {
-        self.state.gets.lock().unwrap().get(path).copied().unwrap_or(0)
+        self.state
+            .gets
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn total_gets(&self) -> u64 {
@@ -168,7 +186,10 @@ async fn serve_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 }
 
 fn seg(path: &str, i: usize) -> u64 {
-    path.split('/').nth(i).and_then(|s| s.parse().ok()).unwrap_or(0)
+    path.split('/')
+        .nth(i)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Writes one response; returns whether the connection may be reused.
@@ -187,11 +208,15 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
             let (size, seed) = (seg(path, 2), seg(path, 3));
             let etag = format!("\"{seed}-{size}\"");
             if headers.get("if-none-match") == Some(&etag) {
-                io.write_all(format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\n\r\n").as_bytes()).await?;
+                io.write_all(
+                    format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\n\r\n").as_bytes(),
+                )
+                .await?;
                 return Ok(true);
             }
             let body = content(seed, size);
-            let (status, start, end) = match headers.get("range").and_then(|r| parse_range(r, size)) {
+            let (status, start, end) = match headers.get("range").and_then(|r| parse_range(r, size))
+            {
                 Some((s, e)) => ("206 Partial Content", s, e),
                 None => ("200 OK", 0, size),
             };
@@ -200,7 +225,10 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
                 end - start
             );
             if status.starts_with("206") {
-                h.push_str(&format!("Content-Range: bytes {start}-{}/{size}\r\n", end - 1));
+                h.push_str(&format!(
+                    "Content-Range: bytes {start}-{}/{size}\r\n",
+                    end - 1
+                ));
             }
             h.push_str("\r\n");
             io.write_all(h.as_bytes()).await?;
@@ -225,9 +253,11 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
         // /chunked/<size>/<seed>: no Content-Length
         "chunked" => {
             let body = content(seg(path, 3), seg(path, 2));
-            io.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await?;
+            io.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .await?;
             for piece in body.chunks(10_000) {
-                io.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).await?;
+                io.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                    .await?;
                 io.write_all(piece).await?;
                 io.write_all(b"\r\n").await?;
             }
@@ -238,7 +268,10 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
         // /status/<code>
         "status" => {
             let code = seg(path, 2);
-            io.write_all(format!("HTTP/1.1 {code} Test\r\nContent-Length: 4\r\n\r\nnope").as_bytes()).await?;
+            io.write_all(
+                format!("HTTP/1.1 {code} Test\r\nContent-Length: 4\r\n\r\nnope").as_bytes(),
+            )
+            .await?;
             Ok(true)
         }
         // /hang: never answers
@@ -250,7 +283,8 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
         "short" => {
             let size = seg(path, 2);
             let body = content(seg(path, 3), size);
-            io.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").as_bytes()).await?;
+            io.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").as_bytes())
+                .await?;
             io.write_all(&body[..(size / 2) as usize]).await?;
             io.flush().await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -259,7 +293,11 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
         // /redirect/<rest>: 302 to /<rest>
         "redirect" => {
             let rest = path.trim_start_matches("/redirect");
-            io.write_all(format!("HTTP/1.1 302 Found\r\nLocation: {rest}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await?;
+            io.write_all(
+                format!("HTTP/1.1 302 Found\r\nLocation: {rest}\r\nContent-Length: 0\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
             Ok(true)
         }
         // /mutable/<name>: content depends on the version counter; ETag too.
@@ -267,16 +305,26 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
             let v = st.version.load(Ordering::SeqCst);
             let etag = format!("\"v{v}\"");
             if headers.get("if-none-match") == Some(&etag) {
-                io.write_all(format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\n\r\n").as_bytes()).await?;
+                io.write_all(
+                    format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\n\r\n").as_bytes(),
+                )
+                .await?;
                 return Ok(true);
             }
             let body = format!("version {v}\n");
-            io.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {etag}\r\n\r\n{body}", body.len()).as_bytes())
-                .await?;
+            io.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {etag}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await?;
             Ok(true)
         }
         _ => {
-            io.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await?;
+            io.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                .await?;
             Ok(true)
         }
     }
@@ -286,6 +334,10 @@ fn parse_range(r: &str, size: u64) -> Option<(u64, u64)> {
     let spec = r.strip_prefix("bytes=")?;
     let (a, b) = spec.split_once('-')?;
     let start: u64 = a.parse().ok()?;
-    let end = if b.is_empty() { size } else { b.parse::<u64>().ok()? + 1 };
+    let end = if b.is_empty() {
+        size
+    } else {
+        b.parse::<u64>().ok()? + 1
+    };
     (start < end && end <= size).then_some((start, end))
 }
