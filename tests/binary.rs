@@ -1,4 +1,5 @@
 //! The real binary: exit codes, crash recovery after `kill -9`, graceful SIGTERM, disk full.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of a test binary: a failed setup should panic
 
 mod common;
 
