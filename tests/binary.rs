@@ -145,6 +145,25 @@ impl Served {
         }
     }
 
+    /// A GET for `path` on the intercepted domain.
+    async fn get(&self, path: &str) -> reqwest::Response {
+        common::client()
+            .get(format!("{}{path}", self.base))
+            .header("host", DOMAIN)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A GET for an admin route.
+    async fn admin(&self, path: &str) -> reqwest::Response {
+        common::client()
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
     fn signal(&self, sig: &str) {
         Command::new("kill")
             .args([sig, &self.child.id().to_string()])
@@ -175,13 +194,7 @@ async fn kill_9_during_a_fill_never_leaves_a_partial_object() {
     let cfg = write_config(env.dir.path(), &serve_config(&env));
     let path = "/slow/3000000/21/100000/50";
     let served = Served::start(Command::new(BIN).args(["serve", "--config", &cfg]));
-    let client = common::client();
-    let resp = client
-        .get(format!("{}{path}", served.base))
-        .header("host", DOMAIN)
-        .send()
-        .await
-        .unwrap();
+    let resp = served.get(path).await;
     assert_eq!(resp.status(), 200);
     // Let part of the body land in tmp/, then kill without warning.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -201,15 +214,7 @@ async fn kill_9_during_a_fill_never_leaves_a_partial_object() {
         common::files_under(&env.state_dir().join("tmp")).is_empty(),
         "recovery emptied tmp/"
     );
-    let body = client
-        .get(format!("{}{path}", served.base))
-        .header("host", DOMAIN)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = served.get(path).await.bytes().await.unwrap();
     assert_eq!(
         sha256(&body),
         sha256(&content(21, 3_000_000)),
@@ -236,16 +241,7 @@ async fn sigterm_stops_gracefully_and_store_commands_work_afterwards() {
     let env = Env::new().await;
     let cfg = write_config(env.dir.path(), &serve_config(&env));
     let mut served = Served::start(Command::new(BIN).args(["serve", "--config", &cfg]));
-    let client = common::client();
-    let body = client
-        .get(format!("{}/file/1000/3", served.base))
-        .header("host", DOMAIN)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = served.get("/file/1000/3").await.bytes().await.unwrap();
     assert_eq!(body.len(), 1000);
     // The index is locked while the server runs: the CLI says so instead of corrupting anything.
     let (code, _, err) = run(&["store", "--config", &cfg, "ls"], &[]);
@@ -303,36 +299,16 @@ async fn a_full_disk_still_serves_the_client_by_pass_through() {
         "-c",
         &script,
     ]));
-    let client = common::client();
     let path = "/file/12000000/31";
-    let body = client
-        .get(format!("{}{path}", served.base))
-        .header("host", DOMAIN)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = served.get(path).await.bytes().await.unwrap();
     assert_eq!(
         sha256(&body),
         sha256(&content(31, 12_000_000)),
         "the client got the whole body"
     );
-    let health = client
-        .get(format!("{}/health", served.base))
-        .send()
-        .await
-        .unwrap();
+    let health = served.admin("/health").await;
     assert_eq!(health.status(), 200, "the service keeps running");
-    let metrics = client
-        .get(format!("{}/metrics", served.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = served.admin("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains("image_cache_store_objects 0"),
         "nothing stored:\n{metrics}"
@@ -346,14 +322,6 @@ async fn a_full_disk_still_serves_the_client_by_pass_through() {
         "the rest came by a Range request"
     );
     // Small objects still fit and are cached.
-    let small = client
-        .get(format!("{}/file/1000/1", served.base))
-        .header("host", DOMAIN)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let small = served.get("/file/1000/1").await.bytes().await.unwrap();
     assert_eq!(small.len(), 1000);
 }

@@ -66,55 +66,43 @@ pub fn fill_stream(
         Origin(upstream::Body),
         Done,
     }
-    futures_util::stream::unfold(State::Fill(reader), move |state| {
+    futures_util::stream::unfold(State::Fill(reader), move |mut state| {
         let resume = resume.clone();
         let metrics = metrics.clone();
         async move {
-            match state {
-                State::Done => None,
-                State::Origin(mut body) => match body.next().await {
-                    Some(Ok(b)) => {
-                        metrics.served("upstream", b.len() as u64);
-                        Some((Ok(b), State::Origin(body)))
-                    }
-                    Some(Err(e)) => Some((Err(e.into()), State::Done)),
-                    None => None,
-                },
-                State::Fill(mut reader) => match reader.next_chunk().await {
-                    Some(Ok(b)) => {
-                        metrics.served("upstream", b.len() as u64);
-                        Some((Ok(b), State::Fill(reader)))
-                    }
-                    None => None,
-                    Some(Err(ReadError::Failed {
-                        failure: FillFailure::Storage(why),
-                        delivered_to,
-                    })) => {
-                        let Some(resume) = resume else {
-                            return Some((Err(why.into()), State::Done));
-                        };
-                        tracing::warn!(%why, offset = delivered_to, "store gave up; continuing from the origin");
-                        match resume_from(&resume, delivered_to, end).await {
-                            Ok(body) => {
-                                let mut state = State::Origin(body);
-                                // Yield the first origin chunk right away.
-                                if let State::Origin(b) = &mut state {
-                                    match b.next().await {
-                                        Some(Ok(chunk)) => {
-                                            metrics.served("upstream", chunk.len() as u64);
-                                            return Some((Ok(chunk), state));
-                                        }
-                                        Some(Err(e)) => return Some((Err(e.into()), State::Done)),
-                                        None => return None,
-                                    }
+            loop {
+                let item = match &mut state {
+                    State::Done => return None,
+                    State::Origin(body) => body.next().await.map(|r| r.map_err(BoxError::from)),
+                    State::Fill(reader) => match reader.next_chunk().await {
+                        Some(Err(ReadError::Failed {
+                            failure: FillFailure::Storage(why),
+                            delivered_to,
+                        })) => {
+                            // The store gave up (disk full): continue this client's body from the origin.
+                            let Some(resume) = &resume else {
+                                return Some((Err(why.into()), State::Done));
+                            };
+                            tracing::warn!(%why, offset = delivered_to, "store gave up; continuing from the origin");
+                            match resume_from(resume, delivered_to, end).await {
+                                Ok(body) => {
+                                    state = State::Origin(body);
+                                    continue;
                                 }
-                                None
+                                Err(e) => return Some((Err(e.into()), State::Done)),
                             }
-                            Err(e) => Some((Err(e.into()), State::Done)),
                         }
+                        other => other.map(|r| r.map_err(BoxError::from)),
+                    },
+                };
+                return match item {
+                    Some(Ok(chunk)) => {
+                        metrics.served("upstream", chunk.len() as u64);
+                        Some((Ok(chunk), state))
                     }
-                    Some(Err(e)) => Some((Err(e.into()), State::Done)),
-                },
+                    Some(Err(e)) => Some((Err(e), State::Done)),
+                    None => None,
+                };
             }
         }
     })

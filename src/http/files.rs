@@ -92,11 +92,11 @@ pub async fn handle(
             state.metrics.request(kind::FILE, result::HIT);
             serve_hit(&req, &state, hit)
         }
-        Access::Skipped(_) if from_peer => {
+        Access::Skipped if from_peer => {
             state.metrics.request(kind::FILE, result::MISS);
             HttpResponse::NotFound().body("not in this node's cache\n")
         }
-        Access::Skipped(_) => match domain.on_miss {
+        Access::Skipped => match domain.on_miss {
             OnMiss::Redirect => {
                 state.metrics.request(kind::FILE, result::MISS);
                 redirect(&req, &host)

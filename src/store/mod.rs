@@ -87,7 +87,7 @@ pub struct FillSpec {
 pub enum Access {
     Hit(Hit),
     Fill { fill: Arc<Fill>, coalesced: bool },
-    Skipped(Option<ObjectRow>),
+    Skipped,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -191,10 +191,10 @@ impl Store {
         }
         let row = self.inner.index.get(key.as_str())?;
         match decide(row.as_ref()) {
-            Plan::Skip => Ok(Access::Skipped(row)),
+            Plan::Skip => Ok(Access::Skipped),
             Plan::Serve => {
                 let Some(row) = row else {
-                    return Ok(Access::Skipped(None));
+                    return Ok(Access::Skipped);
                 };
                 match self.inner.fs.open_blob(&row.digest) {
                     Ok(file) => {
@@ -208,7 +208,7 @@ impl Store {
                         tracing::warn!(key = %key, digest = %row.digest, "blob missing on disk; dropping the row");
                         self.inner.index.remove(&[key.as_str().to_string()])?;
                         self.refresh_gauges();
-                        Ok(Access::Skipped(None))
+                        Ok(Access::Skipped)
                     }
                     Err(e) => Err(StoreError::Io {
                         what: format!("blob {}", row.digest),
@@ -315,23 +315,20 @@ impl Store {
     pub fn evict_to(&self, target: u64) -> Result<GcReport, StoreError> {
         self.flush_access()?;
         let rows = self.inner.index.all_objects()?;
-        let mut report = GcReport::default();
-        {
+        let before = self.inner.index.total_bytes();
+        let evicted = {
             let inflight = lock(&self.inner.inflight);
             let busy: HashSet<String> = inflight.keys().cloned().collect();
-            let plan = evict::plan(&rows, self.inner.index.total_bytes(), target, &busy);
-            if !plan.keys.is_empty() {
-                let (removed, orphans) = self.inner.index.remove(&plan.keys)?;
-                report.evicted_keys = removed.len() as u64;
-                for digest in orphans {
-                    self.unlink_if_unreferenced(&digest)?;
-                }
-            }
-        }
-        self.inner.metrics.evictions.inc_by(report.evicted_keys);
+            let plan = evict::plan(&rows, before, target, &busy);
+            self.remove_locked(&plan.keys)?
+        };
         let after = self.inner.index.total_bytes();
-        report.bytes_after = after;
-        report.freed_bytes = self.total_before_eviction(&rows).saturating_sub(after);
+        let report = GcReport {
+            evicted_keys: evicted as u64,
+            freed_bytes: before.saturating_sub(after),
+            bytes_after: after,
+        };
+        self.inner.metrics.evictions.inc_by(report.evicted_keys);
         self.refresh_gauges();
         if report.evicted_keys > 0 {
             tracing::info!(
@@ -344,14 +341,6 @@ impl Store {
         Ok(report)
     }
 
-    fn total_before_eviction(&self, rows: &[(String, ObjectRow)]) -> u64 {
-        let mut seen = HashSet::new();
-        rows.iter()
-            .filter(|(_, r)| seen.insert(r.digest))
-            .map(|(_, r)| r.size)
-            .sum()
-    }
-
     /// `store gc`: evicts down to 90% of `cache.max_size` now.
     pub fn gc(&self) -> Result<GcReport, StoreError> {
         self.evict_to(evict::target_bytes(self.inner.max_size))
@@ -359,13 +348,24 @@ impl Store {
 
     /// Removes keys outright (admin API, sync unpinning is separate). Returns how many existed.
     pub fn remove(&self, keys: &[String]) -> Result<usize, StoreError> {
-        let inflight = lock(&self.inner.inflight);
+        let removed = {
+            let _inflight = lock(&self.inner.inflight);
+            self.remove_locked(keys)?
+        };
+        self.refresh_gauges();
+        Ok(removed)
+    }
+
+    /// Drops rows and unlinks the blobs they were the last users of. The caller holds the in-flight lock,
+    /// so no hit can be between its row lookup and its open.
+    fn remove_locked(&self, keys: &[String]) -> Result<usize, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
         let (removed, orphans) = self.inner.index.remove(keys)?;
         for digest in orphans {
             self.unlink_if_unreferenced(&digest)?;
         }
-        drop(inflight);
-        self.refresh_gauges();
         Ok(removed.len())
     }
 
