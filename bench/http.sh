@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/http.sh — image-cache vs nginx (sendfile on) serving the same files on loopback, measured in one run.
 #
-# Measures, with wrk (keep-alive, 10 s per case):
+# Measures, with wrk (keep-alive, DUR=10 s per run, REPEAT=3 pairs of runs per case, medians reported):
 #   large: one 1 GiB file, 4 connections         → throughput (MB/s), server CPU seconds per GB
 #   small: a 100 KB file, 50 connections         → requests/s
 #   rss:   the 1 GiB file, 100 connections       → peak RSS of image-cache (VmHWM)
@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10}
+REPEAT=${REPEAT:-3}
 W=$(mktemp -d /tmp/ic-bench.XXXXXX)
 chmod 755 "$W"
 PIDS=()
@@ -78,19 +79,34 @@ print(f"{bps:.0f} {rps:.1f} {cpu / gb if gb else 0:.3f}")
 PY
 }
 
-read -r ic_large_bps _ ic_large_cpu < <(run http://127.0.0.1:18080 4 /big.bin $IC)
-read -r ng_large_bps _ ng_large_cpu < <(run http://127.0.0.1:18081 4 /big.bin $(nginx_pids))
-read -r _ ic_small_rps _ < <(run http://127.0.0.1:18080 50 /small.bin $IC)
-read -r _ ng_small_rps _ < <(run http://127.0.0.1:18081 50 /small.bin $(nginx_pids))
+# Pairs of runs, image-cache and nginx back to back (order alternating), so that drift of this shared machine
+# hits both sides of a ratio alike; the reported ratio is the median of the pairs' ratios.
+: > "$W/pairs"
+for i in $(seq "$REPEAT"); do
+  for case in "large 4 /big.bin" "small 50 /small.bin"; do
+    read -r name conns path <<<"$case"
+    if (( i % 2 )); then
+      ic=$(run http://127.0.0.1:18080 "$conns" "$path" $IC); ng=$(run http://127.0.0.1:18081 "$conns" "$path" $(nginx_pids))
+    else
+      ng=$(run http://127.0.0.1:18081 "$conns" "$path" $(nginx_pids)); ic=$(run http://127.0.0.1:18080 "$conns" "$path" $IC)
+    fi
+    echo "$name $ic $ng" >> "$W/pairs"
+  done
+done
 run http://127.0.0.1:18080 100 /big.bin $IC >/dev/null
 ic_rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$IC/status")
 
-python3 - <<PY
-ic_l, ng_l = $ic_large_bps, $ng_large_bps
-ic_s, ng_s = $ic_small_rps, $ng_small_rps
-print(f"machine: $(nproc) cores, $(uname -r); nginx $(nginx -v 2>&1 | sed 's/.*\///'); wrk, {int($DUR)} s per case")
-print(f"large file (1 GiB, 4 conns):   image-cache {ic_l/1e6:8.0f} MB/s   nginx {ng_l/1e6:8.0f} MB/s   ratio {ic_l/ng_l:.2f}")
-print(f"server CPU s per GB:           image-cache {$ic_large_cpu:8.3f}        nginx {$ng_large_cpu:8.3f}        ratio {($ic_large_cpu/$ng_large_cpu) if $ng_large_cpu else 0:.2f}")
-print(f"small file (100 KB, 50 conns): image-cache {ic_s:8.0f} req/s nginx {ng_s:8.0f} req/s ratio {ic_s/ng_s:.2f}")
+python3 - "$W/pairs" <<PY
+import statistics as st, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, *v = line.split()
+    rows.setdefault(name, []).append(list(map(float, v)))  # ic bps rps cpu, ng bps rps cpu
+def med(name, i): return st.median(r[i] for r in rows[name])
+def ratio(name, i, j): return st.median(r[i] / r[j] for r in rows[name] if r[j])
+print(f"machine: $(nproc) cores, $(uname -r); nginx $(nginx -v 2>&1 | sed 's/.*\///'); wrk; medians of $REPEAT pairs of {int($DUR)} s runs")
+print(f"large file (1 GiB, 4 conns):   image-cache {med('large',0)/1e6:8.0f} MB/s   nginx {med('large',3)/1e6:8.0f} MB/s   ratio {ratio('large',0,3):.2f}")
+print(f"server CPU s per GB:           image-cache {med('large',2):8.3f}        nginx {med('large',5):8.3f}        ratio {ratio('large',2,5):.2f}")
+print(f"small file (100 KB, 50 conns): image-cache {med('small',1):8.0f} req/s nginx {med('small',4):8.0f} req/s ratio {ratio('small',1,4):.2f}")
 print(f"image-cache peak RSS after 100 concurrent 1 GiB downloads: {$ic_rss_kb/1024:.1f} MiB")
 PY

@@ -9,18 +9,17 @@ use futures_util::{Stream, StreamExt};
 use std::fs::File;
 use std::sync::Arc;
 
-const FILE_CHUNK: usize = 512 * 1024;
+const FILE_CHUNK: usize = 128 * 1024;
 
 pub type BoxError = Box<dyn std::error::Error>;
 
 /// `[start, end)` of a stored file.
 pub fn file_stream(
-    file: File,
+    file: Arc<File>,
     start: u64,
     end: u64,
     metrics: Metrics,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + 'static {
-    let file = Arc::new(file);
     futures_util::stream::try_unfold(start, move |pos| {
         let file = Arc::clone(&file);
         let metrics = metrics.clone();
@@ -29,10 +28,7 @@ pub fn file_stream(
                 return Ok(None);
             }
             let len = (end - pos).min(FILE_CHUNK as u64) as usize;
-            let buf =
-                tokio::task::spawn_blocking(move || crate::store::fs::read_at(&file, pos, len))
-                    .await
-                    .map_err(std::io::Error::other)??;
+            let buf = crate::store::fs::read_chunk(&file, pos, len).await?;
             if buf.is_empty() {
                 return Err(std::io::Error::other(
                     "stored blob is shorter than its index row",

@@ -376,6 +376,10 @@ pub(super) fn serve_hit(req: &HttpRequest, state: &HttpState, hit: Hit) -> HttpR
     if req.method() == Method::HEAD {
         return head_response(builder, end - start);
     }
+    if let Some(bytes) = hit.body {
+        state.metrics.served("cache", end - start);
+        return builder.body(bytes.slice(start as usize..end as usize));
+    }
     let stream = body::file_stream(hit.file, start, end, state.metrics.clone());
     builder.body(SizedStream::new(end - start, stream))
 }

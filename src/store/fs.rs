@@ -214,6 +214,42 @@ impl Drop for TempBlob {
     }
 }
 
+/// Reads up to `len` bytes at `offset` without blocking the async worker: straight from the page cache
+/// when the bytes are there (`preadv2(RWF_NOWAIT)`, the common case for a hot cache and for a fill's
+/// fresh bytes), otherwise on the blocking pool. Returns an empty buffer only at end of file.
+pub async fn read_chunk(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    if let Some(buf) = read_cached(file, offset, len)? {
+        return Ok(buf);
+    }
+    let file = Arc::clone(file);
+    tokio::task::spawn_blocking(move || read_at(&file, offset, len))
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// `Ok(None)` when reading would wait for the disk (or the kernel cannot tell us).
+fn read_cached(file: &File, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+    use rustix::io::{Errno, ReadWriteFlags, preadv2};
+    let mut buf = vec![0u8; len];
+    loop {
+        let mut slices = [io::IoSliceMut::new(&mut buf)];
+        return match preadv2(file, &mut slices, offset, ReadWriteFlags::NOWAIT) {
+            Ok(0) if len > 0 => {
+                // EOF, or a buffered-read NOWAIT that found nothing cached on some filesystems:
+                // let the blocking read decide.
+                Ok(None)
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(Some(buf))
+            }
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN | Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => Ok(None),
+            Err(e) => Err(e.into()),
+        };
+    }
+}
+
 /// Reads `len` bytes at `offset` (fewer at end of file). Blocking.
 pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];

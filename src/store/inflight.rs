@@ -284,18 +284,15 @@ impl FillReader {
                     };
                     let len = (limit - self.pos).min(READ_CHUNK as u64) as usize;
                     let pos = self.pos;
-                    let read =
-                        tokio::task::spawn_blocking(move || fs::read_at(&file, pos, len)).await;
-                    return match read {
-                        Ok(Ok(buf)) if !buf.is_empty() => {
+                    return match fs::read_chunk(&file, pos, len).await {
+                        Ok(buf) if !buf.is_empty() => {
                             self.pos += buf.len() as u64;
                             Some(Ok(Bytes::from(buf)))
                         }
-                        Ok(Ok(_)) => Some(Err(ReadError::Io(std::io::Error::other(
+                        Ok(_) => Some(Err(ReadError::Io(std::io::Error::other(
                             "temp file shorter than written",
                         )))),
-                        Ok(Err(e)) => Some(Err(ReadError::Io(e))),
-                        Err(e) => Some(Err(ReadError::Io(std::io::Error::other(e)))),
+                        Err(e) => Some(Err(ReadError::Io(e))),
                     };
                 }
                 if phase.finished_at().is_some_and(|f| self.pos >= f) {

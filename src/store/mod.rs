@@ -6,6 +6,7 @@
 
 mod evict;
 pub mod fs;
+mod hot;
 pub mod index;
 pub mod inflight;
 pub mod key;
@@ -22,6 +23,7 @@ pub use recover::RecoveryReport;
 use crate::metrics::Metrics;
 use fs::{BlobFs, TempBlob};
 use futures_util::StreamExt;
+use hot::{HotEntry, HotSet};
 use index::{AccessUpdate, Index, IndexError};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -34,6 +36,15 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// Longest a partial batch waits before it is written, so readers of a slow source still see progress.
 const FLUSH_AFTER: Duration = Duration::from_millis(20);
 const STRIPES: usize = 64;
+/// Open descriptors kept for repeated hits; small against the file-descriptor limit raised at start.
+const HOT_ENTRIES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(512) {
+    Some(n) => n,
+    None => std::num::NonZeroUsize::MIN,
+};
+/// Blobs up to this size are kept in memory while hot (manifests, checksums, boot scripts, small files)…
+const HOT_BODY_MAX: u64 = 256 * 1024;
+/// …within this many bytes in total.
+const HOT_BODY_BUDGET: u64 = 32 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -65,7 +76,9 @@ pub fn now_secs() -> u64 {
 /// A stored object opened for reading.
 pub struct Hit {
     pub row: ObjectRow,
-    pub file: std::fs::File,
+    pub file: Arc<std::fs::File>,
+    /// The whole content, when it is small and hot enough to be kept in memory.
+    pub body: Option<bytes::Bytes>,
 }
 
 /// What the caller wants done with a key, decided from its current row (if any).
@@ -84,6 +97,8 @@ pub struct FillSpec {
     pub want_md5: bool,
 }
 
+// Returned once per request and matched at once: moving 200 bytes is cheaper than boxing a hit.
+#[allow(clippy::large_enum_variant)]
 pub enum Access {
     Hit(Hit),
     Fill { fill: Arc<Fill>, coalesced: bool },
@@ -120,6 +135,8 @@ struct Inner {
     /// Serialises publish and unlink per digest, so dedup never links a row to a blob being unlinked.
     stripes: Vec<Mutex<()>>,
     access: Mutex<HashMap<String, (u64, u64)>>,
+    /// Open blobs of recent hits. Every row change below `forget`s its key here.
+    hot: HotSet,
     evict_wake: Notify,
     runtime: tokio::runtime::Handle,
 }
@@ -149,6 +166,7 @@ impl Store {
             inflight: Mutex::new(HashMap::new()),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             access: Mutex::new(HashMap::new()),
+            hot: HotSet::new(HOT_ENTRIES, HOT_BODY_MAX, HOT_BODY_BUDGET),
             evict_wake: Notify::new(),
             runtime,
         };
@@ -189,18 +207,49 @@ impl Store {
                 coalesced: true,
             });
         }
-        let row = self.inner.index.get(key.as_str())?;
+        let (row, open) = match self.inner.hot.get(key.as_str()) {
+            Some(entry) => (Some(entry.row.clone()), Some(entry)),
+            None => (self.inner.index.get(key.as_str())?, None),
+        };
         match decide(row.as_ref()) {
             Plan::Skip => Ok(Access::Skipped),
             Plan::Serve => {
                 let Some(row) = row else {
                     return Ok(Access::Skipped);
                 };
+                if let Some(entry) = open {
+                    drop(inflight);
+                    self.record_hit(key.as_str());
+                    return Ok(Access::Hit(Hit {
+                        row,
+                        file: entry.file,
+                        body: entry.body,
+                    }));
+                }
                 match self.inner.fs.open_blob(&row.digest) {
                     Ok(file) => {
+                        let file = Arc::new(file);
+                        // A small blob is read once here (on the caller's thread, like the open above)
+                        // and then served from memory; a short read just means no body is kept.
+                        let body = self
+                            .inner
+                            .hot
+                            .wants_body(row.size)
+                            .then(|| fs::read_at(&file, 0, row.size as usize).ok())
+                            .flatten()
+                            .filter(|b| b.len() as u64 == row.size)
+                            .map(bytes::Bytes::from);
+                        self.inner.hot.insert(
+                            key.as_str(),
+                            HotEntry {
+                                row: row.clone(),
+                                file: Arc::clone(&file),
+                                body: body.clone(),
+                            },
+                        );
                         drop(inflight);
                         self.record_hit(key.as_str());
-                        Ok(Access::Hit(Hit { row, file }))
+                        Ok(Access::Hit(Hit { row, file, body }))
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         // The index promised a blob that is gone (removed by hand?): forget the row.
@@ -252,7 +301,11 @@ impl Store {
         };
         drop(inflight);
         self.record_hit(key.as_str());
-        Ok(Some(Hit { row, file }))
+        Ok(Some(Hit {
+            row,
+            file: Arc::new(file),
+            body: None,
+        }))
     }
 
     /// Reads a row without side effects.
@@ -278,6 +331,7 @@ impl Store {
 
     /// Pins or unpins a key; returns false when the key is not stored.
     pub fn set_pinned(&self, key: &Key, pinned: bool) -> Result<bool, StoreError> {
+        self.inner.hot.forget(key.as_str());
         Ok(self.inner.index.update(key.as_str(), |row| {
             let changed = row.pinned != pinned;
             row.pinned = pinned;
@@ -363,6 +417,9 @@ impl Store {
             return Ok(0);
         }
         let (removed, orphans) = self.inner.index.remove(keys)?;
+        for key in keys {
+            self.inner.hot.forget(key);
+        }
         for digest in orphans {
             self.unlink_if_unreferenced(&digest)?;
         }
@@ -528,10 +585,12 @@ async fn run_fill(inner: Arc<Inner>, fill: Arc<Fill>, spec: FillSpec, prior: Opt
             let index_inner = Arc::clone(&inner);
             let k = key.clone();
             let updated = tokio::task::spawn_blocking(move || {
-                index_inner.index.update(&k, |row| {
+                let updated = index_inner.index.update(&k, |row| {
                     row.validated_at = now;
                     true
-                })
+                });
+                index_inner.hot.forget(&k);
+                updated
             })
             .await;
             match (prior, updated) {
@@ -714,7 +773,9 @@ async fn write_body(
                 .fs
                 .publish(temp, &digest)
                 .map_err(io_err(format!("publishing {digest}")))?;
-            inner2.index.put(&key2, &row2)?
+            let orphan = inner2.index.put(&key2, &row2)?;
+            inner2.hot.forget(&key2);
+            orphan
         };
         if let Some(old) = orphan.filter(|o| *o != digest) {
             Store {
