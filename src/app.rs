@@ -2,12 +2,14 @@
 //! server, starts the workers, and tears everything down in order.
 
 use crate::config::{Config, ConfigError};
+use crate::dns::{Dns, DnsError};
 use crate::http::{self, HttpState};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::peers::Peers;
 use crate::store::Store;
 use crate::systemd;
-use crate::upstream::{Upstream, tls::TlsSetupError};
+use crate::upstream::{NameResolver, Upstream, tls::TlsSetupError};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -28,6 +30,8 @@ pub enum AppError {
         source: std::io::Error,
         hint: &'static str,
     },
+    #[error("{0}")]
+    Dns(#[from] DnsError),
     #[error("HTTP server failed: {0}")]
     Server(std::io::Error),
     #[error("{0}")]
@@ -54,8 +58,12 @@ impl From<TlsSetupError> for AppError {
 pub struct Running {
     pub http_addrs: Vec<SocketAddr>,
     pub admin_addrs: Vec<SocketAddr>,
+    /// DNS listeners actually bound (UDP and TCP share each address), empty when DNS is off.
+    pub dns_addrs: Vec<SocketAddr>,
     pub lifecycle: Lifecycle,
     pub store: Store,
+    pub peers: Peers,
+    dns: Option<Dns>,
     server: actix_web::dev::ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
     maintenance: tokio::task::JoinHandle<()>,
@@ -119,13 +127,22 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     );
 
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let upstream = Upstream::start(&config.upstream, metrics.clone(), cpus.min(4))?;
+    let resolver = NameResolver::new(&config.dns)
+        .map_err(|e| ConfigError::new("dns.upstreams", format!("cannot build a resolver: {e}")))?;
+    let upstream = Upstream::start(
+        &config.upstream,
+        resolver.clone(),
+        metrics.clone(),
+        cpus.min(4),
+    )?;
+    let peers = Peers::new(&config.nodes);
     let state = Arc::new(HttpState::new(
         Arc::clone(&config),
         store.clone(),
-        upstream,
+        upstream.clone(),
         metrics.clone(),
         lifecycle.clone(),
+        peers.clone(),
     ));
 
     let mut listeners = Vec::new();
@@ -163,6 +180,31 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let handle = server.handle();
     let server_task = tokio::spawn(server);
     let maintenance = tokio::spawn(store.clone().run_maintenance(lifecycle.shutdown_token()));
+    let dns = if config.dns.enabled {
+        Some(
+            Dns::start(
+                &config,
+                peers.clone(),
+                resolver.clone(),
+                metrics.clone(),
+                cpus.clamp(1, 8),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let dns_addrs = dns
+        .as_ref()
+        .map(|d| d.udp_addrs.clone())
+        .unwrap_or_default();
+    let interval = config.nodes.health_interval.get();
+    tokio::spawn(peers.clone().run(
+        upstream.clone(),
+        interval,
+        metrics.clone(),
+        lifecycle.shutdown_token(),
+    ));
 
     for a in &http_addrs {
         tracing::info!("listening http on {a}");
@@ -171,6 +213,13 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         tracing::info!("listening admin on {a}");
     }
     lifecycle.set_ready();
+    peers.set_self_healthy(true);
+    tokio::spawn(self_check(
+        interval,
+        store.clone(),
+        lifecycle.clone(),
+        peers.clone(),
+    ));
     systemd::ready(&format!(
         "serving {} objects, {} bytes",
         store.object_count(),
@@ -182,12 +231,35 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     Ok(Running {
         http_addrs,
         admin_addrs,
+        dns_addrs,
         lifecycle,
         store,
+        peers,
+        dns,
         server: handle,
         server_task,
         maintenance,
     })
+}
+
+/// This node's own health, for DNS answers: the index answers and we are not shutting down. Internal on
+/// purpose: asking our own /health over the network would test the loopback, not the service.
+async fn self_check(every: Duration, store: Store, lifecycle: Lifecycle, peers: Peers) {
+    let probe = crate::store::Key::health_probe();
+    let shutdown = lifecycle.shutdown_token();
+    while !lifecycle.is_shutting_down() {
+        let s = store.clone();
+        let p = probe.clone();
+        let healthy = tokio::task::spawn_blocking(move || s.get(&p).is_ok())
+            .await
+            .unwrap_or(false);
+        peers.set_self_healthy(healthy && lifecycle.is_ready() && !lifecycle.is_shutting_down());
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    peers.set_self_healthy(false);
 }
 
 /// Pets the systemd watchdog while the store answers; stops petting if it does not, so systemd restarts us.
@@ -219,7 +291,11 @@ impl Running {
     pub async fn shutdown(self) {
         systemd::stopping();
         self.lifecycle.request_shutdown();
+        self.peers.set_self_healthy(false);
         self.server.stop(true).await;
+        if let Some(dns) = self.dns {
+            dns.shutdown().await;
+        }
         let left = self.store.drain_fills(SHUTDOWN_GRACE).await;
         if left > 0 {
             tracing::warn!(fills = left, "discarding unfinished fills");

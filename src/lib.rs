@@ -8,9 +8,11 @@ pub mod metrics;
 pub mod systemd;
 pub mod telemetry;
 // layer 1
+pub mod peers;
 pub mod store;
 pub mod upstream;
 // layer 2
+pub mod dns;
 pub mod http;
 // layer 3
 pub mod app;

@@ -10,6 +10,7 @@ pub mod vhost;
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::peers::Peers;
 use crate::store::{Key, Store};
 use crate::upstream::Upstream;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ pub struct HttpState {
     pub upstream: Upstream,
     pub metrics: Metrics,
     pub lifecycle: Lifecycle,
+    /// Healthy peers are asked before the origin on a miss.
+    pub peers: Peers,
     /// A key looked up by `/health` to prove the index answers.
     pub health_probe_key: Key,
 }
@@ -32,6 +35,7 @@ impl HttpState {
         upstream: Upstream,
         metrics: Metrics,
         lifecycle: Lifecycle,
+        peers: Peers,
     ) -> Self {
         let health_probe_key = Key::health_probe();
         HttpState {
@@ -40,6 +44,7 @@ impl HttpState {
             upstream,
             metrics,
             lifecycle,
+            peers,
             health_probe_key,
         }
     }

@@ -5,6 +5,7 @@
 //! timeout, redirect rule and metric for outbound traffic in one file.
 
 mod redirect;
+pub mod resolve;
 pub mod tls;
 
 use crate::config::UpstreamConfig;
@@ -19,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use url::Url;
 
 pub use redirect::MAX_REDIRECTS;
+pub use resolve::{NameResolver, ResolveError};
 
 /// Body chunks in flight between the client thread and the consumer; bounds memory per response.
 const BODY_CHANNEL: usize = 16;
@@ -114,12 +116,14 @@ struct Settings {
     connect_timeout: Duration,
     read_timeout: Duration,
     metrics: Metrics,
+    resolver: NameResolver,
 }
 
 impl Upstream {
     /// Starts `threads` client threads. Fails when `upstream.ca_file` cannot be used.
     pub fn start(
         config: &UpstreamConfig,
+        resolver: NameResolver,
         metrics: Metrics,
         threads: usize,
     ) -> Result<Self, tls::TlsSetupError> {
@@ -128,6 +132,7 @@ impl Upstream {
             connect_timeout: config.connect_timeout.get(),
             read_timeout: config.read_timeout.get(),
             metrics,
+            resolver,
         };
         let mut workers = Vec::new();
         for i in 0..threads.max(1) {
@@ -163,7 +168,12 @@ impl Upstream {
 }
 
 async fn serve_jobs(mut rx: mpsc::UnboundedReceiver<Job>, settings: Settings) {
+    let tcp = actix_tls::connect::Connector::new(actix_tls::connect::Resolver::custom(
+        resolve::AwcResolve(settings.resolver.clone()),
+    ))
+    .service();
     let connector = awc::Connector::new()
+        .connector(tcp)
         .rustls_0_23(Arc::clone(&settings.tls))
         .timeout(settings.connect_timeout);
     // HTTP/1.1 only: the ALPN list in the TLS config says so. (Connector::max_http_version would rebuild the

@@ -1,0 +1,175 @@
+//! One query in, one answer out, for both transports: refuse, answer an intercepted name from the healthy
+//! node set, or forward. `tcp` adapts this to hickory-server's `RequestHandler`; the UDP loop in `udp.rs`
+//! calls it directly.
+
+use super::forward::Forwarder;
+use super::policy::{self, Decision, Policy};
+use crate::metrics::{Metrics, ResultLabels};
+use crate::peers::Peers;
+use hickory_proto::op::{Message, Query, ResponseCode};
+use prometheus_client::metrics::counter::Counter;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub mod result {
+    pub const INTERCEPTED: &str = "intercepted";
+    pub const FORWARDED: &str = "forwarded";
+    pub const REFUSED: &str = "refused";
+    pub const ERROR: &str = "error";
+}
+
+pub enum Outcome {
+    Reply(Message),
+    Forward(Query),
+    Drop,
+}
+
+pub struct Responder {
+    pub policy: Policy,
+    pub peers: Peers,
+    pub forwarder: Forwarder,
+    /// Counters by result, looked up once (the label map costs a lock per lookup).
+    counters: [(&'static str, Counter); 4],
+    rotation: AtomicUsize,
+}
+
+impl Responder {
+    pub fn new(policy: Policy, peers: Peers, forwarder: Forwarder, metrics: Metrics) -> Self {
+        let counter = |result: &'static str| {
+            let c = metrics
+                .dns_queries
+                .get_or_create(&ResultLabels { result })
+                .clone();
+            (result, c)
+        };
+        Responder {
+            policy,
+            peers,
+            forwarder,
+            counters: [
+                counter(result::INTERCEPTED),
+                counter(result::FORWARDED),
+                counter(result::REFUSED),
+                counter(result::ERROR),
+            ],
+            rotation: AtomicUsize::new(0),
+        }
+    }
+
+    /// This node first, then the healthy peers, starting one further on each call.
+    fn nodes(&self) -> Vec<IpAddr> {
+        let healthy = self.peers.healthy();
+        let mut nodes = Vec::with_capacity(healthy.peers.len() + 1);
+        nodes.extend(healthy.this);
+        if !healthy.peers.is_empty() {
+            let start = self.rotation.fetch_add(1, Ordering::Relaxed) % healthy.peers.len();
+            nodes.extend(healthy.peers[start..].iter().chain(&healthy.peers[..start]));
+        }
+        nodes
+    }
+
+    pub fn respond(&self, src: SocketAddr, request: &Message) -> Outcome {
+        let nodes = self.nodes();
+        match self.policy.decide(src.ip(), request, &nodes) {
+            Decision::Drop => Outcome::Drop,
+            Decision::Error(code) => {
+                self.count(if code == ResponseCode::Refused {
+                    result::REFUSED
+                } else {
+                    result::ERROR
+                });
+                Outcome::Reply(policy::response_to(request, code))
+            }
+            Decision::Answer {
+                answers,
+                authorities,
+            } => {
+                self.count(result::INTERCEPTED);
+                let mut response = policy::response_to(request, ResponseCode::NoError);
+                response.metadata.authoritative = true;
+                response.answers = answers;
+                response.authorities = authorities;
+                Outcome::Reply(response)
+            }
+            Decision::Forward(query) => Outcome::Forward(query),
+        }
+    }
+
+    pub async fn forward(&self, request: &Message, query: &Query) -> Message {
+        match self.forwarder.answer(request, query).await {
+            Ok(response) => {
+                self.count(result::FORWARDED);
+                response
+            }
+            Err((response, why)) => {
+                self.count(result::ERROR);
+                tracing::debug!(name = %query.name(), qtype = %query.query_type(), %why, "forwarding failed");
+                response
+            }
+        }
+    }
+
+    pub fn count(&self, result: &'static str) {
+        if let Some((_, c)) = self.counters.iter().find(|(r, _)| *r == result) {
+            c.inc();
+        }
+    }
+}
+
+/// hickory-server's side of TCP: the server frames, times out idle connections and refuses sources
+/// outside `dns.allow` itself; this turns each request into our answer.
+pub struct TcpHandler(pub std::sync::Arc<Responder>);
+
+#[async_trait::async_trait]
+impl hickory_server::server::RequestHandler for TcpHandler {
+    async fn handle_request<
+        R: hickory_server::server::ResponseHandler,
+        T: hickory_server::net::runtime::Time,
+    >(
+        &self,
+        request: &hickory_server::server::Request,
+        mut response_handle: R,
+    ) -> hickory_server::server::ResponseInfo {
+        use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata};
+        use hickory_server::zone_handler::MessageResponseBuilder;
+        let failed = |code: ResponseCode| {
+            let mut metadata = Metadata::new(
+                request.metadata.id,
+                MessageType::Response,
+                request.metadata.op_code,
+            );
+            metadata.response_code = code;
+            hickory_server::server::ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            })
+        };
+        let Ok(message) = Message::from_vec(request.as_slice()) else {
+            self.0.count(result::ERROR);
+            return failed(ResponseCode::FormErr);
+        };
+        let response = match self.0.respond(request.src(), &message) {
+            Outcome::Reply(r) => r,
+            Outcome::Forward(query) => self.0.forward(&message, &query).await,
+            Outcome::Drop => return failed(ResponseCode::Refused),
+        };
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = &response.edns {
+            builder.edns(edns);
+        }
+        let reply = builder.build(
+            response.metadata,
+            response.answers.iter(),
+            response.authorities.iter(),
+            std::iter::empty(),
+            response.additionals.iter(),
+        );
+        match response_handle.send_response(reply).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot send a DNS answer over TCP");
+                failed(ResponseCode::ServFail)
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The DNS interceptor: intercepted names resolve to the healthy cache nodes, everything else is forwarded
+//! to `dns.upstreams`, clients outside `dns.allow` are refused. UDP runs on our own receive loops
+//! (`udp.rs`), TCP on hickory-server; both share one `Responder`. hickory types stay inside this module.
+
+mod forward;
+mod handler;
+pub mod policy;
+mod udp;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::peers::Peers;
+use crate::upstream::NameResolver;
+use handler::{Responder, TcpHandler};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// A TCP client that sends nothing for this long is dropped.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Forwarded queries in flight at once over UDP; beyond this, queries are dropped (clients retry).
+const MAX_FORWARDS: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("cannot listen for DNS on {addr} ({proto}): {source}{hint}")]
+    Bind {
+        addr: SocketAddr,
+        proto: &'static str,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("dns: {0}")]
+    Zone(#[from] policy::ZoneError),
+}
+
+pub struct Dns {
+    pub udp_addrs: Vec<SocketAddr>,
+    pub tcp_addrs: Vec<SocketAddr>,
+    server: hickory_server::Server<TcpHandler>,
+    tasks: tokio::task::JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+impl Dns {
+    /// Binds every `dns.listen` address on UDP (one socket per worker) and TCP, and starts serving.
+    pub async fn start(
+        config: &Config,
+        peers: Peers,
+        resolver: NameResolver,
+        metrics: Metrics,
+        workers: usize,
+    ) -> Result<Self, DnsError> {
+        let domains: Vec<(String, bool)> = config
+            .domains
+            .iter()
+            .map(|d| (d.name.clone(), d.include_subdomains))
+            .collect();
+        let ttl = u32::try_from(config.dns.answer_ttl.get().as_secs()).unwrap_or(u32::MAX);
+        let serial = u32::try_from(crate::store::now_secs() % (1 << 32)).unwrap_or(0);
+        let policy = policy::Policy::new(&domains, config.dns.allow.clone(), ttl, serial)?;
+        let responder = Arc::new(Responder::new(
+            policy,
+            peers,
+            forward::Forwarder::new(resolver),
+            metrics,
+        ));
+        let shutdown = CancellationToken::new();
+        let forwards = Arc::new(Semaphore::new(MAX_FORWARDS));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut server = hickory_server::Server::with_access(
+            TcpHandler(Arc::clone(&responder)),
+            [],
+            config.dns.allow.iter().copied(),
+        );
+        let mut udp_addrs = Vec::new();
+        let mut tcp_addrs = Vec::new();
+        for &addr in &config.dns.listen {
+            // Port 0 (tests): the first socket picks a port, the others and TCP share it.
+            let first = bind_udp(addr, workers > 1)?;
+            let addr = first.local_addr().map_err(|e| bind_error(addr, "udp", e))?;
+            let mut sockets = vec![first];
+            for _ in 1..workers {
+                sockets.push(bind_udp(addr, true)?);
+            }
+            for socket in sockets {
+                tasks.spawn(udp::serve(
+                    Arc::new(socket),
+                    Arc::clone(&responder),
+                    Arc::clone(&forwards),
+                    shutdown.clone(),
+                ));
+            }
+            udp_addrs.push(addr);
+            let listener = bind_tcp(addr)?;
+            tcp_addrs.push(
+                listener
+                    .local_addr()
+                    .map_err(|e| bind_error(addr, "tcp", e))?,
+            );
+            server.register_listener(listener, TCP_IDLE, 65_535);
+            tracing::info!("listening dns on {addr} (udp, tcp)");
+        }
+        Ok(Dns {
+            udp_addrs,
+            tcp_addrs,
+            server,
+            tasks,
+            shutdown,
+        })
+    }
+
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        if let Err(e) = self.server.shutdown_gracefully().await {
+            tracing::debug!(error = %e, "dns tcp server stopped with an error");
+        }
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+fn hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            " (port 53 needs root or CAP_NET_BIND_SERVICE; the laptop default is 127.0.0.1:5353)"
+        }
+        std::io::ErrorKind::AddrInUse => {
+            " (another DNS server holds this address: systemd-resolved or dnsmasq? set dns.listen to a specific address)"
+        }
+        _ => "",
+    }
+}
+
+fn bind_error(addr: SocketAddr, proto: &'static str, source: std::io::Error) -> DnsError {
+    DnsError::Bind {
+        addr,
+        proto,
+        hint: hint(&source),
+        source,
+    }
+}
+
+fn bind_udp(addr: SocketAddr, reuse_port: bool) -> Result<tokio::net::UdpSocket, DnsError> {
+    use socket2::{Domain, Socket, Type};
+    let make = || -> std::io::Result<tokio::net::UdpSocket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_port(reuse_port)?;
+        socket.set_nonblocking(true)?;
+        // Room for bursts while a worker is busy.
+        let _ = socket.set_recv_buffer_size(4 << 20);
+        socket.bind(&addr.into())?;
+        tokio::net::UdpSocket::from_std(socket.into())
+    };
+    make().map_err(|e| bind_error(addr, "udp", e))
+}
+
+fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, DnsError> {
+    use socket2::{Domain, Socket, Type};
+    let make = || -> std::io::Result<tokio::net::TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        tokio::net::TcpListener::from_std(socket.into())
+    };
+    make().map_err(|e| bind_error(addr, "tcp", e))
+}

@@ -1,0 +1,110 @@
+//! The UDP path, written for throughput: one receive loop per socket (several sockets per address with
+//! SO_REUSEPORT, so every core takes a share), intercepted names answered inline from memory, and only
+//! forwarded queries spawned as tasks (bounded; beyond the bound a query is dropped and the client
+//! retries). hickory-server's generic UDP server spawns a task and crosses a channel for every packet,
+//! which costs several times more per query.
+
+use super::handler::{Outcome, Responder, result};
+use super::policy;
+use hickory_proto::op::{Header, Message, MessageType, ResponseCode};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Largest datagram we read; anything longer is truncated by the kernel and then fails to parse.
+const MAX_DATAGRAM: usize = 4096;
+
+pub async fn serve(
+    socket: Arc<UdpSocket>,
+    responder: Arc<Responder>,
+    forwards: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (len, src) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here on Linux; they concern one client only.
+                    tracing::debug!(error = %e, "udp receive");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let packet = &buf[..len];
+        if src.port() == 0 {
+            continue;
+        }
+        let Ok(request) = Message::from_vec(packet) else {
+            if let Some(reply) = formerr(packet, &responder, src) {
+                send(&socket, &reply, src).await;
+            }
+            continue;
+        };
+        match responder.respond(src, &request) {
+            Outcome::Drop => {}
+            Outcome::Reply(response) => {
+                if let Some(bytes) = encode(&request, &response) {
+                    send(&socket, &bytes, src).await;
+                }
+            }
+            Outcome::Forward(query) => {
+                let Ok(permit) = Arc::clone(&forwards).try_acquire_owned() else {
+                    responder.count(result::ERROR);
+                    continue;
+                };
+                let socket = Arc::clone(&socket);
+                let responder = Arc::clone(&responder);
+                tokio::spawn(async move {
+                    let response = responder.forward(&request, &query).await;
+                    if let Some(bytes) = encode(&request, &response) {
+                        send(&socket, &bytes, src).await;
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+/// A readable header but a broken body gets FORMERR (from allowed clients only; never an amplifier).
+fn formerr(packet: &[u8], responder: &Responder, src: SocketAddr) -> Option<Vec<u8>> {
+    let header = Header::read(&mut BinDecoder::new(packet)).ok()?;
+    if header.metadata.message_type != MessageType::Query || !responder.policy.allows(src.ip()) {
+        return None;
+    }
+    responder.count(result::ERROR);
+    let mut reply = Message::error_msg(
+        header.metadata.id,
+        header.metadata.op_code,
+        ResponseCode::FormErr,
+    );
+    reply.metadata.recursion_available = true;
+    reply.to_vec().ok()
+}
+
+/// The wire form, truncated (TC set, records dropped) when it exceeds what the client accepts over UDP.
+fn encode(request: &Message, response: &Message) -> Option<Vec<u8>> {
+    let bytes = response.to_vec().ok()?;
+    if bytes.len() <= policy::udp_limit(request) {
+        return Some(bytes);
+    }
+    response.truncate().to_vec().ok()
+}
+
+async fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    match socket.try_send_to(bytes, to) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            if let Err(e) = socket.send_to(bytes, to).await {
+                tracing::debug!(error = %e, %to, "udp send");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, %to, "udp send"),
+    }
+}

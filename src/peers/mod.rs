@@ -1,0 +1,175 @@
+//! The partition's cache nodes and which of them are healthy right now.
+//!
+//! A worker polls every peer's `/health` each `nodes.health_interval`; hysteresis (rise 2, fall 3) decides
+//! when a peer counts as up. This node's own health is set from inside (store answers, listeners bound),
+//! never by asking itself over the network. Readers get a cheap snapshot: DNS answers it on every query.
+
+mod hysteresis;
+
+pub use hysteresis::{FALL, Health, RISE};
+
+use crate::config::NodesConfig;
+use crate::metrics::Metrics;
+use crate::upstream::{self, Upstream};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Which nodes may be handed out or asked right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Healthy {
+    /// This node, when it is healthy itself.
+    pub this: Option<IpAddr>,
+    /// Healthy peers, in configuration order.
+    pub peers: Vec<IpAddr>,
+}
+
+impl Healthy {
+    pub fn is_empty(&self) -> bool {
+        self.this.is_none() && self.peers.is_empty()
+    }
+}
+
+#[derive(Clone)]
+pub struct Peers {
+    self_addr: Option<IpAddr>,
+    peers: Arc<Vec<IpAddr>>,
+    peer_port: u16,
+    tx: Arc<watch::Sender<Arc<Healthy>>>,
+    rx: watch::Receiver<Arc<Healthy>>,
+}
+
+impl Peers {
+    pub fn new(config: &NodesConfig) -> Self {
+        let (tx, rx) = watch::channel(Arc::new(Healthy::default()));
+        Peers {
+            self_addr: config.self_addr,
+            peers: Arc::new(config.peers.clone()),
+            peer_port: config.peer_port,
+            tx: Arc::new(tx),
+            rx,
+        }
+    }
+
+    pub fn healthy(&self) -> Arc<Healthy> {
+        Arc::clone(&self.rx.borrow())
+    }
+
+    /// A receiver that sees every change (tests and the status page wait on it).
+    pub fn watch(&self) -> watch::Receiver<Arc<Healthy>> {
+        self.rx.clone()
+    }
+
+    /// Where a healthy peer answers HTTP, for second-level fills.
+    pub fn healthy_peer_addrs(&self) -> Vec<SocketAddr> {
+        self.healthy()
+            .peers
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, self.peer_port))
+            .collect()
+    }
+
+    pub fn configured(&self) -> &[IpAddr] {
+        &self.peers
+    }
+
+    /// Marks this node healthy or not (from the app's self-check).
+    pub fn set_self_healthy(&self, healthy: bool) {
+        let this = if healthy { self.self_addr } else { None };
+        self.tx.send_if_modified(|h| {
+            if h.this == this {
+                return false;
+            }
+            *h = Arc::new(Healthy {
+                this,
+                peers: h.peers.clone(),
+            });
+            true
+        });
+    }
+
+    fn set_peers(&self, peers: Vec<IpAddr>) {
+        self.tx.send_if_modified(|h| {
+            if h.peers == peers {
+                return false;
+            }
+            *h = Arc::new(Healthy {
+                this: h.this,
+                peers,
+            });
+            true
+        });
+    }
+
+    /// Polls every peer until `shutdown`. Each probe is bounded by the interval (at least one second).
+    pub async fn run(
+        self,
+        upstream: Upstream,
+        interval: Duration,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) {
+        if self.peers.is_empty() {
+            return;
+        }
+        let mut states = vec![Health::default(); self.peers.len()];
+        for peer in self.peers.iter() {
+            metrics.peer_up.get_or_create(&peer_label(*peer)).set(0);
+        }
+        let probe_timeout = interval.max(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let probes = self.peers.iter().map(|ip| {
+                probe(
+                    &upstream,
+                    SocketAddr::new(*ip, self.peer_port),
+                    probe_timeout,
+                )
+            });
+            let results = futures_util::future::join_all(probes).await;
+            for ((state, ok), ip) in states.iter_mut().zip(results).zip(self.peers.iter()) {
+                if let Some(up) = state.observe(ok) {
+                    tracing::info!(peer = %ip, up, "peer health changed");
+                    metrics
+                        .peer_up
+                        .get_or_create(&peer_label(*ip))
+                        .set(i64::from(up));
+                }
+            }
+            let up = self
+                .peers
+                .iter()
+                .zip(&states)
+                .filter(|(_, s)| s.is_up())
+                .map(|(ip, _)| *ip)
+                .collect();
+            self.set_peers(up);
+        }
+    }
+}
+
+fn peer_label(ip: IpAddr) -> crate::metrics::PeerLabels {
+    crate::metrics::PeerLabels {
+        peer: ip.to_string(),
+    }
+}
+
+/// `GET /health` answered 200 within the timeout.
+async fn probe(upstream: &Upstream, addr: SocketAddr, timeout: Duration) -> bool {
+    let Ok(url) = url::Url::parse(&format!("http://{addr}/health")) else {
+        return false;
+    };
+    let mut request = upstream::Request::get(url, "peer");
+    request.follow_redirects = false;
+    match tokio::time::timeout(timeout, upstream.send(request)).await {
+        Ok(Ok(resp)) => resp.status == 200,
+        _ => false,
+    }
+}

@@ -1,0 +1,136 @@
+//! Name resolution for everything that leaves this node (origins, peers by name, passthrough, DNS
+//! forwarding): always through `dns.upstreams`, never through the system resolver. A cache node whose own
+//! /etc/resolv.conf points at its interceptor would otherwise resolve an intercepted origin to itself and
+//! fill from itself forever. /etc/hosts is still honoured first, so `localhost` and pinned names work.
+
+use crate::config::DnsConfig;
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::{Resolver, TokioResolver};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Per-query timeout towards the upstream resolvers: a client (5 s by default) gets SERVFAIL before it gives up.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Answers kept in the shared cache (forwarded DNS answers and our own lookups alike).
+const CACHE_ENTRIES: u64 = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("cannot resolve {host}: {message}")]
+    Lookup { host: String, message: String },
+    #[error("{host} has no address")]
+    NoAddress { host: String },
+    #[error("resolver task failed: {0}")]
+    Task(String),
+}
+
+/// Cheap to clone. Lookups run on the runtime the resolver was built on, whoever awaits them (awc's
+/// threads included), so its connections and cache live in one place.
+#[derive(Clone)]
+pub struct NameResolver {
+    resolver: Arc<TokioResolver>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl NameResolver {
+    /// Must be called inside the main tokio runtime.
+    pub fn new(dns: &DnsConfig) -> Result<Self, String> {
+        let servers = dns
+            .upstreams
+            .iter()
+            .map(|addr| name_server(*addr))
+            .collect();
+        let config = ResolverConfig::from_parts(None, vec![], servers);
+        let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
+        let opts: &mut ResolverOpts = builder.options_mut();
+        opts.timeout = QUERY_TIMEOUT;
+        opts.attempts = 1;
+        opts.edns0 = true;
+        opts.cache_size = CACHE_ENTRIES;
+        opts.use_hosts_file = ResolveHosts::Always;
+        opts.ndots = 0;
+        opts.recursion_desired = true;
+        opts.preserve_intermediates = true;
+        opts.try_tcp_on_error = true;
+        let resolver = builder.build().map_err(|e| e.to_string())?;
+        Ok(NameResolver {
+            resolver: Arc::new(resolver),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// The underlying resolver, for the DNS front's forwarding.
+    pub fn hickory(&self) -> &TokioResolver {
+        &self.resolver
+    }
+
+    /// Addresses of `host` (an IP literal is returned as is, without a query).
+    pub async fn lookup_ip(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        let resolver = Arc::clone(&self.resolver);
+        let name = host.to_string();
+        let lookup = self
+            .runtime
+            .spawn(async move { resolver.lookup_ip(name.as_str()).await })
+            .await
+            .map_err(|e| ResolveError::Task(e.to_string()))?
+            .map_err(|e| ResolveError::Lookup {
+                host: host.to_string(),
+                message: e.to_string(),
+            })?;
+        let ips: Vec<IpAddr> = lookup.iter().collect();
+        if ips.is_empty() {
+            return Err(ResolveError::NoAddress {
+                host: host.to_string(),
+            });
+        }
+        Ok(ips)
+    }
+
+    pub async fn lookup_socket_addrs(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, ResolveError> {
+        Ok(self
+            .lookup_ip(host)
+            .await?
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect())
+    }
+}
+
+fn name_server(addr: SocketAddr) -> NameServerConfig {
+    let mut udp = ConnectionConfig::udp();
+    udp.port = addr.port();
+    let mut tcp = ConnectionConfig::tcp();
+    tcp.port = addr.port();
+    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+}
+
+/// awc's hook: its connector asks this for the addresses of an origin.
+pub struct AwcResolve(pub NameResolver);
+
+impl actix_tls::connect::Resolve for AwcResolve {
+    fn lookup<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> futures_util::future::LocalBoxFuture<'a, Result<Vec<SocketAddr>, Box<dyn std::error::Error>>>
+    {
+        Box::pin(async move {
+            self.0
+                .lookup_socket_addrs(host, port)
+                .await
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
+        })
+    }
+}
