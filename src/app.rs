@@ -6,6 +6,7 @@ use crate::dns::{Dns, DnsError};
 use crate::http::{self, HttpState};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::passthrough::{self, Passthrough};
 use crate::peers::Peers;
 use crate::store::Store;
 use crate::systemd;
@@ -32,6 +33,8 @@ pub enum AppError {
     },
     #[error("{0}")]
     Dns(#[from] DnsError),
+    #[error("{0}")]
+    Passthrough(#[from] passthrough::BindError),
     #[error("HTTP server failed: {0}")]
     Server(std::io::Error),
     #[error("{0}")]
@@ -60,10 +63,13 @@ pub struct Running {
     pub admin_addrs: Vec<SocketAddr>,
     /// DNS listeners actually bound (UDP and TCP share each address), empty when DNS is off.
     pub dns_addrs: Vec<SocketAddr>,
+    /// TLS passthrough listeners, empty when passthrough is off.
+    pub passthrough_addrs: Vec<SocketAddr>,
     pub lifecycle: Lifecycle,
     pub store: Store,
     pub peers: Peers,
     dns: Option<Dns>,
+    passthrough: Option<Passthrough>,
     server: actix_web::dev::ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
     maintenance: tokio::task::JoinHandle<()>,
@@ -198,6 +204,15 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         .as_ref()
         .map(|d| d.udp_addrs.clone())
         .unwrap_or_default();
+    let passthrough = if config.passthrough.enabled {
+        Some(Passthrough::start(&config, resolver.clone()).await?)
+    } else {
+        None
+    };
+    let passthrough_addrs = passthrough
+        .as_ref()
+        .map(|p| p.addrs.clone())
+        .unwrap_or_default();
     let interval = config.nodes.health_interval.get();
     tokio::spawn(peers.clone().run(
         upstream.clone(),
@@ -232,10 +247,12 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         http_addrs,
         admin_addrs,
         dns_addrs,
+        passthrough_addrs,
         lifecycle,
         store,
         peers,
         dns,
+        passthrough,
         server: handle,
         server_task,
         maintenance,
@@ -296,6 +313,9 @@ impl Running {
         if let Some(dns) = self.dns {
             dns.shutdown().await;
         }
+        if let Some(p) = self.passthrough {
+            p.shutdown().await;
+        }
         let left = self.store.drain_fills(SHUTDOWN_GRACE).await;
         if left > 0 {
             tracing::warn!(fills = left, "discarding unfinished fills");
@@ -331,9 +351,9 @@ async fn dispatch(req: HttpRequest, routing: web::Data<Routing>) -> HttpResponse
         .get(actix_web::http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri().host())
-        .and_then(http::vhost::normalize_host);
+        .and_then(crate::config::vhost::normalize_host);
     if let Some(host) = host
-        && let Some(domain) = http::vhost::find(&state.config.domains, &host)
+        && let Some(domain) = crate::config::vhost::find(&state.config.domains, &host)
     {
         return http::files::handle(req.clone(), Arc::clone(state), domain, host).await;
     }

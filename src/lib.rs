@@ -14,6 +14,7 @@ pub mod upstream;
 // layer 2
 pub mod dns;
 pub mod http;
+pub mod passthrough;
 // layer 3
 pub mod app;
 pub mod cli;

@@ -6,6 +6,7 @@
 mod load;
 pub mod units;
 mod validate;
+pub mod vhost;
 
 pub use load::{ConfigError, ConfigSource, load};
 pub use units::{ByteSize, Span};
@@ -70,6 +71,10 @@ pub struct DnsConfig {
 pub struct PassthroughConfig {
     pub enabled: bool,
     pub listen: Vec<SocketAddr>,
+    /// Connections spliced at once; more are closed at accept.
+    pub max_connections: usize,
+    /// A connection with no byte in either direction for this long is closed.
+    pub idle_timeout: Span,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +251,8 @@ impl Config {
             passthrough: PassthroughConfig {
                 enabled: true,
                 listen: addrs(&["0.0.0.0:443"]),
+                max_connections: 4096,
+                idle_timeout: Span::from_secs(300),
             },
             domains: vec![
                 DomainConfig::named("images.metal-stack.io"),

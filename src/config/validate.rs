@@ -32,6 +32,12 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
             "needs at least one resolver when dns.enabled",
         ));
     }
+    if c.passthrough.max_connections == 0 {
+        return Err(ConfigError::new(
+            "passthrough.max_connections",
+            "must be at least 1",
+        ));
+    }
     if c.passthrough.enabled && c.passthrough.listen.is_empty() {
         return Err(ConfigError::new(
             "passthrough.listen",

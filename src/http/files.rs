@@ -46,7 +46,7 @@ pub async fn handle(
         .is_some_and(|v| v.as_bytes() == b"1");
     let origin_url = match url::Url::parse(&format!(
         "{}{}",
-        super::vhost::origin_for(domain, &host),
+        crate::config::vhost::origin_for(domain, &host),
         path.to_url_path()
     )) {
         Ok(u) => u,
@@ -75,7 +75,13 @@ pub async fn handle(
         None if from_peer || domain.on_miss != OnMiss::Fill => Plan::Skip,
         None => Plan::Fill(FillSpec {
             expected: Expected::default(),
-            source: origin_source(upstream, url_for_fill, None, None),
+            source: peer_then_origin_source(
+                upstream,
+                state.peers.healthy_peer_addrs(),
+                host.clone(),
+                path.to_url_path(),
+                url_for_fill,
+            ),
             want_md5: true,
         }),
     });
@@ -120,6 +126,57 @@ fn redirect(req: &HttpRequest, host: &str) -> HttpResponse {
         .finish()
 }
 
+/// A miss asks the healthy peers first (the partition's second-level cache: one internet download per
+/// partition, not per node), then the origin. Peers answer from their store only (`X-Image-Cache-Peer`),
+/// so two nodes missing the same object never ask each other in a loop. What a peer sends is still
+/// hashed and length-checked here like any fill.
+fn peer_then_origin_source(
+    upstream: upstream::Upstream,
+    peers: Vec<std::net::SocketAddr>,
+    host: String,
+    path: String,
+    origin: url::Url,
+) -> SourceFuture {
+    Box::pin(async move {
+        for peer in peers {
+            let Ok(url) = url::Url::parse(&format!("http://{peer}{path}")) else {
+                continue;
+            };
+            let mut request = upstream::Request::get(url, "peer")
+                .header("host", host.clone())
+                .header(PEER_HEADER, "1");
+            request.follow_redirects = false;
+            match upstream.send(request).await {
+                Ok(resp) if resp.status == 200 => {
+                    tracing::debug!(%peer, %host, %path, "filling from a peer");
+                    let mut outcome = body_outcome(resp);
+                    // A peer's ETag is its content digest, not the origin's validator: revalidating
+                    // with it would never match. Last-Modified is the origin's and stays.
+                    if let SourceOutcome::Body { meta, .. } = &mut outcome {
+                        meta.etag = None;
+                    }
+                    return outcome;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(%peer, error = %e, "peer fill failed; trying the next"),
+            }
+        }
+        origin_source(upstream, origin, None, None).await
+    })
+}
+
+fn body_outcome(resp: upstream::Response) -> SourceOutcome {
+    SourceOutcome::Body {
+        meta: SourceMeta {
+            content_length: resp.content_length(),
+            content_type: resp.header("content-type").map(str::to_string),
+            etag: resp.header("etag").map(str::to_string),
+            last_modified: resp.header("last-modified").map(str::to_string),
+        },
+        body: resp.body,
+    }
+}
+
 /// The fill's source: a GET to the origin, conditional when a stored copy is being revalidated.
 fn origin_source(
     upstream: upstream::Upstream,
@@ -136,15 +193,7 @@ fn origin_source(
             request = request.header("if-modified-since", lm);
         }
         match upstream.send(request).await {
-            Ok(resp) if resp.status == 200 => SourceOutcome::Body {
-                meta: SourceMeta {
-                    content_length: resp.content_length(),
-                    content_type: resp.header("content-type").map(str::to_string),
-                    etag: resp.header("etag").map(str::to_string),
-                    last_modified: resp.header("last-modified").map(str::to_string),
-                },
-                body: resp.body,
-            },
+            Ok(resp) if resp.status == 200 => body_outcome(resp),
             Ok(resp) if resp.status == 304 => SourceOutcome::NotModified,
             Ok(resp) => SourceOutcome::Unavailable {
                 status: Some(resp.status),

@@ -5,7 +5,6 @@ pub mod admin;
 mod body;
 pub mod conditional;
 pub mod files;
-pub mod vhost;
 
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;

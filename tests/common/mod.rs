@@ -44,6 +44,9 @@ impl Env {
         c.state_dir = self.state_dir();
         c.http.listen = vec!["127.0.0.1:0".parse().unwrap()];
         c.dns.enabled = false;
+        // Names are resolved through dns.upstreams even with DNS off: keep every lookup on loopback
+        // (/etc/hosts answers `localhost`; anything else gets a quick refusal from this unused port).
+        c.dns.upstreams = vec!["127.0.0.1:9".parse().unwrap()];
         c.upstream.ca_file = Some(self.ca_file.clone());
         c.upstream.read_timeout = Span(Duration::from_secs(2));
         c.upstream.connect_timeout = Span(Duration::from_secs(2));

@@ -1,6 +1,6 @@
 //! Which intercepted domain a Host header names. Pure.
 
-use crate::config::DomainConfig;
+use super::DomainConfig;
 
 /// The host part of a Host header, lowercase, without port or trailing dot. `None` for garbage.
 pub fn normalize_host(header: &str) -> Option<String> {
