@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed setup should panic loudly
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod origin;
 
 use image_cache::app::{self, Running};
