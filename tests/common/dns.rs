@@ -85,7 +85,7 @@ pub fn a_records(m: &Message) -> Vec<String> {
 /// - `forwarded.test.` A 192.0.2.1 (TTL 300)
 /// - `big.test.` 30 TXT records of 100 bytes (too big for 512-byte UDP)
 /// - `tcponly.test.` A 192.0.2.9, but over UDP always truncated (TC) so the asker must use TCP
-/// (UDP answers larger than the asker's EDNS payload, or 512 bytes, are truncated too, as real servers do)
+///   (UDP answers larger than the asker's EDNS payload, or 512 bytes, are truncated too, as real servers do)
 /// - anything else: NXDOMAIN with an SOA for `test.`
 pub struct Upstream {
     pub addr: SocketAddr,
