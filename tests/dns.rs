@@ -43,6 +43,16 @@ async fn intercepted_names_answer_with_this_node_over_udp_and_tcp() {
         assert_eq!(a_records(&m), ["127.0.0.1"]);
         assert_eq!(m.answers[0].ttl, 42);
     }
+    // Repeats are replayed from the first answer's bytes: each keeps its own ID and spelling.
+    for spelling in ["FILES.test.", "files.TEST.", "Files.Test."] {
+        let q = query(spelling, RecordType::A, false);
+        let m = dns::udp(addr, &q).await;
+        assert_eq!(m.metadata.id, q.metadata.id);
+        assert_eq!(m.queries[0].name().to_ascii(), spelling);
+        assert_eq!(m.answers[0].name.to_ascii(), spelling);
+        assert_eq!(a_records(&m), ["127.0.0.1"]);
+        assert!(m.metadata.recursion_desired && m.metadata.recursion_available);
+    }
     // EDNS answered with our payload size
     let m = dns::udp(addr, &query(&name(), RecordType::A, true)).await;
     assert_eq!(m.edns.as_ref().unwrap().max_payload(), 1232);

@@ -5,7 +5,7 @@
 use super::forward::Forwarder;
 use super::policy::{self, Decision, Policy};
 use crate::metrics::{Metrics, ResultLabels};
-use crate::peers::Peers;
+use crate::peers::{Healthy, Peers};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use prometheus_client::metrics::counter::Counter;
 use std::net::{IpAddr, SocketAddr};
@@ -56,20 +56,38 @@ impl Responder {
         }
     }
 
-    /// This node first, then the healthy peers, starting one further on each call.
-    fn nodes(&self) -> Vec<IpAddr> {
-        let healthy = self.peers.healthy();
+    /// Where the peer list starts for the next answer: one further on each call.
+    pub fn next_rotation(&self, healthy: &Healthy) -> usize {
+        match healthy.peers.len() {
+            0 | 1 => 0,
+            n => self.rotation.fetch_add(1, Ordering::Relaxed) % n,
+        }
+    }
+
+    /// This node first, then the healthy peers from `rotation` on.
+    fn nodes(healthy: &Healthy, rotation: usize) -> Vec<IpAddr> {
         let mut nodes = Vec::with_capacity(healthy.peers.len() + 1);
         nodes.extend(healthy.this);
-        if !healthy.peers.is_empty() {
-            let start = self.rotation.fetch_add(1, Ordering::Relaxed) % healthy.peers.len();
-            nodes.extend(healthy.peers[start..].iter().chain(&healthy.peers[..start]));
-        }
+        let start = rotation.min(healthy.peers.len());
+        nodes.extend(healthy.peers[start..].iter().chain(&healthy.peers[..start]));
         nodes
     }
 
     pub fn respond(&self, src: SocketAddr, request: &Message) -> Outcome {
-        let nodes = self.nodes();
+        let healthy = self.peers.healthy();
+        let rotation = self.next_rotation(&healthy);
+        self.respond_with(src, request, &healthy, rotation)
+    }
+
+    /// `respond` for a given node set and rotation (the UDP fast path keys its templates by them).
+    pub fn respond_with(
+        &self,
+        src: SocketAddr,
+        request: &Message,
+        healthy: &Healthy,
+        rotation: usize,
+    ) -> Outcome {
+        let nodes = Self::nodes(healthy, rotation);
         match self.policy.decide(src.ip(), request, &nodes) {
             Decision::Drop => Outcome::Drop,
             Decision::Error(code) => {

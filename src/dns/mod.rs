@@ -2,6 +2,7 @@
 //! to `dns.upstreams`, clients outside `dns.allow` are refused. UDP runs on our own receive loops
 //! (`udp.rs`), TCP on hickory-server; both share one `Responder`. hickory types stay inside this module.
 
+mod fastpath;
 mod forward;
 mod handler;
 pub mod policy;

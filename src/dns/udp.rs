@@ -4,6 +4,7 @@
 //! retries). hickory-server's generic UDP server spawns a task and crosses a channel for every packet,
 //! which costs several times more per query.
 
+use super::fastpath::{Question, Templates};
 use super::handler::{Outcome, Responder, result};
 use super::policy;
 use hickory_proto::op::{Header, Message, MessageType, ResponseCode};
@@ -24,6 +25,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut templates = Templates::default();
     loop {
         let (len, src) = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
@@ -40,16 +42,35 @@ pub async fn serve(
         if src.port() == 0 {
             continue;
         }
+        // Replay: a plain query we answered before, from an allowed client, with the same healthy set.
+        let healthy = responder.peers.healthy();
+        let plain = Question::parse(packet).filter(|_| responder.policy.allows(src.ip()));
+        let rotation = responder.next_rotation(&healthy);
+        templates.sync(healthy.generation);
+        let key = plain.as_ref().map(|q| q.key(rotation));
+        if let (Some(q), Some(key)) = (&plain, &key)
+            && let Some(bytes) = templates.get(key).and_then(|t| q.patch(t))
+        {
+            responder.count(result::INTERCEPTED);
+            send(&socket, &bytes, src).await;
+            continue;
+        }
         let Ok(request) = Message::from_vec(packet) else {
             if let Some(reply) = formerr(packet, &responder, src) {
                 send(&socket, &reply, src).await;
             }
             continue;
         };
-        match responder.respond(src, &request) {
+        match responder.respond_with(src, &request, &healthy, rotation) {
             Outcome::Drop => {}
             Outcome::Reply(response) => {
                 if let Some(bytes) = encode(&request, &response) {
+                    // Only intercepted answers are replayed: they depend on nothing but the key.
+                    if response.metadata.authoritative
+                        && let Some(key) = key
+                    {
+                        templates.insert(key, bytes.clone());
+                    }
                     send(&socket, &bytes, src).await;
                 }
             }

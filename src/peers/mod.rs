@@ -24,6 +24,8 @@ pub struct Healthy {
     pub this: Option<IpAddr>,
     /// Healthy peers, in configuration order.
     pub peers: Vec<IpAddr>,
+    /// Bumped on every change, so caches of answers built from this set know when to forget them.
+    pub generation: u64,
 }
 
 impl Healthy {
@@ -85,6 +87,7 @@ impl Peers {
             *h = Arc::new(Healthy {
                 this,
                 peers: h.peers.clone(),
+                generation: h.generation + 1,
             });
             true
         });
@@ -98,6 +101,7 @@ impl Peers {
             *h = Arc::new(Healthy {
                 this: h.this,
                 peers,
+                generation: h.generation + 1,
             });
             true
         });

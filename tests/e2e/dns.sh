@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# tests/e2e/dns.sh — the DNS interceptor of the real binary, asked with `dig`, and a two-node failover.
+#
+# Two network namespaces joined by a veth pair (10.99.0.1 and 10.99.0.2, nothing else reachable), one
+# image-cache node in each, peers of each other, plus a dnsmasq in the first as the "internet" resolver for
+# forwarded names (*.fwd.e2e → 192.0.2.7). Checks: UDP, TCP, +dnssec, ANY, NODATA, long names, forwarding,
+# REFUSED for a source outside dns.allow; then failover: a node that dies leaves the other's answers within
+# the fall time (3 polls of 1 s), and comes back after it rises again (2 polls).
+# Needs root (namespaces, port 53). Installs dnsutils, dnsmasq-base and iproute2 if missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ "$(id -u)" = 0 ] || { echo "tests/e2e/dns.sh needs root (network namespaces)"; exit 1; }
+need=()
+command -v dig >/dev/null || need+=(dnsutils)
+command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
+command -v ip >/dev/null || need+=(iproute2)
+if ((${#need[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --locked -q
+BIN=$PWD/target/release/image-cache
+
+W=$(mktemp -d /tmp/ic-e2e-dns.XXXXXX)
+A=ic-e2e-dns-a B=ic-e2e-dns-b
+declare -A PID=()
+cleanup() {
+  for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  ip netns del $A 2>/dev/null || true
+  ip netns del $B 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+FAILS=0
+pass() { echo "PASS $*"; }
+fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
+
+ip netns add $A; ip netns add $B
+ip -n $A link set lo up; ip -n $B link set lo up
+ip link add ic-e2e-va netns $A type veth peer name ic-e2e-vb netns $B
+ip -n $A addr add 10.99.0.1/24 dev ic-e2e-va; ip -n $A link set ic-e2e-va up
+ip -n $B addr add 10.99.0.2/24 dev ic-e2e-vb; ip -n $B link set ic-e2e-vb up
+# A source address outside dns.allow, for the REFUSED check.
+ip -n $A addr add 10.98.0.1/32 dev lo
+
+ip netns exec $A dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces \
+  --listen-address=10.99.0.1 --port=5300 --address=/fwd.e2e/192.0.2.7 --local-ttl=60 \
+  --pid-file="$W/dnsmasq.pid" --log-facility=/dev/null &
+PID[dnsmasq]=$!
+
+config() { # name self peer
+  cat > "$W/$1.toml" <<CONF
+state_dir = "$W/$1"
+[http]
+listen = ["$2:80"]
+[dns]
+listen = ["$2:53"]
+upstreams = ["10.99.0.1:5300"]
+allow = ["10.99.0.0/24", "127.0.0.0/8"]
+answer_ttl = "30s"
+[nodes]
+self = "$2"
+peers = ["$3"]
+peer_port = 80
+health_interval = "1s"
+[[domains]]
+name = "images.metal-stack.io"
+[[domains]]
+name = "github.com"
+include_subdomains = true
+CONF
+}
+config a 10.99.0.1 10.99.0.2
+config b 10.99.0.2 10.99.0.1
+start() { # node netns
+  IMAGE_CACHE_LOG__LEVEL=warn ip netns exec "$2" "$BIN" serve --config "$W/$1.toml" >>"$W/$1.log" 2>&1 &
+  PID[$1]=$!
+}
+start a $A
+start b $B
+
+qa() { ip netns exec $A dig +time=2 +tries=1 @10.99.0.1 "$@"; }
+qb() { ip netns exec $B dig +time=2 +tries=1 @10.99.0.2 "$@"; }
+answers() { "$@" +short | sort | tr '\n' ' ' | sed 's/ $//'; }
+wait_for() { # seconds expected command...
+  local deadline=$((SECONDS + $1)) want=$2; shift 2
+  while ((SECONDS < deadline)); do
+    [ "$(answers "$@" 2>/dev/null)" = "$want" ] && return 0
+    sleep 0.25
+  done
+  return 1
+}
+
+# Both nodes up: each rises in the other's view after two good polls.
+if wait_for 15 "10.99.0.1 10.99.0.2" qa images.metal-stack.io A; then pass "UDP A lists both healthy nodes"
+else fail "UDP A: got '$(answers qa images.metal-stack.io A)'"; fi
+first=$(qa images.metal-stack.io A +short | head -1)
+[ "$first" = 10.99.0.1 ] && pass "this node first" || fail "first answer is $first"
+[ "$(answers qa +tcp images.metal-stack.io A)" = "10.99.0.1 10.99.0.2" ] && pass "TCP A" || fail "TCP A"
+out=$(qa +dnssec images.metal-stack.io A)
+grep -q "status: NOERROR" <<<"$out" && grep -q "EDNS: version: 0" <<<"$out" && grep -q "10.99.0.2" <<<"$out" \
+  && pass "+dnssec (EDNS answered, unsigned records)" || fail "+dnssec: $out"
+out=$(qa images.metal-stack.io ANY)
+grep -Eq "IN[[:space:]]+SOA[[:space:]]+ns.images.metal-stack.io" <<<"$out" && grep -Eq "IN[[:space:]]+A[[:space:]]+10.99.0.1" <<<"$out" \
+  && pass "ANY at the apex: A and SOA" || fail "ANY: $out"
+out=$(qa images.metal-stack.io MX)
+grep -q "status: NOERROR" <<<"$out" && grep -q "ANSWER: 0, AUTHORITY: 1" <<<"$out" \
+  && pass "MX: NODATA with SOA" || fail "MX: $out"
+label=$(printf 'a%.0s' $(seq 1 60))
+long="$label.$label.$label.$label.github.com"
+[ "$(answers qa "$long" A)" = "10.99.0.1 10.99.0.2" ] && pass "long name (${#long} bytes) under include_subdomains" || fail "long intercepted name"
+longf="$label.$label.$label.$label.fwd.e2e"
+[ "$(answers qa "$longf" A)" = "192.0.2.7" ] && pass "long forwarded name" || fail "long forwarded name"
+[ "$(answers qa host.fwd.e2e A)" = "192.0.2.7" ] && pass "forwarded to dns.upstreams" || fail "forwarded"
+out=$(qa -b 10.98.0.1 images.metal-stack.io A || true)
+grep -q "status: REFUSED" <<<"$out" && pass "REFUSED outside dns.allow (UDP)" || fail "refused UDP: $out"
+out=$(qa -b 10.98.0.1 +tcp host.fwd.e2e A || true)
+grep -q "status: REFUSED" <<<"$out" && pass "REFUSED outside dns.allow (TCP)" || fail "refused TCP: $out"
+
+# Failover: B dies → A stops handing it out after 3 failed polls; B comes back → listed again.
+kill "${PID[b]}"; wait "${PID[b]}" 2>/dev/null || true; t0=$SECONDS
+if wait_for 10 "10.99.0.1" qa images.metal-stack.io A; then pass "dead peer removed after $((SECONDS - t0)) s"
+else fail "dead peer still listed: $(answers qa images.metal-stack.io A)"; fi
+start b $B; t0=$SECONDS
+if wait_for 15 "10.99.0.1 10.99.0.2" qa images.metal-stack.io A; then pass "peer back after $((SECONDS - t0)) s"
+else fail "peer not back: $(answers qa images.metal-stack.io A)"; fi
+kill "${PID[a]}"; wait "${PID[a]}" 2>/dev/null || true
+if wait_for 10 "10.99.0.2" qb images.metal-stack.io A; then pass "the other node answers alone when the first dies"
+else fail "B after A died: $(answers qb images.metal-stack.io A)"; fi
+
+if ((FAILS)); then
+  echo "--- node a log"; tail -20 "$W/a.log"; echo "--- node b log"; tail -20 "$W/b.log"
+  echo "$FAILS check(s) failed"; exit 1
+fi
+echo "all DNS e2e checks passed"
