@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::passthrough::{self, Passthrough};
 use crate::peers::Peers;
 use crate::store::Store;
+use crate::sync::{self, Syncer};
 use crate::systemd;
 use crate::upstream::{NameResolver, Upstream, tls::TlsSetupError};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -78,6 +79,7 @@ pub struct Running {
 /// Per-server routing facts, computed once.
 struct Routing {
     state: Arc<HttpState>,
+    syncer: Arc<Syncer>,
     admin_addrs: Vec<SocketAddr>,
 }
 
@@ -166,8 +168,15 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         .map(local)
         .collect::<Result<Vec<_>, _>>()?;
 
+    let syncer = Syncer::new(
+        Arc::clone(&config),
+        store.clone(),
+        upstream.clone(),
+        metrics.clone(),
+    );
     let routing = web::Data::new(Routing {
         state,
+        syncer: Arc::clone(&syncer),
         admin_addrs: admin_addrs.clone(),
     });
     let mut server = HttpServer::new(move || {
@@ -226,6 +235,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     }
     for a in &admin_addrs {
         tracing::info!("listening admin on {a}");
+    }
+    if config.sync.enabled {
+        tokio::spawn(Arc::clone(&syncer).run_scheduled(lifecycle.shutdown_token()));
     }
     lifecycle.set_ready();
     peers.set_self_healthy(true);
@@ -344,7 +356,7 @@ async fn dispatch(req: HttpRequest, routing: web::Data<Routing>) -> HttpResponse
     let local = req.app_config().local_addr();
     let on_admin_listener = routing.admin_addrs.contains(&local);
     if on_admin_listener {
-        return http::admin::handle(&req, state);
+        return admin(&req, &routing).await;
     }
     let host = req
         .headers()
@@ -360,5 +372,55 @@ async fn dispatch(req: HttpRequest, routing: web::Data<Routing>) -> HttpResponse
     if !routing.admin_addrs.is_empty() {
         return HttpResponse::NotFound().body("not found\n");
     }
-    http::admin::handle(&req, state)
+    admin(&req, &routing).await
+}
+
+/// Admin routes: the sync endpoints are wired here (the http front does not know the sync job), the
+/// rest is `http::admin`.
+async fn admin(req: &HttpRequest, routing: &Routing) -> HttpResponse {
+    if req.path() == "/admin/sync" {
+        return admin_sync(req, &routing.syncer).await;
+    }
+    http::admin::handle(req, &routing.state)
+}
+
+/// `GET /admin/sync`: status and the last report. `POST /admin/sync[?dry_run=true][&wait=true]`: start a
+/// run (202), or with `wait` run it and answer its report (409 while another run is going).
+async fn admin_sync(req: &HttpRequest, syncer: &Arc<Syncer>) -> HttpResponse {
+    use actix_web::http::Method;
+    let flag = |name: &str| {
+        req.query_string()
+            .split('&')
+            .any(|kv| kv == name || kv == format!("{name}=true") || kv == format!("{name}=1"))
+    };
+    match *req.method() {
+        Method::GET => HttpResponse::Ok().json(syncer.status()),
+        Method::POST => {
+            let dry_run = flag("dry_run");
+            if flag("wait") {
+                return match syncer.run(dry_run, &sync::Quiet).await {
+                    Ok(report) => HttpResponse::Ok().json(report),
+                    Err(sync::SyncError::AlreadyRunning) => HttpResponse::Conflict()
+                        .json(serde_json::json!({"error": "a sync is already running"})),
+                    Err(e) => {
+                        HttpResponse::BadGateway().json(serde_json::json!({"error": e.to_string()}))
+                    }
+                };
+            }
+            if syncer.status().running {
+                return HttpResponse::Conflict()
+                    .json(serde_json::json!({"error": "a sync is already running"}));
+            }
+            let s = Arc::clone(syncer);
+            tokio::spawn(async move {
+                if let Err(e) = s.run(dry_run, &sync::Quiet).await {
+                    tracing::error!(error = %e, "sync failed; nothing was changed");
+                }
+            });
+            HttpResponse::Accepted().json(serde_json::json!({"started": true, "dry_run": dry_run}))
+        }
+        _ => HttpResponse::MethodNotAllowed()
+            .insert_header((actix_web::http::header::ALLOW, "GET, POST"))
+            .finish(),
+    }
 }

@@ -1,4 +1,4 @@
-//! Command line: `serve`, `check-config`, `store ls|verify|gc`.
+//! Command line: `serve`, `check-config`, `sync`, `store ls|verify|gc`.
 
 use crate::app::{self, AppError};
 use crate::config::{self, Config, ConfigSource};
@@ -32,6 +32,16 @@ pub enum Command {
     Serve(ConfigArg),
     /// Load and validate the config, print the effective config; exit 2 naming the key on any error.
     CheckConfig(ConfigArg),
+    /// One metal-api sync now: print the plan, download what is missing or changed, pin what is kept.
+    /// Exit 0 when every planned item is present, 1 when some failed or metal-api could not be listed,
+    /// 2 on config errors. Asks the running server when one holds the state dir.
+    Sync {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the plan only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Inspect and maintain the store (the server must not be running on the same state dir).
     Store {
         #[command(flatten)]
@@ -152,4 +162,178 @@ pub async fn store(arg: &ConfigArg, action: &StoreAction) -> Result<i32, AppErro
         }),
     };
     Ok(job.await.map_err(|e| AppError::Other(e.to_string()))??)
+}
+
+/// `sync`: on the state dir directly, or through the running server's admin API when it holds the store.
+pub async fn sync(arg: &ConfigArg, dry_run: bool) -> Result<i32, AppError> {
+    use crate::store::{StoreError, index::IndexError};
+    use crate::sync::{SyncError, Syncer, metal_api::ApiError};
+    use crate::upstream::{NameResolver, Upstream};
+    let (config, _) = load_config(arg)?;
+    let runtime = tokio::runtime::Handle::current();
+    let dir = config.state_dir.clone();
+    let max = config.cache.max_size.bytes();
+    let metrics = Metrics::new();
+    let m = metrics.clone();
+    let opened = tokio::task::spawn_blocking(move || Store::open(&dir, max, m, runtime))
+        .await
+        .map_err(|e| AppError::Other(e.to_string()))?;
+    let resolver = NameResolver::new(&config.dns).map_err(|e| {
+        AppError::Config(config::ConfigError::new(
+            "dns.upstreams",
+            format!("cannot build a resolver: {e}"),
+        ))
+    })?;
+    let upstream = Upstream::start(&config.upstream, resolver, metrics.clone(), 2)?;
+    let store = match opened {
+        Ok((store, _)) => store,
+        Err(StoreError::Index(IndexError::Locked { .. })) => {
+            return sync_via_server(&config, &upstream, dry_run).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let syncer = Syncer::new(std::sync::Arc::new(config), store, upstream, metrics);
+    match syncer.run(dry_run, &TerminalProgress).await {
+        Ok(report) => Ok(print_report(&report)),
+        Err(SyncError::Api(
+            e @ (ApiError::KeyFile { .. } | ApiError::EmptyKey(_) | ApiError::V2NotImplemented),
+        )) => Err(AppError::Config(config::ConfigError::new(
+            "sync",
+            e.to_string(),
+        ))),
+        Err(e) => {
+            eprintln!("image-cache: sync failed, nothing was changed: {e}");
+            Ok(1)
+        }
+    }
+}
+
+/// Asks the server on the first HTTP listener to run the sync and prints its report.
+async fn sync_via_server(
+    config: &Config,
+    upstream: &crate::upstream::Upstream,
+    dry_run: bool,
+) -> Result<i32, AppError> {
+    use crate::upstream::{Method, Request};
+    let addr = config
+        .http
+        .admin_listen
+        .first()
+        .or(config.http.listen.first())
+        .ok_or_else(|| {
+            AppError::Other("the store is locked and no http.listen is configured".into())
+        })?;
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+        ip if ip.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        ip => ip.to_string(),
+    };
+    let url = format!(
+        "http://{host}:{}/admin/sync?wait=true&dry_run={dry_run}",
+        addr.port()
+    );
+    eprintln!("a server holds the store; asking it: POST {url}");
+    let parsed = url::Url::parse(&url).map_err(|e| AppError::Other(e.to_string()))?;
+    let mut request = Request::get(parsed, "admin");
+    request.method = Method::Post;
+    request.follow_redirects = false;
+    let resp = upstream
+        .send(request)
+        .await
+        .map_err(|e| AppError::Other(format!("cannot reach the running server: {e}")))?;
+    let status = resp.status;
+    let body = crate::sync::metal_api::read_body(resp.body, 64 << 20)
+        .await
+        .map_err(AppError::Other)?;
+    if status != 200 {
+        eprintln!(
+            "image-cache: the server answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        return Ok(1);
+    }
+    let report: crate::sync::Report = serde_json::from_slice(&body)
+        .map_err(|e| AppError::Other(format!("unreadable report from the server: {e}")))?;
+    print_plan(&report.plan);
+    Ok(print_report(&report))
+}
+
+struct TerminalProgress;
+
+impl crate::sync::Progress for TerminalProgress {
+    fn planned(&self, plan: &crate::sync::planner::Plan) {
+        print_plan(plan);
+    }
+    fn started(&self, item: &crate::sync::planner::Item) {
+        if item.action == crate::sync::planner::Action::Download {
+            eprintln!(
+                "downloading {} ({} bytes) from {}",
+                item.name, item.size, item.url
+            );
+        }
+    }
+    fn finished(&self, o: &crate::sync::Outcome) {
+        let mark = if o.ok { "ok" } else { "FAILED" };
+        eprintln!("{mark:>6} {}: {}", o.name, o.message);
+    }
+}
+
+fn print_plan(plan: &crate::sync::planner::Plan) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<28} {:<10} {:>14} {:<9} PATH",
+        "ID", "KIND", "SIZE", "ACTION"
+    );
+    for i in &plan.items {
+        let path = url::Url::parse(&i.url).map_or(i.url.clone(), |u| u.path().to_string());
+        let kind = match i.kind {
+            crate::sync::planner::Kind::Image => "image",
+            crate::sync::planner::Kind::Kernel => "kernel",
+            crate::sync::planner::Kind::BootImage => "boot-image",
+        };
+        let action = match i.action {
+            crate::sync::planner::Action::Keep => "keep",
+            crate::sync::planner::Action::Download => "download",
+        };
+        let _ = writeln!(
+            out,
+            "{:<28} {kind:<10} {:>14} {action:<9} {path}",
+            i.name, i.size
+        );
+    }
+    for (name, why) in &plan.skipped {
+        let _ = writeln!(
+            out,
+            "{name:<28} {:<10} {:>14} {:<9} ({why})",
+            "-", "-", "skip"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} items, {} bytes; {} bytes to download",
+        plan.items.len(),
+        plan.total_bytes(),
+        plan.download_bytes()
+    );
+    if let Some(why) = &plan.over_budget {
+        let _ = writeln!(out, "warning: cannot get under cache.max_size: {why}");
+    }
+}
+
+/// Prints the outcome; the exit code: 0 when every item is present, 1 otherwise.
+fn print_report(report: &crate::sync::Report) -> i32 {
+    if report.dry_run {
+        println!("dry run: nothing changed");
+        return 0;
+    }
+    let failed = report.failed();
+    println!(
+        "{} of {} items present, {failed} failed, {} keys unpinned",
+        report.outcomes.len() - failed,
+        report.outcomes.len(),
+        report.unpinned
+    );
+    i32::from(failed > 0)
 }

@@ -15,6 +15,7 @@ pub mod upstream;
 pub mod dns;
 pub mod http;
 pub mod passthrough;
+pub mod sync;
 // layer 3
 pub mod app;
 pub mod cli;

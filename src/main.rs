@@ -9,6 +9,7 @@ async fn main() {
     let outcome = match &cli.command {
         Command::Serve(arg) => cli::serve(arg).await.map(|()| 0),
         Command::CheckConfig(arg) => cli::check_config(arg).map(|()| 0),
+        Command::Sync { config, dry_run } => cli::sync(config, *dry_run).await,
         Command::Store { config, action } => cli::store(config, action).await,
     };
     match outcome {

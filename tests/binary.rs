@@ -181,7 +181,7 @@ impl Drop for Served {
 
 fn serve_config(env: &Env) -> String {
     format!(
-        "state_dir = \"{}\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n[dns]\nenabled = false\nupstreams = [\"127.0.0.1:9\"]\n[upstream]\nca_file = \"{}\"\nread_timeout = \"5s\"\n[[domains]]\nname = \"{DOMAIN}\"\norigin = \"{}\"\n",
+        "state_dir = \"{}\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n[dns]\nenabled = false\nupstreams = [\"127.0.0.1:9\"]\n[passthrough]\nenabled = false\n[upstream]\nca_file = \"{}\"\nread_timeout = \"5s\"\n[[domains]]\nname = \"{DOMAIN}\"\norigin = \"{}\"\n",
         env.state_dir().display(),
         env.ca_file.display(),
         env.origin.url()

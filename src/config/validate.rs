@@ -160,6 +160,18 @@ fn check_sync(c: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
+    // The scheduler wants seconds first; parse exactly what it will run.
+    let with_seconds = format!("0 {}", s.schedule);
+    if let Err(e) = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(&with_seconds)
+    {
+        return Err(ConfigError::new(
+            "sync.schedule",
+            format!("`{}` is not a valid cron expression: {e}", s.schedule),
+        ));
+    }
     if s.min_images_per_name == 0 {
         return Err(ConfigError::new(
             "sync.min_images_per_name",

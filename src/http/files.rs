@@ -11,7 +11,7 @@ use crate::store::{
     Access, Expected, FilePath, Fill, FillFailure, FillSpec, Hit, Key, Phase, Plan, SourceFuture,
     SourceMeta, SourceOutcome, now_secs,
 };
-use crate::upstream::{self, UpstreamError};
+use crate::upstream;
 use actix_web::body::SizedStream;
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
@@ -64,7 +64,7 @@ pub async fn handle(
         }
         Some(r) => Plan::Fill(FillSpec {
             expected: Expected::default(),
-            source: origin_source(
+            source: upstream::source::get(
                 upstream,
                 url_for_fill,
                 r.etag.clone(),
@@ -149,7 +149,7 @@ fn peer_then_origin_source(
             match upstream.send(request).await {
                 Ok(resp) if resp.status == 200 => {
                     tracing::debug!(%peer, %host, %path, "filling from a peer");
-                    let mut outcome = body_outcome(resp);
+                    let mut outcome = upstream::source::body_outcome(resp);
                     // A peer's ETag is its content digest, not the origin's validator: revalidating
                     // with it would never match. Last-Modified is the origin's and stays.
                     if let SourceOutcome::Body { meta, .. } = &mut outcome {
@@ -161,57 +161,8 @@ fn peer_then_origin_source(
                 Err(e) => tracing::debug!(%peer, error = %e, "peer fill failed; trying the next"),
             }
         }
-        origin_source(upstream, origin, None, None).await
+        upstream::source::get(upstream, origin, None, None).await
     })
-}
-
-fn body_outcome(resp: upstream::Response) -> SourceOutcome {
-    SourceOutcome::Body {
-        meta: SourceMeta {
-            content_length: resp.content_length(),
-            content_type: resp.header("content-type").map(str::to_string),
-            etag: resp.header("etag").map(str::to_string),
-            last_modified: resp.header("last-modified").map(str::to_string),
-        },
-        body: resp.body,
-    }
-}
-
-/// The fill's source: a GET to the origin, conditional when a stored copy is being revalidated.
-fn origin_source(
-    upstream: upstream::Upstream,
-    url: url::Url,
-    etag: Option<String>,
-    last_modified: Option<String>,
-) -> SourceFuture {
-    Box::pin(async move {
-        let mut request = upstream::Request::get(url, "file");
-        if let Some(e) = etag {
-            request = request.header("if-none-match", e);
-        }
-        if let Some(lm) = last_modified {
-            request = request.header("if-modified-since", lm);
-        }
-        match upstream.send(request).await {
-            Ok(resp) if resp.status == 200 => body_outcome(resp),
-            Ok(resp) if resp.status == 304 => SourceOutcome::NotModified,
-            Ok(resp) => SourceOutcome::Unavailable {
-                status: Some(resp.status),
-                message: format!("origin {} answered {}", resp.url, resp.status),
-            },
-            Err(e) => SourceOutcome::Unavailable {
-                status: None,
-                message: describe(&e),
-            },
-        }
-    })
-}
-
-fn describe(e: &UpstreamError) -> String {
-    match e {
-        UpstreamError::Timeout(m) => format!("timeout: {m}"),
-        other => other.to_string(),
-    }
 }
 
 async fn follow_fill(
@@ -460,7 +411,7 @@ async fn pass_through(
             state.metrics.request(kind::FILE, result::ERROR);
             let failure = FillFailure::Upstream {
                 status: None,
-                message: describe(&e),
+                message: upstream::source::describe(&e),
             };
             return failure_response(&failure);
         }

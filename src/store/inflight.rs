@@ -222,6 +222,23 @@ impl Fill {
         }
     }
 
+    /// Waits until the fill has ended: `Complete`, `NotModified` or `Failed`.
+    pub async fn finished(&self) -> Phase {
+        let mut rx = self.phase.subscribe();
+        loop {
+            let current = rx.borrow_and_update().clone();
+            if matches!(
+                current,
+                Phase::Complete { .. } | Phase::NotModified | Phase::Failed(_)
+            ) {
+                return current;
+            }
+            if rx.changed().await.is_err() {
+                return self.phase();
+            }
+        }
+    }
+
     /// A stream of the bytes `[start, end)` (`end = None`: to the end of the content), delivered as the
     /// fill writes them.
     pub fn reader(self: &Arc<Self>, start: u64, end: Option<u64>) -> FillReader {

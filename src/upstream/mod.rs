@@ -6,6 +6,7 @@
 
 mod redirect;
 pub mod resolve;
+pub mod source;
 pub mod tls;
 
 use crate::config::UpstreamConfig;
@@ -29,6 +30,8 @@ const BODY_CHANNEL: usize = 16;
 pub enum Method {
     Get,
     Head,
+    /// Without a body: triggers such as the CLI asking a running server to sync.
+    Post,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +219,7 @@ async fn execute(
         let method = match request.method {
             Method::Get => awc::http::Method::GET,
             Method::Head => awc::http::Method::HEAD,
+            Method::Post => awc::http::Method::POST,
         };
         let mut req = client.request(method, request.url.as_str());
         for (name, value) in &request.headers {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod metal_api;
 pub mod origin;
 
 use image_cache::app::{self, Running};

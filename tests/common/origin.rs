@@ -203,6 +203,47 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
     let head_only = method == "HEAD";
     let kind = path.split('/').nth(1).unwrap_or_default();
     match kind {
+        // /img/<size>/<seed>/<name> with `<name>.md5` (md5sum format) next to it; /badimg/… has a sidecar
+        // that does not match; /nomd5/… has none.
+        "img" | "badimg" | "nomd5" if path.ends_with(".md5") => {
+            use md5::Digest as _;
+            let (size, seed) = (seg(path, 2), seg(path, 3));
+            if kind == "nomd5" {
+                io.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                    .await?;
+                return Ok(true);
+            }
+            let mut sum = hex::encode(md5::Md5::digest(content(seed, size)));
+            if kind == "badimg" {
+                sum = "0123456789abcdef0123456789abcdef".into();
+            }
+            let name = path
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches(".md5");
+            let body = format!("{sum}  {name}\n");
+            io.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+            )
+            .await?;
+            if !head_only {
+                io.write_all(body.as_bytes()).await?;
+            }
+            Ok(true)
+        }
+        "img" | "badimg" | "nomd5" => {
+            let (size, seed) = (seg(path, 2), seg(path, 3));
+            io.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nContent-Type: application/octet-stream\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+            if !head_only {
+                io.write_all(&content(seed, size)).await?;
+            }
+            Ok(true)
+        }
         // /file/<size>/<seed>, /slow/<size>/<seed>/<chunk>/<delay ms>
         "file" | "slow" => {
             let (size, seed) = (seg(path, 2), seg(path, 3));

@@ -1,0 +1,528 @@
+//! Keeps the store in step with metal-api: list images and partitions, ask the origin about each URL
+//! (size; `.md5` sidecar), plan (`planner.rs`, pure), then fill what is missing or changed through the
+//! store's own fills (a client asking for the same file joins the same download), pin what the plan
+//! keeps and unpin the rest so eviction can free it. Runs never overlap; a failed listing changes nothing;
+//! one failed download does not stop the others.
+
+pub mod hmac;
+pub mod metal_api;
+pub mod planner;
+pub mod version;
+
+use crate::config::Config;
+use crate::metrics::{Metrics, ResultLabels, StateLabels};
+use crate::store::{
+    Access, Expected, FilePath, FillSpec, Key, Phase, Plan as StorePlan, Store, now_secs,
+};
+use crate::upstream::{self, Upstream};
+use futures_util::StreamExt;
+use metal_api::MetalApi;
+use planner::{Action, Item, Kind, Plan, Policy, Remote};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// Origin probes in flight at once (HEAD of each file, GET of each sidecar).
+const PROBE_CONCURRENCY: usize = 8;
+/// A `.md5` sidecar is a line of text; anything bigger is not one.
+const MAX_SIDECAR: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("a sync is already running")]
+    AlreadyRunning,
+    #[error(transparent)]
+    Api(#[from] metal_api::ApiError),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// What happened to one planned item.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Outcome {
+    pub name: String,
+    pub url: String,
+    pub ok: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    pub started_at: u64,
+    pub finished_at: u64,
+    pub dry_run: bool,
+    pub plan: Plan,
+    pub outcomes: Vec<Outcome>,
+    pub unpinned: usize,
+}
+
+impl Report {
+    pub fn failed(&self) -> usize {
+        self.outcomes.iter().filter(|o| !o.ok).count()
+    }
+}
+
+/// Tells the CLI (or nobody, in the server) what is going on.
+pub trait Progress: Send + Sync {
+    fn planned(&self, _plan: &Plan) {}
+    fn started(&self, _item: &Item) {}
+    fn finished(&self, _outcome: &Outcome) {}
+}
+
+pub struct Quiet;
+impl Progress for Quiet {}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    pub running: bool,
+    pub last: Option<Report>,
+    pub last_error: Option<String>,
+}
+
+pub struct Syncer {
+    config: Arc<Config>,
+    store: Store,
+    upstream: Upstream,
+    metrics: Metrics,
+    running: tokio::sync::Mutex<()>,
+    status: Mutex<Status>,
+}
+
+impl Syncer {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        upstream: Upstream,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        Arc::new(Syncer {
+            config,
+            store,
+            upstream,
+            metrics,
+            running: tokio::sync::Mutex::new(()),
+            status: Mutex::new(Status::default()),
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        let mut s = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        s.running = self.running.try_lock().is_err();
+        s
+    }
+
+    /// One run. `Err` only when nothing could be done (listing failed, already running).
+    pub async fn run(&self, dry_run: bool, progress: &dyn Progress) -> Result<Report, SyncError> {
+        let _guard = self
+            .running
+            .try_lock()
+            .map_err(|_| SyncError::AlreadyRunning)?;
+        let result = self.run_locked(dry_run, progress).await;
+        let label = match &result {
+            Ok(r) if r.failed() == 0 => "success",
+            Ok(_) => "partial",
+            Err(_) => "failure",
+        };
+        if !dry_run {
+            self.metrics
+                .sync_runs
+                .get_or_create(&ResultLabels { result: label })
+                .inc();
+        }
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok(report) => {
+                if !dry_run && report.failed() == 0 {
+                    self.metrics.sync_last_success.set(now_secs() as f64);
+                }
+                status.last = Some(report.clone());
+                status.last_error = None;
+            }
+            Err(e) => status.last_error = Some(e.to_string()),
+        }
+        result
+    }
+
+    async fn run_locked(
+        &self,
+        dry_run: bool,
+        progress: &dyn Progress,
+    ) -> Result<Report, SyncError> {
+        let started_at = now_secs();
+        let cfg = &self.config.sync;
+        let api = MetalApi::new(cfg, self.upstream.clone())?;
+        let images = api.images().await?;
+        let boot = if cfg.kernels || cfg.boot_images {
+            api.boot_configs().await?
+        } else {
+            Vec::new()
+        };
+        let policy = Policy {
+            min_per_name: cfg.min_images_per_name as usize,
+            max_per_name: cfg.max_images_per_name as usize,
+            grace: cfg.expiration_grace_period.get(),
+            excludes: cfg.excludes.clone(),
+            max_size: self.config.cache.max_size.bytes(),
+            kernels: cfg.kernels,
+            boot_images: cfg.boot_images,
+            now: SystemTime::now(),
+        };
+        let probes = planner::urls_to_probe(&images, &boot, &policy);
+        let probed: Vec<(String, Option<Remote>)> = futures_util::stream::iter(probes.clone())
+            .map(|(kind, url)| self.probe(kind, url))
+            .buffer_unordered(PROBE_CONCURRENCY)
+            .collect()
+            .await;
+        let remote: HashMap<String, Remote> = probed
+            .into_iter()
+            .filter_map(|(url, r)| r.map(|r| (url, r)))
+            .collect();
+        let mut stored = HashMap::new();
+        for (_, url) in &probes {
+            if let Some(key) = key_for(url)
+                && let Some(row) = self.store.get(&key)?
+            {
+                stored.insert(url.clone(), row.md5);
+            }
+        }
+        let plan = planner::plan(&images, &boot, &remote, &stored, &policy);
+        if let Some(why) = &plan.over_budget {
+            tracing::warn!(%why, "cannot reduce the image set any further; exceeding cache.max_size");
+        }
+        tracing::info!(
+            items = plan.items.len(),
+            download = plan
+                .items
+                .iter()
+                .filter(|i| i.action == Action::Download)
+                .count(),
+            bytes = plan.download_bytes(),
+            skipped = plan.skipped.len(),
+            dry_run,
+            "sync plan"
+        );
+        self.set_gauges(&plan, images.len());
+        progress.planned(&plan);
+        let mut report = Report {
+            started_at,
+            finished_at: started_at,
+            dry_run,
+            plan: plan.clone(),
+            outcomes: Vec::new(),
+            unpinned: 0,
+        };
+        if dry_run {
+            report.finished_at = now_secs();
+            return Ok(report);
+        }
+        let concurrency = (cfg.concurrency as usize).max(1);
+        report.outcomes = futures_util::stream::iter(plan.items.clone())
+            .map(|item| self.realise_reporting(item, progress))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        report.unpinned = self.repin(&plan, &report.outcomes)?;
+        report.finished_at = now_secs();
+        for o in report.outcomes.iter().filter(|o| !o.ok) {
+            tracing::warn!(name = %o.name, url = %o.url, error = %o.message, "sync item failed");
+        }
+        Ok(report)
+    }
+
+    /// Size from a HEAD; md5 from the sidecar (not for kernels). `None`: the origin does not serve it.
+    async fn probe(&self, kind: Kind, url: String) -> (String, Option<Remote>) {
+        let r = self.probe_url(kind, &url).await;
+        (url, r)
+    }
+
+    async fn probe_url(&self, kind: Kind, url: &str) -> Option<Remote> {
+        let parsed = url::Url::parse(url).ok()?;
+        let mut head = upstream::Request::get(parsed.clone(), "sync");
+        head.method = upstream::Method::Head;
+        let size = match self.upstream.send(head).await {
+            Ok(r) if r.status == 200 => r.content_length().unwrap_or(0),
+            Ok(r) if kind == Kind::Kernel => {
+                tracing::warn!(%url, status = r.status, "kernel HEAD failed; size unknown");
+                0
+            }
+            Err(e) if kind == Kind::Kernel => {
+                tracing::warn!(%url, error = %e, "kernel HEAD failed; size unknown");
+                0
+            }
+            Ok(r) => {
+                tracing::warn!(%url, status = r.status, "not on the origin");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(%url, error = %e, "origin unreachable");
+                return None;
+            }
+        };
+        let md5 = if kind == Kind::Kernel {
+            None
+        } else {
+            self.sidecar_md5(&parsed).await
+        };
+        Some(Remote { size, md5 })
+    }
+
+    async fn sidecar_md5(&self, url: &url::Url) -> Option<String> {
+        let sidecar = url::Url::parse(&format!("{url}.md5")).ok()?;
+        let resp = self
+            .upstream
+            .send(upstream::Request::get(sidecar, "sync"))
+            .await
+            .ok()?;
+        if resp.status != 200 {
+            return None;
+        }
+        let body = metal_api::read_body(resp.body, MAX_SIDECAR).await.ok()?;
+        parse_md5(&String::from_utf8_lossy(&body))
+    }
+
+    async fn realise_reporting(&self, item: Item, progress: &dyn Progress) -> Outcome {
+        progress.started(&item);
+        let outcome = self.realise(&item).await;
+        progress.finished(&outcome);
+        outcome
+    }
+
+    /// Makes one planned item present: fill it (verified against its md5) when the plan says so, and its
+    /// sidecar when it has one and the store lacks it.
+    async fn realise(&self, item: &Item) -> Outcome {
+        let outcome = |ok: bool, message: String| Outcome {
+            name: item.name.clone(),
+            url: item.url.clone(),
+            ok,
+            message,
+        };
+        let Some(key) = key_for(&item.url) else {
+            return outcome(false, "URL cannot be a cache key".into());
+        };
+        if item.action == Action::Download {
+            let expected = Expected {
+                size: (item.size > 0).then_some(item.size),
+                sha256: None,
+                md5: item.md5.as_deref().and_then(md5_bytes),
+            };
+            if let Err(e) = self
+                .fill(&key, &item.url, expected, item.md5.as_deref())
+                .await
+            {
+                return outcome(false, e);
+            }
+        }
+        if item.md5.is_some() {
+            let sidecar_url = format!("{}.md5", item.url);
+            if let Some(sidecar) = key_for(&sidecar_url) {
+                let have = self.store.get(&sidecar).ok().flatten().is_some();
+                if (!have || item.action == Action::Download)
+                    && let Err(e) = self
+                        .fill(&sidecar, &sidecar_url, Expected::default(), None)
+                        .await
+                {
+                    return outcome(false, format!("sidecar: {e}"));
+                }
+            }
+        }
+        let verb = if item.action == Action::Download {
+            "downloaded"
+        } else {
+            "kept"
+        };
+        outcome(true, verb.into())
+    }
+
+    /// Fills `key` from `url` and waits for the end. A client fill already running for the key is joined;
+    /// its result is then checked against `md5` here (it was only length-checked).
+    async fn fill(
+        &self,
+        key: &Key,
+        url: &str,
+        expected: Expected,
+        md5: Option<&str>,
+    ) -> Result<(), String> {
+        let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+        let source = upstream::source::get_kind(self.upstream.clone(), parsed, "sync", None, None);
+        let spec = FillSpec {
+            expected,
+            source,
+            want_md5: true,
+        };
+        let access = self
+            .store
+            .access(key, move |_| StorePlan::Fill(spec))
+            .map_err(|e| e.to_string())?;
+        let Access::Fill { fill, .. } = access else {
+            return Err("the store did not start a fill".into());
+        };
+        match fill.finished().await {
+            Phase::Complete { row } => match md5 {
+                Some(want) if row.md5.as_deref() != Some(want) => {
+                    let _ = self.store.remove(&[key.as_str().to_string()]);
+                    Err(format!(
+                        "md5 mismatch: sidecar says {want}, content is {}",
+                        row.md5.unwrap_or_default()
+                    ))
+                }
+                _ => Ok(()),
+            },
+            Phase::Failed(f) => Err(f.to_string()),
+            other => Err(format!("fill ended as {other:?}")),
+        }
+    }
+
+    /// Pins every key the plan keeps (that is present now) with its sidecar; unpins every other pinned
+    /// file key, so eviction may reclaim what metal-api no longer lists.
+    fn repin(&self, plan: &Plan, outcomes: &[Outcome]) -> Result<usize, SyncError> {
+        let ok: HashSet<&str> = outcomes
+            .iter()
+            .filter(|o| o.ok)
+            .map(|o| o.url.as_str())
+            .collect();
+        let mut keep = HashSet::new();
+        for item in plan.items.iter().filter(|i| ok.contains(i.url.as_str())) {
+            if let Some(key) = key_for(&item.url) {
+                self.store.set_pinned(&key, true)?;
+                keep.insert(key.as_str().to_string());
+            }
+            if item.md5.is_some()
+                && let Some(key) = key_for(&format!("{}.md5", item.url))
+            {
+                self.store.set_pinned(&key, true)?;
+                keep.insert(key.as_str().to_string());
+            }
+        }
+        let mut unpinned = 0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.store.list("file:", cursor.as_deref(), 1000)?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            cursor = Some(last.clone());
+            for (key, row) in &page {
+                if row.pinned && !keep.contains(key) {
+                    if let Ok(k) = Key::parse(key) {
+                        self.store.set_pinned(&k, false)?;
+                    }
+                    unpinned += 1;
+                }
+            }
+            if page.len() < 1000 {
+                break;
+            }
+        }
+        Ok(unpinned)
+    }
+
+    fn set_gauges(&self, plan: &Plan, listed: usize) {
+        let images: Vec<&Item> = plan
+            .items
+            .iter()
+            .filter(|i| i.kind == Kind::Image)
+            .collect();
+        let cached = images.iter().filter(|i| i.action == Action::Keep).count();
+        let gauge = |state: &'static str, v: usize| {
+            self.metrics
+                .sync_images
+                .get_or_create(&StateLabels { state })
+                .set(v as i64);
+        };
+        gauge("cached", cached);
+        gauge("missing", images.len() - cached);
+        gauge("unsynced", listed.saturating_sub(images.len()));
+    }
+
+    /// Runs at start-up, then on `sync.schedule` (UTC), until `shutdown`.
+    pub async fn run_scheduled(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let dry_run = self.config.sync.dry_run;
+        let first = Arc::clone(&self);
+        if let Err(e) = first.run(dry_run, &Quiet).await {
+            tracing::error!(error = %e, "sync failed; nothing was changed");
+        }
+        let spec = format!("0 {}", self.config.sync.schedule);
+        let scheduler = match tokio_cron_scheduler::JobScheduler::new().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the sync scheduler");
+                return;
+            }
+        };
+        let me = Arc::clone(&self);
+        let job = tokio_cron_scheduler::Job::new_async(spec.as_str(), move |_, _| {
+            let me = Arc::clone(&me);
+            Box::pin(async move {
+                match me.run(dry_run, &Quiet).await {
+                    Ok(_) => {}
+                    Err(SyncError::AlreadyRunning) => {
+                        tracing::info!("previous sync still running; skipping this tick");
+                    }
+                    Err(e) => tracing::error!(error = %e, "sync failed; nothing was changed"),
+                }
+            })
+        });
+        let added = match job {
+            Ok(job) => scheduler.add(job).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = added.and(scheduler.start().await) {
+            tracing::error!(error = %e, schedule = %self.config.sync.schedule, "cannot schedule the sync");
+            return;
+        }
+        shutdown.cancelled().await;
+        let mut scheduler = scheduler;
+        let _ = scheduler.shutdown().await;
+    }
+}
+
+/// `file:<host><path>` for an absolute http(s) URL.
+pub fn key_for(url: &str) -> Option<Key> {
+    let u = url::Url::parse(url).ok()?;
+    let host = u.host_str()?.to_ascii_lowercase();
+    let path = FilePath::from_request(u.path()).ok()?;
+    Key::file(&host, &path).ok()
+}
+
+/// The first whitespace-separated token of a `.md5` file, if it is 32 hex digits (lowercased).
+pub fn parse_md5(text: &str) -> Option<String> {
+    let token = text.split_whitespace().next()?;
+    (token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| token.to_ascii_lowercase())
+}
+
+fn md5_bytes(hex_md5: &str) -> Option<[u8; 16]> {
+    let v = hex::decode(hex_md5).ok()?;
+    v.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecars_and_keys() {
+        assert_eq!(
+            parse_md5("D41D8CD98F00B204E9800998ECF8427E  img.tar.lz4\n").as_deref(),
+            Some("d41d8cd98f00b204e9800998ecf8427e")
+        );
+        assert_eq!(parse_md5("not-an-md5 file"), None);
+        assert_eq!(parse_md5(""), None);
+        assert_eq!(
+            key_for("https://Images.Metal-Stack.io/metal-os/stable/debian/13/img.tar.lz4")
+                .unwrap()
+                .as_str(),
+            "file:images.metal-stack.io/metal-os/stable/debian/13/img.tar.lz4"
+        );
+        assert!(key_for("https://images.test/a/../b").is_some_and(|k| !k.as_str().contains("..")));
+        assert!(key_for("not a url").is_none());
+        assert_eq!(
+            md5_bytes("d41d8cd98f00b204e9800998ecf8427e").map(|b| b[0]),
+            Some(0xd4)
+        );
+    }
+}

@@ -1,0 +1,319 @@
+//! metal-api sync against a stub that checks the HMAC headers and an HTTPS origin with `.md5` sidecars:
+//! the planned set ends up stored, pinned and servable; a bad md5 is rejected and reported; a second run
+//! downloads nothing; a wrong key or a dead metal-api changes nothing; a dry run changes nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::metal_api::MetalApi;
+use common::origin::content;
+use common::{Env, Service};
+use image_cache::config::{Config, DomainConfig, OnMiss, Span};
+use image_cache::store::{FilePath, Key};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const KEY: &str = "view-secret";
+
+fn images(origin: &str) -> Value {
+    json!([
+        {"id": "debian-13.0.20260101", "url": format!("{origin}/img/300000/1/img.tar.lz4"),
+         "expirationDate": "2099-01-01T00:00:00Z"},
+        {"id": "debian-13.0.20260201", "url": format!("{origin}/img/200000/2/img.tar.lz4")},
+        {"id": "ubuntu-24.04.20260101", "url": format!("{origin}/badimg/100000/3/img.tar.lz4")},
+        {"id": "almalinux-10.0.1", "url": format!("{origin}/nomd5/1000/6/img.tar.lz4")},
+        {"id": "debian-13.0.20250101", "url": format!("{origin}/img/1000/7/img.tar.lz4"),
+         "expirationDate": "2020-01-01T00:00:00Z"},
+        {"id": "debian-13.0.20260301", "url": format!("{origin}/pull_requests/img/1000/8/img.tar.lz4")},
+    ])
+}
+
+fn partitions(origin: &str) -> Value {
+    json!([
+        {"id": "p1", "bootconfig": {
+            "kernelurl": format!("{origin}/img/50000/4/metal-kernel"),
+            "imageurl": format!("{origin}/img/60000/5/metal-hammer-initrd.img.lz4"),
+            "commandline": "console=ttyS0"}},
+        {"id": "p2"}
+    ])
+}
+
+fn config(env: &Env, api: &MetalApi, key: &str) -> Config {
+    let mut c = env.config(OnMiss::Fill);
+    let mut d = DomainConfig::named("localhost");
+    d.origin = Some(env.origin.url());
+    c.domains.push(d);
+    let key_file = env.dir.path().join(format!("hmac-{key}"));
+    std::fs::write(&key_file, format!("  {key}\n")).unwrap();
+    c.sync.url = api.url();
+    c.sync.hmac_file = Some(key_file);
+    c.sync.concurrency = 2;
+    c.sync.min_images_per_name = 1;
+    c
+}
+
+fn key(url_path: &str) -> Key {
+    Key::file("localhost", &FilePath::from_request(url_path).unwrap()).unwrap()
+}
+
+async fn sync(svc: &Service, dry_run: bool) -> (u16, Value) {
+    let r = svc
+        .client
+        .post(format!(
+            "{}/admin/sync?wait=true&dry_run={dry_run}",
+            svc.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
+    )
+}
+
+fn outcome<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == name)
+        .unwrap_or_else(|| panic!("no outcome for {name}: {report:#}"))
+}
+
+#[tokio::test]
+async fn a_run_stores_pins_and_serves_the_plan_and_a_second_run_downloads_nothing() {
+    let env = Env::new().await;
+    let origin = env.origin.url();
+    let api = MetalApi::start(KEY, images(&origin), partitions(&origin)).await;
+    let svc = env.start(config(&env, &api, KEY)).await;
+
+    let (status, report) = sync(&svc, false).await;
+    assert_eq!(status, 200, "{report:#}");
+    // Planned: both debian images, the kernel, the boot image; the bad-md5 ubuntu fails.
+    assert_eq!(outcome(&report, "debian-13.0.20260101")["ok"], true);
+    assert_eq!(outcome(&report, "debian-13.0.20260201")["ok"], true);
+    let bad = outcome(&report, "ubuntu-24.04.20260101");
+    assert_eq!(bad["ok"], false);
+    assert!(bad["message"].as_str().unwrap().contains("md5"), "{bad}");
+    let skipped = report["plan"]["skipped"].as_array().unwrap();
+    let why = |id: &str| {
+        skipped
+            .iter()
+            .find(|s| s[0] == id)
+            .map(|s| s[1].as_str().unwrap().to_string())
+    };
+    assert_eq!(why("debian-13.0.20250101").as_deref(), Some("expired"));
+    assert_eq!(why("debian-13.0.20260301").as_deref(), Some("excluded"));
+    assert!(why("almalinux-10.0.1").unwrap().contains(".md5"));
+    let kinds: Vec<&str> = report["plan"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "kernel").count(), 1);
+    assert_eq!(kinds.iter().filter(|k| **k == "boot-image").count(), 1);
+
+    // Stored, pinned, sidecars too; the bad one is not stored at all.
+    let store = svc.store();
+    for path in [
+        "/img/300000/1/img.tar.lz4",
+        "/img/300000/1/img.tar.lz4.md5",
+        "/img/200000/2/img.tar.lz4",
+        "/img/50000/4/metal-kernel",
+        "/img/60000/5/metal-hammer-initrd.img.lz4",
+        "/img/60000/5/metal-hammer-initrd.img.lz4.md5",
+    ] {
+        let row = store
+            .get(&key(path))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{path} not stored"));
+        assert!(row.pinned, "{path} pinned");
+    }
+    assert!(
+        store
+            .get(&key("/badimg/100000/3/img.tar.lz4"))
+            .unwrap()
+            .is_none()
+    );
+
+    // Servable at once as hits: the image and its sidecar, byte for byte.
+    let before = svc
+        .metric("image_cache_requests_total{kind=\"file\",result=\"hit\"}")
+        .await;
+    let body = svc
+        .client
+        .get(format!("{}/img/300000/1/img.tar.lz4", svc.base))
+        .header("host", "localhost")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body.as_ref(), content(1, 300_000).as_slice());
+    let sidecar = svc
+        .client
+        .get(format!("{}/img/300000/1/img.tar.lz4.md5", svc.base))
+        .header("host", "localhost")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(sidecar.ends_with("  img.tar.lz4\n"), "{sidecar:?}");
+    let after = svc
+        .metric("image_cache_requests_total{kind=\"file\",result=\"hit\"}")
+        .await;
+    assert_eq!(after - before, 2.0);
+    let gets = env.origin.gets("/img/300000/1/img.tar.lz4");
+    assert_eq!(gets, 1);
+
+    // Second run: everything kept, no content downloaded again.
+    let (status, report2) = sync(&svc, false).await;
+    assert_eq!(status, 200);
+    assert_eq!(env.origin.gets("/img/300000/1/img.tar.lz4"), 1);
+    assert_eq!(env.origin.gets("/img/200000/2/img.tar.lz4"), 1);
+    assert_eq!(env.origin.gets("/img/50000/4/metal-kernel"), 1);
+    let actions: Vec<&str> = report2["plan"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["name"] != "ubuntu-24.04.20260101")
+        .map(|i| i["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.iter().all(|a| *a == "keep"), "{actions:?}");
+    assert!(
+        svc.metric("image_cache_sync_runs_total{result=\"partial\"}")
+            .await
+            >= 2.0
+    );
+    assert_eq!(
+        svc.metric("image_cache_sync_images{state=\"cached\"}")
+            .await,
+        2.0
+    );
+
+    // An image dropped from metal-api is unpinned (eviction may free it now), not deleted.
+    let mut fewer = images(&origin);
+    fewer.as_array_mut().unwrap().remove(1);
+    api.set_images(fewer);
+    let (_, report3) = sync(&svc, false).await;
+    assert!(report3["unpinned"].as_u64().unwrap() >= 2, "{report3:#}");
+    let row = store
+        .get(&key("/img/200000/2/img.tar.lz4"))
+        .unwrap()
+        .unwrap();
+    assert!(!row.pinned);
+    assert!(
+        store
+            .get(&key("/img/300000/1/img.tar.lz4"))
+            .unwrap()
+            .unwrap()
+            .pinned
+    );
+
+    // GET /admin/sync shows the last report.
+    let bytes = svc
+        .admin("/admin/sync")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let status: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(status["running"], false);
+    assert!(status["last"]["plan"]["items"].is_array());
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_key_dead_api_and_dry_run_change_nothing() {
+    let env = Env::new().await;
+    let origin = env.origin.url();
+    let api = MetalApi::start(KEY, images(&origin), partitions(&origin)).await;
+
+    // Wrong key: metal-api answers 401, the run fails with a message naming the key, nothing stored.
+    let svc = env.start(config(&env, &api, "not-the-key")).await;
+    let (status, body) = sync(&svc, false).await;
+    assert_eq!(status, 502);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("HMAC key rejected"),
+        "{body}"
+    );
+    assert!(api.rejected() >= 1);
+    assert_eq!(svc.store().object_count(), 0);
+    svc.stop().await;
+
+    // Dry run with the right key: a plan with downloads, nothing fetched or stored.
+    let mut c = config(&env, &api, KEY);
+    c.state_dir = env.dir.path().join("state-2");
+    let svc = env.start(c).await;
+    let (status, report) = sync(&svc, true).await;
+    assert_eq!(status, 200);
+    assert_eq!(report["dry_run"], true);
+    assert!(report["plan"]["items"].as_array().unwrap().len() >= 4);
+    assert_eq!(env.origin.gets("/img/300000/1/img.tar.lz4"), 0);
+    assert_eq!(svc.store().object_count(), 0);
+
+    // A real run, then metal-api goes down: the next run fails and keeps every object and pin.
+    let (status, _) = sync(&svc, false).await;
+    assert_eq!(status, 200);
+    let objects = svc.store().object_count();
+    assert!(objects >= 6);
+    api.go_down();
+    let (status, body) = sync(&svc, false).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(svc.store().object_count(), objects);
+    assert!(
+        svc.store()
+            .get(&key("/img/300000/1/img.tar.lz4"))
+            .unwrap()
+            .unwrap()
+            .pinned
+    );
+    assert!(
+        svc.metric("image_cache_sync_runs_total{result=\"failure\"}")
+            .await
+            >= 1.0
+    );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn runs_never_overlap() {
+    let env = Env::new().await;
+    let origin = env.origin.url();
+    // One slow image keeps the first run busy.
+    let api = MetalApi::start(
+        KEY,
+        json!([{"id": "debian-13.0.1", "url": format!("{origin}/img/3000000/9/img.tar.lz4")}]),
+        json!([]),
+    )
+    .await;
+    let mut c = config(&env, &api, KEY);
+    c.upstream.read_timeout = Span(Duration::from_secs(5));
+    let svc = env.start(c).await;
+    let first = sync(&svc, false);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        svc.client
+            .post(format!("{}/admin/sync", svc.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let ((s1, _), s2) = tokio::join!(first, second);
+    assert_eq!(s1, 200);
+    assert_eq!(s2, 409, "a second run while one is going is refused");
+    svc.stop().await;
+}
