@@ -44,6 +44,7 @@ fn bad_configs_exit_2_and_name_the_key() {
         ),
         ("[dns]\nlisten = [\"0.0.0.0:53\"]\n", vec![], "nodes.self"),
         ("[sync]\nschedule = \"* * *\"\n", vec![], "sync.schedule"),
+        ("[sync]\nschedule = \"61 * * * *\"\n", vec![], "sync.schedule"),
         (
             "state_dir = \"/x\"\n",
             vec![("IMAGE_CACHE_CACHE__MAX_SIZE", "-3")],
@@ -324,4 +325,70 @@ async fn a_full_disk_still_serves_the_client_by_pass_through() {
     // Small objects still fit and are cached.
     let small = served.get("/file/1000/1").await.bytes().await.unwrap();
     assert_eq!(small.len(), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_command_prints_the_plan_and_its_exit_code_tells_the_outcome() {
+    let env = Env::new().await;
+    let origin = env.origin.url();
+    let api = common::metal_api::MetalApi::start(
+        "k3y",
+        serde_json::json!([
+            {"id": "debian-13.0.1", "url": format!("{origin}/img/4000/1/img.tar.lz4")},
+            {"id": "debian-13.0.2", "url": format!("{origin}/badimg/3000/2/img.tar.lz4")},
+        ]),
+        serde_json::json!([]),
+    )
+    .await;
+    let key_file = env.dir.path().join("hmac");
+    let config = |key: &str| {
+        std::fs::write(&key_file, key).unwrap();
+        let body = format!(
+            "{}[sync]\nurl = \"{}\"\nhmac_file = \"{}\"\n",
+            serve_config(&env),
+            api.url(),
+            key_file.display()
+        );
+        write_config(env.dir.path(), &body)
+    };
+    let cfg = config("k3y");
+    let bin = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(&args, &[])
+        })
+        .await
+        .unwrap()
+    };
+    let args = |extra: &[&str]| {
+        let mut v = vec!["sync".to_string(), "--config".to_string(), cfg.clone()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+
+    // --dry-run: the plan as a table, exit 0, nothing fetched.
+    let (code, out, err) = bin(args(&["--dry-run"])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ID") && out.contains("ACTION"), "{out}");
+    assert!(out.contains("debian-13.0.1") && out.contains("download"), "{out}");
+    assert_eq!(env.origin.gets("/img/4000/1/img.tar.lz4"), 0);
+
+    // A real run: the good image is stored, the bad one fails its md5 → exit 1.
+    let (code, out, err) = bin(args(&[])).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("1 failed"), "{out}");
+    assert!(err.contains("md5"), "{err}");
+    assert_eq!(env.origin.gets("/img/4000/1/img.tar.lz4"), 1);
+
+    // A wrong key: the message names it, exit 1, nothing changes.
+    let _ = config("wrong");
+    let (code, _, err) = bin(args(&[])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("HMAC key rejected"), "{err}");
+
+    // The key file missing: a config error, exit 2.
+    std::fs::remove_file(&key_file).unwrap();
+    let (code, _, err) = bin(args(&[])).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("sync"), "{err}");
 }
