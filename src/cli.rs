@@ -196,7 +196,7 @@ pub async fn sync(arg: &ConfigArg, dry_run: bool) -> Result<i32, AppError> {
     match syncer.run(dry_run, &TerminalProgress).await {
         Ok(report) => Ok(print_report(&report)),
         Err(SyncError::Api(
-            e @ (ApiError::KeyFile { .. } | ApiError::EmptyKey(_) | ApiError::V2NotImplemented),
+            e @ (ApiError::KeyFile { .. } | ApiError::EmptyKey(_) | ApiError::EmptyToken(_)),
         )) => Err(AppError::Config(config::ConfigError::new(
             "sync",
             e.to_string(),

@@ -44,7 +44,11 @@ fn bad_configs_exit_2_and_name_the_key() {
         ),
         ("[dns]\nlisten = [\"0.0.0.0:53\"]\n", vec![], "nodes.self"),
         ("[sync]\nschedule = \"* * *\"\n", vec![], "sync.schedule"),
-        ("[sync]\nschedule = \"61 * * * *\"\n", vec![], "sync.schedule"),
+        (
+            "[sync]\nschedule = \"61 * * * *\"\n",
+            vec![],
+            "sync.schedule",
+        ),
         (
             "state_dir = \"/x\"\n",
             vec![("IMAGE_CACHE_CACHE__MAX_SIZE", "-3")],
@@ -370,7 +374,10 @@ async fn sync_command_prints_the_plan_and_its_exit_code_tells_the_outcome() {
     let (code, out, err) = bin(args(&["--dry-run"])).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("ID") && out.contains("ACTION"), "{out}");
-    assert!(out.contains("debian-13.0.1") && out.contains("download"), "{out}");
+    assert!(
+        out.contains("debian-13.0.1") && out.contains("download"),
+        "{out}"
+    );
     assert_eq!(env.origin.gets("/img/4000/1/img.tar.lz4"), 0);
 
     // A real run: the good image is stored, the bad one fails its md5 → exit 1.

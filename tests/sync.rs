@@ -317,3 +317,59 @@ async fn runs_never_overlap() {
     assert_eq!(s2, 409, "a second run while one is going is refused");
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn v2_lists_with_a_bearer_token_and_refreshes_it_before_it_ages_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new().await;
+    let origin = env.origin.url();
+    let api = MetalApi::start(KEY, images(&origin), partitions(&origin)).await;
+    let now = image_cache::store::now_secs();
+    // 1000 s old, 100 s left of 1100: past three quarters, so the first call refreshes it.
+    let old = common::metal_api::jwt(now - 1000, now + 100);
+    api.issue(&old);
+    let token_file = env.dir.path().join("metal-token");
+    std::fs::write(&token_file, format!("{old}\n")).unwrap();
+    let mut c = config(&env, &api, KEY);
+    c.sync.api = image_cache::config::MetalApiVersion::V2;
+    c.sync.hmac_file = None;
+    c.sync.token_file = Some(token_file.clone());
+    let svc = env.start(c).await;
+
+    let (status, report) = sync(&svc, false).await;
+    assert_eq!(status, 200, "{report:#}");
+    assert_eq!(outcome(&report, "debian-13.0.20260101")["ok"], true);
+    assert_eq!(api.refreshes(), 1);
+    let written = std::fs::read_to_string(&token_file).unwrap();
+    assert_ne!(written.trim(), old, "the refreshed token is written back");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        svc.store()
+            .get(&key("/img/60000/5/metal-hammer-initrd.img.lz4"))
+            .unwrap()
+            .is_some()
+    );
+
+    // The fresh token has its whole lifetime ahead: no second refresh.
+    let (status, _) = sync(&svc, false).await;
+    assert_eq!(status, 200);
+    assert_eq!(api.refreshes(), 1);
+    svc.stop().await;
+
+    // A token the server does not know: a clear message, nothing changed.
+    std::fs::write(&token_file, common::metal_api::jwt(now, now + 100_000)).unwrap();
+    let mut c = config(&env, &api, KEY);
+    c.state_dir = env.dir.path().join("state-v2b");
+    c.sync.api = image_cache::config::MetalApiVersion::V2;
+    c.sync.token_file = Some(token_file);
+    let svc = env.start(c).await;
+    let (status, body) = sync(&svc, false).await;
+    assert_eq!(status, 502);
+    assert!(
+        body["error"].as_str().unwrap().contains("token rejected"),
+        "{body}"
+    );
+    assert_eq!(svc.store().object_count(), 0);
+    svc.stop().await;
+}

@@ -1,6 +1,8 @@
 //! metal-api, as far as the sync needs it: the image list and the partitions' boot configuration.
-//! v1: REST with metal-stack's HMAC headers (`hmac.rs`). The DTOs live here only; the rest of the sync
-//! sees `planner::Image` and (kernel URL, initrd URL) pairs.
+//! v1: REST with metal-stack's HMAC headers (`hmac.rs`). v2: Connect unary calls with the JSON codec and a
+//! bearer token from `sync.token_file`, refreshed (and written back, mode 0600) once three quarters of its
+//! lifetime are gone, as metal-image-cache-sync does. The DTOs live here only; the rest of the sync sees
+//! `planner::Image` and (kernel URL, initrd URL) pairs.
 
 use super::hmac;
 use super::planner::Image;
@@ -32,8 +34,12 @@ pub enum ApiError {
     Unreachable { url: String, message: String },
     #[error("metal-api {url} sent an unreadable answer: {message}")]
     Decode { url: String, message: String },
-    #[error("sync.api = \"v2\" is not implemented yet; use \"v1\" (REST + HMAC)")]
-    V2NotImplemented,
+    #[error("{0} is empty: put the metal-apiserver token there")]
+    EmptyToken(String),
+    #[error("token rejected by metal-apiserver ({status} from {url}); check sync.token_file")]
+    TokenRejected { status: u16, url: String },
+    #[error("cannot write the refreshed token to {file}: {message}")]
+    TokenWrite { file: String, message: String },
 }
 
 #[derive(serde::Deserialize)]
@@ -59,49 +65,122 @@ struct BootConfigDto {
     kernelurl: Option<String>,
 }
 
+#[derive(serde::Deserialize)]
+struct ImagesV2 {
+    #[serde(default)]
+    images: Vec<ImageV2>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ImageV2 {
+    id: String,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct PartitionsV2 {
+    #[serde(default)]
+    partitions: Vec<PartitionV2>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PartitionV2 {
+    #[serde(default)]
+    boot_configuration: Option<BootConfigV2>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BootConfigV2 {
+    #[serde(default)]
+    image_url: Option<String>,
+    #[serde(default)]
+    kernel_url: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RefreshV2 {
+    secret: String,
+}
+
+enum Auth {
+    Hmac {
+        key: Vec<u8>,
+        auth_type: String,
+    },
+    Token {
+        file: std::path::PathBuf,
+        token: tokio::sync::Mutex<String>,
+    },
+}
+
 pub struct MetalApi {
     upstream: Upstream,
     base: String,
-    key: Vec<u8>,
-    auth_type: String,
+    auth: Auth,
 }
 
 impl MetalApi {
     pub fn new(config: &SyncConfig, upstream: Upstream) -> Result<Self, ApiError> {
-        if config.api == MetalApiVersion::V2 {
-            return Err(ApiError::V2NotImplemented);
-        }
-        let key = match &config.hmac_file {
-            Some(path) => {
-                let raw = std::fs::read(path).map_err(|source| ApiError::KeyFile {
-                    file: path.display().to_string(),
-                    source,
-                })?;
-                let trimmed = String::from_utf8_lossy(&raw).trim().as_bytes().to_vec();
-                if trimmed.is_empty() {
-                    return Err(ApiError::EmptyKey(path.display().to_string()));
+        let auth = match config.api {
+            MetalApiVersion::V1 => Auth::Hmac {
+                key: match &config.hmac_file {
+                    Some(path) => {
+                        let key = read_secret(path)?;
+                        if key.is_empty() {
+                            return Err(ApiError::EmptyKey(path.display().to_string()));
+                        }
+                        key.into_bytes()
+                    }
+                    None => Vec::new(),
+                },
+                auth_type: config.auth_type.clone(),
+            },
+            MetalApiVersion::V2 => {
+                let Some(path) = &config.token_file else {
+                    return Err(ApiError::EmptyToken("sync.token_file (not set)".into()));
+                };
+                let token = read_secret(path)?;
+                if token.is_empty() {
+                    return Err(ApiError::EmptyToken(path.display().to_string()));
                 }
-                trimmed
+                Auth::Token {
+                    file: path.clone(),
+                    token: tokio::sync::Mutex::new(token),
+                }
             }
-            None => Vec::new(),
         };
         Ok(MetalApi {
             upstream,
             base: config.url.trim_end_matches('/').to_string(),
-            key,
-            auth_type: config.auth_type.clone(),
+            auth,
         })
     }
 
     pub async fn images(&self) -> Result<Vec<Image>, ApiError> {
-        let dtos: Vec<ImageDto> = self.get_json("/v1/image").await?;
+        let parse = |s: Option<String>| s.and_then(|s| humantime::parse_rfc3339_weak(&s).ok());
+        if matches!(self.auth, Auth::Token { .. }) {
+            let list: ImagesV2 = self.connect("metalstack.api.v2.ImageService/List").await?;
+            return Ok(list
+                .images
+                .into_iter()
+                .map(|d| Image {
+                    expires: parse(d.expires_at),
+                    id: d.id,
+                    url: d.url.unwrap_or_default(),
+                })
+                .collect());
+        }
+        let dtos: Vec<ImageDto> = self.call("/v1/image", None).await?;
         Ok(dtos
             .into_iter()
             .map(|d| Image {
-                expires: d
-                    .expiration_date
-                    .as_deref()
-                    .and_then(|s| humantime::parse_rfc3339_weak(s).ok()),
+                expires: parse(d.expiration_date),
                 id: d.id,
                 url: d.url.unwrap_or_default(),
             })
@@ -110,7 +189,18 @@ impl MetalApi {
 
     /// (kernel URL, initrd URL) of every partition with a boot configuration.
     pub async fn boot_configs(&self) -> Result<Vec<(Option<String>, Option<String>)>, ApiError> {
-        let dtos: Vec<PartitionDto> = self.get_json("/v1/partition").await?;
+        if matches!(self.auth, Auth::Token { .. }) {
+            let list: PartitionsV2 = self
+                .connect("metalstack.api.v2.PartitionService/List")
+                .await?;
+            return Ok(list
+                .partitions
+                .into_iter()
+                .filter_map(|p| p.boot_configuration)
+                .map(|b| (b.kernel_url, b.image_url))
+                .collect());
+        }
+        let dtos: Vec<PartitionDto> = self.call("/v1/partition", None).await?;
         Ok(dtos
             .into_iter()
             .filter_map(|p| p.bootconfig)
@@ -118,7 +208,60 @@ impl MetalApi {
             .collect())
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+    /// A Connect unary call with an empty request message, after refreshing an ageing token.
+    async fn connect<T: serde::de::DeserializeOwned>(&self, method: &str) -> Result<T, ApiError> {
+        self.refresh_if_due().await?;
+        self.call(
+            &format!("/{method}"),
+            Some(bytes::Bytes::from_static(b"{}")),
+        )
+        .await
+    }
+
+    /// Refreshes the v2 token once three quarters of its lifetime (from its unverified `iat`/`exp`
+    /// claims) are gone, and writes the new one back to `sync.token_file`. A failed refresh of a token
+    /// that is still valid only warns.
+    async fn refresh_if_due(&self) -> Result<(), ApiError> {
+        let Auth::Token { file, token } = &self.auth else {
+            return Ok(());
+        };
+        let current = token.lock().await.clone();
+        let now = crate::store::now_secs();
+        let Some((iat, exp)) = jwt_times(&current) else {
+            return Ok(());
+        };
+        if !refresh_due(iat, exp, now) {
+            return Ok(());
+        }
+        let refreshed: Result<RefreshV2, ApiError> = self
+            .call(
+                "/metalstack.api.v2.TokenService/Refresh",
+                Some(bytes::Bytes::from_static(b"{}")),
+            )
+            .await;
+        match refreshed {
+            Ok(r) if !r.secret.trim().is_empty() => {
+                write_secret(file, r.secret.trim())?;
+                *token.lock().await = r.secret.trim().to_string();
+                tracing::info!(file = %file.display(), "metal-apiserver token refreshed");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) if now < exp => {
+                tracing::warn!(error = %e, "token refresh failed; the current token is still valid");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// GET (v1, `body = None`) or POST with a JSON body (v2), authenticated, retried on 5xx and
+    /// unreachable with back-off; 4xx are final.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<bytes::Bytes>,
+    ) -> Result<T, ApiError> {
         let url = format!("{}{path}", self.base);
         let parsed = url::Url::parse(&url).map_err(|e| ApiError::Unreachable {
             url: url.clone(),
@@ -129,19 +272,25 @@ impl MetalApi {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
             }
-            let mut request = upstream::Request::get(parsed.clone(), "metal-api");
-            if !self.key.is_empty() {
-                let signed = hmac::sign(
-                    &self.key,
-                    &self.auth_type,
-                    "GET",
-                    &hmac::now_rfc3339(),
-                    &hmac::salt(),
-                );
-                request = request
-                    .header("authorization", signed.authorization)
-                    .header("x-date", signed.x_date)
-                    .header("x-data-salt", signed.x_data_salt);
+            let mut request = match &body {
+                Some(b) => upstream::Request::post_json(parsed.clone(), "metal-api", b.clone())
+                    .header("connect-protocol-version", "1"),
+                None => upstream::Request::get(parsed.clone(), "metal-api"),
+            };
+            match &self.auth {
+                Auth::Hmac { key, auth_type } if !key.is_empty() => {
+                    let signed =
+                        hmac::sign(key, auth_type, "GET", &hmac::now_rfc3339(), &hmac::salt());
+                    request = request
+                        .header("authorization", signed.authorization)
+                        .header("x-date", signed.x_date)
+                        .header("x-data-salt", signed.x_data_salt);
+                }
+                Auth::Hmac { .. } => {}
+                Auth::Token { token, .. } => {
+                    let t = token.lock().await.clone();
+                    request = request.header("authorization", format!("Bearer {t}"));
+                }
             }
             request = request.header("accept", "application/json");
             match self.upstream.send(request).await {
@@ -158,9 +307,15 @@ impl MetalApi {
                     });
                 }
                 Ok(resp) if resp.status == 401 || resp.status == 403 => {
-                    return Err(ApiError::Rejected {
-                        status: resp.status,
-                        url,
+                    return Err(match self.auth {
+                        Auth::Hmac { .. } => ApiError::Rejected {
+                            status: resp.status,
+                            url,
+                        },
+                        Auth::Token { .. } => ApiError::TokenRejected {
+                            status: resp.status,
+                            url,
+                        },
                     });
                 }
                 Ok(resp) if resp.status < 500 => {
@@ -190,6 +345,62 @@ impl MetalApi {
     }
 }
 
+fn read_secret(path: &std::path::Path) -> Result<String, ApiError> {
+    let raw = std::fs::read(path).map_err(|source| ApiError::KeyFile {
+        file: path.display().to_string(),
+        source,
+    })?;
+    Ok(String::from_utf8_lossy(&raw).trim().to_string())
+}
+
+/// Replaces the token file atomically (a crash leaves the old or the new token), readable by us only.
+fn write_secret(path: &std::path::Path, secret: &str) -> Result<(), ApiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |e: std::io::Error| ApiError::TokenWrite {
+        file: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let tmp = path.with_extension("new");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(secret.as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    // Not the store: the one file this rename touches is our own credential.
+    #[allow(clippy::disallowed_methods)]
+    let renamed = std::fs::rename(&tmp, path);
+    renamed.map_err(err)
+}
+
+/// `(iat, exp)` of a JWT, read without verifying it (only to know when to refresh). `iat` defaults to
+/// `exp` when absent, which makes any token past its end due.
+pub fn jwt_times(jwt: &str) -> Option<(u64, u64)> {
+    use base64::Engine as _;
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        exp: u64,
+        #[serde(default)]
+        iat: Option<u64>,
+    }
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Claims = serde_json::from_slice(&bytes).ok()?;
+    Some((claims.iat.unwrap_or(claims.exp), claims.exp))
+}
+
+/// Due once three quarters of the lifetime are gone (remaining <= lifetime / 4).
+pub fn refresh_due(iat: u64, exp: u64, now: u64) -> bool {
+    let lifetime = exp.saturating_sub(iat);
+    exp.saturating_sub(now) <= lifetime / 4
+}
+
 fn describe(e: &UpstreamError) -> String {
     upstream::source::describe(e)
 }
@@ -205,4 +416,26 @@ pub async fn read_body(mut body: upstream::Body, limit: usize) -> Result<Vec<u8>
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(claims: &str) -> String {
+        use base64::Engine as _;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!("{}.{}.sig", e.encode(r#"{"alg":"none"}"#), e.encode(claims))
+    }
+
+    #[test]
+    fn token_refresh_is_due_at_three_quarters() {
+        let t = jwt(r#"{"iat":1000,"exp":1400,"sub":"x"}"#);
+        assert_eq!(jwt_times(&t), Some((1000, 1400)));
+        assert!(!refresh_due(1000, 1400, 1299));
+        assert!(refresh_due(1000, 1400, 1300));
+        assert!(refresh_due(1000, 1400, 2000));
+        assert_eq!(jwt_times("not.a-jwt"), None);
+        assert_eq!(jwt_times(&jwt(r#"{"exp":5}"#)), Some((5, 5)));
+    }
 }

@@ -43,6 +43,8 @@ pub struct Request {
     /// Label for `image_cache_upstream_requests_total{kind}`.
     pub kind: &'static str,
     pub follow_redirects: bool,
+    /// A request body (small JSON for API calls; never streamed).
+    pub body: Option<Bytes>,
 }
 
 impl Request {
@@ -53,6 +55,19 @@ impl Request {
             headers: Vec::new(),
             kind,
             follow_redirects: true,
+            body: None,
+        }
+    }
+
+    /// A POST with a JSON body, not redirected (API calls).
+    pub fn post_json(url: Url, kind: &'static str, body: Bytes) -> Self {
+        Request {
+            method: Method::Post,
+            url,
+            headers: vec![("content-type".into(), "application/json".into())],
+            kind,
+            follow_redirects: false,
+            body: Some(body),
         }
     }
 
@@ -225,7 +240,11 @@ async fn execute(
         for (name, value) in &request.headers {
             req = req.insert_header((name.as_str(), value.as_str()));
         }
-        let response = req.send().await.map_err(|e| classify(&request.url, e))?;
+        let sent = match &request.body {
+            Some(body) => req.send_body(body.clone()).await,
+            None => req.send().await,
+        };
+        let response = sent.map_err(|e| classify(&request.url, e))?;
         let status = response.status().as_u16();
         if request.follow_redirects && redirect::is_redirect(status) {
             let location = response
