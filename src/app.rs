@@ -174,6 +174,18 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         upstream.clone(),
         metrics.clone(),
     );
+    let sync_status = Arc::clone(&syncer);
+    state.add_status_source(Box::new(move || {
+        let (summary, rows) = sync_status.status().summary();
+        http::StatusSection {
+            title: "metal-api sync".into(),
+            summary,
+            header: ["name", "kind", "size", "action", "outcome"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+        }
+    }));
     let routing = web::Data::new(Routing {
         state,
         syncer: Arc::clone(&syncer),

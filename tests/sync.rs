@@ -228,6 +228,13 @@ async fn a_run_stores_pins_and_serves_the_plan_and_a_second_run_downloads_nothin
     let status: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(status["running"], false);
     assert!(status["last"]["plan"]["items"].is_array());
+    // The status page shows the last plan and each item's outcome.
+    let page = svc.admin("/").send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("metal-api sync"), "{page}");
+    assert!(
+        page.contains("debian-13.0.20260101") && page.contains("expected md5"),
+        "{page}"
+    );
     svc.stop().await;
 }
 

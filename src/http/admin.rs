@@ -77,11 +77,36 @@ fn status_page(state: &HttpState) -> HttpResponse {
             f.readers
         ));
     }
+    let mut sections = String::new();
+    for source in state
+        .status_sources
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let s = source();
+        let cells = |row: &[String], tag: &str| {
+            row.iter()
+                .map(|c| format!("<{tag}>{}</{tag}>", escape(c)))
+                .collect::<String>()
+        };
+        let body: String = s
+            .rows
+            .iter()
+            .map(|r| format!("<tr>{}</tr>", cells(r, "td")))
+            .collect();
+        sections.push_str(&format!(
+            "<h2>{}</h2><p>{}</p><table><tr>{}</tr>{body}</table>",
+            escape(&s.title),
+            escape(&s.summary),
+            cells(&s.header, "th")
+        ));
+    }
     let html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>image-cache</title></head><body>\
          <h1>image-cache</h1><p>{} objects, {} of {} bytes ({:.1}%)</p>\
          <h2>Fills in flight</h2><table><tr><th>key</th><th>written</th><th>total</th><th>readers</th></tr>{}</table>\
-         <p><a href=\"/metrics\">metrics</a></p></body></html>",
+         {sections}<p><a href=\"/metrics\">metrics</a></p></body></html>",
         state.store.object_count(),
         bytes,
         max,

@@ -480,6 +480,56 @@ impl Syncer {
     }
 }
 
+impl Status {
+    /// The status page's view: when, what, and how each planned item ended.
+    pub fn summary(&self) -> (String, Vec<Vec<String>>) {
+        let mut line = match &self.last {
+            None => "no sync has run yet".to_string(),
+            Some(r) => format!(
+                "last run finished {} (unix time){}: {} planned, {} bytes to download, {} failed, {} unpinned",
+                r.finished_at,
+                if r.dry_run { ", dry run" } else { "" },
+                r.plan.items.len(),
+                r.plan.download_bytes(),
+                r.failed(),
+                r.unpinned
+            ),
+        };
+        if self.running {
+            line.push_str("; a run is in progress");
+        }
+        if let Some(e) = &self.last_error {
+            line.push_str(&format!("; the latest attempt failed: {e}"));
+        }
+        let rows = self
+            .last
+            .iter()
+            .flat_map(|r| {
+                r.plan.items.iter().map(|i| {
+                    let outcome = r
+                        .outcomes
+                        .iter()
+                        .find(|o| o.url == i.url)
+                        .map_or_else(String::new, |o| o.message.clone());
+                    vec![
+                        i.name.clone(),
+                        match i.kind {
+                            Kind::Image => "image",
+                            Kind::Kernel => "kernel",
+                            Kind::BootImage => "boot-image",
+                        }
+                        .to_string(),
+                        i.size.to_string(),
+                        format!("{:?}", i.action).to_lowercase(),
+                        outcome,
+                    ]
+                })
+            })
+            .collect();
+        (line, rows)
+    }
+}
+
 /// `file:<host><path>` for an absolute http(s) URL.
 pub fn key_for(url: &str) -> Option<Key> {
     let u = url::Url::parse(url).ok()?;
