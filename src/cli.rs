@@ -275,7 +275,37 @@ impl crate::sync::Progress for TerminalProgress {
     }
     fn finished(&self, o: &crate::sync::Outcome) {
         let mark = if o.ok { "ok" } else { "FAILED" };
-        eprintln!("{mark:>6} {}: {}", o.name, o.message);
+        let clear = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            "\r\x1b[2K"
+        } else {
+            ""
+        };
+        eprintln!("{clear}{mark:>6} {}: {}", o.name, o.message);
+    }
+    /// On a terminal: one status line with a bar per running download, redrawn in place.
+    fn tick(&self, fills: &[crate::store::FillStatus]) {
+        if fills.is_empty() || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return;
+        }
+        let line: Vec<String> = fills
+            .iter()
+            .map(|f| {
+                let name = f.key.rsplit('/').next().unwrap_or(&f.key);
+                match f.total {
+                    Some(total) if total > 0 => {
+                        let done = (f.written * 20 / total).min(20) as usize;
+                        format!(
+                            "{name} [{}{}] {:>3}%",
+                            "#".repeat(done),
+                            "-".repeat(20 - done),
+                            f.written * 100 / total
+                        )
+                    }
+                    _ => format!("{name} {} bytes", f.written),
+                }
+            })
+            .collect();
+        eprint!("\r\x1b[2K{}", line.join("  "));
     }
 }
 

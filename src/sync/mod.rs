@@ -67,6 +67,8 @@ pub trait Progress: Send + Sync {
     fn planned(&self, _plan: &Plan) {}
     fn started(&self, _item: &Item) {}
     fn finished(&self, _outcome: &Outcome) {}
+    /// Every half second while downloads run: the store's fills in flight.
+    fn tick(&self, _fills: &[crate::store::FillStatus]) {}
 }
 
 pub struct Quiet;
@@ -220,11 +222,20 @@ impl Syncer {
             return Ok(report);
         }
         let concurrency = (cfg.concurrency as usize).max(1);
-        report.outcomes = futures_util::stream::iter(plan.items.clone())
+        let downloads = futures_util::stream::iter(plan.items.clone())
             .map(|item| self.realise_reporting(item, progress))
             .buffer_unordered(concurrency)
-            .collect()
-            .await;
+            .collect::<Vec<Outcome>>();
+        let ticker = async {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                progress.tick(&self.store.fills());
+            }
+        };
+        report.outcomes = tokio::select! {
+            outcomes = downloads => outcomes,
+            () = ticker => Vec::new(),
+        };
         report.unpinned = self.repin(&plan, &report.outcomes)?;
         report.finished_at = now_secs();
         for o in report.outcomes.iter().filter(|o| !o.ok) {
