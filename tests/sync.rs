@@ -380,3 +380,39 @@ async fn v2_lists_with_a_bearer_token_and_refreshes_it_before_it_ages_out() {
     assert_eq!(svc.store().object_count(), 0);
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn scheduled_v2_sync_runs_at_start_and_pings_metal_apiserver() {
+    let env = Env::new().await;
+    let origin = env.origin.url();
+    let api = MetalApi::start(KEY, images(&origin), partitions(&origin)).await;
+    let now = image_cache::store::now_secs();
+    let token = common::metal_api::jwt(now, now + 144 * 3600);
+    api.issue(&token);
+    let token_file = env.dir.path().join("metal-token");
+    std::fs::write(&token_file, &token).unwrap();
+    let mut c = config(&env, &api, KEY);
+    c.sync.enabled = true;
+    c.sync.api = image_cache::config::MetalApiVersion::V2;
+    c.sync.token_file = Some(token_file);
+    let svc = env.start(c).await;
+    // The first run starts with the service; its files appear without anyone asking.
+    let wanted = key("/img/300000/1/img.tar.lz4");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while svc.store().get(&wanted).unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the start-up sync did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while api.pings().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no ping");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pings = api.pings();
+    assert_eq!(pings[0]["type"], "COMPONENT_TYPE_METAL_IMAGE_CACHE_SYNC");
+    assert!(!pings[0]["identifier"].as_str().unwrap().is_empty());
+    assert_eq!(pings[0]["interval"], "300s");
+    svc.stop().await;
+}

@@ -218,6 +218,34 @@ impl MetalApi {
         .await
     }
 
+    /// v2 only: tells metal-apiserver this cache is alive (`ComponentService/Ping`), as
+    /// metal-image-cache-sync does every 5 minutes. A no-op for v1.
+    pub async fn ping(
+        &self,
+        identifier: &str,
+        started_at: std::time::SystemTime,
+        interval: Duration,
+    ) -> Result<(), ApiError> {
+        if !matches!(self.auth, Auth::Token { .. }) {
+            return Ok(());
+        }
+        self.refresh_if_due().await?;
+        let body = serde_json::json!({
+            "type": "COMPONENT_TYPE_METAL_IMAGE_CACHE_SYNC",
+            "identifier": identifier,
+            "startedAt": humantime::format_rfc3339_seconds(started_at).to_string(),
+            "interval": format!("{}s", interval.as_secs()),
+            "version": {"version": env!("CARGO_PKG_VERSION")},
+        });
+        let _: serde_json::Value = self
+            .call(
+                "/metalstack.infra.v2.ComponentService/Ping",
+                Some(bytes::Bytes::from(body.to_string())),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Refreshes the v2 token once three quarters of its lifetime (from its unverified `iat`/`exp`
     /// claims) are gone, and writes the new one back to `sync.token_file`. A failed refresh of a token
     /// that is still valid only warns.

@@ -24,6 +24,9 @@ use std::time::SystemTime;
 
 /// Origin probes in flight at once (HEAD of each file, GET of each sidecar).
 const PROBE_CONCURRENCY: usize = 8;
+/// metal-image-cache-sync's heartbeat period and timeout towards metal-apiserver (v2).
+const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// A `.md5` sidecar is a line of text; anything bigger is not one.
 const MAX_SIDECAR: usize = 4096;
 
@@ -449,8 +452,38 @@ impl Syncer {
         gauge("unsynced", listed.saturating_sub(images.len()));
     }
 
-    /// Runs at start-up, then on `sync.schedule` (UTC), until `shutdown`.
+    /// v2: pings metal-apiserver at start and every `PING_INTERVAL` (2 s timeout each), until `shutdown`.
+    async fn ping_loop(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let started_at = SystemTime::now();
+        let identifier = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        loop {
+            match MetalApi::new(&self.config.sync, self.upstream.clone()) {
+                Ok(api) => {
+                    let ping = api.ping(&identifier, started_at, PING_INTERVAL);
+                    match tokio::time::timeout(PING_TIMEOUT, ping).await {
+                        Ok(Ok(())) => tracing::debug!("pinged metal-apiserver"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "metal-apiserver ping failed"),
+                        Err(_) => tracing::warn!("metal-apiserver ping timed out"),
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot ping metal-apiserver"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PING_INTERVAL) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Runs at start-up, then on `sync.schedule` (UTC), until `shutdown`. With v2 it also pings
+    /// metal-apiserver every 5 minutes.
     pub async fn run_scheduled(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        if self.config.sync.api == crate::config::MetalApiVersion::V2 {
+            tokio::spawn(Arc::clone(&self).ping_loop(shutdown.clone()));
+        }
         let dry_run = self.config.sync.dry_run;
         let first = Arc::clone(&self);
         if let Err(e) = first.run(dry_run, &Quiet).await {

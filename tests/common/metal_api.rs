@@ -23,6 +23,7 @@ struct State {
     down: AtomicBool,
     tokens: Mutex<Vec<String>>,
     refreshes: AtomicU64,
+    pings: Mutex<Vec<serde_json::Value>>,
 }
 
 /// An unsigned JWT with these times (the client reads them without verifying).
@@ -54,6 +55,7 @@ impl MetalApi {
             down: AtomicBool::new(false),
             tokens: Mutex::new(Vec::new()),
             refreshes: AtomicU64::new(0),
+            pings: Mutex::new(Vec::new()),
         });
         let st = Arc::clone(&state);
         let task = tokio::spawn(async move {
@@ -82,6 +84,11 @@ impl MetalApi {
                     if s.read_exact(&mut body).await.is_err() {
                         return;
                     }
+                    if text.starts_with("POST /metal/metalstack.infra.v2.ComponentService/Ping ") {
+                        if let Ok(v) = serde_json::from_slice(&body) {
+                            st.pings.lock().unwrap().push(v);
+                        }
+                    }
                     let reply = respond(&st, &text);
                     let _ = s.write_all(reply.as_bytes()).await;
                 });
@@ -109,6 +116,11 @@ impl MetalApi {
     /// Accepts `token` as a v2 bearer token.
     pub fn issue(&self, token: &str) {
         self.state.tokens.lock().unwrap().push(token.to_string());
+    }
+
+    /// Bodies of the v2 pings received so far.
+    pub fn pings(&self) -> Vec<serde_json::Value> {
+        self.state.pings.lock().unwrap().clone()
     }
 
     pub fn refreshes(&self) -> u64 {
@@ -241,6 +253,7 @@ fn respond_v2(st: &State, method: &str, path: &str, authorization: &str) -> Stri
                 .collect();
             json_reply(&serde_json::json!({"partitions": parts}).to_string())
         }
+        "/metal/metalstack.infra.v2.ComponentService/Ping" => json_reply("{}"),
         "/metal/metalstack.api.v2.TokenService/Refresh" => {
             st.refreshes.fetch_add(1, Ordering::SeqCst);
             let now = std::time::SystemTime::now()
