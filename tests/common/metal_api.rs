@@ -84,10 +84,10 @@ impl MetalApi {
                     if s.read_exact(&mut body).await.is_err() {
                         return;
                     }
-                    if text.starts_with("POST /metal/metalstack.infra.v2.ComponentService/Ping ") {
-                        if let Ok(v) = serde_json::from_slice(&body) {
-                            st.pings.lock().unwrap().push(v);
-                        }
+                    if text.starts_with("POST /metal/metalstack.infra.v2.ComponentService/Ping ")
+                        && let Ok(v) = serde_json::from_slice(&body)
+                    {
+                        st.pings.lock().unwrap().push(v);
                     }
                     let reply = respond(&st, &text);
                     let _ = s.write_all(reply.as_bytes()).await;
