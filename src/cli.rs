@@ -223,6 +223,13 @@ async fn sync_via_server(
         .ok_or_else(|| {
             AppError::Other("the store is locked and no http.listen is configured".into())
         })?;
+    if addr.port() == 0 {
+        return Err(AppError::Other(
+            "the store is locked by a server listening on an ephemeral port (http.listen …:0); \
+             use POST /admin/sync on its actual address"
+                .into(),
+        ));
+    }
     let host = match addr.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
         ip if ip.is_unspecified() => "[::1]".to_string(),

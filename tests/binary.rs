@@ -345,11 +345,17 @@ async fn sync_command_prints_the_plan_and_its_exit_code_tells_the_outcome() {
     )
     .await;
     let key_file = env.dir.path().join("hmac");
+    // A fixed port, so the CLI can find the server it asks.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = |key: &str| {
         std::fs::write(&key_file, key).unwrap();
         let body = format!(
             "{}[sync]\nurl = \"{}\"\nhmac_file = \"{}\"\n",
-            serve_config(&env),
+            serve_config(&env).replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
             api.url(),
             key_file.display()
         );
@@ -392,6 +398,15 @@ async fn sync_command_prints_the_plan_and_its_exit_code_tells_the_outcome() {
     let (code, _, err) = bin(args(&[])).await;
     assert_eq!(code, 1);
     assert!(err.contains("HMAC key rejected"), "{err}");
+
+    // While a server holds the store, the CLI asks that server over the admin API.
+    let _ = config("k3y");
+    let served = Served::start(Command::new(BIN).args(["serve", "--config", &cfg]));
+    let (code, out, err) = bin(args(&[])).await;
+    assert!(err.contains("asking it"), "{err}");
+    assert!(out.contains("debian-13.0.1"), "{out}");
+    assert_eq!(code, 1, "the bad image still fails: {out}{err}");
+    drop(served);
 
     // The key file missing: a config error, exit 2.
     std::fs::remove_file(&key_file).unwrap();
