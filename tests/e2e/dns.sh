@@ -5,7 +5,9 @@
 # image-cache node in each, peers of each other, plus a dnsmasq in the first as the "internet" resolver for
 # forwarded names (*.fwd.e2e → 192.0.2.7). Checks: UDP, TCP, +dnssec, ANY, NODATA, long names, forwarding,
 # REFUSED for a source outside dns.allow; then failover: a node that dies leaves the other's answers within
-# the fall time (3 polls of 1 s), and comes back after it rises again (2 polls).
+# the fall time (3 polls of 1 s), and comes back after it rises again (2 polls). TLS passthrough: curl in the first
+# namespace reaches an `openssl s_server` "origin" in the second through the first node's :443, verifying the
+# origin's certificate end to end; a name that is not intercepted is closed.
 # Needs root (namespaces, port 53). Installs dnsutils, dnsmasq-base and iproute2 if missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,6 +16,8 @@ need=()
 command -v dig >/dev/null || need+=(dnsutils)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v ip >/dev/null || need+=(iproute2)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
 if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -49,6 +53,13 @@ ip netns exec $A dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-inte
   --pid-file="$W/dnsmasq.pid" --log-facility=/dev/null &
 PID[dnsmasq]=$!
 
+# The "real" store for images.metal-stack.io: a TLS server in the second namespace, with its own certificate.
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=images.metal-stack.io \
+  -addext subjectAltName=DNS:images.metal-stack.io -keyout "$W/origin.key" -out "$W/origin.pem" 2>/dev/null
+ip netns exec $B openssl s_server -accept 10.99.0.2:8443 -cert "$W/origin.pem" -key "$W/origin.key" \
+  -www -quiet >/dev/null 2>&1 &
+PID[origin]=$!
+
 config() { # name self peer
   cat > "$W/$1.toml" <<CONF
 state_dir = "$W/$1"
@@ -64,8 +75,11 @@ self = "$2"
 peers = ["$3"]
 peer_port = 80
 health_interval = "1s"
+[passthrough]
+listen = ["$2:443"]
 [[domains]]
 name = "images.metal-stack.io"
+origin = "https://10.99.0.2:8443"
 [[domains]]
 name = "github.com"
 include_subdomains = true
@@ -117,6 +131,14 @@ out=$(qa -b 10.98.0.1 images.metal-stack.io A || true)
 grep -q "status: REFUSED" <<<"$out" && pass "REFUSED outside dns.allow (UDP)" || fail "refused UDP: $out"
 out=$(qa -b 10.98.0.1 +tcp host.fwd.e2e A || true)
 grep -q "status: REFUSED" <<<"$out" && pass "REFUSED outside dns.allow (TCP)" || fail "refused TCP: $out"
+
+out=$(ip netns exec $A curl -sS --max-time 10 --cacert "$W/origin.pem" \
+  --resolve images.metal-stack.io:443:10.99.0.1 https://images.metal-stack.io/ 2>&1 || true)
+grep -q "s_server" <<<"$out" && pass "TLS passthrough to the origin, certificate verified end to end" \
+  || fail "passthrough: $out"
+if ip netns exec $A curl -sS -k --max-time 10 --resolve other.test:443:10.99.0.1 https://other.test/ >/dev/null 2>&1; then
+  fail "a name that is not intercepted was passed through"
+else pass "TLS for a name that is not intercepted is closed"; fi
 
 # Failover: B dies → A stops handing it out after 3 failed polls; B comes back → listed again.
 kill "${PID[b]}"; wait "${PID[b]}" 2>/dev/null || true; t0=$SECONDS
