@@ -84,28 +84,12 @@ struct Routing {
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    use socket2::{Domain, Socket, Type};
-    let hint = |e: &std::io::Error| match e.kind() {
-        std::io::ErrorKind::PermissionDenied => {
-            " (ports below 1024 need root or CAP_NET_BIND_SERVICE; or choose a port above 1024)"
-        }
-        std::io::ErrorKind::AddrInUse => " (another process holds this address)",
-        _ => "",
-    };
-    let make = || -> std::io::Result<TcpListener> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_reuse_address(true)?;
-        socket.set_tcp_nodelay(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(1024)?;
-        Ok(socket.into())
-    };
-    make().map_err(|source| AppError::Bind {
+    crate::listen::tcp(addr).map_err(|source| AppError::Bind {
         addr,
-        hint: hint(&source),
+        hint: crate::listen::hint(
+            &source,
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE; or choose a port above 1024)",
+        ),
         source,
     })
 }

@@ -4,6 +4,7 @@
 // layer 0
 pub mod config;
 pub mod lifecycle;
+pub mod listen;
 pub mod metrics;
 pub mod systemd;
 pub mod telemetry;

@@ -122,56 +122,32 @@ impl Dns {
     }
 }
 
-fn hint(e: &std::io::Error) -> &'static str {
-    match e.kind() {
-        std::io::ErrorKind::PermissionDenied => {
-            " (port 53 needs root or CAP_NET_BIND_SERVICE; the laptop default is 127.0.0.1:5353)"
-        }
+fn bind_error(addr: SocketAddr, proto: &'static str, source: std::io::Error) -> DnsError {
+    let hint = match source.kind() {
         std::io::ErrorKind::AddrInUse => {
             " (another DNS server holds this address: systemd-resolved or dnsmasq? set dns.listen to a specific address)"
         }
-        _ => "",
-    }
-}
-
-fn bind_error(addr: SocketAddr, proto: &'static str, source: std::io::Error) -> DnsError {
+        _ => crate::listen::hint(
+            &source,
+            " (port 53 needs root or CAP_NET_BIND_SERVICE; the laptop default is 127.0.0.1:5353)",
+        ),
+    };
     DnsError::Bind {
         addr,
         proto,
-        hint: hint(&source),
+        hint,
         source,
     }
 }
 
 fn bind_udp(addr: SocketAddr, reuse_port: bool) -> Result<tokio::net::UdpSocket, DnsError> {
-    use socket2::{Domain, Socket, Type};
-    let make = || -> std::io::Result<tokio::net::UdpSocket> {
-        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_reuse_port(reuse_port)?;
-        socket.set_nonblocking(true)?;
-        // Room for bursts while a worker is busy.
-        let _ = socket.set_recv_buffer_size(4 << 20);
-        socket.bind(&addr.into())?;
-        tokio::net::UdpSocket::from_std(socket.into())
-    };
-    make().map_err(|e| bind_error(addr, "udp", e))
+    crate::listen::udp(addr, reuse_port)
+        .and_then(tokio::net::UdpSocket::from_std)
+        .map_err(|e| bind_error(addr, "udp", e))
 }
 
 fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, DnsError> {
-    use socket2::{Domain, Socket, Type};
-    let make = || -> std::io::Result<tokio::net::TcpListener> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_reuse_address(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(1024)?;
-        tokio::net::TcpListener::from_std(socket.into())
-    };
-    make().map_err(|e| bind_error(addr, "tcp", e))
+    crate::listen::tcp(addr)
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|e| bind_error(addr, "tcp", e))
 }

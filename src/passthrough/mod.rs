@@ -86,29 +86,13 @@ impl Passthrough {
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    use socket2::{Domain, Socket, Type};
-    let make = || -> std::io::Result<TcpListener> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_reuse_address(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(1024)?;
-        TcpListener::from_std(socket.into())
-    };
-    make().map_err(|source| BindError {
-        addr,
-        hint: match source.kind() {
-            std::io::ErrorKind::PermissionDenied => {
-                " (port 443 needs root or CAP_NET_BIND_SERVICE)"
-            }
-            std::io::ErrorKind::AddrInUse => " (another process holds this address)",
-            _ => "",
-        },
-        source,
-    })
+    crate::listen::tcp(addr)
+        .and_then(TcpListener::from_std)
+        .map_err(|source| BindError {
+            addr,
+            hint: crate::listen::hint(&source, " (port 443 needs root or CAP_NET_BIND_SERVICE)"),
+            source,
+        })
 }
 
 async fn accept(
