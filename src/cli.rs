@@ -1,4 +1,4 @@
-//! Command line: `serve`, `check-config`, `sync`, `store ls|verify|gc`.
+//! Command line: `serve`, `check-config`, `sync`, `containerd-hosts`, `store ls|verify|gc`.
 
 use crate::app::{self, AppError};
 use crate::config::{self, Config, ConfigSource};
@@ -41,6 +41,16 @@ pub enum Command {
         /// Print the plan only; change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Print a containerd hosts.toml that pulls through this cache and falls back to the registry.
+    /// Put it at /etc/containerd/certs.d/_default/hosts.toml (or certs.d/<registry>/hosts.toml).
+    ContainerdHosts {
+        /// The cache's base URL as nodes reach it, e.g. http://10.0.0.1 or http://cache:8080.
+        #[arg(long)]
+        mirror: String,
+        /// A file for one registry (docker.io, ghcr.io, myreg.io:5000) instead of `_default`.
+        #[arg(long)]
+        registry: Option<String>,
     },
     /// Inspect and maintain the store (the server must not be running on the same state dir).
     Store {
@@ -373,4 +383,12 @@ fn print_report(report: &crate::sync::Report) -> i32 {
         report.unpinned
     );
     i32::from(failed > 0)
+}
+
+/// `containerd-hosts`: prints the file; a bad `--mirror` is a usage error (exit 2).
+pub fn containerd_hosts(mirror: &str, registry: Option<&str>) -> Result<(), AppError> {
+    let text = crate::registry::hosts::hosts_toml(mirror, registry)
+        .map_err(|e| AppError::Config(config::ConfigError::new("--mirror", e)))?;
+    print!("{text}");
+    Ok(())
 }

@@ -16,6 +16,7 @@ pub mod upstream;
 pub mod dns;
 pub mod http;
 pub mod passthrough;
+pub mod registry;
 pub mod sync;
 // layer 3
 pub mod app;

@@ -10,6 +10,9 @@ async fn main() {
         Command::Serve(arg) => cli::serve(arg).await.map(|()| 0),
         Command::CheckConfig(arg) => cli::check_config(arg).map(|()| 0),
         Command::Sync { config, dry_run } => cli::sync(config, *dry_run).await,
+        Command::ContainerdHosts { mirror, registry } => {
+            cli::containerd_hosts(mirror, registry.as_deref()).map(|()| 0)
+        }
         Command::Store { config, action } => cli::store(config, action).await,
     };
     match outcome {

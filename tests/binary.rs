@@ -414,3 +414,27 @@ async fn sync_command_prints_the_plan_and_its_exit_code_tells_the_outcome() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("sync"), "{err}");
 }
+
+#[test]
+fn containerd_hosts_prints_a_hosts_toml_and_refuses_a_bad_mirror() {
+    let (code, out, err) = run(
+        &[
+            "containerd-hosts",
+            "--mirror",
+            "http://10.0.0.1:8080/",
+            "--registry",
+            "ghcr.io",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let parsed: toml::Value = toml::from_str(&out).unwrap();
+    assert_eq!(parsed["server"].as_str(), Some("https://ghcr.io"));
+    let caps = parsed["host"]["http://10.0.0.1:8080"]["capabilities"]
+        .as_array()
+        .unwrap();
+    assert_eq!(caps.len(), 2);
+    let (code, _, err) = run(&["containerd-hosts", "--mirror", "cache:8080"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--mirror"), "{err}");
+}

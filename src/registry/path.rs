@@ -1,0 +1,340 @@
+//! OCI distribution request paths, validated before anything else happens: which endpoint, which
+//! repository name, which tag or digest (distribution-spec §3.2 grammar and limits), and which upstream
+//! registry the `ns` query parameter names. Pure.
+//!
+//! A repository name may itself contain `/manifests/` or `/blobs/` segments, so the endpoint is found
+//! from the end of the path, and the name must then match the grammar as a whole.
+
+use std::collections::BTreeMap;
+
+/// `host[:port]/name` must stay within what clients accept.
+const MAX_NAME: usize = 255;
+const MAX_TAG: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    Tag(String),
+    Digest(OciDigest),
+}
+
+/// `sha256:<64 lowercase hex>` or `sha512:<128 lowercase hex>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OciDigest(String);
+
+impl OciDigest {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (alg, hex) = s.split_once(':')?;
+        let len = match alg {
+            "sha256" => 64,
+            "sha512" => 128,
+            _ => return None,
+        };
+        let ok = hex.len() == len
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        ok.then(|| OciDigest(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The store verifies and names blobs by sha256; other algorithms are passed through, not stored.
+    pub fn sha256(&self) -> Option<crate::store::Digest> {
+        self.0
+            .strip_prefix("sha256:")
+            .and_then(|_| crate::store::Digest::parse(&self.0).ok())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/v2/`: the API base.
+    Base,
+    Manifest {
+        name: String,
+        reference: Reference,
+    },
+    Blob {
+        name: String,
+        digest: OciDigest,
+    },
+    TagsList {
+        name: String,
+    },
+}
+
+/// Why a path was refused, as an OCI error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// Not an endpoint a pull-through mirror serves.
+    NotFound,
+    NameInvalid,
+    TagInvalid,
+    DigestInvalid,
+}
+
+impl PathError {
+    pub fn code(self) -> &'static str {
+        match self {
+            PathError::NotFound => "NOT_FOUND",
+            PathError::NameInvalid => "NAME_INVALID",
+            PathError::TagInvalid => "MANIFEST_INVALID",
+            PathError::DigestInvalid => "DIGEST_INVALID",
+        }
+    }
+}
+
+pub fn parse(path: &str) -> Result<Route, PathError> {
+    if path == "/v2/" || path == "/v2" {
+        return Ok(Route::Base);
+    }
+    let rest = path.strip_prefix("/v2/").ok_or(PathError::NotFound)?;
+    // Percent-encoding has no place in a valid name, tag or digest; refuse rather than decode.
+    if rest.contains('%') {
+        return Err(PathError::NameInvalid);
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Ok(Route::TagsList {
+            name: name_ok(name)?,
+        });
+    }
+    if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+        let reference = if reference.contains(':') {
+            Reference::Digest(OciDigest::parse(reference).ok_or(PathError::DigestInvalid)?)
+        } else if tag_ok(reference) {
+            Reference::Tag(reference.to_string())
+        } else {
+            return Err(PathError::TagInvalid);
+        };
+        return Ok(Route::Manifest {
+            name: name_ok(name)?,
+            reference,
+        });
+    }
+    if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
+        let digest = OciDigest::parse(digest).ok_or(PathError::DigestInvalid)?;
+        return Ok(Route::Blob {
+            name: name_ok(name)?,
+            digest,
+        });
+    }
+    Err(PathError::NotFound)
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`, at most 255 bytes.
+pub fn name_ok(name: &str) -> Result<String, PathError> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(PathError::NameInvalid);
+    }
+    for component in name.split('/') {
+        if !component_ok(component) {
+            return Err(PathError::NameInvalid);
+        }
+    }
+    Ok(name.to_string())
+}
+
+fn component_ok(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        // A separator: `.`, `_`, `__` or one or more `-`, always between alphanumerics.
+        let start = i;
+        match b[i] {
+            b'.' => i += 1,
+            b'_' => {
+                i += 1;
+                if i < b.len() && b[i] == b'_' {
+                    i += 1;
+                }
+            }
+            b'-' => {
+                while i < b.len() && b[i] == b'-' {
+                    i += 1;
+                }
+            }
+            _ => return false,
+        }
+        if i == start || i >= b.len() || !alnum(b[i]) {
+            return false;
+        }
+    }
+    true
+}
+
+/// `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`
+pub fn tag_ok(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_TAG
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|&x| x.is_ascii_alphanumeric() || x == b'_' || x == b'.' || x == b'-')
+}
+
+/// Docker Hub's other names, as containerd or people write them.
+const DOCKER_HUB_ALIASES: [&str; 2] = ["index.docker.io", "registry-1.docker.io"];
+
+/// The configured upstream for `ns`: `(registry, base URL)`. Only keys of `registry.upstreams` (and the
+/// Docker Hub aliases) are accepted: the host to dial never comes from the request.
+pub fn upstream_for<'a>(
+    ns: Option<&str>,
+    upstreams: &'a BTreeMap<String, String>,
+) -> Option<(&'a str, &'a str)> {
+    let ns = ns?.trim().to_ascii_lowercase();
+    let ns = if DOCKER_HUB_ALIASES.contains(&ns.as_str()) {
+        "docker.io".to_string()
+    } else {
+        ns
+    };
+    upstreams
+        .get_key_value(&ns)
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
+/// The `ns` parameter of a query string (URL-decoded; containerd encodes `:` in `host:port`).
+pub fn ns_param(query: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "ns")
+        .map(|(_, v)| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+}
+
+/// Store key of a tag: `oci:<registry>/<name>:<tag>`. Names cannot contain `:` and tags cannot contain
+/// `/`, so `a/b-c:d` and `a/b:c-d` cannot collide.
+pub fn tag_key(registry: &str, name: &str, tag: &str) -> String {
+    format!("oci:{registry}/{name}:{tag}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn routes() {
+        assert_eq!(parse("/v2/"), Ok(Route::Base));
+        assert_eq!(
+            parse("/v2/library/nginx/manifests/1.27"),
+            Ok(Route::Manifest {
+                name: "library/nginx".into(),
+                reference: Reference::Tag("1.27".into())
+            })
+        );
+        assert_eq!(
+            parse(&format!("/v2/library/nginx/manifests/{D}")),
+            Ok(Route::Manifest {
+                name: "library/nginx".into(),
+                reference: Reference::Digest(OciDigest::parse(D).unwrap())
+            })
+        );
+        assert_eq!(
+            parse(&format!("/v2/a/blobs/b/blobs/{D}")),
+            Ok(Route::Blob {
+                name: "a/blobs/b".into(),
+                digest: OciDigest::parse(D).unwrap()
+            }),
+            "a name may contain an endpoint word"
+        );
+        assert_eq!(
+            parse("/v2/a/b/tags/list"),
+            Ok(Route::TagsList { name: "a/b".into() })
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let cases = [
+            ("/v2/../etc/manifests/latest", PathError::NameInvalid),
+            ("/v2/a/../b/manifests/latest", PathError::NameInvalid),
+            ("/v2/a%2fb/manifests/latest", PathError::NameInvalid),
+            ("/v2/UPPER/manifests/latest", PathError::NameInvalid),
+            ("/v2//a/manifests/latest", PathError::NameInvalid),
+            ("/v2/a-/manifests/latest", PathError::NameInvalid),
+            ("/v2/a___b/manifests/latest", PathError::NameInvalid),
+            ("/v2/a/manifests/-latest", PathError::TagInvalid),
+            ("/v2/a/manifests/", PathError::TagInvalid),
+            ("/v2/a/manifests/sha256:abc", PathError::DigestInvalid),
+            (
+                "/v2/a/manifests/md5:0123456789abcdef0123456789abcdef",
+                PathError::DigestInvalid,
+            ),
+            ("/v2/a/blobs/latest", PathError::DigestInvalid),
+            ("/v2/a/blobs/uploads/", PathError::DigestInvalid),
+            ("/v2/a/referrers/x", PathError::NotFound),
+            ("/v3/a/manifests/latest", PathError::NotFound),
+        ];
+        for (path, want) in cases {
+            assert_eq!(parse(path), Err(want), "{path}");
+        }
+        let long = format!("/v2/{}/manifests/latest", "a".repeat(256));
+        assert_eq!(parse(&long), Err(PathError::NameInvalid));
+        let long_tag = format!("/v2/a/manifests/{}", "t".repeat(129));
+        assert_eq!(parse(&long_tag), Err(PathError::TagInvalid));
+        assert!(tag_ok(&"t".repeat(128)));
+        assert!(name_ok("a.b_c__d---e/f0").is_ok());
+        let upper = D.to_uppercase().replace("SHA256", "sha256");
+        assert!(OciDigest::parse(&upper).is_none(), "digests are lowercase");
+    }
+
+    #[test]
+    fn namespaces_come_only_from_the_config() {
+        let mut up = BTreeMap::new();
+        up.insert(
+            "docker.io".to_string(),
+            "https://registry-1.docker.io".to_string(),
+        );
+        up.insert(
+            "myreg.io:5000".to_string(),
+            "https://myreg.io:5000".to_string(),
+        );
+        assert_eq!(upstream_for(Some("docker.io"), &up).unwrap().0, "docker.io");
+        assert_eq!(
+            upstream_for(Some("registry-1.docker.io"), &up).unwrap().0,
+            "docker.io"
+        );
+        assert_eq!(
+            upstream_for(Some("Index.Docker.IO"), &up).unwrap().0,
+            "docker.io"
+        );
+        assert_eq!(
+            upstream_for(Some("myreg.io:5000"), &up).unwrap().1,
+            "https://myreg.io:5000"
+        );
+        assert!(upstream_for(Some("evil.example"), &up).is_none());
+        assert!(upstream_for(None, &up).is_none());
+        assert_eq!(
+            ns_param("ns=myreg.io%3A5000").as_deref(),
+            Some("myreg.io:5000")
+        );
+        assert_eq!(ns_param("x=1&ns=docker.io").as_deref(), Some("docker.io"));
+        assert_eq!(ns_param("x=1"), None);
+    }
+
+    #[test]
+    fn tag_keys_do_not_collide() {
+        assert_ne!(
+            tag_key("docker.io", "a/b-c", "d"),
+            tag_key("docker.io", "a/b", "c-d")
+        );
+        // Neither side can smuggle the separator of the other.
+        assert!(name_ok("a/b:c").is_err());
+        assert!(!tag_ok("c/d"));
+    }
+}
