@@ -90,6 +90,8 @@ pub struct Syncer {
     upstream: Upstream,
     metrics: Metrics,
     running: tokio::sync::Mutex<()>,
+    /// Mirrors `running` for readers: peeking at the mutex could make a starting run look busy.
+    busy: std::sync::atomic::AtomicBool,
     status: Mutex<Status>,
 }
 
@@ -106,6 +108,7 @@ impl Syncer {
             upstream,
             metrics,
             running: tokio::sync::Mutex::new(()),
+            busy: std::sync::atomic::AtomicBool::new(false),
             status: Mutex::new(Status::default()),
         })
     }
@@ -116,7 +119,7 @@ impl Syncer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        s.running = self.running.try_lock().is_err();
+        s.running = self.busy.load(std::sync::atomic::Ordering::SeqCst);
         s
     }
 
@@ -126,7 +129,9 @@ impl Syncer {
             .running
             .try_lock()
             .map_err(|_| SyncError::AlreadyRunning)?;
+        self.busy.store(true, std::sync::atomic::Ordering::SeqCst);
         let result = self.run_locked(dry_run, progress).await;
+        self.busy.store(false, std::sync::atomic::Ordering::SeqCst);
         let label = match &result {
             Ok(r) if r.failed() == 0 => "success",
             Ok(_) => "partial",
@@ -239,7 +244,7 @@ impl Syncer {
             outcomes = downloads => outcomes,
             () = ticker => Vec::new(),
         };
-        report.unpinned = self.repin(&plan, &report.outcomes)?;
+        report.unpinned = self.repin(&plan)?;
         report.finished_at = now_secs();
         for o in report.outcomes.iter().filter(|o| !o.ok) {
             tracing::warn!(name = %o.name, url = %o.url, error = %o.message, "sync item failed");
@@ -390,25 +395,19 @@ impl Syncer {
         }
     }
 
-    /// Pins every key the plan keeps (that is present now) with its sidecar; unpins every other pinned
-    /// file key, so eviction may reclaim what metal-api no longer lists.
-    fn repin(&self, plan: &Plan, outcomes: &[Outcome]) -> Result<usize, SyncError> {
-        let ok: HashSet<&str> = outcomes
-            .iter()
-            .filter(|o| o.ok)
-            .map(|o| o.url.as_str())
-            .collect();
+    /// Pins every planned key that is stored now, with its sidecar (a failed re-download keeps the copy
+    /// it would have replaced pinned); unpins every other pinned file key, so eviction may reclaim what
+    /// metal-api no longer lists.
+    fn repin(&self, plan: &Plan) -> Result<usize, SyncError> {
         let mut keep = HashSet::new();
-        for item in plan.items.iter().filter(|i| ok.contains(i.url.as_str())) {
-            if let Some(key) = key_for(&item.url) {
-                self.store.set_pinned(&key, true)?;
-                keep.insert(key.as_str().to_string());
-            }
-            if item.md5.is_some()
-                && let Some(key) = key_for(&format!("{}.md5", item.url))
-            {
-                self.store.set_pinned(&key, true)?;
-                keep.insert(key.as_str().to_string());
+        for item in &plan.items {
+            let sidecar = item.md5.as_ref().map(|_| format!("{}.md5", item.url));
+            for url in std::iter::once(&item.url).chain(sidecar.as_ref()) {
+                if let Some(key) = key_for(url)
+                    && self.store.set_pinned(&key, true)?
+                {
+                    keep.insert(key.as_str().to_string());
+                }
             }
         }
         let mut unpinned = 0;
