@@ -260,7 +260,7 @@ async fn sync_via_server(
         .await
         .map_err(|e| AppError::Other(format!("cannot reach the running server: {e}")))?;
     let status = resp.status;
-    let body = crate::sync::metal_api::read_body(resp.body, 64 << 20)
+    let body = crate::upstream::read_body(resp.body, 64 << 20)
         .await
         .map_err(AppError::Other)?;
     if status != 200 {

@@ -7,8 +7,7 @@
 use super::hmac;
 use super::planner::Image;
 use crate::config::{MetalApiVersion, SyncConfig};
-use crate::upstream::{self, Upstream, UpstreamError};
-use futures_util::StreamExt;
+use crate::upstream::{self, Upstream};
 use std::time::Duration;
 
 /// Listings larger than this are refused (a metal-api lists hundreds of images, not megabytes of them).
@@ -323,12 +322,13 @@ impl MetalApi {
             request = request.header("accept", "application/json");
             match self.upstream.send(request).await {
                 Ok(resp) if resp.status == 200 => {
-                    let body = read_body(resp.body, MAX_LISTING).await.map_err(|message| {
-                        ApiError::Unreachable {
-                            url: url.clone(),
-                            message,
-                        }
-                    })?;
+                    let body =
+                        upstream::read_body(resp.body, MAX_LISTING)
+                            .await
+                            .map_err(|message| ApiError::Unreachable {
+                                url: url.clone(),
+                                message,
+                            })?;
                     return serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
                         url: url.clone(),
                         message: e.to_string(),
@@ -361,7 +361,7 @@ impl MetalApi {
                 Err(e) => {
                     last = Some(ApiError::Unreachable {
                         url: url.clone(),
-                        message: describe(&e),
+                        message: upstream::source::describe(&e),
                     });
                 }
             }
@@ -427,23 +427,6 @@ pub fn jwt_times(jwt: &str) -> Option<(u64, u64)> {
 pub fn refresh_due(iat: u64, exp: u64, now: u64) -> bool {
     let lifetime = exp.saturating_sub(iat);
     exp.saturating_sub(now) <= lifetime / 4
-}
-
-fn describe(e: &UpstreamError) -> String {
-    upstream::source::describe(e)
-}
-
-/// A whole (small) body, refused beyond `limit` bytes.
-pub async fn read_body(mut body: upstream::Body, limit: usize) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
-        if out.len() + chunk.len() > limit {
-            return Err(format!("answer larger than {limit} bytes"));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -299,7 +299,7 @@ impl Syncer {
         if resp.status != 200 {
             return None;
         }
-        let body = metal_api::read_body(resp.body, MAX_SIDECAR).await.ok()?;
+        let body = upstream::read_body(resp.body, MAX_SIDECAR).await.ok()?;
         parse_md5(&String::from_utf8_lossy(&body))
     }
 

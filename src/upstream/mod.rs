@@ -185,6 +185,19 @@ impl Upstream {
     }
 }
 
+/// A whole (small) body, refused beyond `limit` bytes: API answers and sidecars, never content.
+pub async fn read_body(mut body: Body, limit: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if out.len() + chunk.len() > limit {
+            return Err(format!("answer larger than {limit} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 async fn serve_jobs(mut rx: mpsc::UnboundedReceiver<Job>, settings: Settings) {
     let tcp = actix_tls::connect::Connector::new(actix_tls::connect::Resolver::custom(
         resolve::AwcResolve(settings.resolver.clone()),
