@@ -365,6 +365,9 @@ async fn dispatch(req: HttpRequest, routing: web::Data<Routing>) -> HttpResponse
     {
         return http::files::handle(req.clone(), Arc::clone(state), domain, host).await;
     }
+    if (req.path() == "/v2" || req.path().starts_with("/v2/")) && state.config.registry.enabled {
+        return crate::registry::handler::handle(&req, &state.config.registry);
+    }
     if !routing.admin_addrs.is_empty() {
         return HttpResponse::NotFound().body("not found\n");
     }

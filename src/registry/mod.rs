@@ -1,7 +1,10 @@
-//! The OCI pull-through mirror for containerd (issue 5). What is here so far: the pure parts — request
-//! paths, names, references and `ns` (`path.rs`) and the `hosts.toml` that points containerd at the cache
-//! (`hosts.rs`). The request handler comes next; until then `/v2/` requests get a 404 from the admin
-//! routes and containerd falls back to the registry.
+//! The OCI pull-through mirror for containerd (issue 5). What is here so far: request paths, names,
+//! references and `ns` (`path.rs`, pure), OCI error answers (`error.rs`), the `/v2/` front that refuses
+//! what a mirror must refuse (`handler.rs`), and the `hosts.toml` that points containerd at the cache
+//! (`hosts.rs`). Fetching and caching comes next; until then valid pulls get 404 and containerd falls
+//! back to the registry.
 
+pub mod error;
+pub mod handler;
 pub mod hosts;
 pub mod path;

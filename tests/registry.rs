@@ -1,0 +1,150 @@
+//! The `/v2/` front as far as it is built: the API base, and every refusal a pull-through mirror owes
+//! before touching an upstream (write methods, hostile names, unknown `ns`), with OCI error bodies.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::Env;
+use image_cache::config::OnMiss;
+
+/// One raw HTTP/1.1 exchange with a non-intercepted Host (a client library would clean `..` away).
+async fn raw(base: &str, method: &str, path: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: cache.local\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+fn code(body: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body:?}"));
+    v["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[tokio::test]
+async fn base_refusals_and_namespaces() {
+    let env = Env::new().await;
+    let svc = env.start(env.config(OnMiss::Fill)).await;
+    let base = svc.base.clone();
+
+    let (status, head, body) = raw(&base, "GET", "/v2/").await;
+    assert_eq!(status, 200);
+    assert_eq!(body.trim(), "{}");
+    assert!(
+        head.contains("docker-distribution-api-version: registry/2.0"),
+        "{head}"
+    );
+
+    for method in ["PUT", "POST", "PATCH", "DELETE"] {
+        let (status, head, body) = raw(&base, method, "/v2/library/nginx/blobs/uploads/").await;
+        assert_eq!(status, 405, "{method}");
+        assert!(head.contains("allow: get, head"), "{head}");
+        assert_eq!(code(&body), "UNSUPPORTED");
+    }
+
+    for (path, want) in [
+        (
+            "/v2/../../etc/passwd/manifests/latest?ns=docker.io",
+            "NAME_INVALID",
+        ),
+        (
+            "/v2/library/%2e%2e/manifests/latest?ns=docker.io",
+            "NAME_INVALID",
+        ),
+        (
+            "/v2/Library/Nginx/manifests/latest?ns=docker.io",
+            "NAME_INVALID",
+        ),
+        (
+            "/v2/library/nginx/manifests/-bad?ns=docker.io",
+            "MANIFEST_INVALID",
+        ),
+        (
+            "/v2/library/nginx/blobs/sha256:xyz?ns=docker.io",
+            "DIGEST_INVALID",
+        ),
+    ] {
+        let (status, _, body) = raw(&base, "GET", path).await;
+        assert_eq!(status, 400, "{path}");
+        assert_eq!(code(&body), want, "{path}");
+    }
+
+    // The host to dial only ever comes from registry.upstreams.
+    for ns in ["?ns=evil.example", "?ns=127.0.0.1:1", ""] {
+        let (status, _, body) = raw(
+            &base,
+            "GET",
+            &format!("/v2/library/nginx/manifests/1.27{ns}"),
+        )
+        .await;
+        assert_eq!(status, 404, "{ns}");
+        assert_eq!(code(&body), "NAME_UNKNOWN", "{ns}");
+    }
+
+    // A valid pull for a configured registry (alias included): 404 until the cache is built, which
+    // makes containerd use the registry itself; the namespace is echoed.
+    for (path, want) in [
+        (
+            "/v2/library/nginx/manifests/1.27?ns=docker.io",
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            "/v2/library/nginx/manifests/1.27?ns=registry-1.docker.io",
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            &format!("/v2/library/nginx/blobs/{D}?ns=docker.io") as &str,
+            "BLOB_UNKNOWN",
+        ),
+    ] {
+        let (status, head, body) = raw(&base, "GET", path).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(code(&body), want);
+        assert!(head.contains("oci-namespace: docker.io"), "{head}");
+    }
+    // Nothing above may have reached any upstream.
+    let metrics = svc
+        .admin("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("image_cache_upstream_requests_total{"),
+        "an upstream was contacted:\n{metrics}"
+    );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn registry_off_leaves_v2_to_the_admin_routes() {
+    let env = Env::new().await;
+    let mut c = env.config(OnMiss::Fill);
+    c.registry.enabled = false;
+    let svc = env.start(c).await;
+    let (status, _, body) = raw(&svc.base, "GET", "/v2/").await;
+    assert_eq!(status, 404);
+    assert!(!body.contains("errors"), "{body}");
+    svc.stop().await;
+}
