@@ -6,7 +6,7 @@
 //! (0x20-randomising resolvers compare it). Only plain queries qualify: one question, no answer/authority
 //! records, at most an OPT record without options. Anything else takes the normal path.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 /// Templates kept per receive loop before the table is emptied and rebuilt.
 const MAX_ENTRIES: usize = 4096;

@@ -26,6 +26,10 @@ pub async fn serve(
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut templates = Templates::default();
+    // This loop's view of the healthy nodes, refreshed only when it changes (a version check per packet
+    // instead of a lock and a shared reference count).
+    let mut watch = responder.peers.watch();
+    let mut healthy = Arc::clone(&watch.borrow_and_update());
     loop {
         let (len, src) = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
@@ -43,7 +47,9 @@ pub async fn serve(
             continue;
         }
         // Replay: a plain query we answered before, from an allowed client, with the same healthy set.
-        let healthy = responder.peers.healthy();
+        if watch.has_changed().unwrap_or(false) {
+            healthy = Arc::clone(&watch.borrow_and_update());
+        }
         let plain = Question::parse(packet).filter(|_| responder.policy.allows(src.ip()));
         let rotation = responder.next_rotation(&healthy);
         templates.sync(healthy.generation);
