@@ -12,6 +12,8 @@ pub mod telemetry;
 pub mod peers;
 pub mod store;
 pub mod upstream;
+// layer 1b: HTTP answers from the store, shared by the two HTTP fronts
+pub mod serve;
 // layer 2
 pub mod dns;
 pub mod http;

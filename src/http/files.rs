@@ -3,20 +3,17 @@
 //! unreachable. Reads top to bottom: validate, look up, decide, answer.
 
 use super::HttpState;
-use super::body::{self, Resume};
-use super::conditional::{self, Decision};
 use crate::config::{DomainConfig, OnMiss};
 use crate::metrics::{kind, result};
+use crate::serve::{self, body::Resume};
 use crate::store::{
-    Access, Expected, FilePath, Fill, FillFailure, FillSpec, Hit, Key, Phase, Plan, SourceFuture,
+    Access, Expected, FilePath, Fill, FillFailure, FillSpec, Key, Phase, Plan, SourceFuture,
     SourceMeta, SourceOutcome, now_secs,
 };
 use crate::upstream;
-use actix_web::body::SizedStream;
 use actix_web::http::{Method, StatusCode, header};
-use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
+use actix_web::{HttpRequest, HttpResponse};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
 /// Marks a request from another cache node: answer from the local store only, never fill (no loops).
 pub const PEER_HEADER: &str = "x-image-cache-peer";
@@ -96,7 +93,7 @@ pub async fn handle(
     match access {
         Access::Hit(hit) => {
             state.metrics.request(kind::FILE, result::HIT);
-            serve_hit(&req, &state, hit)
+            serve::serve_hit(&req, &state.metrics, hit)
         }
         Access::Skipped if from_peer => {
             state.metrics.request(kind::FILE, result::MISS);
@@ -183,7 +180,7 @@ async fn follow_fill(
             if let Ok(Some(hit)) = state.store.open_stored(key) {
                 tracing::warn!(key = %key, %failure, "origin unavailable; serving the stored copy");
                 state.metrics.request(kind::FILE, result::STALE);
-                return serve_hit(req, state, hit);
+                return serve::serve_hit(req, &state.metrics, hit);
             }
             state.metrics.request(kind::FILE, result::ERROR);
             failure_response(&failure)
@@ -215,13 +212,28 @@ fn serve_stored_again(
     match state.store.open_stored(key) {
         Ok(Some(hit)) => {
             state.metrics.request(kind::FILE, res);
-            serve_hit(req, state, hit)
+            serve::serve_hit(req, &state.metrics, hit)
         }
         _ => {
             state.metrics.request(kind::FILE, result::ERROR);
             HttpResponse::BadGateway().body("origin unavailable and nothing stored\n")
         }
     }
+}
+
+fn stream_fill(
+    req: &HttpRequest,
+    state: &HttpState,
+    fill: &Arc<Fill>,
+    meta: &SourceMeta,
+    origin_url: url::Url,
+) -> HttpResponse {
+    let resume = Resume {
+        upstream: state.upstream.clone(),
+        url: origin_url,
+        etag: meta.etag.clone(),
+    };
+    serve::stream_fill(req, &state.metrics, fill, meta, Some(resume))
 }
 
 fn failure_response(failure: &FillFailure) -> HttpResponse {
@@ -239,149 +251,6 @@ fn failure_response(failure: &FillFailure) -> HttpResponse {
         }
         other => HttpResponse::BadGateway().body(format!("{other}\n")),
     }
-}
-
-fn stream_fill(
-    req: &HttpRequest,
-    state: &HttpState,
-    fill: &Arc<Fill>,
-    meta: &SourceMeta,
-    origin_url: url::Url,
-) -> HttpResponse {
-    let resume = Some(Resume {
-        upstream: state.upstream.clone(),
-        url: origin_url,
-        etag: meta.etag.clone(),
-    });
-    let range_header = req
-        .headers()
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok());
-    let mut builder = HttpResponse::Ok();
-    builder.insert_header((header::ACCEPT_RANGES, "bytes"));
-    content_headers(
-        &mut builder,
-        meta.content_type.as_deref(),
-        meta.last_modified.as_deref(),
-    );
-    let Some(total) = meta.content_length else {
-        // Unknown length: stream the whole body, chunked. Ranges need a known size.
-        if req.method() == Method::HEAD {
-            return builder.finish();
-        }
-        let reader = fill.reader(0, None);
-        return builder.streaming(body::fill_stream(
-            reader,
-            None,
-            resume,
-            state.metrics.clone(),
-        ));
-    };
-    let (status, start, end) = match range_header.map(|r| conditional::partial(r, total)) {
-        Some(Decision::Partial { start, end }) => (StatusCode::PARTIAL_CONTENT, start, end + 1),
-        Some(Decision::Unsatisfiable) => return unsatisfiable(total),
-        _ => (StatusCode::OK, 0, total),
-    };
-    builder.status(status);
-    if status == StatusCode::PARTIAL_CONTENT {
-        builder.insert_header((
-            header::CONTENT_RANGE,
-            format!("bytes {start}-{}/{total}", end - 1),
-        ));
-    }
-    if req.method() == Method::HEAD {
-        return head_response(builder, end - start);
-    }
-    let reader = fill.reader(start, Some(end));
-    let stream = body::fill_stream(reader, Some(end), resume, state.metrics.clone());
-    builder.body(SizedStream::new(end - start, stream))
-}
-
-/// A HEAD answer announcing `len` bytes: actix writes the Content-Length of the body and sends none.
-fn head_response(mut builder: HttpResponseBuilder, len: u64) -> HttpResponse {
-    builder.body(SizedStream::new(
-        len,
-        futures_util::stream::empty::<Result<bytes::Bytes, body::BoxError>>(),
-    ))
-}
-
-fn unsatisfiable(total: u64) -> HttpResponse {
-    HttpResponse::RangeNotSatisfiable()
-        .insert_header((header::CONTENT_RANGE, format!("bytes */{total}")))
-        .finish()
-}
-
-fn content_headers(
-    builder: &mut HttpResponseBuilder,
-    content_type: Option<&str>,
-    last_modified: Option<&str>,
-) {
-    builder.insert_header((
-        header::CONTENT_TYPE,
-        content_type.unwrap_or("application/octet-stream"),
-    ));
-    if let Some(lm) = last_modified {
-        builder.insert_header((header::LAST_MODIFIED, lm));
-    }
-}
-
-pub(super) fn serve_hit(req: &HttpRequest, state: &HttpState, hit: Hit) -> HttpResponse {
-    let row = &hit.row;
-    let etag = format!("\"{}\"", row.digest);
-    let last_modified = row
-        .last_modified
-        .as_deref()
-        .and_then(|lm| httpdate::parse_http_date(lm).ok())
-        .unwrap_or(UNIX_EPOCH + Duration::from_secs(row.fetched_at));
-    let last_modified_text = httpdate::fmt_http_date(last_modified);
-    let h = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let decision = conditional::decide(
-        &conditional::Request {
-            if_none_match: h(header::IF_NONE_MATCH),
-            if_modified_since: h(header::IF_MODIFIED_SINCE),
-            if_range: h(header::IF_RANGE),
-            range: h(header::RANGE),
-        },
-        &conditional::Object {
-            etag: &etag,
-            last_modified: Some(last_modified),
-            size: row.size,
-        },
-    );
-    let mut builder = HttpResponse::Ok();
-    builder
-        .insert_header((header::ETAG, etag.clone()))
-        .insert_header((header::ACCEPT_RANGES, "bytes"));
-    content_headers(
-        &mut builder,
-        row.content_type.as_deref(),
-        Some(&last_modified_text),
-    );
-    let (start, end) = match decision {
-        Decision::NotModified => {
-            builder.status(StatusCode::NOT_MODIFIED);
-            return builder.finish();
-        }
-        Decision::Unsatisfiable => return unsatisfiable(row.size),
-        Decision::Full => (0, row.size),
-        Decision::Partial { start, end } => {
-            builder.status(StatusCode::PARTIAL_CONTENT);
-            builder.insert_header((
-                header::CONTENT_RANGE,
-                format!("bytes {start}-{end}/{}", row.size),
-            ));
-            (start, end + 1)
-        }
-    };
-    if req.method() == Method::HEAD {
-        return head_response(builder, end - start);
-    }
-    if let Some(bytes) = hit.body {
-        state.metrics.served("cache", end - start);
-        return builder.body(bytes.slice(start as usize..end as usize));
-    }
-    let stream = body::file_stream(hit.file, start, end, state.metrics.clone());
-    builder.body(SizedStream::new(end - start, stream))
 }
 
 /// Streams from the origin without storing (`on_miss = proxy`, or when the store cannot take the object).
@@ -417,29 +286,16 @@ async fn pass_through(
         }
     };
     state.metrics.request(kind::FILE, res);
-    let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut builder = HttpResponse::build(status);
-    for name in [
-        "content-type",
-        "etag",
-        "last-modified",
-        "content-range",
-        "accept-ranges",
-    ] {
-        if let Some(v) = resp.header(name) {
-            builder.insert_header((name, v));
-        }
-    }
-    let length = resp.content_length();
-    if req.method() == Method::HEAD || matches!(resp.status, 204 | 304) {
-        return match length {
-            Some(l) if req.method() == Method::HEAD => head_response(builder, l),
-            _ => builder.finish(),
-        };
-    }
-    let stream = body::relay(resp.body, state.metrics.clone());
-    match length {
-        Some(l) => builder.body(SizedStream::new(l, stream)),
-        None => builder.streaming(stream),
-    }
+    serve::relay(
+        req,
+        &state.metrics,
+        resp,
+        &[
+            "content-type",
+            "etag",
+            "last-modified",
+            "content-range",
+            "accept-ranges",
+        ],
+    )
 }

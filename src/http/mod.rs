@@ -2,8 +2,6 @@
 //! registry, on one actix server and decides by Host which of them answers.
 
 pub mod admin;
-mod body;
-pub mod conditional;
 pub mod files;
 
 use crate::config::Config;

@@ -1,0 +1,10 @@
+//! HTTP answers built from the store, shared by the two HTTP fronts (the file cache and the registry
+//! mirror): a stored object with Range and conditionals, a fill followed as it grows, an upstream answer
+//! relayed. The fronts decide *what* to answer; this module only knows how to put it on the wire, so the
+//! two never import each other (DESIGN.md §2).
+
+pub mod body;
+pub mod conditional;
+mod respond;
+
+pub use respond::{content_headers, head_response, relay, serve_hit, stream_fill, unsatisfiable};

@@ -1,0 +1,178 @@
+//! Responses: a hit, a growing fill, an upstream answer relayed. Every body is streamed (or, for small
+//! hot objects, sent from memory) and announces its exact length, so a client can tell a cut transfer
+//! from a complete one.
+
+use super::body::{self, Resume};
+use super::conditional::{self, Decision};
+use crate::metrics::Metrics;
+use crate::store::{Fill, Hit, SourceMeta};
+use crate::upstream;
+use actix_web::body::SizedStream;
+use actix_web::http::{Method, StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// A stored object: conditionals (ETag = content digest), Range, HEAD.
+pub fn serve_hit(req: &HttpRequest, metrics: &Metrics, hit: Hit) -> HttpResponse {
+    let row = &hit.row;
+    let etag = format!("\"{}\"", row.digest);
+    let last_modified = row
+        .last_modified
+        .as_deref()
+        .and_then(|lm| httpdate::parse_http_date(lm).ok())
+        .unwrap_or(UNIX_EPOCH + Duration::from_secs(row.fetched_at));
+    let last_modified_text = httpdate::fmt_http_date(last_modified);
+    let h = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let decision = conditional::decide(
+        &conditional::Request {
+            if_none_match: h(header::IF_NONE_MATCH),
+            if_modified_since: h(header::IF_MODIFIED_SINCE),
+            if_range: h(header::IF_RANGE),
+            range: h(header::RANGE),
+        },
+        &conditional::Object {
+            etag: &etag,
+            last_modified: Some(last_modified),
+            size: row.size,
+        },
+    );
+    let mut builder = HttpResponse::Ok();
+    builder
+        .insert_header((header::ETAG, etag.clone()))
+        .insert_header((header::ACCEPT_RANGES, "bytes"));
+    content_headers(
+        &mut builder,
+        row.content_type.as_deref(),
+        Some(&last_modified_text),
+    );
+    let (start, end) = match decision {
+        Decision::NotModified => {
+            builder.status(StatusCode::NOT_MODIFIED);
+            return builder.finish();
+        }
+        Decision::Unsatisfiable => return unsatisfiable(row.size),
+        Decision::Full => (0, row.size),
+        Decision::Partial { start, end } => {
+            builder.status(StatusCode::PARTIAL_CONTENT);
+            builder.insert_header((
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{end}/{}", row.size),
+            ));
+            (start, end + 1)
+        }
+    };
+    if req.method() == Method::HEAD {
+        return head_response(builder, end - start);
+    }
+    if let Some(bytes) = hit.body {
+        metrics.served("cache", end - start);
+        return builder.body(bytes.slice(start as usize..end as usize));
+    }
+    let stream = body::file_stream(hit.file, start, end, metrics.clone());
+    builder.body(SizedStream::new(end - start, stream))
+}
+
+/// A fill in progress (or just complete), from the first byte or a Range, as its bytes arrive.
+/// `resume` continues from the origin when the store gives up mid-way (disk full).
+pub fn stream_fill(
+    req: &HttpRequest,
+    metrics: &Metrics,
+    fill: &Arc<Fill>,
+    meta: &SourceMeta,
+    resume: Option<Resume>,
+) -> HttpResponse {
+    let range_header = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok());
+    let mut builder = HttpResponse::Ok();
+    builder.insert_header((header::ACCEPT_RANGES, "bytes"));
+    content_headers(
+        &mut builder,
+        meta.content_type.as_deref(),
+        meta.last_modified.as_deref(),
+    );
+    let Some(total) = meta.content_length else {
+        // Unknown length: stream the whole body, chunked. Ranges need a known size.
+        if req.method() == Method::HEAD {
+            return builder.finish();
+        }
+        let reader = fill.reader(0, None);
+        return builder.streaming(body::fill_stream(reader, None, resume, metrics.clone()));
+    };
+    let (status, start, end) = match range_header.map(|r| conditional::partial(r, total)) {
+        Some(Decision::Partial { start, end }) => (StatusCode::PARTIAL_CONTENT, start, end + 1),
+        Some(Decision::Unsatisfiable) => return unsatisfiable(total),
+        _ => (StatusCode::OK, 0, total),
+    };
+    builder.status(status);
+    if status == StatusCode::PARTIAL_CONTENT {
+        builder.insert_header((
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{total}", end - 1),
+        ));
+    }
+    if req.method() == Method::HEAD {
+        return head_response(builder, end - start);
+    }
+    let reader = fill.reader(start, Some(end));
+    let stream = body::fill_stream(reader, Some(end), resume, metrics.clone());
+    builder.body(SizedStream::new(end - start, stream))
+}
+
+/// A HEAD answer announcing `len` bytes: actix writes the Content-Length of the body and sends none.
+pub fn head_response(mut builder: HttpResponseBuilder, len: u64) -> HttpResponse {
+    builder.body(SizedStream::new(
+        len,
+        futures_util::stream::empty::<Result<bytes::Bytes, body::BoxError>>(),
+    ))
+}
+
+pub fn unsatisfiable(total: u64) -> HttpResponse {
+    HttpResponse::RangeNotSatisfiable()
+        .insert_header((header::CONTENT_RANGE, format!("bytes */{total}")))
+        .finish()
+}
+
+pub fn content_headers(
+    builder: &mut HttpResponseBuilder,
+    content_type: Option<&str>,
+    last_modified: Option<&str>,
+) {
+    builder.insert_header((
+        header::CONTENT_TYPE,
+        content_type.unwrap_or("application/octet-stream"),
+    ));
+    if let Some(lm) = last_modified {
+        builder.insert_header((header::LAST_MODIFIED, lm));
+    }
+}
+
+/// An upstream answer passed on uncached: its status, the named headers, and its body as it arrives.
+pub fn relay(
+    req: &HttpRequest,
+    metrics: &Metrics,
+    resp: upstream::Response,
+    headers: &[&str],
+) -> HttpResponse {
+    let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut builder = HttpResponse::build(status);
+    for name in headers {
+        if let Some(v) = resp.header(name) {
+            builder.insert_header((*name, v));
+        }
+    }
+    let length = resp.content_length();
+    if req.method() == Method::HEAD || matches!(resp.status, 204 | 304) {
+        return match length {
+            Some(l) if req.method() == Method::HEAD => head_response(builder, l),
+            _ => builder.finish(),
+        };
+    }
+    let stream = body::relay(resp.body, metrics.clone());
+    match length {
+        Some(l) => builder.body(SizedStream::new(l, stream)),
+        None => builder.streaming(stream),
+    }
+}
