@@ -8,10 +8,11 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::passthrough::{self, Passthrough};
 use crate::peers::Peers;
+use crate::registry::RegistryState;
 use crate::store::Store;
 use crate::sync::{self, Syncer};
 use crate::systemd;
-use crate::upstream::{NameResolver, Upstream, tls::TlsSetupError};
+use crate::upstream::{NameResolver, Upstream, oci_auth::OciAuth, tls::TlsSetupError};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -79,6 +80,7 @@ pub struct Running {
 /// Per-server routing facts, computed once.
 struct Routing {
     state: Arc<HttpState>,
+    registry: Arc<RegistryState>,
     syncer: Arc<Syncer>,
     admin_addrs: Vec<SocketAddr>,
 }
@@ -170,8 +172,20 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             rows,
         }
     }));
+    let credentials = match &config.registry.credentials_file {
+        Some(path) => crate::config::credentials::load(path, &config.registry.upstreams)
+            .map_err(|m| ConfigError::new("registry.credentials_file", m))?,
+        None => Default::default(),
+    };
+    let registry = Arc::new(RegistryState::new(
+        config.registry.clone(),
+        store.clone(),
+        OciAuth::new(upstream.clone(), credentials, metrics.clone()),
+        metrics.clone(),
+    ));
     let routing = web::Data::new(Routing {
         state,
+        registry,
         syncer: Arc::clone(&syncer),
         admin_addrs: admin_addrs.clone(),
     });
@@ -346,7 +360,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Intercepted Host → file cache; anything else → admin routes (on `http.admin_listen` only, if set).
+/// Intercepted Host → file cache; `/v2/` → registry mirror; anything else → admin routes (on `http.admin_listen` only, if set).
 async fn dispatch(req: HttpRequest, routing: web::Data<Routing>) -> HttpResponse {
     let state = &routing.state;
     let local = req.app_config().local_addr();
@@ -366,7 +380,7 @@ async fn dispatch(req: HttpRequest, routing: web::Data<Routing>) -> HttpResponse
         return http::files::handle(req.clone(), Arc::clone(state), domain, host).await;
     }
     if (req.path() == "/v2" || req.path().starts_with("/v2/")) && state.config.registry.enabled {
-        return crate::registry::handler::handle(&req, &state.config.registry);
+        return crate::registry::handler::handle(&req, &routing.registry).await;
     }
     if !routing.admin_addrs.is_empty() {
         return HttpResponse::NotFound().body("not found\n");

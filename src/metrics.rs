@@ -41,6 +41,24 @@ pub struct PeerLabels {
     pub peer: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryRequestLabels {
+    pub registry: String,
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryLabels {
+    pub registry: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryStatusLabels {
+    pub registry: String,
+    pub status: String,
+}
+
 /// Request kinds and results of `image_cache_requests_total`.
 pub mod kind {
     pub const FILE: &str = "file";
@@ -70,6 +88,10 @@ pub struct Metrics {
     pub sync_last_success: Gauge<f64, AtomicU64>,
     pub sync_images: Family<StateLabels, Gauge>,
     pub peer_up: Family<PeerLabels, Gauge>,
+    pub integrity_failures: Counter,
+    pub registry_requests: Family<RegistryRequestLabels, Counter>,
+    pub registry_bytes: Family<RegistryLabels, Counter>,
+    pub registry_upstream: Family<RegistryStatusLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -95,6 +117,10 @@ impl Metrics {
             sync_last_success: Gauge::default(),
             sync_images: Family::default(),
             peer_up: Family::default(),
+            integrity_failures: Counter::default(),
+            registry_requests: Family::default(),
+            registry_bytes: Family::default(),
+            registry_upstream: Family::default(),
         };
         r.register(
             "requests",
@@ -156,6 +182,26 @@ impl Metrics {
             "1 when the peer's /health answers, after hysteresis",
             m.peer_up.clone(),
         );
+        r.register(
+            "integrity_failures",
+            "Fills refused because the body did not hash to the digest it was fetched for",
+            m.integrity_failures.clone(),
+        );
+        r.register(
+            "registry_requests",
+            "Registry mirror requests by upstream registry, kind (manifest|blob) and cache result",
+            m.registry_requests.clone(),
+        );
+        r.register(
+            "registry_bytes_served",
+            "Body bytes of registry mirror answers, by upstream registry",
+            m.registry_bytes.clone(),
+        );
+        r.register(
+            "registry_upstream_responses",
+            "Answers of upstream registries (token endpoints included) by status; `error` = no answer",
+            m.registry_upstream.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             ..m
@@ -178,6 +224,35 @@ impl Metrics {
         self.upstream_requests
             .get_or_create(&UpstreamLabels {
                 kind,
+                status: status.into(),
+            })
+            .inc();
+    }
+
+    /// A registry mirror request: counted in `requests_total` and per registry.
+    pub fn registry_request(&self, registry: &str, kind: &'static str, result: &'static str) {
+        self.request(kind, result);
+        self.registry_requests
+            .get_or_create(&RegistryRequestLabels {
+                registry: registry.to_string(),
+                kind,
+                result,
+            })
+            .inc();
+    }
+
+    pub fn registry_served(&self, registry: &str, bytes: u64) {
+        self.registry_bytes
+            .get_or_create(&RegistryLabels {
+                registry: registry.to_string(),
+            })
+            .inc_by(bytes);
+    }
+
+    pub fn registry_upstream(&self, registry: &str, status: impl Into<String>) {
+        self.registry_upstream
+            .get_or_create(&RegistryStatusLabels {
+                registry: registry.to_string(),
                 status: status.into(),
             })
             .inc();

@@ -3,6 +3,7 @@
 //!
 //! Every other module reads this typed [`Config`]; nothing re-parses strings later.
 
+pub mod credentials;
 mod load;
 pub mod units;
 mod validate;
@@ -190,6 +191,10 @@ pub struct RegistryConfig {
     pub tag_ttl: Span,
     pub negative_ttl: Span,
     pub upstreams: BTreeMap<String, String>,
+    /// Accounts for upstream registries (docker `config.json` format). What they fetch is served to
+    /// every client of the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,6 +295,7 @@ impl Config {
                 enabled: true,
                 tag_ttl: Span::from_secs(60),
                 negative_ttl: Span::from_secs(30),
+                credentials_file: None,
                 upstreams: upstreams
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -138,6 +138,10 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
         }
         check_origin(url).map_err(|m| ConfigError::new(key, m))?;
     }
+    if let Some(path) = &c.registry.credentials_file {
+        super::credentials::load(path, &c.registry.upstreams)
+            .map_err(|m| ConfigError::new("registry.credentials_file", m))?;
+    }
 
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
         return Err(ConfigError::new(

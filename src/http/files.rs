@@ -192,6 +192,7 @@ async fn follow_fill(
                 content_type: row.content_type.clone(),
                 etag: row.etag.clone(),
                 last_modified: row.last_modified.clone(),
+                digest: None,
             };
             stream_fill(req, state, &fill, &meta, origin_url)
         }

@@ -1,15 +1,18 @@
 //! The `/v2/` front, top to bottom: method, path grammar, `ns` → configured upstream, then the
 //! endpoint. Everything a mirror must refuse is refused here with an OCI error, before any upstream or
-//! store is touched. Fetching and caching manifests and blobs is not built yet: valid requests get
-//! `404 MANIFEST_UNKNOWN` / `BLOB_UNKNOWN`, which makes containerd fall back to the registry itself.
+//! store is touched.
 
 use super::error::{base, oci_error, unsupported};
-use super::path::{self, PathError, Route};
-use crate::config::RegistryConfig;
+use super::manifests::{self, Repo};
+use super::path::{self, PathError, Reference, Route};
+use super::{RegistryState, blobs};
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse};
+use std::sync::Arc;
 
-pub fn handle(req: &HttpRequest, config: &RegistryConfig) -> HttpResponse {
+pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpResponse {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return unsupported(req.method().as_str());
     }
@@ -30,35 +33,81 @@ pub fn handle(req: &HttpRequest, config: &RegistryConfig) -> HttpResponse {
         return base();
     }
     let ns = path::ns_param(req.query_string());
-    let Some((registry, _upstream)) = path::upstream_for(ns.as_deref(), &config.upstreams) else {
+    let Some((registry, upstream)) = path::upstream_for(ns.as_deref(), &state.config.upstreams)
+    else {
         let why = match ns {
             Some(ns) => format!("registry {ns:?} is not in registry.upstreams"),
             None => "no ns parameter: configure containerd with a hosts.toml (image-cache containerd-hosts)".into(),
         };
         return oci_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN", &why);
     };
-    let mut response = match route {
-        Route::Manifest { .. } => oci_error(
-            StatusCode::NOT_FOUND,
-            "MANIFEST_UNKNOWN",
-            "the pull-through cache is not enabled yet; fetch from the registry",
-        ),
-        Route::Blob { .. } => oci_error(
-            StatusCode::NOT_FOUND,
-            "BLOB_UNKNOWN",
-            "the pull-through cache is not enabled yet; fetch from the registry",
-        ),
-        Route::TagsList { .. } | Route::Base => oci_error(
-            StatusCode::NOT_FOUND,
-            "NAME_UNKNOWN",
-            "tag listing is not served by this mirror",
-        ),
+    let mut response = match &route {
+        Route::Manifest { name, reference } => {
+            let repo = Repo {
+                registry,
+                base: upstream,
+                name,
+            };
+            match reference {
+                Reference::Tag(tag) => manifests::by_tag(req, state, &repo, tag).await,
+                Reference::Digest(d) => manifests::by_digest(req, state, &repo, d).await,
+            }
+        }
+        Route::Blob { name, digest } => {
+            let repo = Repo {
+                registry,
+                base: upstream,
+                name,
+            };
+            blobs::get(req, state, &repo, digest).await
+        }
+        Route::TagsList { name } => {
+            let repo = Repo {
+                registry,
+                base: upstream,
+                name,
+            };
+            tags_list(req, state, &repo).await
+        }
+        Route::Base => base(),
     };
-    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(registry) {
-        response.headers_mut().insert(
-            actix_web::http::header::HeaderName::from_static("oci-namespace"),
-            v,
-        );
+    if req.method() == Method::GET
+        && response.status().is_success()
+        && let BodySize::Sized(n) = response.body().size()
+    {
+        state.metrics.registry_served(registry, n);
+    }
+    if let Ok(v) = HeaderValue::from_str(registry) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("oci-namespace"), v);
     }
     response
+}
+
+/// `tags/list` is relayed uncached (listings change, and containerd never asks for them); only the
+/// spec's paging parameters go along, checked.
+async fn tags_list(req: &HttpRequest, state: &Arc<RegistryState>, repo: &Repo<'_>) -> HttpResponse {
+    let key = path::tag_key(repo.registry, repo.name, "-tags-list");
+    let (_, mut target) = match manifests::target(repo, "tags", "list", key) {
+        Ok(kt) => kt,
+        Err(resp) => return resp,
+    };
+    {
+        let mut pairs = target.url.query_pairs_mut();
+        for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+            let ok = match k.as_ref() {
+                "n" => v.len() <= 6 && v.bytes().all(|b| b.is_ascii_digit()),
+                "last" => path::tag_ok(&v),
+                _ => false,
+            };
+            if ok {
+                pairs.append_pair(&k, &v);
+            }
+        }
+    }
+    if target.url.query() == Some("") {
+        target.url.set_query(None);
+    }
+    manifests::pass_through(req, state, &target, None).await
 }

@@ -1,10 +1,46 @@
-//! The OCI pull-through mirror for containerd (issue 5). What is here so far: request paths, names,
-//! references and `ns` (`path.rs`, pure), OCI error answers (`error.rs`), the `/v2/` front that refuses
-//! what a mirror must refuse (`handler.rs`), and the `hosts.toml` that points containerd at the cache
-//! (`hosts.rs`). Fetching and caching comes next; until then valid pulls get 404 and containerd falls
-//! back to the registry.
+//! The OCI pull-through mirror for containerd: `handler.rs` reads a request top to bottom (method, path
+//! grammar, `ns` → configured upstream, endpoint); `manifests.rs` and `blobs.rs` decide between the
+//! store and the registry; `fetch.rs` talks to the registry; `answer.rs` writes OCI answers. Pure
+//! parts: `path.rs` (names, references, keys), `accept.rs` (content negotiation), `backoff.rs`
+//! (Retry-After). `hosts.rs` prints the containerd configuration that points at the cache.
 
+pub mod accept;
+mod answer;
+pub mod backoff;
+mod blobs;
 pub mod error;
+mod fetch;
 pub mod handler;
 pub mod hosts;
+mod manifests;
+pub mod negative;
 pub mod path;
+
+use crate::config::RegistryConfig;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::upstream::oci_auth::OciAuth;
+
+/// Everything the mirror needs, shared by all actix workers.
+pub struct RegistryState {
+    pub config: RegistryConfig,
+    pub store: Store,
+    pub auth: OciAuth,
+    pub metrics: Metrics,
+    pub backoff: backoff::Backoff,
+    pub negative: negative::NegativeCache,
+}
+
+impl RegistryState {
+    pub fn new(config: RegistryConfig, store: Store, auth: OciAuth, metrics: Metrics) -> Self {
+        let negative = negative::NegativeCache::new(config.negative_ttl.get());
+        RegistryState {
+            config,
+            store,
+            auth,
+            metrics,
+            backoff: backoff::Backoff::default(),
+            negative,
+        }
+    }
+}

@@ -215,10 +215,23 @@ pub fn ns_param(query: &str) -> Option<String> {
         })
 }
 
-/// Store key of a tag: `oci:<registry>/<name>:<tag>`. Names cannot contain `:` and tags cannot contain
-/// `/`, so `a/b-c:d` and `a/b:c-d` cannot collide.
+/// Store key of a tag: `oci:<registry>/<name>:<tag>`. Names cannot contain `:` or `@` and tags cannot
+/// contain `/`, `:` or `@`, so `a/b-c:d` and `a/b:c-d` cannot collide, and no tag key looks like one of
+/// the digest keys below.
 pub fn tag_key(registry: &str, name: &str, tag: &str) -> String {
     format!("oci:{registry}/{name}:{tag}")
+}
+
+/// Store key of a manifest fetched by digest: `oci:<registry>/<name>@<digest>`, as a reference is written.
+/// Kept per repository (not per digest alone): a digest is served for a repository only once that
+/// repository's registry has answered for it.
+pub fn manifest_key(registry: &str, name: &str, digest: &OciDigest) -> String {
+    format!("oci:{registry}/{name}@{}", digest.as_str())
+}
+
+/// Store key of a blob: `oci:<registry>/<name>@blob:<digest>`. The bytes are one file whatever the key.
+pub fn blob_key(registry: &str, name: &str, digest: &OciDigest) -> String {
+    format!("oci:{registry}/{name}@blob:{}", digest.as_str())
 }
 
 #[cfg(test)]
@@ -335,6 +348,25 @@ mod tests {
         );
         // Neither side can smuggle the separator of the other.
         assert!(name_ok("a/b:c").is_err());
+        assert!(name_ok("a/b@c").is_err());
         assert!(!tag_ok("c/d"));
+        assert!(!tag_ok("c@d") && !tag_ok("c:d"));
+        let d = OciDigest::parse(D).unwrap();
+        let keys = [
+            tag_key("docker.io", "foo/bar", "x"),
+            tag_key("docker.io", "foo_bar", "x"),
+            tag_key("ghcr.io", "foo/bar", "x"),
+            manifest_key("docker.io", "foo/bar", &d),
+            blob_key("docker.io", "foo/bar", &d),
+            blob_key("docker.io", "foo_bar", &d),
+            blob_key("quay.io", "foo/bar", &d),
+            // A tag spelled like a digest's hex stays a tag.
+            tag_key("docker.io", "foo/bar", &D[7..]),
+        ];
+        let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "{keys:?}");
+        for k in &keys {
+            assert!(crate::store::Key::parse(k).is_ok(), "{k}");
+        }
     }
 }

@@ -27,6 +27,9 @@ pub struct SourceMeta {
     pub content_type: Option<String>,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
+    /// The content digest the source vouches for (a registry's `Docker-Content-Digest`): the body must
+    /// hash to it, like `Expected::sha256`, or nothing is stored.
+    pub digest: Option<super::key::Digest>,
 }
 
 pub type SourceBody = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;

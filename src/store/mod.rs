@@ -329,6 +329,32 @@ impl Store {
         Ok(self.inner.index.list(prefix, cursor, limit)?)
     }
 
+    /// The size of the blob with this digest, when it is stored (under any key).
+    pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        Ok(self.inner.index.get_blob(digest)?.map(|b| b.size))
+    }
+
+    /// Gives `key` the row `row`, whose blob must already be stored (a manifest fetched by tag is also
+    /// its own digest's object; a layer another repository already brought). Returns false, changing
+    /// nothing, when the blob is not stored.
+    pub fn link(&self, key: &Key, row: &ObjectRow) -> Result<bool, StoreError> {
+        let orphan = {
+            let _stripe = lock(&self.inner.stripes[stripe_of(&row.digest)]);
+            match self.inner.index.get_blob(&row.digest)? {
+                Some(blob) if blob.size == row.size => {}
+                _ => return Ok(false),
+            }
+            let orphan = self.inner.index.put(key.as_str(), row)?;
+            self.inner.hot.forget(key.as_str());
+            orphan
+        };
+        if let Some(old) = orphan.filter(|o| *o != row.digest) {
+            self.unlink_if_unreferenced(&old)?;
+        }
+        self.refresh_gauges();
+        Ok(true)
+    }
+
     /// Pins or unpins a key; returns false when the key is not stored.
     pub fn set_pinned(&self, key: &Key, pinned: bool) -> Result<bool, StoreError> {
         self.inner.hot.forget(key.as_str());
@@ -732,10 +758,11 @@ async fn write_body(
     {
         return integrity(format!("expected {size} bytes, got {}", hashes.size));
     }
-    if let Some(want) = expected.sha256
-        && want != hashes.sha256
-    {
-        return integrity(format!("expected {want}, got {}", hashes.sha256));
+    for want in [expected.sha256, meta.digest].into_iter().flatten() {
+        if want != hashes.sha256 {
+            inner.metrics.integrity_failures.inc();
+            return integrity(format!("expected {want}, got {}", hashes.sha256));
+        }
     }
     if let (Some(want), Some(got)) = (expected.md5, hashes.md5)
         && want != got

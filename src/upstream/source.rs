@@ -53,6 +53,7 @@ pub fn body_outcome(resp: Response) -> SourceOutcome {
             content_type: resp.header("content-type").map(str::to_string),
             etag: resp.header("etag").map(str::to_string),
             last_modified: resp.header("last-modified").map(str::to_string),
+            digest: None,
         },
         body: resp.body,
     }

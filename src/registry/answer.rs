@@ -1,0 +1,93 @@
+//! OCI answers built from the store's outcomes: a stored manifest or blob with its digest, a fill's
+//! failure as the status containerd needs to decide whether to try the next host.
+
+use super::RegistryState;
+use super::backoff::retry_after_secs;
+use super::error::oci_error;
+use crate::serve;
+use crate::store::{FillFailure, Hit};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse};
+
+pub const DIGEST_HEADER: &str = "docker-content-digest";
+
+/// Sets `Docker-Content-Digest` (containerd needs it, with Content-Length, to trust a HEAD).
+pub fn with_digest(mut resp: HttpResponse, digest: &str) -> HttpResponse {
+    if let Ok(v) = HeaderValue::from_str(digest) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(DIGEST_HEADER), v);
+    }
+    resp
+}
+
+/// A stored object, with Range, conditionals and its digest.
+pub fn stored(req: &HttpRequest, state: &RegistryState, hit: Hit) -> HttpResponse {
+    let digest = hit.row.digest.to_string();
+    with_digest(serve::serve_hit(req, &state.metrics, hit), &digest)
+}
+
+/// `what` is `MANIFEST` or `BLOB`, for the `*_UNKNOWN` code.
+pub fn failure(state: &RegistryState, registry: &str, what: &str, f: &FillFailure) -> HttpResponse {
+    match f {
+        FillFailure::Upstream {
+            status: Some(404 | 410),
+            ..
+        } => oci_error(
+            StatusCode::NOT_FOUND,
+            &format!("{what}_UNKNOWN"),
+            &format!("{registry} does not have it"),
+        ),
+        FillFailure::Upstream {
+            status: Some(401), ..
+        } => oci_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            &format!(
+                "{registry} requires credentials the cache does not hold for this repository \
+                 (registry.credentials_file); pull it from the registry directly"
+            ),
+        ),
+        FillFailure::Upstream {
+            status: Some(403), ..
+        } => oci_error(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            &format!("{registry} denied the cache access to this repository"),
+        ),
+        FillFailure::Upstream {
+            status: Some(429), ..
+        } => rate_limited(state, registry),
+        FillFailure::Integrity(why) => oci_error(
+            StatusCode::BAD_GATEWAY,
+            "UNKNOWN",
+            &format!("{registry} sent content that does not match its digest: {why}"),
+        ),
+        other => oci_error(
+            StatusCode::BAD_GATEWAY,
+            "UNKNOWN",
+            &format!("upstream {registry} unavailable: {other}"),
+        ),
+    }
+}
+
+/// `503` with the wait left: containerd goes to the next host (the registry) at once, where relaying
+/// `429` would make it hammer the cache five times first.
+pub fn rate_limited(state: &RegistryState, registry: &str) -> HttpResponse {
+    let wait = state
+        .backoff
+        .remaining(registry)
+        .unwrap_or(super::backoff::DEFAULT_WAIT);
+    let mut resp = oci_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "TOOMANYREQUESTS",
+        &format!(
+            "{registry} rate-limits this cache; it is left alone for now and nothing is cached for this request"
+        ),
+    );
+    if let Ok(v) = HeaderValue::from_str(&retry_after_secs(wait).to_string()) {
+        resp.headers_mut()
+            .insert(actix_web::http::header::RETRY_AFTER, v);
+    }
+    resp
+}

@@ -1,0 +1,219 @@
+//! Requests to the upstream registry, and their answers as fill sources for the store. Every request
+//! goes through the cache's own authentication (`upstream::oci_auth`); every non-200 answer is turned
+//! into what the store and the front need: a 404 remembered for `negative_ttl`, a 429 backing the
+//! registry off, the status kept so the front can answer the client with it.
+
+use super::RegistryState;
+use super::accept;
+use crate::store::{Digest, SourceFuture, SourceMeta, SourceOutcome};
+use crate::upstream::{self, Method, Request, Response, UpstreamError};
+use std::sync::Arc;
+
+/// containerd refuses manifests above 4·1048·1048 bytes; the cache refuses to store larger ones too.
+pub const MANIFEST_MAX: u64 = 4 * 1048 * 1048;
+
+/// One upstream object: which registry, which repository, which URL.
+#[derive(Clone)]
+pub struct Target {
+    pub registry: String,
+    pub name: String,
+    pub url: url::Url,
+    /// The store key whose 404 is remembered.
+    pub key: String,
+}
+
+/// `<base>/v2/<name>/<endpoint>/<reference>`. Name and reference were validated by `path`, so nothing
+/// here can change the host or escape the path.
+pub fn url(base: &str, name: &str, endpoint: &str, reference: &str) -> Result<url::Url, String> {
+    let base = base.trim_end_matches('/');
+    url::Url::parse(&format!("{base}/v2/{name}/{endpoint}/{reference}"))
+        .map_err(|e| format!("cannot build the upstream URL from `{base}`: {e}"))
+}
+
+/// A request through the cache's registry authentication.
+pub async fn send(
+    state: &RegistryState,
+    target: &Target,
+    method: Method,
+    accept: Option<String>,
+) -> Result<Response, UpstreamError> {
+    let kind = if target.url.path().contains("/blobs/") {
+        "blob"
+    } else {
+        "manifest"
+    };
+    let mut request = Request::get(target.url.clone(), kind);
+    request.method = method;
+    if let Some(a) = accept {
+        request = request.header("accept", a);
+    }
+    state
+        .auth
+        .send(&target.registry, &target.name, request)
+        .await
+}
+
+/// A manifest GET (by tag or digest) as a fill source. The registry's `Docker-Content-Digest` is checked
+/// against the body before anything is stored.
+pub fn manifest(
+    state: Arc<RegistryState>,
+    target: Target,
+    client_accept: Option<String>,
+) -> SourceFuture {
+    Box::pin(async move {
+        let accept = accept::upstream_accept(client_accept.as_deref());
+        match send(&state, &target, Method::Get, Some(accept)).await {
+            Ok(resp) if resp.status == 200 => manifest_body(resp),
+            Ok(resp) => refused(&state, &target, &resp),
+            Err(e) => unreachable(&e),
+        }
+    })
+}
+
+/// Revalidates a stored tag with a HEAD (not counted as a pull by Docker Hub): the same digest → not
+/// modified; another digest (or none given) → the new manifest is fetched.
+pub fn revalidate_tag(
+    state: Arc<RegistryState>,
+    target: Target,
+    stored: Digest,
+    client_accept: Option<String>,
+) -> SourceFuture {
+    Box::pin(async move {
+        let accept = accept::upstream_accept(client_accept.as_deref());
+        match send(&state, &target, Method::Head, Some(accept)).await {
+            Ok(resp) if resp.status == 200 => {
+                if content_digest(&resp) == Some(stored) {
+                    return SourceOutcome::NotModified;
+                }
+                manifest(state, target, client_accept).await
+            }
+            Ok(resp) => refused(&state, &target, &resp),
+            Err(e) => unreachable(&e),
+        }
+    })
+}
+
+/// A blob GET as a fill source; redirects to a CDN are followed (without the registry's token).
+pub fn blob(state: Arc<RegistryState>, target: Target) -> SourceFuture {
+    Box::pin(async move {
+        match send(&state, &target, Method::Get, None).await {
+            Ok(resp) if resp.status == 200 => match identity(&resp) {
+                Ok(()) => {
+                    let digest = content_digest(&resp);
+                    let mut outcome = upstream::source::body_outcome(resp);
+                    if let SourceOutcome::Body { meta, .. } = &mut outcome {
+                        meta.digest = digest;
+                        meta.etag = None;
+                        meta.last_modified = None;
+                        meta.content_type = Some("application/octet-stream".into());
+                    }
+                    outcome
+                }
+                Err(why) => unavailable(502, why),
+            },
+            Ok(resp) => refused(&state, &target, &resp),
+            Err(e) => unreachable(&e),
+        }
+    })
+}
+
+fn manifest_body(resp: Response) -> SourceOutcome {
+    if let Err(why) = identity(&resp) {
+        return unavailable(502, why);
+    }
+    if resp.content_length().is_some_and(|l| l > MANIFEST_MAX) {
+        return unavailable(
+            502,
+            format!("manifest larger than {MANIFEST_MAX} bytes refused"),
+        );
+    }
+    let content_type = resp
+        .header("content-type")
+        .map(|t| t.split(';').next().unwrap_or(t).trim().to_string())
+        .filter(|t| !t.is_empty());
+    let meta = SourceMeta {
+        content_length: resp.content_length(),
+        content_type,
+        etag: None,
+        last_modified: None,
+        digest: content_digest(&resp),
+    };
+    SourceOutcome::Body {
+        meta,
+        body: Box::pin(limit(resp.body, MANIFEST_MAX)),
+    }
+}
+
+/// A body cut off (with an error) past `max` bytes: a manifest without Content-Length cannot grow
+/// without bound.
+fn limit(
+    body: upstream::Body,
+    max: u64,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, String>> {
+    use futures_util::StreamExt;
+    let mut seen = 0u64;
+    body.map(move |item| {
+        let chunk = item?;
+        seen += chunk.len() as u64;
+        if seen > max {
+            return Err(format!("manifest larger than {max} bytes refused"));
+        }
+        Ok(chunk)
+    })
+}
+
+/// The cache asks for no encoding, so stored bytes are the bytes the digest names; a registry that
+/// encodes anyway is refused rather than stored wrong.
+fn identity(resp: &Response) -> Result<(), String> {
+    match resp.header("content-encoding").map(str::trim) {
+        None | Some("") => Ok(()),
+        Some(e) if e.eq_ignore_ascii_case("identity") => Ok(()),
+        Some(e) => Err(format!(
+            "registry sent Content-Encoding `{e}` although none was asked for"
+        )),
+    }
+}
+
+/// `Docker-Content-Digest` when it is a sha256 digest (others are not checked by the store).
+pub fn content_digest(resp: &Response) -> Option<Digest> {
+    resp.header("docker-content-digest")
+        .filter(|d| d.starts_with("sha256:"))
+        .and_then(|d| Digest::parse(d.trim()).ok())
+}
+
+/// A registry's non-200 answer: remembered when it is a 404 or a 429, passed on with its status.
+pub fn refused(state: &RegistryState, target: &Target, resp: &Response) -> SourceOutcome {
+    match resp.status {
+        404 | 410 => state.negative.insert(&target.key),
+        429 => {
+            let wait = state
+                .backoff
+                .rate_limited(&target.registry, resp.header("retry-after"));
+            tracing::warn!(
+                registry = %target.registry,
+                wait_s = wait.as_secs(),
+                remaining = resp.header("ratelimit-remaining").unwrap_or("?"),
+                "registry rate limit hit; leaving it alone"
+            );
+        }
+        _ => {}
+    }
+    unavailable(
+        resp.status,
+        format!("{} answered {}", target.registry, resp.status),
+    )
+}
+
+fn unreachable(e: &UpstreamError) -> SourceOutcome {
+    SourceOutcome::Unavailable {
+        status: None,
+        message: upstream::source::describe(e),
+    }
+}
+
+fn unavailable(status: u16, message: String) -> SourceOutcome {
+    SourceOutcome::Unavailable {
+        status: Some(status),
+        message,
+    }
+}

@@ -1,0 +1,394 @@
+//! Manifests. By tag: served from the store while younger than `tag_ttl`, then revalidated with an
+//! upstream HEAD, served stale when the registry fails or rate-limits; the tag's manifest is also
+//! stored under its digest, so containerd's next request (by digest) is a hit. By digest: immutable,
+//! verified before it is stored. Manifests are small: the answer waits for the fill to end, so every
+//! answer carries the digest the cache computed.
+
+use super::answer::{self, stored};
+use super::blobs::adopt;
+use super::error::oci_error;
+use super::fetch::{self, Target};
+use super::path::{OciDigest, manifest_key, tag_key};
+use super::{RegistryState, accept};
+use crate::metrics::{kind, result};
+use crate::serve;
+use crate::store::{Access, Expected, FillSpec, Key, ObjectRow, Phase, Plan, now_secs};
+use crate::upstream::Method;
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse};
+use std::sync::Arc;
+
+pub struct Repo<'a> {
+    pub registry: &'a str,
+    pub base: &'a str,
+    pub name: &'a str,
+}
+
+/// Why a tag request did not go through the store.
+enum Skip {
+    /// The client does not accept the stored media type.
+    Narrow,
+    /// Nothing stored and the registry is backed off.
+    RateLimited,
+}
+
+pub async fn by_tag(
+    req: &HttpRequest,
+    state: &Arc<RegistryState>,
+    repo: &Repo<'_>,
+    tag: &str,
+) -> HttpResponse {
+    let key_text = tag_key(repo.registry, repo.name, tag);
+    let (key, target) = match target(repo, "manifests", tag, key_text) {
+        Ok(kt) => kt,
+        Err(resp) => return resp,
+    };
+    let client_accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if state.negative.contains(key.as_str()) {
+        state
+            .metrics
+            .registry_request(repo.registry, kind::MANIFEST, result::MISS);
+        return unknown(repo.registry);
+    }
+    let blocked = state.backoff.remaining(repo.registry).is_some();
+    let tag_ttl = state.config.tag_ttl.get().as_secs();
+    let mut skip = None;
+    let mut stale = false;
+    let access = state.store.access(&key, |row| match row {
+        Some(r) if !accepted(client_accept.as_deref(), r) => {
+            skip = Some(Skip::Narrow);
+            Plan::Skip
+        }
+        Some(r) if now_secs().saturating_sub(r.validated_at) < tag_ttl => Plan::Serve,
+        Some(_) if blocked => {
+            stale = true;
+            Plan::Serve
+        }
+        Some(r) => Plan::Fill(FillSpec {
+            expected: Expected::default(),
+            source: fetch::revalidate_tag(
+                Arc::clone(state),
+                target.clone(),
+                r.digest,
+                client_accept.clone(),
+            ),
+            want_md5: false,
+        }),
+        None if blocked => {
+            skip = Some(Skip::RateLimited);
+            Plan::Skip
+        }
+        None => Plan::Fill(FillSpec {
+            expected: Expected::default(),
+            source: fetch::manifest(Arc::clone(state), target.clone(), client_accept.clone()),
+            want_md5: false,
+        }),
+    });
+    let fill = match access {
+        Ok(Access::Hit(hit)) => {
+            let res = if stale { result::STALE } else { result::HIT };
+            state
+                .metrics
+                .registry_request(repo.registry, kind::MANIFEST, res);
+            return stored(req, state, hit);
+        }
+        Ok(Access::Skipped) => {
+            return match skip {
+                Some(Skip::Narrow) => pass_through(req, state, &target, client_accept).await,
+                _ => {
+                    state
+                        .metrics
+                        .registry_request(repo.registry, kind::MANIFEST, result::ERROR);
+                    answer::rate_limited(state, repo.registry)
+                }
+            };
+        }
+        Ok(Access::Fill { fill, .. }) => fill,
+        Err(e) => return store_error(state, repo.registry, &e),
+    };
+    match fill.finished().await {
+        Phase::NotModified => serve_again(req, state, repo.registry, &key, result::HIT),
+        Phase::Complete { row } => {
+            also_by_digest(state, repo, &row);
+            if !accepted(client_accept.as_deref(), &row) {
+                return pass_through(req, state, &target, client_accept).await;
+            }
+            serve_again(req, state, repo.registry, &key, result::MISS)
+        }
+        Phase::Failed(failure) => {
+            let status = match &failure {
+                crate::store::FillFailure::Upstream { status, .. } => *status,
+                _ => None,
+            };
+            match status {
+                // The tag is gone (or closed): forget it rather than resurrect it when the registry is down.
+                Some(401 | 403 | 404 | 410) => {
+                    if let Err(e) = state.store.remove(&[key.as_str().to_string()]) {
+                        tracing::warn!(key = %key, error = %e, "cannot drop a tag the registry no longer has");
+                    }
+                }
+                _ => {
+                    if let Ok(Some(hit)) = state.store.open_stored(&key) {
+                        tracing::warn!(key = %key, %failure, "registry unavailable; serving the stored tag");
+                        state.metrics.registry_request(
+                            repo.registry,
+                            kind::MANIFEST,
+                            result::STALE,
+                        );
+                        return stored(req, state, hit);
+                    }
+                }
+            }
+            state
+                .metrics
+                .registry_request(repo.registry, kind::MANIFEST, result::ERROR);
+            answer::failure(state, repo.registry, "MANIFEST", &failure)
+        }
+        Phase::Connecting | Phase::Streaming { .. } => internal("fill ended without an outcome"),
+    }
+}
+
+pub async fn by_digest(
+    req: &HttpRequest,
+    state: &Arc<RegistryState>,
+    repo: &Repo<'_>,
+    digest: &OciDigest,
+) -> HttpResponse {
+    let key_text = manifest_key(repo.registry, repo.name, digest);
+    let (key, target) = match target(repo, "manifests", digest.as_str(), key_text) {
+        Ok(kt) => kt,
+        Err(resp) => return resp,
+    };
+    let client_accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let Some(sha256) = digest.sha256() else {
+        // Only sha256 content is stored; other algorithms are relayed.
+        return pass_through(req, state, &target, client_accept).await;
+    };
+    if state.negative.contains(key.as_str()) {
+        state
+            .metrics
+            .registry_request(repo.registry, kind::MANIFEST, result::MISS);
+        return unknown(repo.registry);
+    }
+    if let Some(hit) = adopt(state, &target, &key, sha256, None).await {
+        state
+            .metrics
+            .registry_request(repo.registry, kind::MANIFEST, result::HIT);
+        return stored(req, state, hit);
+    }
+    let blocked = state.backoff.remaining(repo.registry).is_some();
+    let access = state.store.access(&key, |row| match row {
+        Some(_) => Plan::Serve,
+        None if blocked => Plan::Skip,
+        None => Plan::Fill(FillSpec {
+            expected: Expected {
+                sha256: Some(sha256),
+                ..Expected::default()
+            },
+            source: fetch::manifest(Arc::clone(state), target.clone(), client_accept.clone()),
+            want_md5: false,
+        }),
+    });
+    let fill = match access {
+        Ok(Access::Hit(hit)) => {
+            state
+                .metrics
+                .registry_request(repo.registry, kind::MANIFEST, result::HIT);
+            return stored(req, state, hit);
+        }
+        Ok(Access::Skipped) => {
+            state
+                .metrics
+                .registry_request(repo.registry, kind::MANIFEST, result::ERROR);
+            return answer::rate_limited(state, repo.registry);
+        }
+        Ok(Access::Fill { fill, .. }) => fill,
+        Err(e) => return store_error(state, repo.registry, &e),
+    };
+    match fill.finished().await {
+        Phase::Complete { .. } | Phase::NotModified => {
+            serve_again(req, state, repo.registry, &key, result::MISS)
+        }
+        Phase::Failed(failure) => {
+            state
+                .metrics
+                .registry_request(repo.registry, kind::MANIFEST, result::ERROR);
+            answer::failure(state, repo.registry, "MANIFEST", &failure)
+        }
+        Phase::Connecting | Phase::Streaming { .. } => internal("fill ended without an outcome"),
+    }
+}
+
+/// The store key and the upstream target of one object.
+pub fn target(
+    repo: &Repo<'_>,
+    endpoint: &str,
+    reference: &str,
+    key_text: String,
+) -> Result<(Key, Target), HttpResponse> {
+    let key = Key::parse(&key_text).map_err(|e| internal(&format!("store key: {e}")))?;
+    let url = fetch::url(repo.base, repo.name, endpoint, reference).map_err(|e| internal(&e))?;
+    Ok((
+        key,
+        Target {
+            registry: repo.registry.to_string(),
+            name: repo.name.to_string(),
+            url,
+            key: key_text,
+        },
+    ))
+}
+
+fn accepted(client_accept: Option<&str>, row: &ObjectRow) -> bool {
+    row.content_type
+        .as_deref()
+        .is_none_or(|t| accept::accepts(client_accept, t))
+}
+
+/// A manifest fetched by tag is also the object of its digest: linking it saves containerd's next GET
+/// (by digest) a trip to the registry, and Docker Hub a counted pull.
+fn also_by_digest(state: &RegistryState, repo: &Repo<'_>, row: &ObjectRow) {
+    let Some(digest) = OciDigest::parse(&row.digest.to_string()) else {
+        return;
+    };
+    let Ok(key) = Key::parse(&manifest_key(repo.registry, repo.name, &digest)) else {
+        return;
+    };
+    if matches!(state.store.get(&key), Ok(Some(r)) if r.digest == row.digest) {
+        return;
+    }
+    let mut linked = row.clone();
+    linked.pinned = false;
+    linked.hits = 0;
+    if let Err(e) = state.store.link(&key, &linked) {
+        tracing::warn!(key = %key, error = %e, "cannot store the tag's manifest under its digest");
+    }
+}
+
+fn serve_again(
+    req: &HttpRequest,
+    state: &RegistryState,
+    registry: &str,
+    key: &Key,
+    res: &'static str,
+) -> HttpResponse {
+    match state.store.open_stored(key) {
+        Ok(Some(hit)) => {
+            state
+                .metrics
+                .registry_request(registry, kind::MANIFEST, res);
+            stored(req, state, hit)
+        }
+        Ok(None) => {
+            state
+                .metrics
+                .registry_request(registry, kind::MANIFEST, result::ERROR);
+            oci_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNKNOWN",
+                "the manifest was evicted while being served; retry",
+            )
+        }
+        Err(e) => store_error(state, registry, &e),
+    }
+}
+
+/// Asks the registry on the client's behalf, uncached: a client whose `Accept` the stored manifest
+/// does not satisfy, a digest algorithm the store does not verify.
+pub async fn pass_through(
+    req: &HttpRequest,
+    state: &RegistryState,
+    target: &Target,
+    client_accept: Option<String>,
+) -> HttpResponse {
+    let method = if req.method() == actix_web::http::Method::HEAD {
+        Method::Head
+    } else {
+        Method::Get
+    };
+    let what = if target.url.path().contains("/blobs/") {
+        kind::BLOB
+    } else {
+        kind::MANIFEST
+    };
+    match fetch::send(state, target, method, client_accept).await {
+        Ok(resp) if resp.status == 200 => {
+            state
+                .metrics
+                .registry_request(&target.registry, what, result::MISS);
+            serve::relay(
+                req,
+                &state.metrics,
+                resp,
+                &["content-type", answer::DIGEST_HEADER],
+            )
+        }
+        Ok(resp) => {
+            state
+                .metrics
+                .registry_request(&target.registry, what, result::ERROR);
+            let outcome = fetch::refused(state, target, &resp);
+            let failure = match outcome {
+                crate::store::SourceOutcome::Unavailable { status, message } => {
+                    crate::store::FillFailure::Upstream { status, message }
+                }
+                _ => crate::store::FillFailure::Upstream {
+                    status: Some(resp.status),
+                    message: String::new(),
+                },
+            };
+            let code = if what == kind::BLOB {
+                "BLOB"
+            } else {
+                "MANIFEST"
+            };
+            answer::failure(state, &target.registry, code, &failure)
+        }
+        Err(e) => {
+            state
+                .metrics
+                .registry_request(&target.registry, what, result::ERROR);
+            oci_error(
+                StatusCode::BAD_GATEWAY,
+                "UNKNOWN",
+                &format!("upstream {} unavailable: {e}", target.registry),
+            )
+        }
+    }
+}
+
+fn unknown(registry: &str) -> HttpResponse {
+    oci_error(
+        StatusCode::NOT_FOUND,
+        "MANIFEST_UNKNOWN",
+        &format!("{registry} did not have it a moment ago (registry.negative_ttl)"),
+    )
+}
+
+pub fn store_error(
+    state: &RegistryState,
+    registry: &str,
+    e: &crate::store::StoreError,
+) -> HttpResponse {
+    tracing::error!(error = %e, "store lookup failed");
+    state
+        .metrics
+        .registry_request(registry, kind::MANIFEST, result::ERROR);
+    oci_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "UNKNOWN",
+        "the cache's store is failing; fetch from the registry",
+    )
+}
+
+pub fn internal(why: &str) -> HttpResponse {
+    oci_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", why)
+}

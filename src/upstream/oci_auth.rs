@@ -1,0 +1,195 @@
+//! Registry authentication done by the cache itself: a request goes out with the token cached for its
+//! repository (if any); a `401` with a Bearer challenge fetches a token from the challenge's realm —
+//! anonymously, or with the account of `registry.credentials_file` — and the request is sent once more.
+//! Tokens are cached per (registry, repository) until shortly before they expire. Client credentials are
+//! never used: the cache's requests are its own.
+
+use super::challenge::{self, Challenge};
+use super::{Request, Response, Upstream, UpstreamError};
+use crate::config::credentials::{Credential, RegistryCredentials};
+use crate::metrics::Metrics;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A token answer larger than this is refused (they are a few KiB).
+const TOKEN_BODY_LIMIT: usize = 64 * 1024;
+/// `expires_in` when the token endpoint does not say (token spec: 60 s).
+const DEFAULT_LIFETIME: u64 = 60;
+/// Tokens are dropped this long before they expire, so none expires in flight.
+const MARGIN: u64 = 10;
+/// Longest a token or a Basic header is reused.
+const MAX_LIFETIME: u64 = 3600;
+
+pub struct OciAuth {
+    upstream: Upstream,
+    credentials: RegistryCredentials,
+    /// `(registry, repository)` → the `Authorization` value that worked, and until when.
+    cache: Mutex<HashMap<(String, String), (String, Instant)>>,
+    metrics: Metrics,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenAnswer {
+    token: Option<String>,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+impl OciAuth {
+    pub fn new(upstream: Upstream, credentials: RegistryCredentials, metrics: Metrics) -> Self {
+        OciAuth {
+            upstream,
+            credentials,
+            cache: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// True when the cache holds an account for `registry` (its answers then need no client identity).
+    pub fn has_credentials(&self, registry: &str) -> bool {
+        self.credentials.contains_key(registry)
+    }
+
+    /// Sends `request` for `repository` on `registry`, answering one authentication challenge. The
+    /// answer is whatever the registry said last: a second 401 is returned for the caller to relay.
+    pub async fn send(
+        &self,
+        registry: &str,
+        repository: &str,
+        request: Request,
+    ) -> Result<Response, UpstreamError> {
+        let key = (registry.to_string(), repository.to_string());
+        let cached = self.cached(&key);
+        let first = match &cached {
+            Some(auth) => request.clone().header("authorization", auth.clone()),
+            None => request.clone(),
+        };
+        let resp = self.counted(registry, first).await?;
+        if resp.status != 401 {
+            return Ok(resp);
+        }
+        if cached.is_some() {
+            self.lock().remove(&key);
+        }
+        let Some(found) = resp.header("www-authenticate").and_then(challenge::parse) else {
+            return Ok(resp);
+        };
+        let credential = self.credentials.get(registry);
+        let (auth, lifetime) = match found {
+            Challenge::Basic => match credential {
+                Some(c) => (basic(c), MAX_LIFETIME),
+                None => return Ok(resp),
+            },
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            } => {
+                let scope = scope.unwrap_or_else(|| format!("repository:{repository}:pull"));
+                match self
+                    .token(registry, &realm, service.as_deref(), &scope, credential)
+                    .await
+                {
+                    Ok((token, lifetime)) => (format!("Bearer {token}"), lifetime),
+                    Err(why) => {
+                        tracing::warn!(%registry, %realm, %why, "no token from the registry's auth realm");
+                        return Ok(resp);
+                    }
+                }
+            }
+        };
+        let answer = self
+            .counted(registry, request.header("authorization", auth.clone()))
+            .await?;
+        if answer.status != 401 && answer.status != 403 {
+            let until = Instant::now() + Duration::from_secs(lifetime);
+            self.lock().insert(key, (auth, until));
+        }
+        Ok(answer)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (String, Instant)>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cached(&self, key: &(String, String)) -> Option<String> {
+        let mut cache = self.lock();
+        match cache.get(key) {
+            Some((auth, until)) if *until > Instant::now() => Some(auth.clone()),
+            Some(_) => {
+                cache.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    async fn counted(&self, registry: &str, request: Request) -> Result<Response, UpstreamError> {
+        let result = self.upstream.send(request).await;
+        let label = match &result {
+            Ok(r) => r.status.to_string(),
+            Err(UpstreamError::Timeout(_)) => "timeout".into(),
+            Err(_) => "error".into(),
+        };
+        self.metrics.registry_upstream(registry, label);
+        result
+    }
+
+    /// GET `realm?service=…&scope=…` (Basic auth with the account, if any) → (token, seconds to keep it).
+    async fn token(
+        &self,
+        registry: &str,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        credential: Option<&Credential>,
+    ) -> Result<(String, u64), String> {
+        let mut url = url::Url::parse(realm).map_err(|e| format!("realm `{realm}`: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("realm `{realm}` is not an HTTP URL"));
+        }
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        let mut request = Request::get(url, "token");
+        if let Some(c) = credential {
+            request = request.header("authorization", basic(c));
+        }
+        let resp = self
+            .counted(registry, request)
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status != 200 {
+            return Err(format!("token endpoint answered {}", resp.status));
+        }
+        let body = super::read_body(resp.body, TOKEN_BODY_LIMIT).await?;
+        let answer: TokenAnswer =
+            serde_json::from_slice(&body).map_err(|e| format!("token answer: {e}"))?;
+        let token = answer
+            .token
+            .or(answer.access_token)
+            .filter(|t| !t.is_empty() && !t.contains(['\r', '\n']))
+            .ok_or("token answer has no token")?;
+        let lifetime = answer
+            .expires_in
+            .unwrap_or(DEFAULT_LIFETIME)
+            .min(MAX_LIFETIME)
+            .saturating_sub(MARGIN)
+            .max(1);
+        Ok((token, lifetime))
+    }
+}
+
+fn basic(c: &Credential) -> String {
+    use base64::Engine;
+    let raw = format!("{}:{}", c.username, c.password);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
