@@ -29,7 +29,7 @@ pub async fn get(
     let key_text = blob_key(repo.registry, repo.name, digest);
     let (key, target) = match target(repo, "blobs", digest.as_str(), key_text) {
         Ok(kt) => kt,
-        Err(resp) => return resp,
+        Err(why) => return internal(&why),
     };
     let Some(sha256) = digest.sha256() else {
         return pass_through(req, state, &target, None).await;

@@ -91,7 +91,7 @@ async fn tags_list(req: &HttpRequest, state: &Arc<RegistryState>, repo: &Repo<'_
     let key = path::tag_key(repo.registry, repo.name, "-tags-list");
     let (_, mut target) = match manifests::target(repo, "tags", "list", key) {
         Ok(kt) => kt,
-        Err(resp) => return resp,
+        Err(why) => return manifests::internal(&why),
     };
     {
         let mut pairs = target.url.query_pairs_mut();

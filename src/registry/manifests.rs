@@ -41,7 +41,7 @@ pub async fn by_tag(
     let key_text = tag_key(repo.registry, repo.name, tag);
     let (key, target) = match target(repo, "manifests", tag, key_text) {
         Ok(kt) => kt,
-        Err(resp) => return resp,
+        Err(why) => return internal(&why),
     };
     let client_accept = req
         .headers()
@@ -161,7 +161,7 @@ pub async fn by_digest(
     let key_text = manifest_key(repo.registry, repo.name, digest);
     let (key, target) = match target(repo, "manifests", digest.as_str(), key_text) {
         Ok(kt) => kt,
-        Err(resp) => return resp,
+        Err(why) => return internal(&why),
     };
     let client_accept = req
         .headers()
@@ -233,9 +233,9 @@ pub fn target(
     endpoint: &str,
     reference: &str,
     key_text: String,
-) -> Result<(Key, Target), HttpResponse> {
-    let key = Key::parse(&key_text).map_err(|e| internal(&format!("store key: {e}")))?;
-    let url = fetch::url(repo.base, repo.name, endpoint, reference).map_err(|e| internal(&e))?;
+) -> Result<(Key, Target), String> {
+    let key = Key::parse(&key_text).map_err(|e| format!("store key: {e}"))?;
+    let url = fetch::url(repo.base, repo.name, endpoint, reference)?;
     Ok((
         key,
         Target {
