@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod metal_api;
+pub mod oci;
 pub mod origin;
 
 use image_cache::app::{self, Running};

@@ -1,0 +1,459 @@
+//! A small OCI registry on 127.0.0.1 that behaves like Docker Hub where it matters to a cache: every
+//! repository wants a bearer token from its own token endpoint (anonymous, or Basic for `private/*`),
+//! tags answer by content negotiation, blobs redirect to a "CDN" on another port with a signed URL,
+//! and faults can be injected per path. Every request is logged so tests can count upstream traffic.
+
+use actix_web::http::header;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use futures_util::StreamExt;
+use sha2::Digest as _;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const DOCKER_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const RESOLVE_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
+pub const USER: &str = "puller";
+pub const PASSWORD: &str = "s3cret";
+
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer this status (with `Retry-After` when given).
+    Status(u16, Option<&'static str>),
+    /// Send other bytes than the digest names.
+    WrongBody,
+    /// Claim `Content-Encoding: gzip`.
+    Gzip,
+    /// Omit `Docker-Content-Digest`.
+    NoDigest,
+    /// Send the first half, then wait this long before the rest.
+    Slow(Duration),
+}
+
+/// (repo, tag or digest) → (media type, bytes).
+type Manifests = HashMap<(String, String), (String, Vec<u8>)>;
+
+#[derive(Default)]
+pub struct RegState {
+    manifests: Mutex<Manifests>,
+    blobs: Mutex<HashMap<String, Vec<u8>>>,
+    /// Which repositories hold which blob digests.
+    members: Mutex<HashSet<(String, String)>>,
+    /// Requests answered 401 for want of a token.
+    pub challenges: AtomicU64,
+    /// Every request that carried the right token (and token requests): "METHOD path?query accept".
+    pub log: Mutex<Vec<String>>,
+    /// Every CDN request: "GET digest authorization-present".
+    pub cdn_log: Mutex<Vec<String>>,
+    pub tokens_issued: AtomicU64,
+    pub faults: Mutex<HashMap<String, Fault>>,
+    pub stopped: AtomicBool,
+    port: AtomicU64,
+    cdn_port: AtomicU64,
+}
+
+pub struct Image {
+    pub index: String,
+    pub amd64: String,
+    pub arm64: String,
+    pub config: String,
+    pub layers: Vec<String>,
+}
+
+pub struct FakeRegistry {
+    pub state: Arc<RegState>,
+    pub url: String,
+    pub cdn_url: String,
+    handles: Vec<actix_web::dev::ServerHandle>,
+}
+
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+impl FakeRegistry {
+    pub async fn start() -> Self {
+        let state = Arc::new(RegState::default());
+        let (reg, reg_port, reg_handle) = serve(Arc::clone(&state), registry_route).await;
+        let (cdn, cdn_port, cdn_handle) = serve(Arc::clone(&state), cdn_route).await;
+        state.port.store(reg_port as u64, Ordering::SeqCst);
+        state.cdn_port.store(cdn_port as u64, Ordering::SeqCst);
+        tokio::spawn(reg);
+        tokio::spawn(cdn);
+        FakeRegistry {
+            state,
+            url: format!("http://127.0.0.1:{reg_port}"),
+            cdn_url: format!("http://127.0.0.1:{cdn_port}"),
+            handles: vec![reg_handle, cdn_handle],
+        }
+    }
+
+    pub fn put_blob(&self, repo: &str, bytes: Vec<u8>) -> String {
+        let d = digest(&bytes);
+        self.state.blobs.lock().unwrap().insert(d.clone(), bytes);
+        self.state
+            .members
+            .lock()
+            .unwrap()
+            .insert((repo.to_string(), d.clone()));
+        d
+    }
+
+    pub fn put_manifest(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        media: &str,
+        bytes: Vec<u8>,
+    ) -> String {
+        let d = digest(&bytes);
+        let mut m = self.state.manifests.lock().unwrap();
+        m.insert((repo.into(), d.clone()), (media.into(), bytes.clone()));
+        if let Some(t) = tag {
+            m.insert((repo.into(), t.into()), (media.into(), bytes));
+        }
+        d
+    }
+
+    pub fn blob(&self, d: &str) -> Vec<u8> {
+        self.state.blobs.lock().unwrap()[d].clone()
+    }
+
+    /// A two-platform image: an index, a manifest per platform sharing `layers`, one config each.
+    pub fn push_image(&self, repo: &str, tag: &str, layers: &[Vec<u8>]) -> Image {
+        let layer_digests: Vec<String> = layers
+            .iter()
+            .map(|l| self.put_blob(repo, l.clone()))
+            .collect();
+        let platform = |arch: &str| {
+            let config = format!(
+                r#"{{"architecture":"{arch}","os":"linux","rootfs":{{"type":"layers"}},"tag":"{tag}"}}"#
+            );
+            let config_digest = self.put_blob(repo, config.clone().into_bytes());
+            let layer_descs: Vec<String> = layer_digests
+                .iter()
+                .zip(layers)
+                .map(|(d, l)| format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":{}}}"#, l.len()))
+                .collect();
+            let manifest = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{}]}}"#,
+                config.len(),
+                layer_descs.join(",")
+            );
+            let d = self.put_manifest(repo, None, MANIFEST, manifest.clone().into_bytes());
+            (d, config_digest, manifest.len())
+        };
+        let (amd64, config, amd_len) = platform("amd64");
+        let (arm64, _, arm_len) = platform("arm64");
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{INDEX}","manifests":[{{"mediaType":"{MANIFEST}","digest":"{amd64}","size":{amd_len},"platform":{{"architecture":"amd64","os":"linux"}}}},{{"mediaType":"{MANIFEST}","digest":"{arm64}","size":{arm_len},"platform":{{"architecture":"arm64","os":"linux"}}}}]}}"#
+        );
+        let index = self.put_manifest(repo, Some(tag), INDEX, index.into_bytes());
+        Image {
+            index,
+            amd64,
+            arm64,
+            config,
+            layers: layer_digests,
+        }
+    }
+
+    pub fn fault(&self, path: &str, f: Fault) {
+        self.state.faults.lock().unwrap().insert(path.into(), f);
+    }
+
+    pub fn clear_faults(&self) {
+        self.state.faults.lock().unwrap().clear();
+    }
+
+    /// Requests whose log line starts with `prefix` (e.g. `"GET /v2/a/blobs/"`).
+    pub fn count(&self, prefix: &str) -> usize {
+        self.state
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .count()
+    }
+
+    pub fn cdn_gets(&self, d: &str) -> usize {
+        self.state
+            .cdn_log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(d))
+            .count()
+    }
+
+    /// Plays "the registry is gone": every later request gets its connection closed.
+    pub async fn stop(&mut self) {
+        self.state.stopped.store(true, Ordering::SeqCst);
+        for h in self.handles.drain(..) {
+            h.stop(false).await;
+        }
+    }
+}
+
+type Route = fn(HttpRequest, Arc<RegState>) -> HttpResponse;
+
+async fn serve(
+    state: Arc<RegState>,
+    route: Route,
+) -> (actix_web::dev::Server, u16, actix_web::dev::ServerHandle) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new().app_data(data.clone()).default_service(web::to(
+            move |req: HttpRequest, s: web::Data<Arc<RegState>>| {
+                let s: Arc<RegState> = Arc::clone(s.get_ref());
+                async move { route(req, s) }
+            },
+        ))
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    (server, port, handle)
+}
+
+fn token_for(repo: &str) -> String {
+    format!("tok-{}", repo.replace('/', "."))
+}
+
+fn registry_route(req: HttpRequest, s: Arc<RegState>) -> HttpResponse {
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let line = format!(
+        "{} {}{} {accept}",
+        req.method(),
+        req.path(),
+        if req.query_string().is_empty() {
+            String::new()
+        } else {
+            format!("?{}", req.query_string())
+        }
+    );
+    let path = req.path().to_string();
+    if path == "/token" {
+        s.log.lock().unwrap().push(line);
+        return token(&req, &s);
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return HttpResponse::NotFound().finish();
+    };
+    let (repo, kind, reference) = if let Some((r, x)) = rest.rsplit_once("/manifests/") {
+        (r.to_string(), "manifests", x.to_string())
+    } else if let Some((r, x)) = rest.rsplit_once("/blobs/") {
+        (r.to_string(), "blobs", x.to_string())
+    } else if let Some(r) = rest.strip_suffix("/tags/list") {
+        (r.to_string(), "tags", String::new())
+    } else {
+        return HttpResponse::NotFound().finish();
+    };
+    let port = s.port.load(Ordering::SeqCst);
+    let want = format!("Bearer {}", token_for(&repo));
+    let authorized = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes() == want.as_bytes());
+    if !authorized {
+        s.challenges.fetch_add(1, Ordering::SeqCst);
+        return HttpResponse::Unauthorized()
+            .insert_header((
+                header::WWW_AUTHENTICATE,
+                format!(r#"Bearer realm="http://127.0.0.1:{port}/token",service="fake",scope="repository:{repo}:pull""#),
+            ))
+            .json(serde_json::json!({"errors":[{"code":"UNAUTHORIZED","message":"token required"}]}));
+    }
+    s.log.lock().unwrap().push(line);
+    let fault = s.faults.lock().unwrap().get(&path).cloned();
+    if let Some(Fault::Status(code, retry)) = &fault {
+        let mut b = HttpResponse::build(actix_web::http::StatusCode::from_u16(*code).unwrap());
+        if let Some(r) = retry {
+            b.insert_header((header::RETRY_AFTER, *r));
+        }
+        return b
+            .json(serde_json::json!({"errors":[{"code":"TOOMANYREQUESTS","message":"injected"}]}));
+    }
+    match kind {
+        "tags" => {
+            let m = s.manifests.lock().unwrap();
+            let mut tags: Vec<&String> = m
+                .keys()
+                .filter(|(r, t)| *r == repo && !t.starts_with("sha256:"))
+                .map(|(_, t)| t)
+                .collect();
+            tags.sort();
+            HttpResponse::Ok().json(serde_json::json!({"name": repo, "tags": tags}))
+        }
+        "manifests" => {
+            let found = s
+                .manifests
+                .lock()
+                .unwrap()
+                .get(&(repo.clone(), reference.clone()))
+                .cloned();
+            let Some((mut media, mut bytes)) = found else {
+                return HttpResponse::NotFound().json(serde_json::json!({"errors":[{"code":"MANIFEST_UNKNOWN","message":"no such manifest"}]}));
+            };
+            // Content negotiation by tag, as Docker Hub does: a client that does not accept an index
+            // gets the amd64 manifest.
+            if !reference.starts_with("sha256:")
+                && media == INDEX
+                && !accept.is_empty()
+                && !accept.contains(INDEX)
+                && !accept.contains("*/*")
+            {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                let d = v["manifests"][0]["digest"].as_str().unwrap().to_string();
+                let (m2, b2) = s.manifests.lock().unwrap()[&(repo.clone(), d)].clone();
+                media = m2;
+                bytes = b2;
+            }
+            respond(&req, &media, bytes, fault)
+        }
+        _ => {
+            let member = s
+                .members
+                .lock()
+                .unwrap()
+                .contains(&(repo.clone(), reference.clone()));
+            if !member {
+                return HttpResponse::NotFound().json(serde_json::json!({"errors":[{"code":"BLOB_UNKNOWN","message":"no such blob"}]}));
+            }
+            if req.method() == actix_web::http::Method::HEAD {
+                let bytes = s.blobs.lock().unwrap()[&reference].clone();
+                return respond(&req, "application/octet-stream", bytes, None);
+            }
+            let cdn = s.cdn_port.load(Ordering::SeqCst);
+            let mut location = format!("http://127.0.0.1:{cdn}/data/{reference}?verify=123-sig");
+            if let Some(f) = fault {
+                let tag = match f {
+                    Fault::WrongBody => "wrong",
+                    Fault::Gzip => "gzip",
+                    Fault::Slow(_) => "slow",
+                    _ => "",
+                };
+                location.push_str("&fault=");
+                location.push_str(tag);
+            }
+            HttpResponse::TemporaryRedirect()
+                .insert_header((header::LOCATION, location))
+                .finish()
+        }
+    }
+}
+
+fn token(req: &HttpRequest, s: &RegState) -> HttpResponse {
+    let q: HashMap<String, String> = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect();
+    let scope = q.get("scope").cloned().unwrap_or_default();
+    let Some(repo) = scope
+        .strip_prefix("repository:")
+        .and_then(|r| r.strip_suffix(":pull"))
+    else {
+        return HttpResponse::BadRequest().finish();
+    };
+    if repo.starts_with("private/") {
+        use base64::Engine;
+        let want = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+        );
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes() == want.as_bytes());
+        if !ok {
+            return HttpResponse::Unauthorized().finish();
+        }
+    }
+    s.tokens_issued.fetch_add(1, Ordering::SeqCst);
+    HttpResponse::Ok().json(serde_json::json!({"token": token_for(repo), "expires_in": 300}))
+}
+
+fn cdn_route(req: HttpRequest, s: Arc<RegState>) -> HttpResponse {
+    let d = req.path().trim_start_matches("/data/").to_string();
+    let has_auth = req.headers().contains_key(header::AUTHORIZATION);
+    s.cdn_log
+        .lock()
+        .unwrap()
+        .push(format!("{} {d} auth={has_auth}", req.method()));
+    if has_auth {
+        return HttpResponse::BadRequest().body("the registry's token must not reach the CDN");
+    }
+    if !req.query_string().contains("verify=") {
+        return HttpResponse::Forbidden().finish();
+    }
+    let Some(bytes) = s.blobs.lock().unwrap().get(&d).cloned() else {
+        return HttpResponse::NotFound().finish();
+    };
+    let fault = if req.query_string().contains("fault=wrong") {
+        Some(Fault::WrongBody)
+    } else if req.query_string().contains("fault=gzip") {
+        Some(Fault::Gzip)
+    } else if req.query_string().contains("fault=slow") {
+        Some(Fault::Slow(Duration::from_millis(1500)))
+    } else {
+        None
+    };
+    respond(&req, "application/octet-stream", bytes, fault)
+}
+
+fn respond(req: &HttpRequest, media: &str, bytes: Vec<u8>, fault: Option<Fault>) -> HttpResponse {
+    let d = digest(&bytes);
+    let mut b = HttpResponse::Ok();
+    b.insert_header((header::CONTENT_TYPE, media));
+    if !matches!(fault, Some(Fault::NoDigest)) {
+        b.insert_header(("docker-content-digest", d));
+    }
+    let bytes = match fault {
+        Some(Fault::WrongBody) => {
+            let mut x = bytes;
+            if let Some(first) = x.first_mut() {
+                *first ^= 0xff;
+            }
+            x
+        }
+        Some(Fault::Gzip) => {
+            b.insert_header((header::CONTENT_ENCODING, "gzip"));
+            bytes
+        }
+        _ => bytes,
+    };
+    let len = bytes.len() as u64;
+    if req.method() == actix_web::http::Method::HEAD {
+        return b.body(actix_web::body::SizedStream::new(
+            len,
+            futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
+        ));
+    }
+    if let Some(Fault::Slow(pause)) = fault {
+        let half = bytes.len() / 2;
+        let first = bytes::Bytes::copy_from_slice(&bytes[..half]);
+        let rest = bytes::Bytes::copy_from_slice(&bytes[half..]);
+        let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(first)]).chain(
+            futures_util::stream::once(async move {
+                tokio::time::sleep(pause).await;
+                Ok(rest)
+            }),
+        );
+        return b.no_chunking(len).streaming(stream);
+    }
+    b.body(bytes)
+}

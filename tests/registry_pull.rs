@@ -1,0 +1,581 @@
+//! The pull-through mirror against an in-test registry (token endpoint, redirecting CDN, injected
+//! faults), driven with containerd's request shapes (spec/registry-mirror.md §2.6, scenarios of §6).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::oci::{self, DOCKER_V2, FakeRegistry, Fault, INDEX, MANIFEST, RESOLVE_ACCEPT};
+use common::{Env, Service};
+use image_cache::config::{Config, OnMiss, Span};
+use std::time::Duration;
+
+const NS: &str = "ns=fake.test%3A5000";
+
+fn config(env: &Env, reg: &FakeRegistry) -> Config {
+    let mut c = env.config(OnMiss::Fill);
+    c.registry.upstreams = [("fake.test:5000".to_string(), reg.url.clone())]
+        .into_iter()
+        .collect();
+    c
+}
+
+fn layers(n: usize, size: usize, seed: u64) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| common::origin::content(seed * 100 + i as u64, size as u64))
+        .collect()
+}
+
+fn url(svc: &Service, repo: &str, kind: &str, reference: &str) -> String {
+    format!("{}/v2/{repo}/{kind}/{reference}?{NS}", svc.base)
+}
+
+async fn get(
+    svc: &Service,
+    repo: &str,
+    kind: &str,
+    reference: &str,
+    accept: &str,
+) -> reqwest::Response {
+    svc.client
+        .get(url(svc, repo, kind, reference))
+        .header("accept", accept)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn head(svc: &Service, repo: &str, kind: &str, reference: &str) -> reqwest::Response {
+    svc.client
+        .head(url(svc, repo, kind, reference))
+        .header("accept", RESOLVE_ACCEPT)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn code(r: reqwest::Response) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    v["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// containerd's pull of `fake.test:5000/<repo>:<tag>` for linux/amd64; returns the bytes it got.
+async fn pull(svc: &Service, repo: &str, tag: &str, img: &oci::Image) -> Vec<Vec<u8>> {
+    let h = head(svc, repo, "manifests", tag).await;
+    assert_eq!(h.status(), 200);
+    assert_eq!(header(&h, "docker-content-digest"), img.index);
+    assert_eq!(header(&h, "content-type"), INDEX);
+    assert!(header(&h, "content-length").parse::<u64>().unwrap() > 0);
+    assert_eq!(header(&h, "oci-namespace"), "fake.test:5000");
+    let mut got = Vec::new();
+    for (d, accept) in [(&img.index, INDEX), (&img.amd64, MANIFEST)] {
+        let r = get(svc, repo, "manifests", d, &format!("{accept}, */*")).await;
+        assert_eq!(r.status(), 200, "{d}");
+        assert_eq!(header(&r, "docker-content-digest"), *d);
+        let body = r.bytes().await.unwrap().to_vec();
+        assert_eq!(oci::digest(&body), *d);
+        got.push(body);
+    }
+    for d in std::iter::once(&img.config).chain(&img.layers) {
+        let r = get(svc, repo, "blobs", d, "*/*").await;
+        assert_eq!(r.status(), 200, "{d}");
+        let body = r.bytes().await.unwrap().to_vec();
+        assert_eq!(oci::digest(&body), *d, "blob {d}");
+        got.push(body);
+    }
+    got
+}
+
+#[tokio::test]
+async fn cold_then_warm_pull_of_a_multi_arch_tag() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let img = reg.push_image("team/app", "1", &layers(3, 300_000, 1));
+    let svc = env.start(config(&env, &reg)).await;
+
+    pull(&svc, "team/app", "1", &img).await;
+    svc.settle().await;
+    // One upstream GET per object; the index came with the tag and was never fetched by digest.
+    assert_eq!(reg.count("GET /v2/team/app/manifests/1"), 1);
+    assert_eq!(
+        reg.count(&format!("GET /v2/team/app/manifests/{}", img.index)),
+        0
+    );
+    assert_eq!(
+        reg.count(&format!("GET /v2/team/app/manifests/{}", img.amd64)),
+        1
+    );
+    assert_eq!(
+        reg.count(&format!("GET /v2/team/app/manifests/{}", img.arm64)),
+        0
+    );
+    for d in std::iter::once(&img.config).chain(&img.layers) {
+        assert_eq!(reg.cdn_gets(d), 1, "{d}");
+    }
+    // The tag was asked for with every manifest type; the registry's token never reached the CDN.
+    assert!(reg.state.log.lock().unwrap().iter().any(|l| {
+        l.starts_with("GET /v2/team/app/manifests/1 ") && l.contains(INDEX) && l.contains(DOCKER_V2)
+    }));
+    assert!(
+        reg.state
+            .cdn_log
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|l| l.ends_with("auth=false"))
+    );
+    let tokens = reg
+        .state
+        .tokens_issued
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(tokens, 1, "one token for the repository, reused");
+
+    let before = reg.state.log.lock().unwrap().len();
+    pull(&svc, "team/app", "1", &img).await;
+    assert_eq!(
+        reg.state.log.lock().unwrap().len(),
+        before,
+        "a warm pull within tag_ttl asks nothing"
+    );
+    assert!(svc.metric("image_cache_registry_requests_total{registry=\"fake.test:5000\",kind=\"blob\",result=\"hit\"}").await >= 4.0);
+    assert!(
+        svc.metric("image_cache_registry_bytes_served_total{registry=\"fake.test:5000\"}")
+            .await
+            >= 900_000.0
+    );
+    assert!(svc.metric("image_cache_registry_upstream_responses_total{registry=\"fake.test:5000\",status=\"401\"}").await >= 1.0);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn tags_revalidate_with_head_and_follow_a_moved_tag() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let old = reg.push_image("app", "stable", &layers(1, 1000, 2));
+    let mut c = config(&env, &reg);
+    c.registry.tag_ttl = Span(Duration::from_secs(1));
+    let svc = env.start(c).await;
+
+    assert_eq!(
+        header(
+            &head(&svc, "app", "manifests", "stable").await,
+            "docker-content-digest"
+        ),
+        old.index
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Same digest upstream: one HEAD, no GET (Docker Hub counts GETs as pulls).
+    assert_eq!(
+        header(
+            &head(&svc, "app", "manifests", "stable").await,
+            "docker-content-digest"
+        ),
+        old.index
+    );
+    assert_eq!(
+        reg.count("HEAD /v2/app/manifests/stable"),
+        1,
+        "{:?}",
+        reg.state.log.lock().unwrap()
+    );
+    assert_eq!(reg.count("GET /v2/app/manifests/stable"), 1);
+
+    let new = reg.push_image("app", "stable", &layers(1, 1000, 3));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = get(&svc, "app", "manifests", "stable", RESOLVE_ACCEPT).await;
+    assert_eq!(header(&r, "docker-content-digest"), new.index);
+    assert_eq!(oci::digest(&r.bytes().await.unwrap()), new.index);
+    // The old digest stays servable (immutable).
+    let r = get(&svc, "app", "manifests", &old.index, INDEX).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(oci::digest(&r.bytes().await.unwrap()), old.index);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn narrow_accept_is_not_served_the_cached_index() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let img = reg.push_image("app", "1", &layers(1, 1000, 4));
+    let svc = env.start(config(&env, &reg)).await;
+    assert_eq!(head(&svc, "app", "manifests", "1").await.status(), 200);
+    let r = get(&svc, "app", "manifests", "1", MANIFEST).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-type"), MANIFEST);
+    assert_eq!(header(&r, "docker-content-digest"), img.amd64);
+    assert_eq!(oci::digest(&r.bytes().await.unwrap()), img.amd64);
+    // A digest request ignores Accept: the stored index is served to anyone asking for it.
+    let r = get(&svc, "app", "manifests", &img.index, DOCKER_V2).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(oci::digest(&r.bytes().await.unwrap()), img.index);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn ranges_on_hit_and_on_miss() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let img = reg.push_image("app", "1", &layers(2, 200_000, 5));
+    let svc = env.start(config(&env, &reg)).await;
+    let (cold, warm) = (&img.layers[0], &img.layers[1]);
+    let cold_bytes = reg.blob(cold);
+
+    // Miss with an open-ended range: the right bytes, and the whole object stored.
+    let r = svc
+        .client
+        .get(url(&svc, "app", "blobs", cold))
+        .header("range", "bytes=1000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        header(&r, "content-range"),
+        format!("bytes 1000-199999/200000")
+    );
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &cold_bytes[1000..]);
+    svc.settle().await;
+    let key =
+        image_cache::store::Key::parse(&format!("oci:fake.test:5000/app@blob:{cold}")).unwrap();
+    assert_eq!(svc.store().get(&key).unwrap().unwrap().size, 200_000);
+
+    assert_eq!(get(&svc, "app", "blobs", warm, "*/*").await.status(), 200);
+    let warm_bytes = reg.blob(warm);
+    for (range, status, want) in [
+        ("bytes=0-", 206, &warm_bytes[..]),
+        ("bytes=150000-", 206, &warm_bytes[150_000..]),
+    ] {
+        let r = svc
+            .client
+            .get(url(&svc, "app", "blobs", warm))
+            .header("range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{range}");
+        assert_eq!(r.bytes().await.unwrap().as_ref(), want, "{range}");
+    }
+    let r = svc
+        .client
+        .get(url(&svc, "app", "blobs", warm))
+        .header("range", "bytes=300000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(header(&r, "content-range"), "bytes */200000");
+    assert_eq!(reg.cdn_gets(cold) + reg.cdn_gets(warm), 2);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn fifty_concurrent_cold_pulls_make_one_download() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let img = reg.push_image("app", "1", &layers(1, 2_000_000, 6));
+    let layer = img.layers[0].clone();
+    reg.fault(
+        &format!("/v2/app/blobs/{layer}"),
+        Fault::Slow(Duration::from_millis(1500)),
+    );
+    let svc = env.start(config(&env, &reg)).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let client = svc.client.clone();
+        let u = url(&svc, "app", "blobs", &layer);
+        tasks.push(tokio::spawn(async move {
+            let mut req = client.get(u);
+            if i % 5 == 0 {
+                req = req.header("range", format!("bytes={}-", i * 1000));
+            }
+            let r = req.send().await.unwrap();
+            (i, r.status().as_u16(), r.bytes().await.unwrap())
+        }));
+    }
+    let want = reg.blob(&layer);
+    for t in tasks {
+        let (i, status, body) = t.await.unwrap();
+        if i % 5 == 0 {
+            assert_eq!(status, 206);
+            assert_eq!(body.as_ref(), &want[i * 1000..]);
+        } else {
+            assert_eq!(status, 200);
+            assert_eq!(body.as_ref(), &want[..]);
+        }
+    }
+    assert_eq!(reg.cdn_gets(&layer), 1);
+    assert_eq!(reg.count(&format!("GET /v2/app/blobs/{layer}")), 1);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_blob_does_not_stop_the_fill() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let img = reg.push_image("app", "1", &layers(1, 1_000_000, 7));
+    let layer = img.layers[0].clone();
+    reg.fault(
+        &format!("/v2/app/blobs/{layer}"),
+        Fault::Slow(Duration::from_millis(800)),
+    );
+    let svc = env.start(config(&env, &reg)).await;
+    let mut r = get(&svc, "app", "blobs", &layer, "*/*").await;
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(r);
+    svc.settle().await;
+    let r = get(&svc, "app", "blobs", &layer, "*/*").await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &reg.blob(&layer)[..]);
+    assert_eq!(reg.cdn_gets(&layer), 1);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_refusals_404_401_429_5xx() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let img = reg.push_image("app", "1", &layers(1, 1000, 8));
+    reg.push_image("private/app", "1", &layers(1, 1000, 9));
+    let mut c = config(&env, &reg);
+    c.registry.tag_ttl = Span(Duration::from_millis(1));
+    let svc = env.start(c).await;
+
+    // 404, remembered for negative_ttl.
+    let r = get(&svc, "app", "manifests", "nope", RESOLVE_ACCEPT).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(code(r).await, "MANIFEST_UNKNOWN");
+    assert_eq!(
+        get(&svc, "app", "manifests", "nope", RESOLVE_ACCEPT)
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        reg.count("GET /v2/app/manifests/nope"),
+        1,
+        "the retry was answered from memory"
+    );
+
+    // 401 for what the cache has no account for: relayed, nothing stored.
+    let r = get(&svc, "private/app", "manifests", "1", RESOLVE_ACCEPT).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(code(r).await, "UNAUTHORIZED");
+    assert!(
+        svc.store()
+            .list("oci:fake.test:5000/private/", None, 10)
+            .unwrap()
+            .is_empty()
+    );
+
+    // 500: no store write, 502 to the client.
+    reg.fault("/v2/app/manifests/2", Fault::Status(500, None));
+    reg.push_image("app", "2", &layers(1, 1000, 10));
+    assert_eq!(
+        get(&svc, "app", "manifests", "2", RESOLVE_ACCEPT)
+            .await
+            .status(),
+        502
+    );
+
+    // A stored tag, then 429: served stale, the registry left alone, uncached objects get 503 + Retry-After.
+    assert_eq!(
+        get(&svc, "app", "manifests", "1", RESOLVE_ACCEPT)
+            .await
+            .status(),
+        200
+    );
+    reg.fault("/v2/app/manifests/1", Fault::Status(429, Some("120")));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let r = head(&svc, "app", "manifests", "1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "docker-content-digest"), img.index);
+    let asked = reg.state.log.lock().unwrap().len();
+    let r = get(&svc, "app", "blobs", &img.layers[0], "*/*").await;
+    assert_eq!(r.status(), 503);
+    let wait: u64 = header(&r, "retry-after").parse().unwrap();
+    assert!((100..=120).contains(&wait), "{wait}");
+    assert_eq!(code(r).await, "TOOMANYREQUESTS");
+    let r = head(&svc, "app", "manifests", "1").await;
+    assert_eq!(r.status(), 200, "stale while backed off");
+    assert_eq!(
+        reg.state.log.lock().unwrap().len(),
+        asked,
+        "nothing sent while backed off"
+    );
+    assert!(svc.metric("image_cache_registry_requests_total{registry=\"fake.test:5000\",kind=\"manifest\",result=\"stale\"}").await >= 2.0);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn credentials_file_opens_private_repositories() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let img = reg.push_image("private/app", "1", &layers(1, 5000, 11));
+    let creds = env.dir.path().join("auth.json");
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        oci::USER,
+        oci::PASSWORD
+    ));
+    std::fs::write(
+        &creds,
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
+            reg.url.trim_start_matches("http://")
+        ),
+    )
+    .unwrap();
+    let mut c = config(&env, &reg);
+    c.registry.credentials_file = Some(creds);
+    let svc = env.start(c).await;
+    pull(&svc, "private/app", "1", &img).await;
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn nothing_unverified_is_stored() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let img = reg.push_image("app", "1", &layers(2, 300_000, 12));
+    let svc = env.start(config(&env, &reg)).await;
+    let (bad, gz) = (&img.layers[0], &img.layers[1]);
+    reg.fault(&format!("/v2/app/blobs/{bad}"), Fault::WrongBody);
+    reg.fault(&format!("/v2/app/blobs/{gz}"), Fault::Gzip);
+
+    // Wrong bytes: the transfer is cut before its last byte, never a complete-looking wrong body.
+    let r = get(&svc, "app", "blobs", bad, "*/*").await;
+    let body = r.bytes().await;
+    assert!(body.is_err() || body.unwrap().len() < 300_000);
+    // An encoding nobody asked for is refused.
+    assert_eq!(get(&svc, "app", "blobs", gz, "*/*").await.status(), 502);
+    // A manifest that does not hash to the requested digest.
+    reg.fault(
+        &format!("/v2/app/manifests/{}", img.amd64),
+        Fault::WrongBody,
+    );
+    assert_eq!(
+        get(&svc, "app", "manifests", &img.amd64, MANIFEST)
+            .await
+            .status(),
+        502
+    );
+    svc.settle().await;
+    assert!(
+        svc.store()
+            .list("oci:fake.test:5000/app@", None, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(svc.metric("image_cache_integrity_failures_total").await >= 2.0);
+
+    // Fixed upstream → served and stored.
+    reg.clear_faults();
+    let r = get(&svc, "app", "blobs", bad, "*/*").await;
+    assert_eq!(oci::digest(&r.bytes().await.unwrap()), *bad);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn missing_digest_header_is_computed() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let img = reg.push_image("app", "1", &layers(1, 1000, 13));
+    reg.fault("/v2/app/manifests/1", Fault::NoDigest);
+    let svc = env.start(config(&env, &reg)).await;
+    let r = head(&svc, "app", "manifests", "1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "docker-content-digest"), img.index);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn registry_down_cached_content_still_served() {
+    let env = Env::new().await;
+    let mut reg = FakeRegistry::start().await;
+    let img = reg.push_image("app", "1", &layers(2, 100_000, 14));
+    let mut c = config(&env, &reg);
+    c.registry.tag_ttl = Span(Duration::from_millis(1));
+    let svc = env.start(c).await;
+    let first = pull(&svc, "app", "1", &img).await;
+    svc.settle().await;
+    reg.stop().await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let again = pull(&svc, "app", "1", &img).await;
+    assert_eq!(first, again);
+    assert!(svc.metric("image_cache_registry_requests_total{registry=\"fake.test:5000\",kind=\"manifest\",result=\"stale\"}").await >= 1.0);
+    // Uncached: a quick error, not a hang or a dropped connection.
+    let started = std::time::Instant::now();
+    let r = get(&svc, "app", "manifests", "other", RESOLVE_ACCEPT).await;
+    assert_eq!(r.status(), 502);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn shared_layers_are_linked_after_a_head_and_keys_stay_apart() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let base = layers(1, 500_000, 15);
+    let a = reg.push_image("a/b-c", "d", &base);
+    let b = reg.push_image("a/b", "c-d", &base);
+    let svc = env.start(config(&env, &reg)).await;
+    pull(&svc, "a/b-c", "d", &a).await;
+    svc.settle().await;
+    pull(&svc, "a/b", "c-d", &b).await;
+    svc.settle().await;
+    let layer = &a.layers[0];
+    assert_eq!(
+        reg.cdn_gets(layer),
+        1,
+        "the second repository's copy came from the store"
+    );
+    assert!(reg.count(&format!("HEAD /v2/a/b/blobs/{layer}")) >= 1);
+    // A repository that does not have the layer is not given it, even though the cache holds it.
+    let r = get(&svc, "other", "blobs", layer, "*/*").await;
+    assert_eq!(r.status(), 404);
+    let keys: Vec<String> = svc
+        .store()
+        .list("oci:", None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(keys.contains(&"oci:fake.test:5000/a/b-c:d".to_string()));
+    assert!(keys.contains(&"oci:fake.test:5000/a/b:c-d".to_string()));
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn blob_head_asks_the_registry_without_downloading() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let img = reg.push_image("app", "1", &layers(1, 100_000, 16));
+    let svc = env.start(config(&env, &reg)).await;
+    let r = head(&svc, "app", "blobs", &img.layers[0]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-length"), "100000");
+    assert_eq!(header(&r, "docker-content-digest"), img.layers[0]);
+    assert_eq!(reg.cdn_gets(&img.layers[0]), 0);
+    let r = svc
+        .client
+        .get(format!("{}/v2/app/tags/list?{NS}&n=10", svc.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(v["tags"][0], "1");
+    svc.stop().await;
+}
