@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# tests/e2e/containerd.sh — Debian's containerd and ctr pull a multi-layer, two-platform image through
+# image-cache from Debian's docker-registry (distribution), all on the loopback of a private network
+# namespace (nothing else reachable, so a hostile `ns` could not reach anything either).
+#
+# Checks: a cold pull through the mirror yields the pushed index digest while containerd itself cannot
+# reach the registry (the hosts.toml's `server` is a dead port: cache only); after `images rm` a second
+# pull is served by the cache, and the registry's access log shows every blob fetched exactly once over
+# both pulls; with docker-registry stopped a third pull still succeeds from the cache; with image-cache
+# stopped, a `_default` hosts.toml (cache first, registry as fallback) still pulls from the registry.
+# Needs root (network namespaces). Installs containerd, docker-registry, skopeo, python3 if missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ "$(id -u)" = 0 ] || { echo "tests/e2e/containerd.sh needs root (network namespaces)"; exit 1; }
+need=()
+command -v containerd >/dev/null || need+=(containerd)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v python3 >/dev/null || need+=(python3)
+command -v curl >/dev/null || need+=(curl)
+command -v ip >/dev/null || need+=(iproute2)
+if ((${#need[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+cargo build --release --locked -q
+BIN=$PWD/target/release/image-cache
+
+W=$(mktemp -d /tmp/ic-ctd.XXXXXX)
+NS=ic-e2e-ctd
+SOCK=$W/c.sock
+declare -A PID=()
+cleanup() {
+  for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  ip netns pids $NS 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+  ip netns del $NS 2>/dev/null || true
+  umount -R "$W/ctd/root" 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+FAILS=0
+pass() { echo "PASS $*"; }
+fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
+in_ns() { ip netns exec $NS "$@"; }
+wait_for() { # wait_for SECONDS CMD...: retry every 0.1 s
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.1
+  done
+}
+
+ip netns del $NS 2>/dev/null || true
+ip netns add $NS
+ip -n $NS link set lo up
+
+# --- the registry, and an image pushed to it -------------------------------------------------------
+mkdir -p "$W/reg"
+cat >"$W/reg/config.yml" <<YAML
+version: 0.1
+log: {level: info, formatter: text, accesslog: {disabled: false}}
+storage:
+  filesystem: {rootdirectory: $W/reg/data}
+  delete: {enabled: true}
+http: {addr: 127.0.0.1:5000}
+YAML
+start_registry() {
+  in_ns docker-registry serve "$W/reg/config.yml" >>"$W/reg/log" 2>&1 &
+  PID[registry]=$!
+  wait_for 10 in_ns curl -sf http://127.0.0.1:5000/v2/
+}
+start_registry
+
+INDEX=$(python3 tests/e2e/oci-image.py "$W/img" 1 1 30720 256)
+echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$W/policy.json"
+in_ns skopeo --policy "$W/policy.json" copy -q --all --dest-tls-verify=false \
+  "oci:$W/img:1" docker://127.0.0.1:5000/test/app:1
+echo "pushed test/app:1 = $INDEX"
+
+# --- image-cache ------------------------------------------------------------------------------------
+cat >"$W/ic.toml" <<TOML
+state_dir = "$W/ic-state"
+[http]
+listen = ["127.0.0.1:8080"]
+[dns]
+enabled = false
+upstreams = ["127.0.0.1:9"]
+[passthrough]
+enabled = false
+[registry]
+tag_ttl = "1s"
+[registry.upstreams]
+"registry.test:5000" = "http://127.0.0.1:5000"
+TOML
+start_cache() {
+  in_ns "$BIN" serve --config "$W/ic.toml" >>"$W/ic.log" 2>&1 &
+  PID[cache]=$!
+  wait_for 20 in_ns curl -sf http://127.0.0.1:8080/health
+}
+start_cache
+
+# --- containerd -------------------------------------------------------------------------------------
+mkdir -p "$W/ctd"
+cat >"$W/ctd/config.toml" <<TOML
+version = 2
+root = "$W/ctd/root"
+state = "$W/ctd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = "$SOCK"
+[ttrpc]
+  address = "$SOCK.ttrpc"
+[metrics]
+  address = ""
+TOML
+in_ns containerd --config "$W/ctd/config.toml" >"$W/ctd/log" 2>&1 &
+PID[containerd]=$!
+wait_for 20 in_ns ctr --address "$SOCK" version
+SNAP=()
+in_ns ctr --address "$SOCK" plugins ls | grep -q 'overlayfs.*ok' || SNAP=(--snapshotter native)
+ctr_() { in_ns ctr --address "$SOCK" "$@"; }
+
+# Cache only: the registry as written in the reference is a dead port, so containerd cannot pass by
+# falling back; every request the registry sees comes from image-cache.
+mkdir -p "$W/hosts/registry.test:5000" "$W/hosts-fallback"
+cat >"$W/hosts/registry.test:5000/hosts.toml" <<TOML
+server = "http://127.0.0.1:1"
+[host."http://127.0.0.1:8080"]
+  capabilities = ["pull", "resolve"]
+TOML
+REF=registry.test:5000/test/app:1
+
+pull() { # pull LABEL HOSTS REF [extra ctr args]
+  local label=$1 hosts=$2 ref=$3; shift 3
+  local t0=$(date +%s.%N)
+  if ctr_ images pull "${SNAP[@]}" "$@" --hosts-dir "$hosts" "$ref" >"$W/pull.log" 2>&1; then
+    local got
+    got=$(ctr_ images ls | awk -v r="$ref" '$1 == r {print $3}')
+    if [ "$got" = "$INDEX" ]; then
+      pass "$label ($(printf '%.2f' "$(echo "$(date +%s.%N) - $t0" | bc)") s, digest $got)"
+    else
+      fail "$label: image digest '$got', pushed $INDEX"
+    fi
+  else
+    fail "$label: ctr pull failed"; tail -5 "$W/pull.log"
+  fi
+  ctr_ images rm --sync "$ref" >/dev/null 2>&1 || true
+}
+command -v bc >/dev/null || { apt-get install -y -qq bc >/dev/null 2>&1 || true; }
+
+pull "cold pull through the mirror" "$W/hosts" "$REF"
+pull "warm pull through the mirror" "$W/hosts" "$REF"
+
+# Every blob of the amd64 image was fetched from the registry exactly once over both pulls.
+BLOBS=$(grep -o '"GET /v2/test/app/blobs/sha256:[0-9a-f]*' "$W/reg/log" | sort | uniq -c)
+if [ -n "$BLOBS" ] && ! echo "$BLOBS" | awk '$1 != 1 {bad=1} END {exit !bad}'; then
+  pass "registry served each blob once: $(echo "$BLOBS" | wc -l) blobs"
+else
+  fail "blob GETs at the registry:"; echo "$BLOBS"
+fi
+if grep -q '"GET /v2/test/app/manifests/1 ' "$W/reg/log" && ! grep -q 'containerd' "$W/reg/log"; then
+  pass "the registry saw only image-cache (no request from containerd)"
+else
+  fail "registry log shows containerd or no tag fetch"
+fi
+HITS=$(in_ns curl -s http://127.0.0.1:8080/metrics | awk '/^image_cache_registry_requests_total\{registry="registry.test:5000",kind="blob",result="hit"\}/ {print $2}')
+if [ "${HITS:-0}" -ge 4 ] 2>/dev/null; then pass "blob hits counted: $HITS"; else fail "blob hits: '${HITS:-}'"; fi
+
+# The registry goes away: the cache still has everything.
+kill "${PID[registry]}"; wait "${PID[registry]}" 2>/dev/null || true; unset 'PID[registry]'
+sleep 1.1 # past tag_ttl: the tag must be revalidated, fail, and be served stale
+pull "pull with docker-registry stopped (served stale by the cache)" "$W/hosts" "$REF"
+
+# The cache goes away: containerd falls back to the registry (cache first, registry second).
+start_registry
+kill "${PID[cache]}"; wait "${PID[cache]}" 2>/dev/null || true; unset 'PID[cache]'
+"$BIN" containerd-hosts --mirror http://127.0.0.1:8080 >"$W/hosts-fallback/hosts.toml.default"
+mkdir -p "$W/hosts-fallback/_default"
+mv "$W/hosts-fallback/hosts.toml.default" "$W/hosts-fallback/_default/hosts.toml"
+pull "pull with image-cache stopped falls back to the registry" "$W/hosts-fallback" 127.0.0.1:5000/test/app:1 --plain-http
+
+echo "containerd e2e: $FAILS failure(s)"
+[ "$FAILS" = 0 ] || { echo "--- image-cache log"; tail -30 "$W/ic.log"; exit 1; }
