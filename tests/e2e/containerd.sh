@@ -25,102 +25,7 @@ fi
 cargo build --release --locked -q
 BIN=$PWD/target/release/image-cache
 
-W=$(mktemp -d /tmp/ic-ctd.XXXXXX)
-NS=ic-e2e-ctd
-SOCK=$W/c.sock
-declare -A PID=()
-cleanup() {
-  for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  ip netns pids $NS 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-  ip netns del $NS 2>/dev/null || true
-  umount -R "$W/ctd/root" 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-FAILS=0
-pass() { echo "PASS $*"; }
-fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
-in_ns() { ip netns exec $NS "$@"; }
-wait_for() { # wait_for SECONDS CMD...: retry every 0.1 s
-  local deadline=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.1
-  done
-}
-
-ip netns del $NS 2>/dev/null || true
-ip netns add $NS
-ip -n $NS link set lo up
-
-# --- the registry, and an image pushed to it -------------------------------------------------------
-mkdir -p "$W/reg"
-cat >"$W/reg/config.yml" <<YAML
-version: 0.1
-log: {level: info, formatter: text, accesslog: {disabled: false}}
-storage:
-  filesystem: {rootdirectory: $W/reg/data}
-  delete: {enabled: true}
-http: {addr: 127.0.0.1:5000}
-YAML
-start_registry() {
-  in_ns docker-registry serve "$W/reg/config.yml" >>"$W/reg/log" 2>&1 &
-  PID[registry]=$!
-  wait_for 10 in_ns curl -sf http://127.0.0.1:5000/v2/
-}
-start_registry
-
-INDEX=$(python3 tests/e2e/oci-image.py "$W/img" 1 1 30720 256)
-echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$W/policy.json"
-in_ns skopeo --policy "$W/policy.json" copy -q --all --dest-tls-verify=false \
-  "oci:$W/img:1" docker://127.0.0.1:5000/test/app:1
-echo "pushed test/app:1 = $INDEX"
-
-# --- image-cache ------------------------------------------------------------------------------------
-cat >"$W/ic.toml" <<TOML
-state_dir = "$W/ic-state"
-[http]
-listen = ["127.0.0.1:8080"]
-[dns]
-enabled = false
-upstreams = ["127.0.0.1:9"]
-[passthrough]
-enabled = false
-[registry]
-tag_ttl = "1s"
-[registry.upstreams]
-"registry.test:5000" = "http://127.0.0.1:5000"
-TOML
-start_cache() {
-  in_ns "$BIN" serve --config "$W/ic.toml" >>"$W/ic.log" 2>&1 &
-  PID[cache]=$!
-  wait_for 20 in_ns curl -sf http://127.0.0.1:8080/health
-}
-start_cache
-
-# --- containerd -------------------------------------------------------------------------------------
-mkdir -p "$W/ctd"
-cat >"$W/ctd/config.toml" <<TOML
-version = 2
-root = "$W/ctd/root"
-state = "$W/ctd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
-[grpc]
-  address = "$SOCK"
-[ttrpc]
-  address = "$SOCK.ttrpc"
-[metrics]
-  address = ""
-TOML
-in_ns containerd --config "$W/ctd/config.toml" >"$W/ctd/log" 2>&1 &
-PID[containerd]=$!
-wait_for 20 in_ns ctr --address "$SOCK" version
-SNAP=()
-in_ns ctr --address "$SOCK" plugins ls | grep -q 'overlayfs.*ok' || SNAP=(--snapshotter native)
-ctr_() { in_ns ctr --address "$SOCK" "$@"; }
+source tests/e2e/oci-scene.sh
 
 # Cache only: the registry as written in the reference is a dead port, so containerd cannot pass by
 # falling back; every request the registry sees comes from image-cache.
@@ -176,6 +81,7 @@ pull "pull with docker-registry stopped (served stale by the cache)" "$W/hosts" 
 # The cache goes away: containerd falls back to the registry (cache first, registry second).
 start_registry
 kill "${PID[cache]}"; wait "${PID[cache]}" 2>/dev/null || true; unset 'PID[cache]'
+if in_ns curl -s -o /dev/null http://127.0.0.1:8080/health; then fail "image-cache still answers after kill"; fi
 "$BIN" containerd-hosts --mirror http://127.0.0.1:8080 >"$W/hosts-fallback/hosts.toml.default"
 mkdir -p "$W/hosts-fallback/_default"
 mv "$W/hosts-fallback/hosts.toml.default" "$W/hosts-fallback/_default/hosts.toml"
