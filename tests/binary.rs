@@ -55,6 +55,16 @@ fn bad_configs_exit_2_and_name_the_key() {
             "IMAGE_CACHE_CACHE__MAX_SIZE",
         ),
         ("this is not toml", vec![], "not valid TOML"),
+        (
+            "[registry]\ncredentials_file = \"/nonexistent/auth.json\"\n",
+            vec![],
+            "registry.credentials_file",
+        ),
+        (
+            "[registry.upstreams]\n\"a/b\" = \"https://x.test\"\n",
+            vec![],
+            "registry.upstreams",
+        ),
     ];
     for (body, envs, needle) in cases {
         // Production defaults need this node's address; every case but the one about it sets it.
