@@ -43,11 +43,7 @@ pub async fn by_tag(
         Ok(kt) => kt,
         Err(why) => return internal(&why),
     };
-    let client_accept = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let client_accept = accept_header(req);
     if state.negative.contains(key.as_str()) {
         state
             .metrics
@@ -163,11 +159,7 @@ pub async fn by_digest(
         Ok(kt) => kt,
         Err(why) => return internal(&why),
     };
-    let client_accept = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let client_accept = accept_header(req);
     let Some(sha256) = digest.sha256() else {
         // Only sha256 content is stored; other algorithms are relayed.
         return pass_through(req, state, &target, client_accept).await;
@@ -245,6 +237,13 @@ pub fn target(
             key: key_text,
         },
     ))
+}
+
+fn accept_header(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 fn accepted(client_accept: Option<&str>, row: &ObjectRow) -> bool {
