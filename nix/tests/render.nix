@@ -1,0 +1,67 @@
+# Pure tests of nixos/render.nix (builtins only; no nixpkgs). `nix-instantiate --eval --strict --json`
+# prints { failures = [ … ]; configs = { <node> = "<TOML>"; }; }: CI requires no failures and runs
+# `image-cache check-config` on every rendered config.
+let
+  r = import ../../nixos/render.nix;
+  nodes = import ../../nixos/tests/settings.nix;
+  check = name: cond: if cond then [ ] else [ name ];
+  contains = needle: text: builtins.replaceStrings [ needle ] [ "" ] text != text;
+
+  tricky = {
+    state_dir = "/var/lib/image-cache";
+    cache.max_size = "50G";
+    http = { listen = [ "0.0.0.0:80" "[::]:80" ]; admin_listen = [ "127.0.0.1:9090" ]; };
+    dns = { enabled = true; answer_ttl = "30s"; };
+    domains = [
+      { name = "images.metal-stack.io"; on_miss = "fill"; }
+      { name = "github.com"; origin = "https://github.com/metal-stack"; include_subdomains = false; }
+    ];
+    registry.upstreams = { "docker.io" = "https://registry-1.docker.io"; "registry.test:5000" = "http://r:5000"; };
+    sync.excludes = [ "/pull_requests/" "a \"quoted\" \\ path\nnext" ];
+    log.level = "info,image_cache=debug";
+    nodes.self = "10.0.0.1";
+  };
+  rendered = r.toTOML tricky;
+  secrets = { hmac = "/run/keys/hmac"; token = null; "registry-credentials" = "/run/keys/auth.json"; "admin-token" = null; };
+  svc = r.serviceConfig { exe = "/bin/image-cache"; configFile = "/etc/ic.toml"; inherit secrets; };
+  fw = r.firewall tricky;
+  fwOff = r.firewall { dns.enabled = false; passthrough.enabled = false; http.listen = [ "10.0.0.1:8080" ]; };
+  fwDefaults = r.firewall { };
+  final = r.finalSettings { dns.listen = [ "10.0.0.1:53" ]; } secrets;
+  nodeSecrets.sync.hmac = "/etc/image-cache-test/hmac";
+  asserts = s: sec: builtins.filter (a: !a.assertion) (r.assertions s sec);
+in
+{
+  failures =
+    check "TOML round-trips through fromTOML" (builtins.fromTOML rendered == tricky)
+    ++ check "registry names are quoted keys" (contains "\"registry.test:5000\" = " rendered)
+    ++ check "arrays of tables" (contains "\n[[domains]]\n" rendered)
+    ++ check "firewall TCP follows the settings" (fw.allowedTCPPorts == [ 53 80 443 9090 ])
+    ++ check "firewall UDP is DNS only" (fw.allowedUDPPorts == [ 53 ])
+    ++ check "nothing opened for disabled DNS and passthrough" (fwOff == { allowedTCPPorts = [ 8080 ]; allowedUDPPorts = [ ]; })
+    ++ check "defaults open 53, 80, 443" (fwDefaults == { allowedTCPPorts = [ 53 80 443 ]; allowedUDPPorts = [ 53 ]; })
+    ++ check "LoadCredential only for the secrets that are set"
+      (builtins.sort builtins.lessThan svc.LoadCredential == [ "hmac:/run/keys/hmac" "registry-credentials:/run/keys/auth.json" ])
+    ++ check "no secret value or path in the config, only credential paths"
+      (final.sync.hmac_file == "/run/credentials/image-cache.service/hmac"
+        && final.registry.credentials_file == "/run/credentials/image-cache.service/registry-credentials"
+        && !(final ? http && final.http ? admin_token_file))
+    ++ check "user settings survive the merge" (final.dns.listen == [ "10.0.0.1:53" ] && final.state_dir == "/var/lib/image-cache")
+    ++ check "notify, watchdog, restart" (svc.Type == "notify" && svc.WatchdogSec == "30s" && svc.Restart == "on-failure")
+    ++ check "dynamic user with only CAP_NET_BIND_SERVICE"
+      (svc.DynamicUser && svc.AmbientCapabilities == [ "CAP_NET_BIND_SERVICE" ] && svc.CapabilityBoundingSet == [ "CAP_NET_BIND_SERVICE" ])
+    ++ check "hardening" (svc.ProtectSystem == "strict" && svc.NoNewPrivileges && svc.SystemCallFilter == [ "@system-service" "~@privileged" "~@resources" ])
+    ++ check "assertion: wildcard DNS needs nodes.self" (builtins.length (asserts { } { }) == 1)
+    ++ check "assertion: satisfied with nodes.self" (asserts { nodes.self = "10.0.0.1"; } { } == [ ])
+    ++ check "assertion: v1 sync needs hmacFile" (builtins.length (asserts { nodes.self = "1.2.3.4"; sync.enabled = true; } { }) == 1)
+    ++ check "assertion: v2 sync needs tokenFile" (asserts { nodes.self = "1.2.3.4"; sync = { enabled = true; api = "v2"; }; } { token = "/k"; } == [ ])
+    ++ check "the build-time check keeps required secret keys but not the credentials file"
+      (let k = r.checkableSettings { } secrets; in k.sync.hmac_file == final.sync.hmac_file && !(k ? registry))
+    ++ check "renderer refuses what TOML cannot hold" (!(builtins.tryEval (builtins.deepSeq (r.toTOML { z = (a: a); }) true)).success);
+
+  hosts = r.hostsToml { mirror = "http://10.0.0.1"; };
+
+  # What the module checks at build time for each VM test node (the sync node has an HMAC key).
+  configs = builtins.mapAttrs (n: s: r.toTOML (r.checkableSettings s (nodeSecrets.${n} or { }))) nodes
+    // { tricky = rendered; with-secrets = r.toTOML (r.checkableSettings { nodes.self = "10.0.0.1"; } secrets); };
+}

@@ -1,0 +1,41 @@
+# containerd pulls through the mirror (nixos/containerd-mirror.nix on the client) from a docker-registry
+# node, then again with the registry stopped; the client cannot resolve the registry's name itself.
+{ self }:
+let c = import ./common.nix { inherit self; };
+in {
+  name = "image-cache-registry";
+  nodes = {
+    registry = { pkgs, ... }: {
+      imports = [ (c.staticAddress c.addrs.registry) ];
+      services.dockerRegistry = { enable = true; listenAddress = "0.0.0.0"; port = 5000; openFirewall = true; };
+      environment.systemPackages = [ pkgs.skopeo pkgs.python3 ];
+      environment.etc."containers/policy.json".text = ''{"default":[{"type":"insecureAcceptAnything"}]}'';
+    };
+    cache = c.cacheNode {
+      name = "registry";
+      addr = c.addrs.cache;
+      extra = { networking.hosts.${c.addrs.registry} = [ "registry" ]; };
+    };
+    client = { pkgs, ... }: {
+      imports = [ c.clientNode self.nixosModules.containerd-mirror ];
+      virtualisation.containerd.enable = true;
+      services.imageCache.containerdMirror = { enable = true; mirror = "http://${c.addrs.cache}:5000"; };
+    };
+  };
+  testScript = ''
+    start_all()
+    registry.wait_for_unit("docker-registry.service")
+    registry.wait_for_open_port(5000)
+    index = registry.succeed("python3 ${../../tests/e2e/oci-image.py} /tmp/img 1 1 4096 256").strip()
+    registry.succeed("skopeo copy --all --dest-tls-verify=false oci:/tmp/img:1 docker://127.0.0.1:5000/test/app:1")
+    cache.wait_for_unit("image-cache.service")
+    client.wait_for_unit("containerd.service")
+    client.succeed("grep -q 'http://${c.addrs.cache}:5000' /etc/containerd/certs.d/_default/hosts.toml")
+    client.succeed("ctr images pull --hosts-dir /etc/containerd/certs.d registry.test:5000/test/app:1")
+    assert index in client.succeed("ctr images ls"), "pulled digest differs from the pushed index"
+    client.succeed("ctr images rm --sync registry.test:5000/test/app:1")
+    registry.succeed("systemctl stop docker-registry")
+    client.succeed("ctr images pull --hosts-dir /etc/containerd/certs.d registry.test:5000/test/app:1")
+    cache.succeed("curl -sf http://127.0.0.1:5000/metrics | grep -E 'image_cache_registry_requests_total\\{registry=\"registry.test:5000\",kind=\"blob\",result=\"hit\"\\} [1-9]'")
+  '';
+}
