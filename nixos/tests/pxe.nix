@@ -48,7 +48,8 @@ in {
       in { imports = [ (c.originNode files) ]; };
     dhcp = { pkgs, ... }: {
       imports = [ (c.staticAddress dhcpAddr) ];
-      networking.firewall.allowedUDPPorts = [ 67 69 ];
+      # DHCP, and TFTP whose data flows on ephemeral ports.
+      networking.firewall.enable = false;
       services.dnsmasq = {
         enable = true;
         resolveLocalQueries = false;
