@@ -8,8 +8,25 @@ let
   inherit (lib) types mkOption;
   render = import ../../nixos/render.nix;
 
+  flakePackage = fakeDrv "image-cache-from-flake-0.1.0" { pname = "image-cache"; version = "0.1.0"; meta.mainProgram = "image-cache"; };
+  # The flake's outputs, called by hand with a stub nixpkgs (nix 2.8 cannot fetch the real one).
+  flake = (import ../../flake.nix).outputs {
+    self = flake;
+    nixpkgs = {
+      inherit lib;
+      legacyPackages = lib.genAttrs [ "x86_64-linux" "aarch64-linux" ] (system: pkgs // {
+        stdenv.hostPlatform.system = system;
+        callPackage = _: _: flakePackage;
+        testers.runNixOSTest = t: fakeDrv "vm-test-${t.name}" { };
+        mkShell = _: fakeDrv "shell" { };
+        nixfmt = fakeDrv "nixfmt" { };
+        clippy = null; rustfmt = null; rust-analyzer = null;
+      });
+    };
+  };
   fakeDrv = name: extra: { type = "derivation"; inherit name; outPath = "/nix/store/00000000000000000000000000000000-${name}"; } // extra;
   pkgs = {
+    stdenv.hostPlatform.system = "x86_64-linux";
     image-cache = fakeDrv "image-cache-0.1.0" { pname = "image-cache"; version = "0.1.0"; meta.mainProgram = "image-cache"; };
     containerd = fakeDrv "containerd-2.1.4" { version = "2.1.4"; };
     formats.toml = { }: {
@@ -42,7 +59,7 @@ let
   };
 
   eval = config: lib.evalModules {
-    modules = [ stubs ../../nixos/module.nix ../../nixos/containerd-mirror.nix { inherit config; } ];
+    modules = [ stubs flake.nixosModules.default flake.nixosModules.containerd-mirror { inherit config; } ];
     specialArgs = { inherit pkgs; };
   };
   cfgOf = config: (eval config).config;
@@ -79,7 +96,12 @@ let
 in
 {
   failures =
-    check "ExecStart runs serve with the checked config" (svc.ExecStart == "/nix/store/00000000000000000000000000000000-image-cache-0.1.0/bin/image-cache serve --config ${node.services.imageCache.configFile}")
+    check "ExecStart runs the flake's package with the checked config" (svc.ExecStart == "/nix/store/00000000000000000000000000000000-image-cache-from-flake-0.1.0/bin/image-cache serve --config ${node.services.imageCache.configFile}")
+    ++ check "flake: checks per system, pxe on x86_64 only"
+      (flake.checks.x86_64-linux ? vm-pxe && !(flake.checks.aarch64-linux ? vm-pxe)
+        && builtins.all (n: flake.checks.aarch64-linux ? ${n}) [ "package" "vm-dns" "vm-http" "vm-sync" "vm-registry" "vm-failover" ])
+    ++ check "flake: app runs the package" (flake.apps.x86_64-linux.default.program == "${flakePackage}/bin/image-cache")
+    ++ check "flake: overlay adds image-cache" ((flake.overlays.default pkgs pkgs) ? image-cache)
     ++ check "notify + watchdog + restart" (svc.Type == "notify" && svc.WatchdogSec == "30s" && svc.Restart == "on-failure")
     ++ check "DynamicUser, StateDirectory, CAP_NET_BIND_SERVICE only"
       (svc.DynamicUser && svc.StateDirectory == "image-cache" && svc.CapabilityBoundingSet == [ "CAP_NET_BIND_SERVICE" ] && svc.AmbientCapabilities == [ "CAP_NET_BIND_SERVICE" ])
