@@ -52,6 +52,13 @@ rec {
       -extfile ext -out $out/origin.pem
   '';
 
+  # An OS image of `size` random bytes at /os/img.tar.lz4, with its .md5 sidecar.
+  osImage = pkgs: size: pkgs.runCommand "files" { } ''
+    mkdir -p $out/os
+    head -c ${toString size} /dev/urandom > $out/os/img.tar.lz4
+    md5sum $out/os/img.tar.lz4 | cut -d' ' -f1 > $out/os/img.tar.lz4.md5
+  '';
+
   # An nginx HTTPS origin holding `files` (a derivation with the tree to serve).
   originNode = files: { pkgs, ... }: {
     imports = [ (staticAddress addrs.origin) ];

@@ -7,13 +7,7 @@ in {
   nodes = {
     internet = c.internetNode;
     origin = { pkgs, ... }: {
-      imports = [
-        (c.originNode (pkgs.runCommand "files" { } ''
-          mkdir -p $out/os
-          head -c 20000000 /dev/urandom > $out/os/img.tar.lz4
-          md5sum $out/os/img.tar.lz4 | cut -d' ' -f1 > $out/os/img.tar.lz4.md5
-        ''))
-      ];
+      imports = [ (c.originNode (c.osImage pkgs 20000000)) ];
     };
     cache = c.cacheNode { name = "http"; addr = c.addrs.cache; };
     client = { pkgs, ... }: {

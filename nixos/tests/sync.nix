@@ -9,13 +9,7 @@ in {
   nodes = {
     internet = c.internetNode;
     origin = { pkgs, ... }: {
-      imports = [
-        (c.originNode (pkgs.runCommand "files" { } ''
-          mkdir -p $out/os
-          head -c 3000000 /dev/urandom > $out/os/img.tar.lz4
-          md5sum $out/os/img.tar.lz4 | cut -d' ' -f1 > $out/os/img.tar.lz4.md5
-        ''))
-      ];
+      imports = [ (c.originNode (c.osImage pkgs 3000000)) ];
       networking.firewall.allowedTCPPorts = [ 8080 ];
       systemd.services.metal-api-stub = {
         wantedBy = [ "multi-user.target" ];
