@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# bench/fill.sh — cold fills: a download through an empty image-cache (which fetches from the HTTPS origin
+# while streaming to the client) against the same download straight from the origin (nginx, TLS), and N
+# clients asking an empty cache for the same file at once (one origin download shared by all) against one
+# direct download. Loopback, same run. SIZE_MB (default 512), N (default 20), REPEAT (default 3, medians).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_MB=${SIZE_MB:-512}
+N=${N:-20}
+REPEAT=${REPEAT:-3}
+command -v nginx >/dev/null && command -v curl >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light curl >/dev/null; }
+cargo build --release --locked -q
+BIN=$PWD/target/release/image-cache
+W=$(mktemp -d /tmp/ic-fill.XXXXXX)
+chmod 755 "$W"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+
+mkdir -p "$W/www"
+head -c $((SIZE_MB * 1048576)) /dev/urandom >"$W/www/big.img"
+chmod -R a+rX "$W/www"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+  -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
+cat >"$W/nginx.conf" <<CONF
+daemon off;
+worker_processes 2;
+pid $W/nginx.pid;
+error_log $W/nginx-error.log;
+events { worker_connections 1024; }
+http {
+  access_log $W/access.log;
+  sendfile on;
+  server {
+    listen 127.0.0.1:18443 ssl;
+    ssl_certificate $W/cert.pem;
+    ssl_certificate_key $W/key.pem;
+    root $W/www;
+  }
+}
+CONF
+nginx -c "$W/nginx.conf" &
+PIDS+=($!)
+sleep 0.5
+cat >"$W/ic.toml" <<TOML
+state_dir = "$W/state"
+[cache]
+max_size = "100G"
+[http]
+listen = ["127.0.0.1:18080"]
+[dns]
+enabled = false
+upstreams = ["127.0.0.1:9"]
+[passthrough]
+enabled = false
+[upstream]
+ca_file = "$W/cert.pem"
+[[domains]]
+name = "files.test"
+origin = "https://localhost:18443"
+TOML
+IC=
+fresh_cache() {
+  [ -n "$IC" ] && { kill "$IC"; wait "$IC" 2>/dev/null || true; }
+  rm -rf "$W/state"
+  "$BIN" serve --config "$W/ic.toml" >>"$W/ic.log" 2>&1 &
+  IC=$!; PIDS+=("$IC")
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/health >/dev/null && return; sleep 0.1; done
+  echo "image-cache did not start"; exit 1
+}
+secs() { local t0 t1; t0=$(date +%s.%N); "$@"; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
+direct() { curl -sf --cacert "$W/cert.pem" -o /dev/null https://localhost:18443/big.img; }
+through() { curl -sf -H 'Host: files.test' -o /dev/null http://127.0.0.1:18080/big.img; }
+many() { local p=(); for _ in $(seq "$N"); do through & p+=($!); done; for x in "${p[@]}"; do wait "$x"; done; }
+
+direct # page cache warm for both sides
+: >"$W/rows"
+for i in $(seq "$REPEAT"); do
+  d=$(secs direct)
+  fresh_cache; c=$(secs through)
+  fresh_cache; before=$(grep -c 'GET /big.img' "$W/access.log"); m=$(secs many)
+  gets=$(( $(grep -c 'GET /big.img' "$W/access.log") - before ))
+  echo "$d $c $m $gets" >>"$W/rows"
+  printf 'round %d: direct %.2f s, cold through the cache %.2f s, %d cold clients at once %.2f s (%d origin GETs)\n' "$i" "$d" "$c" "$N" "$m" "$gets"
+done
+python3 - "$W/rows" <<PY
+import statistics as st, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1])]
+d = st.median(r[0] for r in rows); c = st.median(r[1] for r in rows); m = st.median(r[2] for r in rows)
+print(f"machine: $(nproc) cores, $(uname -r); nginx $(nginx -v 2>&1 | sed 's/.*\///') over TLS; {int($SIZE_MB)} MiB file; medians of $REPEAT rounds")
+print(f"cold fill through image-cache: {c:6.2f} s   direct from the origin: {d:6.2f} s   ratio {st.median(r[1]/r[0] for r in rows):.2f}")
+print(f"$N cold clients at once:        {m:6.2f} s   one direct download:    {d:6.2f} s   ratio {st.median(r[2]/r[0] for r in rows):.2f}   origin GETs per round: {int(max(r[3] for r in rows))}")
+PY
