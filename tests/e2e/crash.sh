@@ -103,7 +103,7 @@ hmac_file = "$W/hmac"
 TOML
 }
 start() {
-  in_ns "$BIN" serve --config "$W/$1/config.toml" >>"$W/$1/log" 2>&1 &
+  ip netns exec $NS "$BIN" serve --config "$W/$1/config.toml" >>"$W/$1/log" 2>&1 &
   PID[cache]=$!
   for _ in $(seq 100); do in_ns curl -sf http://127.0.0.1:8080/health >/dev/null && return; sleep 0.1; done
   echo "cache did not start"; tail "$W/$1/log"; exit 1
@@ -121,7 +121,7 @@ after_crash() { # after_crash NAME WHAT: restart, check tmp/, stop, verify
   [ "$left" = 0 ] && pass "$2: tmp/ empty after the restart" || fail "$2: $left files left in tmp/"
   stop
   if out=$("$BIN" store --config "$W/$1/config.toml" verify 2>&1); then
-    pass "$2: store verify clean ($(echo "$out" | tr '\n' ' ' | cut -c1-100))"
+    pass "$2: store verify clean ($(echo "$out" | tr '\r' '\n' | tail -1))"
   else
     fail "$2: store verify: $out"
   fi
@@ -133,7 +133,7 @@ same() { # same URL_PATH FILE: served through the cache, equal to the origin's f
 # 1. During a large fill.
 config fill 1GB false
 start fill
-in_ns curl -s -o /dev/null -H 'Host: files.test' http://127.0.0.1:8080/slow/big.img &
+ip netns exec $NS curl -s -o /dev/null -H 'Host: files.test' http://127.0.0.1:8080/slow/big.img &
 PID[client]=$!
 if wait_tmp fill; then crash; pass "fill: killed with $(tmp_bytes fill) bytes in tmp/"; else fail "fill never started"; crash; fi
 kill "${PID[client]}" 2>/dev/null || true; unset 'PID[client]'

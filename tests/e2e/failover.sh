@@ -106,7 +106,7 @@ origin = "http://files.test"
 TOML
 }
 start_node() {
-  in_ "$1" "$BIN" serve --config "$W/$1/config.toml" >>"$W/$1/log" 2>&1 &
+  ip netns exec $P-$1 "$BIN" serve --config "$W/$1/config.toml" >>"$W/$1/log" 2>&1 &
   PID[$1]=$!
   for _ in $(seq 100); do in_ client curl -sf "http://${ADDR[$1]}/health" >/dev/null && return; sleep 0.1; done
   echo "node $1 did not start"; tail "$W/$1/log"; exit 1

@@ -55,7 +55,7 @@ KCACHE=/var/tmp/ic-e2e-kernel
 pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
 if [ ! -d "$KCACHE/$pkg/boot" ]; then
   mkdir -p "$KCACHE/dl" && chmod 777 "$KCACHE/dl"
-  (cd "$KCACHE/dl" && rm -f ./*.deb && apt-get download "$pkg" 2>/dev/null && dpkg -x ./*.deb "$KCACHE/$pkg" && rm -f ./*.deb)
+  (cd "$KCACHE/dl" && rm -f ./*.deb && apt-get download "$pkg" >/dev/null 2>&1 && dpkg -x ./*.deb "$KCACHE/$pkg" && rm -f ./*.deb)
 fi
 VMLINUZ=$(ls "$KCACHE/$pkg"/boot/vmlinuz-*)
 MODDIR=$(ls -d "$KCACHE/$pkg"/lib/modules/*)
