@@ -4,6 +4,7 @@
 # clients asking an empty cache for the same file at once (one origin download shared by all) against one
 # direct download. Loopback, same run. SIZE_MB (default 512), N (default 20), REPEAT (default 3, medians).
 set -euo pipefail
+set -E; trap 'exit 1' ERR
 cd "$(dirname "$0")/.."
 SIZE_MB=${SIZE_MB:-512}
 N=${N:-20}
@@ -21,8 +22,12 @@ trap cleanup EXIT
 mkdir -p "$W/www"
 head -c $((SIZE_MB * 1048576)) /dev/urandom >"$W/www/big.img"
 chmod -R a+rX "$W/www"
-openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext subjectAltName=DNS:localhost \
-  -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
+# A CA and a leaf for localhost (webpki refuses a self-signed CA certificate used as the server's).
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=ic-bench-ca -keyout "$W/ca.key" -out "$W/ca.pem" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout "$W/key.pem" -out "$W/leaf.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost\n' >"$W/ext"
+openssl x509 -req -in "$W/leaf.csr" -CA "$W/ca.pem" -CAkey "$W/ca.key" -CAcreateserial -days 1 -extfile "$W/ext" \
+  -out "$W/cert.pem" 2>/dev/null
 cat >"$W/nginx.conf" <<CONF
 daemon off;
 worker_processes 2;
@@ -55,7 +60,7 @@ upstreams = ["127.0.0.1:9"]
 [passthrough]
 enabled = false
 [upstream]
-ca_file = "$W/cert.pem"
+ca_file = "$W/ca.pem"
 [[domains]]
 name = "files.test"
 origin = "https://localhost:18443"
@@ -70,8 +75,11 @@ fresh_cache() {
   echo "image-cache did not start"; exit 1
 }
 secs() { local t0 t1; t0=$(date +%s.%N); "$@"; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
-direct() { curl -sf --cacert "$W/cert.pem" -o /dev/null https://localhost:18443/big.img; }
-through() { curl -sf -H 'Host: files.test' -o /dev/null http://127.0.0.1:18080/big.img; }
+direct() { curl -sf --cacert "$W/ca.pem" -o /dev/null https://localhost:18443/big.img || { echo "direct download failed" >&2; exit 1; }; }
+through() {
+  curl -sf -H 'Host: files.test' -o /dev/null http://127.0.0.1:18080/big.img ||
+    { echo "download through image-cache failed:" >&2; tail -3 "$W/ic.log" >&2; exit 1; }
+}
 many() { local p=(); for _ in $(seq "$N"); do through & p+=($!); done; for x in "${p[@]}"; do wait "$x"; done; }
 
 direct # page cache warm for both sides
