@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # bench/fill.sh — cold fills: a download through an empty image-cache (which fetches from the HTTPS origin
 # while streaming to the client) against the same download straight from the origin (nginx, TLS), and N
-# clients asking an empty cache for the same file at once (one origin download shared by all) against one
-# direct download. Loopback, same run. SIZE_MB (default 512), N (default 20), REPEAT (default 3, medians).
+# clients asking an empty cache for the same file at once (one origin download shared by all) against N
+# clients downloading it from the origin at once. Loopback, same run. SIZE_MB (default 512), N (default 20), REPEAT (default 3, medians).
 set -euo pipefail
 set -E; trap 'exit 1' ERR
 cd "$(dirname "$0")/.."
@@ -81,16 +81,18 @@ through() {
     { echo "download through image-cache failed:" >&2; tail -3 "$W/ic.log" >&2; exit 1; }
 }
 many() { local p=(); for _ in $(seq "$N"); do through & p+=($!); done; for x in "${p[@]}"; do wait "$x"; done; }
+many_direct() { local p=(); for _ in $(seq "$N"); do direct & p+=($!); done; for x in "${p[@]}"; do wait "$x"; done; }
 
 direct # page cache warm for both sides
 : >"$W/rows"
 for i in $(seq "$REPEAT"); do
   d=$(secs direct)
+  md=$(secs many_direct)
   fresh_cache; c=$(secs through)
   fresh_cache; before=$(grep -c 'GET /big.img' "$W/access.log"); m=$(secs many)
   gets=$(( $(grep -c 'GET /big.img' "$W/access.log") - before ))
-  echo "$d $c $m $gets" >>"$W/rows"
-  printf 'round %d: direct %.2f s, cold through the cache %.2f s, %d cold clients at once %.2f s (%d origin GETs)\n' "$i" "$d" "$c" "$N" "$m" "$gets"
+  echo "$d $c $m $gets $md" >>"$W/rows"
+  printf 'round %d: direct %.2f s, cold through the cache %.2f s; %d clients at once: direct %.2f s, cold through the cache %.2f s (%d origin GETs)\n' "$i" "$d" "$c" "$N" "$md" "$m" "$gets"
 done
 python3 - "$W/rows" <<PY
 import statistics as st, sys
@@ -98,5 +100,6 @@ rows = [list(map(float, l.split())) for l in open(sys.argv[1])]
 d = st.median(r[0] for r in rows); c = st.median(r[1] for r in rows); m = st.median(r[2] for r in rows)
 print(f"machine: $(nproc) cores, $(uname -r); nginx $(nginx -v 2>&1 | sed 's/.*\///') over TLS; {int($SIZE_MB)} MiB file; medians of $REPEAT rounds")
 print(f"cold fill through image-cache: {c:6.2f} s   direct from the origin: {d:6.2f} s   ratio {st.median(r[1]/r[0] for r in rows):.2f}")
-print(f"$N cold clients at once:        {m:6.2f} s   one direct download:    {d:6.2f} s   ratio {st.median(r[2]/r[0] for r in rows):.2f}   origin GETs per round: {int(max(r[3] for r in rows))}")
+md = st.median(r[4] for r in rows)
+print(f"$N cold clients at once:        {m:6.2f} s   $N direct at once:      {md:6.2f} s   ratio {st.median(r[2]/r[4] for r in rows):.2f}   origin GETs per round: {int(max(r[3] for r in rows))} (direct: $N)")
 PY

@@ -50,7 +50,7 @@ impl BlobFs {
     }
 
     /// A new temp file, opened read-write so readers of a growing fill can share its descriptor.
-    pub fn create_temp(&self, with_md5: bool) -> io::Result<TempBlob> {
+    pub fn create_temp(&self) -> io::Result<TempBlob> {
         let name = format!(
             "fill-{:016x}{:016x}",
             rand::random::<u64>(),
@@ -66,8 +66,6 @@ impl BlobFs {
             path: Some(path),
             file: Arc::new(file),
             written: 0,
-            sha256: Sha256::new(),
-            md5: with_md5.then(Md5::new),
         })
     }
 
@@ -165,14 +163,48 @@ pub struct Hashes {
     pub md5: Option<[u8; 16]>,
 }
 
-/// A blob being written. Appends are hashed on the way; dropping it unpublished deletes the file.
+/// The digests of a byte stream, fed in order. Separate from the file write so a fill can hash one batch
+/// on one core while the next is written (and read by clients) on another.
+#[derive(Debug, Clone)]
+pub struct Hasher {
+    size: u64,
+    sha256: Sha256,
+    md5: Option<Md5>,
+}
+
+impl Hasher {
+    pub fn new(with_md5: bool) -> Self {
+        Hasher {
+            size: 0,
+            sha256: Sha256::new(),
+            md5: with_md5.then(Md5::new),
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.sha256.update(data);
+        if let Some(m) = &mut self.md5 {
+            m.update(data);
+        }
+        self.size += data.len() as u64;
+    }
+
+    pub fn finish(self) -> Hashes {
+        Hashes {
+            size: self.size,
+            sha256: Digest::from_bytes(self.sha256.finalize().into()),
+            md5: self.md5.map(|m| m.finalize().into()),
+        }
+    }
+}
+
+/// A blob being written; dropping it unpublished deletes the file. Its bytes are hashed by a `Hasher`
+/// fed alongside, and published only under the digest that hasher computed.
 #[derive(Debug)]
 pub struct TempBlob {
     path: Option<PathBuf>,
     file: Arc<File>,
     written: u64,
-    sha256: Sha256,
-    md5: Option<Md5>,
 }
 
 impl TempBlob {
@@ -185,24 +217,12 @@ impl TempBlob {
         self.written
     }
 
-    /// Appends and hashes. Blocking: call from a blocking thread.
+    /// Appends. Blocking: call from a blocking thread.
     pub fn append(&mut self, data: &[u8]) -> io::Result<()> {
         let mut file: &File = &self.file;
         file.write_all(data)?;
-        self.sha256.update(data);
-        if let Some(m) = &mut self.md5 {
-            m.update(data);
-        }
         self.written += data.len() as u64;
         Ok(())
-    }
-
-    pub fn hashes(&self) -> Hashes {
-        Hashes {
-            size: self.written,
-            sha256: Digest::from_bytes(self.sha256.clone().finalize().into()),
-            md5: self.md5.as_ref().map(|m| m.clone().finalize().into()),
-        }
     }
 }
 
@@ -268,8 +288,7 @@ pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
 
 /// Streams a whole file through sha256 (and md5). Blocking; used by `store verify`.
 pub fn hash_file(file: &File) -> io::Result<Hashes> {
-    let mut sha = Sha256::new();
-    let mut md5 = Md5::new();
+    let mut hasher = Hasher::new(true);
     let mut offset = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -279,15 +298,10 @@ pub fn hash_file(file: &File) -> io::Result<Hashes> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        sha.update(&buf[..n]);
-        md5.update(&buf[..n]);
+        hasher.update(&buf[..n]);
         offset += n as u64;
     }
-    Ok(Hashes {
-        size: offset,
-        sha256: Digest::from_bytes(sha.finalize().into()),
-        md5: Some(md5.finalize().into()),
-    })
+    Ok(hasher.finish())
 }
 
 #[cfg(test)]
@@ -298,10 +312,14 @@ mod tests {
     fn publish_is_atomic_and_dedups() {
         let dir = tempfile::tempdir().unwrap();
         let fs_ = BlobFs::open(dir.path()).unwrap();
-        let mut t = fs_.create_temp(true).unwrap();
-        t.append(b"hello ").unwrap();
-        t.append(b"world").unwrap();
-        let h = t.hashes();
+        let mut t = fs_.create_temp().unwrap();
+        let mut hasher = Hasher::new(true);
+        for part in [&b"hello "[..], b"world"] {
+            t.append(part).unwrap();
+            hasher.update(part);
+        }
+        assert_eq!(t.written(), 11);
+        let h = hasher.finish();
         assert_eq!(h.size, 11);
         assert_eq!(
             h.sha256.hex(),
@@ -315,7 +333,7 @@ mod tests {
         assert_eq!(fs::read(fs_.blob_path(&h.sha256)).unwrap(), b"hello world");
         assert_eq!(fs::read_dir(fs_.tmp_dir()).unwrap().count(), 0);
 
-        let mut again = fs_.create_temp(false).unwrap();
+        let mut again = fs_.create_temp().unwrap();
         again.append(b"hello world").unwrap();
         fs_.publish(again, &h.sha256).unwrap();
         assert_eq!(fs::read_dir(fs_.tmp_dir()).unwrap().count(), 0);
@@ -328,7 +346,7 @@ mod tests {
     fn dropped_temp_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let fs_ = BlobFs::open(dir.path()).unwrap();
-        let mut t = fs_.create_temp(false).unwrap();
+        let mut t = fs_.create_temp().unwrap();
         t.append(b"partial").unwrap();
         assert_eq!(fs::read_dir(fs_.tmp_dir()).unwrap().count(), 1);
         drop(t);

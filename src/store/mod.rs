@@ -33,6 +33,8 @@ use tokio::sync::Notify;
 
 /// Body bytes gathered before one write to the temp file.
 const WRITE_BATCH: usize = 256 * 1024;
+/// Batches queued for the hashing thread at most (bounds memory to this many write batches per fill).
+const HASH_QUEUE: usize = 4;
 /// Longest a partial batch waits before it is written, so readers of a slow source still see progress.
 const FLUSH_AFTER: Duration = Duration::from_millis(20);
 const STRIPES: usize = 64;
@@ -695,10 +697,20 @@ async fn write_body(
     }
     let fs_ = inner.fs.clone();
     let with_md5 = want_md5 || expected.md5.is_some();
-    let mut temp: TempBlob = blocking(move || fs_.create_temp(with_md5))
+    let mut temp: TempBlob = blocking(move || fs_.create_temp())
         .await
         .map_err(FillFailure::Storage)?
         .map_err(|e| FillFailure::Storage(format!("creating temp file: {e}")))?;
+    // Hashing runs on its own blocking thread, fed in order: a batch is hashed while the next one is
+    // received and written, and readers get each batch as soon as it is on disk.
+    let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(HASH_QUEUE);
+    let hashing = tokio::task::spawn_blocking(move || {
+        let mut hasher = fs::Hasher::new(with_md5);
+        while let Some(chunk) = hash_rx.blocking_recv() {
+            hasher.update(&chunk);
+        }
+        hasher.finish()
+    });
     fill.set_file(temp.shared_file());
     fill.set_phase(Phase::Streaming {
         meta: Arc::new(meta.clone()),
@@ -714,7 +726,7 @@ async fn write_body(
             match tokio::time::timeout(FLUSH_AFTER, body.next()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    (temp, buf) = flush(fill, temp, buf).await?;
+                    (temp, buf) = flush(fill, temp, buf, &hash_tx).await?;
                     continue;
                 }
             }
@@ -728,7 +740,7 @@ async fn write_body(
                     ));
                 }
                 if buf.len() >= WRITE_BATCH {
-                    (temp, buf) = flush(fill, temp, buf).await?;
+                    (temp, buf) = flush(fill, temp, buf, &hash_tx).await?;
                 }
             }
             Some(Err(message)) => {
@@ -741,10 +753,20 @@ async fn write_body(
         }
     }
     if !buf.is_empty() {
-        (temp, _) = flush(fill, temp, buf).await?;
+        (temp, _) = flush(fill, temp, buf, &hash_tx).await?;
     }
 
-    let hashes = temp.hashes();
+    drop(hash_tx);
+    let hashes = hashing
+        .await
+        .map_err(|e| FillFailure::Storage(format!("hashing task failed: {e}")))?;
+    if hashes.size != temp.written() {
+        return Err(FillFailure::Storage(format!(
+            "hashed {} bytes but wrote {}",
+            hashes.size,
+            temp.written()
+        )));
+    }
     if let Some(cl) = meta.content_length
         && cl != hashes.size
     {
@@ -818,19 +840,25 @@ async fn write_body(
     Ok(row)
 }
 
+/// Hands a batch to the hasher, writes it, and lets readers see it. Returns a fresh batch buffer.
 async fn flush(
     fill: &Arc<Fill>,
     mut temp: TempBlob,
-    mut buf: Vec<u8>,
+    buf: Vec<u8>,
+    hash_tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
 ) -> Result<(TempBlob, Vec<u8>), FillFailure> {
-    let (temp, buf, result) = blocking(move || {
-        let r = temp.append(&buf);
-        buf.clear();
-        (temp, buf, r)
+    let batch = bytes::Bytes::from(buf);
+    hash_tx
+        .send(batch.clone())
+        .await
+        .map_err(|_| FillFailure::Storage("hashing stopped".into()))?;
+    let (temp, result) = blocking(move || {
+        let r = temp.append(&batch);
+        (temp, r)
     })
     .await
     .map_err(FillFailure::Storage)?;
     result.map_err(|e| FillFailure::Storage(format!("writing temp file: {e}")))?;
     fill.advance(temp.written(), false);
-    Ok((temp, buf))
+    Ok((temp, Vec::with_capacity(WRITE_BATCH)))
 }
