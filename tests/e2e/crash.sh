@@ -7,32 +7,17 @@
 # Runs in a private network namespace (loopback only). Needs root. Installs nginx-light, curl, python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[ "$(id -u)" = 0 ] || { echo "tests/e2e/crash.sh needs root (network namespace)"; exit 1; }
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v curl >/dev/null || need+=(curl)
-command -v python3 >/dev/null || need+=(python3)
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-cargo build --release --locked -q
-BIN=$PWD/target/release/image-cache
-
-W=$(mktemp -d /tmp/ic-crash.XXXXXX)
-chmod 755 "$W"
+source tests/e2e/lib.sh
+e2e_start crash nginx:nginx-light curl:curl python3:python3
 NS=ic-e2e-crash
-declare -A PID=()
 cleanup() {
-  for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  e2e_stop_all
   ip netns pids $NS 2>/dev/null | xargs -r kill -9 2>/dev/null || true
   ip netns del $NS 2>/dev/null || true
   rm -rf "/etc/netns/$NS" "$W"
 }
 trap cleanup EXIT
 trap 'exit 143' TERM INT
-FAILS=0
-pass() { echo "PASS $*"; }
-fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
 in_ns() { ip netns exec $NS "$@"; }
 
 ip netns del $NS 2>/dev/null || true
@@ -167,5 +152,4 @@ start sync
 same /slow/big.img "$W/www/slow/big.img" && pass "sync: image served whole and correct after the restart" || fail "sync: image differs"
 stop
 
-echo "crash e2e: $FAILS failure(s)"
-[ "$FAILS" = 0 ]
+e2e_done crash

@@ -7,28 +7,12 @@
 # Needs root. Installs dnsutils, dnsmasq-base, nginx-light, curl, iproute2 if missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[ "$(id -u)" = 0 ] || { echo "tests/e2e/failover.sh needs root (network namespaces)"; exit 1; }
-need=()
-command -v dig >/dev/null || need+=(dnsutils)
-command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v curl >/dev/null || need+=(curl)
-command -v ip >/dev/null || need+=(iproute2)
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-cargo build --release --locked -q
-BIN=$PWD/target/release/image-cache
-
-W=$(mktemp -d /tmp/ic-fo.XXXXXX)
-chmod 755 "$W"
+source tests/e2e/lib.sh
+e2e_start failover dig:dnsutils dnsmasq:dnsmasq-base nginx:nginx-light curl:curl ip:iproute2
 P=ic-e2e-fo
 declare -A ADDR=([hub]="" [a]=10.98.0.11 [b]=10.98.0.12 [client]=10.98.0.20 [origin]=10.98.0.30)
-declare -A PID=()
 cleanup() {
-  for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  e2e_stop_all
   for n in hub a b client origin; do
     ip netns pids $P-$n 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     ip netns del $P-$n 2>/dev/null || true
@@ -37,9 +21,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 143' TERM INT
-FAILS=0
-pass() { echo "PASS $*"; }
-fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
 in_() { local n=$1; shift; ip netns exec $P-$n "$@"; }
 answers() { in_ client dig +short +time=1 +tries=1 @"$1" files.test A | sort | tr '\n' ' ' | sed 's/ $//'; }
 wait_answers() { # wait_answers SERVER WANT TIMEOUT_S → seconds taken, or fails
@@ -137,5 +118,4 @@ want2=$(md5sum "$W/www/two.img" | cut -d' ' -f1)
 start_node b
 if t=$(wait_answers "${ADDR[a]}" "$BOTH" 10); then pass "node B listed again after ${t} s"; else fail "node B not listed again: '$(answers "${ADDR[a]}")'"; fi
 
-echo "failover e2e: $FAILS failure(s)"
-[ "$FAILS" = 0 ]
+e2e_done failover

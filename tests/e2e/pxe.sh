@@ -14,39 +14,22 @@
 # Needs root. Installs qemu-system-x86, ipxe-qemu, busybox-static, cpio, dnsmasq-base, nginx-light if missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[ "$(id -u)" = 0 ] || { echo "tests/e2e/pxe.sh needs root (network namespaces, taps)"; exit 1; }
-need=()
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-[ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || need+=(ipxe-qemu)
-ldd /bin/busybox 2>&1 | grep -q "not a dynamic" && /bin/busybox --list | grep -qx udhcpc || need+=(busybox-static)
-command -v cpio >/dev/null || need+=(cpio)
-command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v openssl >/dev/null || need+=(openssl)
-command -v curl >/dev/null || need+=(curl)
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-cargo build --release --locked -q
-BIN=$PWD/target/release/image-cache
-
-W=$(mktemp -d /tmp/ic-pxe.XXXXXX)
-chmod 755 "$W"
+source tests/e2e/lib.sh
+# The ROM and a static busybox are files, not commands: checked here, installed with the rest.
+[ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || E2E_EXTRA_PACKAGES+=" ipxe-qemu"
+ldd /bin/busybox 2>&1 | grep -q "not a dynamic" && /bin/busybox --list | grep -qx udhcpc ||
+  E2E_EXTRA_PACKAGES+=" busybox-static"
+e2e_start pxe qemu-system-x86_64:qemu-system-x86 cpio:cpio dnsmasq:dnsmasq-base nginx:nginx-light \
+  openssl:openssl curl:curl
 NS=ic-e2e-pxe
-declare -A PID=()
 cleanup() {
-  for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  e2e_stop_all
   ip netns pids $NS 2>/dev/null | xargs -r kill -9 2>/dev/null || true
   ip netns del $NS 2>/dev/null || true
   rm -rf "$W"
 }
 trap cleanup EXIT
 trap 'exit 143' TERM INT
-FAILS=0
-pass() { echo "PASS $*"; }
-fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
 in_ns() { ip netns exec $NS "$@"; }
 metric() { in_ns curl -s http://10.99.0.2/metrics | awk -v k="$1" '$1 == k {print $2}'; }
 
@@ -251,5 +234,4 @@ for f in boot.ipxe vmlinuz initrd.gz os.img; do
   if [ "$n" = 1 ]; then pass "origin asked once for $f over two boots"; else fail "origin asked $n times for $f"; fi
 done
 
-echo "PXE e2e: $FAILS failure(s)"
-[ "$FAILS" = 0 ]
+e2e_done PXE

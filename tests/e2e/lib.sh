@@ -1,0 +1,39 @@
+# tests/e2e/lib.sh — sourced by the end-to-end scripts: the preamble they all share.
+#   e2e_start NAME CMD:PACKAGE...   root check, missing Debian packages installed, release build (sets BIN),
+#                                   a 0755 scratch dir (sets W: daemons that drop privileges read from it)
+#   PID[name]=$!                    background processes that e2e_stop_all stops (TERM, then KILL)
+#   pass / fail, FAILS              one line per check; the script ends with `e2e_done NAME`
+# Each script still owns its namespaces and its EXIT trap (which should call e2e_stop_all).
+declare -A PID=()
+FAILS=0
+pass() { echo "PASS $*"; }
+fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
+
+e2e_start() {
+  local name=$1; shift
+  [ "$(id -u)" = 0 ] || { echo "tests/e2e/$name.sh needs root (network namespaces)"; exit 1; }
+  local need=() pair
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
+  done
+  need+=(${E2E_EXTRA_PACKAGES:-})
+  if ((${#need[@]})); then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+  cargo build --release --locked -q
+  BIN=$PWD/target/release/image-cache
+  W=$(mktemp -d "/tmp/ic-$name.XXXXXX")
+  chmod 755 "$W"
+}
+
+e2e_stop_all() {
+  local p
+  for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+}
+
+e2e_done() {
+  echo "$1 e2e: $FAILS failure(s)"
+  [ "$FAILS" = 0 ]
+}
