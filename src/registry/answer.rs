@@ -1,11 +1,15 @@
-//! OCI answers built from the store's outcomes: a stored manifest or blob with its digest, a fill's
-//! failure as the status containerd needs to decide whether to try the next host.
+//! OCI answers shared by the manifest and blob paths: a stored object with its digest, a fill's failure
+//! as the status containerd needs to decide whether to try the next host, a remembered 404, and the
+//! uncached relay of what the store does not keep.
 
 use super::RegistryState;
 use super::backoff::retry_after_secs;
 use super::error::oci_error;
+use super::fetch::{self, Target};
+use crate::metrics::{kind, result};
 use crate::serve;
 use crate::store::{FillFailure, Hit};
+use crate::upstream::Method;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse};
@@ -90,4 +94,99 @@ pub fn rate_limited(state: &RegistryState, registry: &str) -> HttpResponse {
             .insert(actix_web::http::header::RETRY_AFTER, v);
     }
     resp
+}
+
+/// Asks the registry on the client's behalf, uncached: a client whose `Accept` the stored manifest
+/// does not satisfy, a digest algorithm the store does not verify.
+pub async fn pass_through(
+    req: &HttpRequest,
+    state: &RegistryState,
+    target: &Target,
+    client_accept: Option<String>,
+) -> HttpResponse {
+    let method = if req.method() == actix_web::http::Method::HEAD {
+        Method::Head
+    } else {
+        Method::Get
+    };
+    let what = if target.url.path().contains("/blobs/") {
+        kind::BLOB
+    } else {
+        kind::MANIFEST
+    };
+    match fetch::send(state, target, method, client_accept).await {
+        Ok(resp) if resp.status == 200 => {
+            state
+                .metrics
+                .registry_request(&target.registry, what, result::MISS);
+            serve::relay(req, &state.metrics, resp, &["content-type", DIGEST_HEADER])
+        }
+        Ok(resp) => {
+            state
+                .metrics
+                .registry_request(&target.registry, what, result::ERROR);
+            let code = if what == kind::BLOB {
+                "BLOB"
+            } else {
+                "MANIFEST"
+            };
+            failure(
+                state,
+                &target.registry,
+                code,
+                &fetch::refusal(state, target, &resp),
+            )
+        }
+        Err(e) => {
+            state
+                .metrics
+                .registry_request(&target.registry, what, result::ERROR);
+            oci_error(
+                StatusCode::BAD_GATEWAY,
+                "UNKNOWN",
+                &format!("upstream {} unavailable: {e}", target.registry),
+            )
+        }
+    }
+}
+
+pub fn store_error(
+    state: &RegistryState,
+    registry: &str,
+    what: &'static str,
+    e: &crate::store::StoreError,
+) -> HttpResponse {
+    tracing::error!(error = %e, "store lookup failed");
+    state
+        .metrics
+        .registry_request(registry, what, result::ERROR);
+    oci_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "UNKNOWN",
+        "the cache's store is failing; fetch from the registry",
+    )
+}
+
+pub fn internal(why: &str) -> HttpResponse {
+    oci_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", why)
+}
+
+/// A 404 the registry gave a moment ago (`registry.negative_ttl`), answered without asking it again.
+/// `what` is a metrics kind: `manifest` or `blob`.
+pub fn remembered_missing(
+    state: &RegistryState,
+    registry: &str,
+    what: &'static str,
+) -> HttpResponse {
+    state.metrics.registry_request(registry, what, result::MISS);
+    let code = if what == kind::BLOB {
+        "BLOB_UNKNOWN"
+    } else {
+        "MANIFEST_UNKNOWN"
+    };
+    oci_error(
+        StatusCode::NOT_FOUND,
+        code,
+        &format!("{registry} did not have it a moment ago (registry.negative_ttl)"),
+    )
 }

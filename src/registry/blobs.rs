@@ -4,19 +4,13 @@
 //! a HEAD; it never starts a download.
 
 use super::RegistryState;
-use super::answer::{self, stored, with_digest};
-use super::error::oci_error;
-use super::fetch::{self, Target};
-use super::manifests::{Repo, internal, pass_through, store_error, target};
+use super::answer::{self, internal, pass_through, store_error, stored, with_digest};
+use super::fetch::{self, Repo, adopt, target};
 use super::path::{OciDigest, blob_key};
 use crate::metrics::{kind, result};
 use crate::serve;
-use crate::store::{
-    Access, Digest, Expected, FillFailure, FillSpec, Hit, Key, ObjectRow, Phase, Plan, SourceMeta,
-    now_secs,
-};
-use crate::upstream::Method;
-use actix_web::http::{Method as HttpMethod, StatusCode};
+use crate::store::{Access, Expected, FillFailure, FillSpec, Phase, Plan, SourceMeta};
+use actix_web::http::Method as HttpMethod;
 use actix_web::{HttpRequest, HttpResponse};
 use std::sync::Arc;
 
@@ -40,15 +34,7 @@ pub async fn get(
             .registry_request(repo.registry, kind::BLOB, res)
     };
     if state.negative.contains(key.as_str()) {
-        count(result::MISS);
-        return oci_error(
-            StatusCode::NOT_FOUND,
-            "BLOB_UNKNOWN",
-            &format!(
-                "{} did not have it a moment ago (registry.negative_ttl)",
-                repo.registry
-            ),
-        );
+        return answer::remembered_missing(state, repo.registry, kind::BLOB);
     }
     if let Some(hit) = adopt(
         state,
@@ -87,7 +73,7 @@ pub async fn get(
         }
         Ok(Access::Skipped) => return pass_through(req, state, &target, None).await,
         Ok(Access::Fill { fill, .. }) => fill,
-        Err(e) => return store_error(state, repo.registry, &e),
+        Err(e) => return store_error(state, repo.registry, kind::BLOB, &e),
     };
     let meta = match fill.head().await {
         Phase::Streaming { meta, .. } => (*meta).clone(),
@@ -114,60 +100,4 @@ pub async fn get(
         serve::stream_fill(req, &state.metrics, &fill, &meta, None),
         digest.as_str(),
     )
-}
-
-/// A digest already stored under another repository or registry (a shared base layer): one HEAD asks
-/// the registry whether *this* repository has it (so the cache never serves a repository content it
-/// was not given by it), then the key is linked to the stored bytes. `None` → fetch as usual.
-pub async fn adopt(
-    state: &RegistryState,
-    target: &Target,
-    key: &Key,
-    digest: Digest,
-    content_type: Option<&str>,
-) -> Option<Hit> {
-    if !matches!(state.store.get(key), Ok(None)) {
-        return None;
-    }
-    let size = state.store.blob_size(&digest).ok().flatten()?;
-    let accept = content_type
-        .is_none()
-        .then(|| super::accept::upstream_accept(None));
-    let resp = fetch::send(state, target, Method::Head, accept)
-        .await
-        .ok()?;
-    if resp.status != 200 || resp.content_length().is_some_and(|l| l != size) {
-        return None;
-    }
-    if fetch::content_digest(&resp).is_some_and(|d| d != digest) {
-        return None;
-    }
-    let content_type = content_type
-        .map(str::to_string)
-        .or_else(|| resp.header("content-type").map(str::to_string));
-    let now = now_secs();
-    let row = ObjectRow {
-        digest,
-        size,
-        content_type,
-        md5: None,
-        etag: None,
-        last_modified: None,
-        fetched_at: now,
-        validated_at: now,
-        last_access: now,
-        hits: 0,
-        pinned: false,
-    };
-    match state.store.link(key, &row) {
-        Ok(true) => {
-            tracing::debug!(key = %key, "linked to content already stored");
-            state.store.open_stored(key).ok().flatten()
-        }
-        Ok(false) => None,
-        Err(e) => {
-            tracing::warn!(key = %key, error = %e, "cannot link to stored content");
-            None
-        }
-    }
 }

@@ -1,16 +1,26 @@
 //! Requests to the upstream registry, and their answers as fill sources for the store. Every request
 //! goes through the cache's own authentication (`upstream::oci_auth`); every non-200 answer is turned
 //! into what the store and the front need: a 404 remembered for `negative_ttl`, a 429 backing the
-//! registry off, the status kept so the front can answer the client with it.
+//! registry off, the status kept so the front can answer the client with it. Also: linking a digest the
+//! store already holds to another repository once that repository's registry vouches for it (`adopt`).
 
 use super::RegistryState;
 use super::accept;
-use crate::store::{Digest, SourceFuture, SourceMeta, SourceOutcome};
+use crate::store::{
+    Digest, FillFailure, Hit, Key, ObjectRow, SourceFuture, SourceMeta, SourceOutcome, now_secs,
+};
 use crate::upstream::{self, Method, Request, Response, UpstreamError};
 use std::sync::Arc;
 
 /// containerd refuses manifests above 4·1048·1048 bytes; the cache refuses to store larger ones too.
 pub const MANIFEST_MAX: u64 = 4 * 1048 * 1048;
+
+/// A repository on a configured upstream, as the request named it.
+pub struct Repo<'a> {
+    pub registry: &'a str,
+    pub base: &'a str,
+    pub name: &'a str,
+}
 
 /// One upstream object: which registry, which repository, which URL.
 #[derive(Clone)]
@@ -181,8 +191,16 @@ pub fn content_digest(resp: &Response) -> Option<Digest> {
         .and_then(|d| Digest::parse(d.trim()).ok())
 }
 
-/// A registry's non-200 answer: remembered when it is a 404 or a 429, passed on with its status.
+/// A registry's non-200 answer as a fill source's outcome (see `refusal`).
 pub fn refused(state: &RegistryState, target: &Target, resp: &Response) -> SourceOutcome {
+    match refusal(state, target, resp) {
+        FillFailure::Upstream { status, message } => SourceOutcome::Unavailable { status, message },
+        other => unavailable(502, other.to_string()),
+    }
+}
+
+/// A registry's non-200 answer: remembered when it is a 404 or a 429, passed on with its status.
+pub fn refusal(state: &RegistryState, target: &Target, resp: &Response) -> FillFailure {
     match resp.status {
         404 | 410 => state.negative.insert(&target.key),
         429 => {
@@ -198,10 +216,10 @@ pub fn refused(state: &RegistryState, target: &Target, resp: &Response) -> Sourc
         }
         _ => {}
     }
-    unavailable(
-        resp.status,
-        format!("{} answered {}", target.registry, resp.status),
-    )
+    FillFailure::Upstream {
+        status: Some(resp.status),
+        message: format!("{} answered {}", target.registry, resp.status),
+    }
 }
 
 fn unreachable(e: &UpstreamError) -> SourceOutcome {
@@ -215,5 +233,79 @@ fn unavailable(status: u16, message: String) -> SourceOutcome {
     SourceOutcome::Unavailable {
         status: Some(status),
         message,
+    }
+}
+
+/// The store key and the upstream target of one object.
+pub fn target(
+    repo: &Repo<'_>,
+    endpoint: &str,
+    reference: &str,
+    key_text: String,
+) -> Result<(Key, Target), String> {
+    let key = Key::parse(&key_text).map_err(|e| format!("store key: {e}"))?;
+    let url = url(repo.base, repo.name, endpoint, reference)?;
+    Ok((
+        key,
+        Target {
+            registry: repo.registry.to_string(),
+            name: repo.name.to_string(),
+            url,
+            key: key_text,
+        },
+    ))
+}
+
+/// A digest already stored under another repository or registry (a shared base layer): one HEAD asks
+/// the registry whether *this* repository has it (so the cache never serves a repository content it
+/// was not given by it), then the key is linked to the stored bytes. `None` → fetch as usual.
+pub async fn adopt(
+    state: &RegistryState,
+    target: &Target,
+    key: &Key,
+    digest: Digest,
+    content_type: Option<&str>,
+) -> Option<Hit> {
+    if !matches!(state.store.get(key), Ok(None)) {
+        return None;
+    }
+    let size = state.store.blob_size(&digest).ok().flatten()?;
+    let accept = content_type
+        .is_none()
+        .then(|| accept::upstream_accept(None));
+    let resp = send(state, target, Method::Head, accept).await.ok()?;
+    if resp.status != 200 || resp.content_length().is_some_and(|l| l != size) {
+        return None;
+    }
+    if content_digest(&resp).is_some_and(|d| d != digest) {
+        return None;
+    }
+    let content_type = content_type
+        .map(str::to_string)
+        .or_else(|| resp.header("content-type").map(str::to_string));
+    let now = now_secs();
+    let row = ObjectRow {
+        digest,
+        size,
+        content_type,
+        md5: None,
+        etag: None,
+        last_modified: None,
+        fetched_at: now,
+        validated_at: now,
+        last_access: now,
+        hits: 0,
+        pinned: false,
+    };
+    match state.store.link(key, &row) {
+        Ok(true) => {
+            tracing::debug!(key = %key, "linked to content already stored");
+            state.store.open_stored(key).ok().flatten()
+        }
+        Ok(false) => None,
+        Err(e) => {
+            tracing::warn!(key = %key, error = %e, "cannot link to stored content");
+            None
+        }
     }
 }

@@ -2,8 +2,10 @@
 //! endpoint. Everything a mirror must refuse is refused here with an OCI error, before any upstream or
 //! store is touched.
 
+use super::answer;
 use super::error::{base, oci_error, unsupported};
-use super::manifests::{self, Repo};
+use super::fetch::{Repo, target};
+use super::manifests;
 use super::path::{self, PathError, Reference, Route};
 use super::{RegistryState, blobs};
 use actix_web::body::{BodySize, MessageBody};
@@ -89,9 +91,9 @@ pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpRespon
 /// spec's paging parameters go along, checked.
 async fn tags_list(req: &HttpRequest, state: &Arc<RegistryState>, repo: &Repo<'_>) -> HttpResponse {
     let key = path::tag_key(repo.registry, repo.name, "-tags-list");
-    let (_, mut target) = match manifests::target(repo, "tags", "list", key) {
+    let (_, mut target) = match target(repo, "tags", "list", key) {
         Ok(kt) => kt,
-        Err(why) => return manifests::internal(&why),
+        Err(why) => return answer::internal(&why),
     };
     {
         let mut pairs = target.url.query_pairs_mut();
@@ -109,5 +111,5 @@ async fn tags_list(req: &HttpRequest, state: &Arc<RegistryState>, repo: &Repo<'_
     if target.url.query() == Some("") {
         target.url.set_query(None);
     }
-    manifests::pass_through(req, state, &target, None).await
+    answer::pass_through(req, state, &target, None).await
 }

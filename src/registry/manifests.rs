@@ -4,25 +4,16 @@
 //! verified before it is stored. Manifests are small: the answer waits for the fill to end, so every
 //! answer carries the digest the cache computed.
 
-use super::answer::{self, stored};
-use super::blobs::adopt;
+use super::answer::{self, internal, pass_through, store_error, stored};
 use super::error::oci_error;
-use super::fetch::{self, Target};
+use super::fetch::{self, Repo, adopt, target};
 use super::path::{OciDigest, manifest_key, tag_key};
 use super::{RegistryState, accept};
 use crate::metrics::{kind, result};
-use crate::serve;
 use crate::store::{Access, Expected, FillSpec, Key, ObjectRow, Phase, Plan, now_secs};
-use crate::upstream::Method;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse};
 use std::sync::Arc;
-
-pub struct Repo<'a> {
-    pub registry: &'a str,
-    pub base: &'a str,
-    pub name: &'a str,
-}
 
 /// Why a tag request did not go through the store.
 enum Skip {
@@ -45,10 +36,7 @@ pub async fn by_tag(
     };
     let client_accept = accept_header(req);
     if state.negative.contains(key.as_str()) {
-        state
-            .metrics
-            .registry_request(repo.registry, kind::MANIFEST, result::MISS);
-        return unknown(repo.registry);
+        return answer::remembered_missing(state, repo.registry, kind::MANIFEST);
     }
     let blocked = state.backoff.remaining(repo.registry).is_some();
     let tag_ttl = state.config.tag_ttl.get().as_secs();
@@ -104,7 +92,7 @@ pub async fn by_tag(
             };
         }
         Ok(Access::Fill { fill, .. }) => fill,
-        Err(e) => return store_error(state, repo.registry, &e),
+        Err(e) => return store_error(state, repo.registry, kind::MANIFEST, &e),
     };
     match fill.finished().await {
         Phase::NotModified => serve_again(req, state, repo.registry, &key, result::HIT),
@@ -165,10 +153,7 @@ pub async fn by_digest(
         return pass_through(req, state, &target, client_accept).await;
     };
     if state.negative.contains(key.as_str()) {
-        state
-            .metrics
-            .registry_request(repo.registry, kind::MANIFEST, result::MISS);
-        return unknown(repo.registry);
+        return answer::remembered_missing(state, repo.registry, kind::MANIFEST);
     }
     if let Some(hit) = adopt(state, &target, &key, sha256, None).await {
         state
@@ -203,7 +188,7 @@ pub async fn by_digest(
             return answer::rate_limited(state, repo.registry);
         }
         Ok(Access::Fill { fill, .. }) => fill,
-        Err(e) => return store_error(state, repo.registry, &e),
+        Err(e) => return store_error(state, repo.registry, kind::MANIFEST, &e),
     };
     match fill.finished().await {
         Phase::Complete { .. } | Phase::NotModified => {
@@ -217,26 +202,6 @@ pub async fn by_digest(
         }
         Phase::Connecting | Phase::Streaming { .. } => internal("fill ended without an outcome"),
     }
-}
-
-/// The store key and the upstream target of one object.
-pub fn target(
-    repo: &Repo<'_>,
-    endpoint: &str,
-    reference: &str,
-    key_text: String,
-) -> Result<(Key, Target), String> {
-    let key = Key::parse(&key_text).map_err(|e| format!("store key: {e}"))?;
-    let url = fetch::url(repo.base, repo.name, endpoint, reference)?;
-    Ok((
-        key,
-        Target {
-            registry: repo.registry.to_string(),
-            name: repo.name.to_string(),
-            url,
-            key: key_text,
-        },
-    ))
 }
 
 fn accept_header(req: &HttpRequest) -> Option<String> {
@@ -296,98 +261,6 @@ fn serve_again(
                 "the manifest was evicted while being served; retry",
             )
         }
-        Err(e) => store_error(state, registry, &e),
+        Err(e) => store_error(state, registry, kind::MANIFEST, &e),
     }
-}
-
-/// Asks the registry on the client's behalf, uncached: a client whose `Accept` the stored manifest
-/// does not satisfy, a digest algorithm the store does not verify.
-pub async fn pass_through(
-    req: &HttpRequest,
-    state: &RegistryState,
-    target: &Target,
-    client_accept: Option<String>,
-) -> HttpResponse {
-    let method = if req.method() == actix_web::http::Method::HEAD {
-        Method::Head
-    } else {
-        Method::Get
-    };
-    let what = if target.url.path().contains("/blobs/") {
-        kind::BLOB
-    } else {
-        kind::MANIFEST
-    };
-    match fetch::send(state, target, method, client_accept).await {
-        Ok(resp) if resp.status == 200 => {
-            state
-                .metrics
-                .registry_request(&target.registry, what, result::MISS);
-            serve::relay(
-                req,
-                &state.metrics,
-                resp,
-                &["content-type", answer::DIGEST_HEADER],
-            )
-        }
-        Ok(resp) => {
-            state
-                .metrics
-                .registry_request(&target.registry, what, result::ERROR);
-            let outcome = fetch::refused(state, target, &resp);
-            let failure = match outcome {
-                crate::store::SourceOutcome::Unavailable { status, message } => {
-                    crate::store::FillFailure::Upstream { status, message }
-                }
-                _ => crate::store::FillFailure::Upstream {
-                    status: Some(resp.status),
-                    message: String::new(),
-                },
-            };
-            let code = if what == kind::BLOB {
-                "BLOB"
-            } else {
-                "MANIFEST"
-            };
-            answer::failure(state, &target.registry, code, &failure)
-        }
-        Err(e) => {
-            state
-                .metrics
-                .registry_request(&target.registry, what, result::ERROR);
-            oci_error(
-                StatusCode::BAD_GATEWAY,
-                "UNKNOWN",
-                &format!("upstream {} unavailable: {e}", target.registry),
-            )
-        }
-    }
-}
-
-fn unknown(registry: &str) -> HttpResponse {
-    oci_error(
-        StatusCode::NOT_FOUND,
-        "MANIFEST_UNKNOWN",
-        &format!("{registry} did not have it a moment ago (registry.negative_ttl)"),
-    )
-}
-
-pub fn store_error(
-    state: &RegistryState,
-    registry: &str,
-    e: &crate::store::StoreError,
-) -> HttpResponse {
-    tracing::error!(error = %e, "store lookup failed");
-    state
-        .metrics
-        .registry_request(registry, kind::MANIFEST, result::ERROR);
-    oci_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "UNKNOWN",
-        "the cache's store is failing; fetch from the registry",
-    )
-}
-
-pub fn internal(why: &str) -> HttpResponse {
-    oci_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", why)
 }

@@ -1,6 +1,7 @@
 //! The OCI pull-through mirror for containerd: `handler.rs` reads a request top to bottom (method, path
 //! grammar, `ns` → configured upstream, endpoint); `manifests.rs` and `blobs.rs` decide between the
-//! store and the registry; `fetch.rs` talks to the registry; `answer.rs` writes OCI answers. Pure
+//! store and the registry; `fetch.rs` talks to the registry (and links shared content); `answer.rs` writes the OCI answers
+//! both paths share. Pure
 //! parts: `path.rs` (names, references, keys), `accept.rs` (content negotiation), `backoff.rs`
 //! (Retry-After). `hosts.rs` prints the containerd configuration that points at the cache.
 
