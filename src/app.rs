@@ -81,7 +81,6 @@ pub struct Running {
 struct Routing {
     state: Arc<HttpState>,
     registry: Arc<RegistryState>,
-    syncer: Arc<Syncer>,
     admin_addrs: Vec<SocketAddr>,
 }
 
@@ -130,6 +129,18 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         cpus.min(4),
     )?;
     let peers = Peers::new(&config.nodes);
+    let syncer = Syncer::new(
+        Arc::clone(&config),
+        store.clone(),
+        upstream.clone(),
+        metrics.clone(),
+    );
+    let token = match &config.http.admin_token_file {
+        Some(path) => http::admin::auth::AdminToken::from_file(path)
+            .map_err(|m| ConfigError::new("http.admin_token_file", m))?,
+        None => http::admin::auth::AdminToken::none(),
+    };
+    let admin = http::admin::Admin::new(token, Arc::new(SyncAdmin(Arc::clone(&syncer))));
     let state = Arc::new(HttpState::new(
         Arc::clone(&config),
         store.clone(),
@@ -137,6 +148,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         metrics.clone(),
         lifecycle.clone(),
         peers.clone(),
+        admin,
     ));
 
     let mut listeners = Vec::new();
@@ -154,24 +166,6 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         .map(local)
         .collect::<Result<Vec<_>, _>>()?;
 
-    let syncer = Syncer::new(
-        Arc::clone(&config),
-        store.clone(),
-        upstream.clone(),
-        metrics.clone(),
-    );
-    let sync_status = Arc::clone(&syncer);
-    state.add_status_source(Box::new(move || {
-        let (summary, rows) = sync_status.status().summary();
-        http::StatusSection {
-            title: "metal-api sync".into(),
-            summary,
-            header: ["name", "kind", "size", "action", "outcome"]
-                .map(String::from)
-                .to_vec(),
-            rows,
-        }
-    }));
     let credentials = match &config.registry.credentials_file {
         Some(path) => crate::config::credentials::load(path, &config.registry.upstreams)
             .map_err(|m| ConfigError::new("registry.credentials_file", m))?,
@@ -183,10 +177,13 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         OciAuth::new(upstream.clone(), credentials, metrics.clone()),
         metrics.clone(),
     ));
+    tokio::spawn(http::admin::sample_hit_ratio(
+        Arc::clone(&state),
+        lifecycle.shutdown_token(),
+    ));
     let routing = web::Data::new(Routing {
         state,
         registry,
-        syncer: Arc::clone(&syncer),
         admin_addrs: admin_addrs.clone(),
     });
     let mut server = HttpServer::new(move || {
@@ -366,7 +363,7 @@ async fn dispatch(req: HttpRequest, routing: web::Data<Routing>) -> HttpResponse
     let local = req.app_config().local_addr();
     let on_admin_listener = routing.admin_addrs.contains(&local);
     if on_admin_listener {
-        return admin(&req, &routing).await;
+        return http::admin::handle(&req, state).await;
     }
     let host = req
         .headers()
@@ -385,55 +382,47 @@ async fn dispatch(req: HttpRequest, routing: web::Data<Routing>) -> HttpResponse
     if !routing.admin_addrs.is_empty() {
         return HttpResponse::NotFound().body("not found\n");
     }
-    admin(&req, &routing).await
+    http::admin::handle(&req, state).await
 }
 
-/// Admin routes: the sync endpoints are wired here (the http front does not know the sync job), the
-/// rest is `http::admin`.
-async fn admin(req: &HttpRequest, routing: &Routing) -> HttpResponse {
-    if req.path() == "/admin/sync" {
-        return admin_sync(req, &routing.syncer).await;
+/// The admin API's handle on the sync job (the HTTP front may not import `sync`).
+struct SyncAdmin(Arc<Syncer>);
+
+#[async_trait::async_trait]
+impl http::admin::SyncControl for SyncAdmin {
+    fn status(&self) -> serde_json::Value {
+        serde_json::to_value(self.0.status()).unwrap_or_default()
     }
-    http::admin::handle(req, &routing.state)
+
+    fn section(&self) -> http::StatusSection {
+        let (summary, rows) = self.0.status().summary();
+        http::StatusSection {
+            title: "metal-api sync".into(),
+            summary,
+            header: ["name", "kind", "size", "action", "outcome"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+        }
+    }
+
+    fn start(&self, dry_run: bool) -> Result<u64, http::admin::SyncRunError> {
+        self.0.start(dry_run).map_err(sync_error)
+    }
+
+    async fn run(&self, dry_run: bool) -> Result<serde_json::Value, http::admin::SyncRunError> {
+        let report = self
+            .0
+            .run(dry_run, &sync::Quiet)
+            .await
+            .map_err(sync_error)?;
+        Ok(serde_json::to_value(report).unwrap_or_default())
+    }
 }
 
-/// `GET /admin/sync`: status and the last report. `POST /admin/sync[?dry_run=true][&wait=true]`: start a
-/// run (202), or with `wait` run it and answer its report (409 while another run is going).
-async fn admin_sync(req: &HttpRequest, syncer: &Arc<Syncer>) -> HttpResponse {
-    use actix_web::http::Method;
-    let flag = |name: &str| {
-        req.query_string()
-            .split('&')
-            .any(|kv| kv == name || kv == format!("{name}=true") || kv == format!("{name}=1"))
-    };
-    match *req.method() {
-        Method::GET => HttpResponse::Ok().json(syncer.status()),
-        Method::POST => {
-            let dry_run = flag("dry_run");
-            if flag("wait") {
-                return match syncer.run(dry_run, &sync::Quiet).await {
-                    Ok(report) => HttpResponse::Ok().json(report),
-                    Err(sync::SyncError::AlreadyRunning) => HttpResponse::Conflict()
-                        .json(serde_json::json!({"error": "a sync is already running"})),
-                    Err(e) => {
-                        HttpResponse::BadGateway().json(serde_json::json!({"error": e.to_string()}))
-                    }
-                };
-            }
-            if syncer.status().running {
-                return HttpResponse::Conflict()
-                    .json(serde_json::json!({"error": "a sync is already running"}));
-            }
-            let s = Arc::clone(syncer);
-            tokio::spawn(async move {
-                if let Err(e) = s.run(dry_run, &sync::Quiet).await {
-                    tracing::error!(error = %e, "sync failed; nothing was changed");
-                }
-            });
-            HttpResponse::Accepted().json(serde_json::json!({"started": true, "dry_run": dry_run}))
-        }
-        _ => HttpResponse::MethodNotAllowed()
-            .insert_header((actix_web::http::header::ALLOW, "GET, POST"))
-            .finish(),
+fn sync_error(e: sync::SyncError) -> http::admin::SyncRunError {
+    match e {
+        sync::SyncError::AlreadyRunning => http::admin::SyncRunError::Busy,
+        e => http::admin::SyncRunError::Failed(e.to_string()),
     }
 }

@@ -82,6 +82,8 @@ pub struct Metrics {
     pub fills_coalesced: Counter,
     pub store_bytes: Gauge,
     pub store_objects: Gauge,
+    pub store_max_bytes: Gauge,
+    pub store_pinned_bytes: Gauge,
     pub evictions: Counter,
     pub dns_queries: Family<ResultLabels, Counter>,
     pub sync_runs: Family<ResultLabels, Counter>,
@@ -111,6 +113,8 @@ impl Metrics {
             fills_coalesced: Counter::default(),
             store_bytes: Gauge::default(),
             store_objects: Gauge::default(),
+            store_max_bytes: Gauge::default(),
+            store_pinned_bytes: Gauge::default(),
             evictions: Counter::default(),
             dns_queries: Family::default(),
             sync_runs: Family::default(),
@@ -151,6 +155,16 @@ impl Metrics {
             "store_objects",
             "Keys in the store index",
             m.store_objects.clone(),
+        );
+        r.register(
+            "store_max_bytes",
+            "cache.max_size: eviction keeps store_bytes under it",
+            m.store_max_bytes.clone(),
+        );
+        r.register(
+            "store_pinned_bytes",
+            "Bytes held by pinned keys (refreshed every minute); eviction cannot free them",
+            m.store_pinned_bytes.clone(),
         );
         r.register(
             "evictions",

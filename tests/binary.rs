@@ -258,13 +258,16 @@ async fn sigterm_stops_gracefully_and_store_commands_work_afterwards() {
     let mut served = Served::start(Command::new(BIN).args(["serve", "--config", &cfg]));
     let body = served.get("/file/1000/3").await.bytes().await.unwrap();
     assert_eq!(body.len(), 1000);
-    // The index is locked while the server runs: the CLI says so instead of corrupting anything.
-    let (code, _, err) = run(&["store", "--config", &cfg, "ls"], &[]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("in use by another image-cache process"),
-        "{err}"
-    );
+    // The index is locked while the server runs: the CLI asks the server instead of opening it (its
+    // config names the address the server actually bound).
+    let addr = served.base.trim_start_matches("http://").to_string();
+    let cli_cfg = env.dir.path().join("cli.toml");
+    std::fs::write(&cli_cfg, serve_config(&env).replace("127.0.0.1:0", &addr)).unwrap();
+    let cli_cfg = cli_cfg.to_str().unwrap();
+    let (code, out, err) = run(&["store", "--config", cli_cfg, "ls"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("a server holds the store"), "{err}");
+    assert!(out.contains("file:files.test/file/1000/3"), "{out}");
     served.signal("-TERM");
     let start = Instant::now();
     let status = loop {
@@ -413,7 +416,7 @@ async fn sync_command_prints_the_plan_and_its_exit_code_tells_the_outcome() {
     let _ = config("k3y");
     let served = Served::start(Command::new(BIN).args(["serve", "--config", &cfg]));
     let (code, out, err) = bin(args(&[])).await;
-    assert!(err.contains("asking it"), "{err}");
+    assert!(err.contains("starting the sync there"), "{err}");
     assert!(out.contains("debian-13.0.1"), "{out}");
     assert_eq!(code, 1, "the bad image still fails: {out}{err}");
     drop(served);

@@ -14,14 +14,13 @@ use std::sync::Arc;
 
 /// A block of the status page contributed by a component the HTTP front does not know (the sync job):
 /// a title, a summary line and a table, all plain text (escaped when rendered).
+#[derive(Debug, Clone, Default)]
 pub struct StatusSection {
     pub title: String,
     pub summary: String,
     pub header: Vec<String>,
     pub rows: Vec<Vec<String>>,
 }
-
-pub type StatusSource = Box<dyn Fn() -> StatusSection + Send + Sync>;
 
 /// Everything a request handler needs, shared by all actix workers.
 pub struct HttpState {
@@ -34,8 +33,8 @@ pub struct HttpState {
     pub peers: Peers,
     /// A key looked up by `/health` to prove the index answers.
     pub health_probe_key: Key,
-    /// Extra status page sections, registered by `app`.
-    pub status_sources: std::sync::RwLock<Vec<StatusSource>>,
+    /// The admin routes' state: token, sync control, hit ratio window, verify job.
+    pub admin: admin::Admin,
 }
 
 impl HttpState {
@@ -46,6 +45,7 @@ impl HttpState {
         metrics: Metrics,
         lifecycle: Lifecycle,
         peers: Peers,
+        admin: admin::Admin,
     ) -> Self {
         let health_probe_key = Key::health_probe();
         HttpState {
@@ -56,16 +56,7 @@ impl HttpState {
             lifecycle,
             peers,
             health_probe_key,
-            status_sources: std::sync::RwLock::new(Vec::new()),
+            admin,
         }
-    }
-}
-
-impl HttpState {
-    pub fn add_status_source(&self, source: StatusSource) {
-        self.status_sources
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(source);
     }
 }

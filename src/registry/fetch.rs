@@ -296,6 +296,7 @@ pub async fn adopt(
         last_access: now,
         hits: 0,
         pinned: false,
+        operator_pin: false,
     };
     match state.store.link(key, &row) {
         Ok(true) => {

@@ -76,6 +76,7 @@ mod tests {
             last_access,
             hits: 0,
             pinned,
+            operator_pin: false,
         }
     }
 

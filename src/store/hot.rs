@@ -98,6 +98,7 @@ mod tests {
                 last_access: 0,
                 hits: 0,
                 pinned: false,
+                operator_pin: false,
             },
             file: Arc::new(tempfile::tempfile().unwrap()),
             body: body.then(|| Bytes::from(vec![1u8; size as usize])),

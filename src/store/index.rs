@@ -62,7 +62,11 @@ pub struct ObjectRow {
     pub validated_at: u64,
     pub last_access: u64,
     pub hits: u64,
+    /// Eviction never removes a pinned key. Sync pins what its plan keeps and unpins the rest,
+    /// except keys an operator pinned (`operator_pin`), which only the admin API unpins.
     pub pinned: bool,
+    #[serde(default)]
+    pub operator_pin: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,8 +159,9 @@ impl Index {
         }
     }
 
-    /// Inserts or replaces a row. Returns the digest whose last reference this removed, for the caller to
-    /// unlink after the commit.
+    /// Inserts or replaces a row. A replaced row's pins carry over: a pin is about the key, and new content
+    /// under a pinned key (a revalidated image) stays pinned. Returns the digest whose last reference this
+    /// removed, for the caller to unlink after the commit.
     pub fn put(&self, key: &str, row: &ObjectRow) -> Result<Option<Digest>, IndexError> {
         let txn = self.db.begin_write()?;
         let mut orphan = None;
@@ -194,9 +199,17 @@ impl Index {
                     orphan = gone;
                 }
             }
-            if old.is_none() {
-                objects_delta += 1;
-            }
+            let row = match &old {
+                Some(o) => &ObjectRow {
+                    pinned: o.pinned,
+                    operator_pin: o.operator_pin,
+                    ..row.clone()
+                },
+                None => {
+                    objects_delta += 1;
+                    row
+                }
+            };
             objects.insert(key, encode(row).as_slice())?;
         }
         txn.commit()?;
@@ -306,6 +319,18 @@ impl Index {
             out.push((key.to_string(), decode(key, v.value())?));
         }
         Ok(out)
+    }
+
+    /// Calls `f` for every row in key order without collecting them (the summary of a large index).
+    pub fn for_each(&self, mut f: impl FnMut(&str, &ObjectRow)) -> Result<(), IndexError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OBJECTS)?;
+        for item in table.iter()? {
+            let (k, v) = item?;
+            let row: ObjectRow = decode(k.value(), v.value())?;
+            f(k.value(), &row);
+        }
+        Ok(())
     }
 
     pub fn all_objects(&self) -> Result<Vec<(String, ObjectRow)>, IndexError> {
@@ -445,6 +470,7 @@ mod tests {
             last_access: 1,
             hits: 0,
             pinned: false,
+            operator_pin: false,
         }
     }
 
@@ -469,6 +495,27 @@ mod tests {
         assert_eq!(orphans, vec![Digest::from_bytes([1; 32])]);
         assert_eq!(idx.total_bytes(), 50);
         assert_eq!(idx.object_count(), 1);
+    }
+
+    #[test]
+    fn replacing_a_row_keeps_its_pins() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("index.redb")).unwrap();
+        idx.put("k", &row(1, 10)).unwrap();
+        idx.update("k", |r| {
+            r.pinned = true;
+            r.operator_pin = true;
+            true
+        })
+        .unwrap();
+        let orphan = idx.put("k", &row(2, 20)).unwrap();
+        assert_eq!(orphan, Some(Digest::from_bytes([1; 32])));
+        let now = idx.get("k").unwrap().unwrap();
+        assert_eq!((now.size, now.pinned, now.operator_pin), (20, true, true));
+        let mut seen = Vec::new();
+        idx.for_each(|k, r| seen.push((k.to_string(), r.size)))
+            .unwrap();
+        assert_eq!(seen, [("k".to_string(), 20)]);
     }
 
     #[test]

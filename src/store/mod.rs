@@ -11,6 +11,7 @@ pub mod index;
 pub mod inflight;
 pub mod key;
 mod recover;
+pub mod summary;
 
 pub use index::ObjectRow;
 pub use inflight::{
@@ -107,14 +108,14 @@ pub enum Access {
     Skipped,
 }
 
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VerifyReport {
     pub blobs_checked: u64,
     pub bytes_checked: u64,
     pub corrupt_keys: Vec<String>,
 }
 
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GcReport {
     pub evicted_keys: u64,
     pub freed_bytes: u64,
@@ -175,7 +176,11 @@ impl Store {
         let store = Store {
             inner: Arc::new(inner),
         };
+        store.inner.metrics.store_max_bytes.set(max_size as i64);
         store.refresh_gauges();
+        if let Err(e) = store.summary(0) {
+            tracing::warn!(error = %e, "cannot count pinned bytes");
+        }
         Ok((store, report))
     }
 
@@ -322,6 +327,20 @@ impl Store {
             .collect()
     }
 
+    /// The largest and most requested `n` objects and the bytes pins hold (also set as a gauge). One pass
+    /// over the index: blocking, and proportional to its size, so callers cache the answer.
+    pub fn summary(&self, n: usize) -> Result<summary::Summary, StoreError> {
+        self.flush_access()?;
+        let mut c = summary::Collector::new(n);
+        self.inner.index.for_each(|k, row| c.offer(k, row))?;
+        let s = c.finish();
+        self.inner
+            .metrics
+            .store_pinned_bytes
+            .set(s.pinned_bytes as i64);
+        Ok(s)
+    }
+
     pub fn list(
         &self,
         prefix: &str,
@@ -363,6 +382,19 @@ impl Store {
         Ok(self.inner.index.update(key.as_str(), |row| {
             let changed = row.pinned != pinned;
             row.pinned = pinned;
+            changed
+        })?)
+    }
+
+    /// The admin API's pin: kept until an operator unpins it, whatever sync plans. Unpinning also drops
+    /// a sync pin (the next sync run pins the key again if metal-api still lists it). Returns false when
+    /// the key is not stored.
+    pub fn pin_by_operator(&self, key: &Key, pinned: bool) -> Result<bool, StoreError> {
+        self.inner.hot.forget(key.as_str());
+        Ok(self.inner.index.update(key.as_str(), |row| {
+            let changed = row.pinned != pinned || row.operator_pin != pinned;
+            row.pinned = pinned;
+            row.operator_pin = pinned;
             changed
         })?)
     }
@@ -512,6 +544,7 @@ impl Store {
     /// Runs the background duties: batched hit counts and eviction when the store outgrows its size.
     pub async fn run_maintenance(self, shutdown: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -519,10 +552,16 @@ impl Store {
                 _ = self.inner.evict_wake.notified() => {}
             }
             let store = self.clone();
+            ticks += 1;
+            let count_pins = ticks.is_multiple_of(12);
             let result = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
                 store.flush_access()?;
                 if store.total_bytes() > store.max_size() {
                     store.gc()?;
+                }
+                if count_pins {
+                    // Pins change rarely (sync, admin); a minute-old gauge is fresh enough for alerts.
+                    store.summary(0)?;
                 }
                 Ok(())
             })
@@ -810,6 +849,7 @@ async fn write_body(
         last_access: now,
         hits: 0,
         pinned: false,
+        operator_pin: false,
     };
     let inner2 = Arc::clone(inner);
     let key2 = key.to_string();

@@ -51,6 +51,9 @@ pub struct Outcome {
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Report {
+    /// The run's number (see `Status::started`); 0 in reports of older servers.
+    #[serde(default)]
+    pub run: u64,
     pub started_at: u64,
     pub finished_at: u64,
     pub dry_run: bool,
@@ -80,6 +83,13 @@ impl Progress for Quiet {}
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Status {
     pub running: bool,
+    /// Runs started since the service started; the number of the current or latest run.
+    #[serde(default)]
+    pub started: u64,
+    /// The number of the latest run that ended, successfully or not: a client that started run `n` waits
+    /// for `finished >= n`, then finds its report in `last` (when `last.run == n`) or its error in `last_error`.
+    #[serde(default)]
+    pub finished: u64,
     pub last: Option<Report>,
     pub last_error: Option<String>,
 }
@@ -89,7 +99,8 @@ pub struct Syncer {
     store: Store,
     upstream: Upstream,
     metrics: Metrics,
-    running: tokio::sync::Mutex<()>,
+    running: Arc<tokio::sync::Mutex<()>>,
+    runs: std::sync::atomic::AtomicU64,
     /// Mirrors `running` for readers: peeking at the mutex could make a starting run look busy.
     busy: std::sync::atomic::AtomicBool,
     status: Mutex<Status>,
@@ -107,7 +118,8 @@ impl Syncer {
             store,
             upstream,
             metrics,
-            running: tokio::sync::Mutex::new(()),
+            running: Arc::new(tokio::sync::Mutex::new(())),
+            runs: std::sync::atomic::AtomicU64::new(0),
             busy: std::sync::atomic::AtomicBool::new(false),
             status: Mutex::new(Status::default()),
         })
@@ -125,13 +137,51 @@ impl Syncer {
 
     /// One run. `Err` only when nothing could be done (listing failed, already running).
     pub async fn run(&self, dry_run: bool, progress: &dyn Progress) -> Result<Report, SyncError> {
-        let _guard = self
-            .running
-            .try_lock()
+        let guard = Arc::clone(&self.running)
+            .try_lock_owned()
             .map_err(|_| SyncError::AlreadyRunning)?;
+        let run = self.begin();
+        self.run_guarded(guard, run, dry_run, progress).await
+    }
+
+    /// Starts a run in the background and returns its number at once (the admin API's trigger), or
+    /// `AlreadyRunning`. Claiming the lock here, not in the task, means the number returned is the run
+    /// that will happen: a scheduled run cannot slip in between.
+    pub fn start(self: &Arc<Self>, dry_run: bool) -> Result<u64, SyncError> {
+        let guard = Arc::clone(&self.running)
+            .try_lock_owned()
+            .map_err(|_| SyncError::AlreadyRunning)?;
+        let run = self.begin();
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = me.run_guarded(guard, run, dry_run, &Quiet).await {
+                tracing::error!(error = %e, "sync failed; nothing was changed");
+            }
+        });
+        Ok(run)
+    }
+
+    fn begin(&self) -> u64 {
         self.busy.store(true, std::sync::atomic::Ordering::SeqCst);
-        let result = self.run_locked(dry_run, progress).await;
-        self.busy.store(false, std::sync::atomic::Ordering::SeqCst);
+        let run = self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .started = run;
+        run
+    }
+
+    async fn run_guarded(
+        &self,
+        _guard: tokio::sync::OwnedMutexGuard<()>,
+        run: u64,
+        dry_run: bool,
+        progress: &dyn Progress,
+    ) -> Result<Report, SyncError> {
+        let result = self
+            .run_locked(dry_run, progress)
+            .await
+            .map(|r| Report { run, ..r });
         let label = match &result {
             Ok(r) if r.failed() == 0 => "success",
             Ok(_) => "partial",
@@ -154,6 +204,8 @@ impl Syncer {
             }
             Err(e) => status.last_error = Some(e.to_string()),
         }
+        status.finished = run;
+        self.busy.store(false, std::sync::atomic::Ordering::SeqCst);
         result
     }
 
@@ -218,6 +270,7 @@ impl Syncer {
         self.set_gauges(&plan, images.len());
         progress.planned(&plan);
         let mut report = Report {
+            run: 0,
             started_at,
             finished_at: started_at,
             dry_run,
@@ -397,7 +450,7 @@ impl Syncer {
 
     /// Pins every planned key that is stored now, with its sidecar (a failed re-download keeps the copy
     /// it would have replaced pinned); unpins every other pinned file key, so eviction may reclaim what
-    /// metal-api no longer lists.
+    /// metal-api no longer lists. Keys an operator pinned through the admin API stay pinned.
     fn repin(&self, plan: &Plan) -> Result<usize, SyncError> {
         let mut keep = HashSet::new();
         for item in &plan.items {
@@ -419,7 +472,7 @@ impl Syncer {
             };
             cursor = Some(last.clone());
             for (key, row) in &page {
-                if row.pinned && !keep.contains(key) {
+                if row.pinned && !row.operator_pin && !keep.contains(key) {
                     if let Ok(k) = Key::parse(key) {
                         self.store.set_pinned(&k, false)?;
                     }

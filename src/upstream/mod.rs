@@ -34,6 +34,8 @@ pub enum Method {
     Head,
     /// Without a body: triggers such as the CLI asking a running server to sync.
     Post,
+    /// The CLI unpinning or removing an object through the admin API.
+    Delete,
 }
 
 #[derive(Debug, Clone)]
@@ -250,6 +252,7 @@ async fn execute(
             Method::Get => awc::http::Method::GET,
             Method::Head => awc::http::Method::HEAD,
             Method::Post => awc::http::Method::POST,
+            Method::Delete => awc::http::Method::DELETE,
         };
         let mut req = client.request(method, request.url.as_str());
         for (name, value) in &request.headers {

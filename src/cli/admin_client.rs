@@ -1,0 +1,137 @@
+//! The CLI's client for a running server's admin API: where the server listens (from the same config),
+//! the bearer token (from the same file), and JSON in and out. Used when the server holds the store.
+
+use crate::app::AppError;
+use crate::config::{Config, ConfigError};
+use crate::http::admin::auth::AdminToken;
+use crate::upstream::{Method, Request, Upstream};
+use serde::de::DeserializeOwned;
+
+/// Admin answers are small JSON documents; a store listing page is the largest.
+const ANSWER_MAX: usize = 64 << 20;
+
+pub struct AdminClient {
+    base: String,
+    token: Option<String>,
+    upstream: Upstream,
+}
+
+impl AdminClient {
+    /// The first `http.admin_listen` address, else the first `http.listen` one; a wildcard becomes loopback.
+    pub fn new(config: &Config, upstream: Upstream) -> Result<Self, AppError> {
+        let addr = config
+            .http
+            .admin_listen
+            .first()
+            .or(config.http.listen.first())
+            .ok_or_else(|| {
+                AppError::Other("the store is locked and no http.listen is configured".into())
+            })?;
+        if addr.port() == 0 {
+            return Err(AppError::Other(
+                "the store is locked by a server listening on an ephemeral port (http.listen …:0); \
+                 use the admin API on its actual address"
+                    .into(),
+            ));
+        }
+        let host = match addr.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+            ip if ip.is_unspecified() => "[::1]".to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            ip => ip.to_string(),
+        };
+        let token = match &config.http.admin_token_file {
+            Some(path) => {
+                // Validated the way the server validates it, so both agree on what the token is.
+                AdminToken::from_file(path)
+                    .map_err(|m| ConfigError::new("http.admin_token_file", m))?;
+                std::fs::read_to_string(path)
+                    .map(|t| Some(t.trim().to_string()))
+                    .map_err(|e| {
+                        ConfigError::new("http.admin_token_file", format!("cannot read it: {e}"))
+                    })?
+            }
+            None => None,
+        };
+        Ok(AdminClient {
+            base: format!("http://{host}:{}", addr.port()),
+            token,
+            upstream,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `path` with its query, e.g. `/admin/objects?limit=10`.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<T, AppError> {
+        let url = url::Url::parse(&format!("{}{path}", self.base))
+            .map_err(|e| AppError::Other(format!("bad admin URL {path}: {e}")))?;
+        let mut request = Request::get(url, "admin");
+        request.method = method;
+        request.follow_redirects = false;
+        if let Some(t) = &self.token {
+            request
+                .headers
+                .push(("authorization".into(), format!("Bearer {t}")));
+        }
+        let resp = self.upstream.send(request).await.map_err(|e| {
+            AppError::Other(format!(
+                "the store is locked, so a server should be running, but {} does not answer: {e}",
+                self.base
+            ))
+        })?;
+        let status = resp.status;
+        let body = crate::upstream::read_body(resp.body, ANSWER_MAX)
+            .await
+            .map_err(AppError::Other)?;
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            let hint = if status == 401 {
+                " (set http.admin_token_file in the config this command reads to the server's token file)"
+            } else {
+                ""
+            };
+            return Err(AppError::Other(format!(
+                "the server answered {status} to {path}: {message}{hint}"
+            )));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| AppError::Other(format!("unreadable answer from {path}: {e}")))
+    }
+}
+
+/// `?a=1&b=x` from pairs, values percent-encoded.
+pub fn query(pairs: &[(&str, &str)]) -> String {
+    let mut s = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    let q = s.finish();
+    if q.is_empty() { q } else { format!("?{q}") }
+}
+
+/// A client on its own small outbound pool (the admin API is on loopback; the resolver is never asked).
+pub fn connect(config: &Config) -> Result<AdminClient, AppError> {
+    let resolver = crate::upstream::NameResolver::new(&config.dns).map_err(|e| {
+        AppError::Config(ConfigError::new(
+            "dns.upstreams",
+            format!("cannot build a resolver: {e}"),
+        ))
+    })?;
+    let upstream = Upstream::start(
+        &config.upstream,
+        resolver,
+        crate::metrics::Metrics::new(),
+        1,
+    )?;
+    AdminClient::new(config, upstream)
+}

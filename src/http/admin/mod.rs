@@ -1,0 +1,242 @@
+//! Routes for operators on non-intercepted hosts (or only on `http.admin_listen`): `/health`
+//! (metal-compatible), `/ready`, `/metrics`, the status page at `/` with its live fragment and assets,
+//! and the JSON admin API under `/admin/` (bearer token when `http.admin_token_file` is set).
+//!
+//! The page and `/metrics` only read; everything that changes state is under `/admin/`.
+
+mod api;
+pub mod auth;
+pub mod fmt;
+pub mod page;
+pub mod query;
+pub mod ratio;
+pub mod verify_job;
+pub mod view;
+
+use super::{HttpState, StatusSection};
+use crate::store::Store;
+use crate::store::summary::Summary;
+use actix_web::http::{Method, StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse};
+use auth::AdminToken;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The hit ratio covers this much history.
+const RATIO_WINDOW: Duration = Duration::from_secs(3600);
+const RATIO_SAMPLE_EVERY: Duration = Duration::from_secs(60);
+/// The object lists scan the whole index; a page refreshed every 2 s by many viewers reuses one scan.
+const SUMMARY_MAX_AGE: Duration = Duration::from_secs(10);
+const SUMMARY_ENTRIES: usize = 10;
+
+const SCRIPT: &str = include_str!("assets/status.js");
+const STYLE: &str = include_str!("assets/style.css");
+
+/// What the admin API needs from the sync job, which the HTTP front may not import (DESIGN §2): `app`
+/// implements it over the real `Syncer`.
+#[async_trait::async_trait]
+pub trait SyncControl: Send + Sync {
+    /// `GET /admin/sync`.
+    fn status(&self) -> serde_json::Value;
+    /// The page's sync block.
+    fn section(&self) -> StatusSection;
+    /// Starts a run in the background; its number, or `Busy`.
+    fn start(&self, dry_run: bool) -> Result<u64, SyncRunError>;
+    /// Runs and waits for the report.
+    async fn run(&self, dry_run: bool) -> Result<serde_json::Value, SyncRunError>;
+}
+
+#[derive(Debug)]
+pub enum SyncRunError {
+    Busy,
+    Failed(String),
+}
+
+/// The admin routes' own state.
+pub struct Admin {
+    pub token: AdminToken,
+    pub sync: Arc<dyn SyncControl>,
+    started: Instant,
+    window: Mutex<ratio::Window>,
+    summary: tokio::sync::Mutex<Option<(Instant, Summary)>>,
+    verify: Arc<verify_job::VerifyJob>,
+}
+
+impl Admin {
+    pub fn new(token: AdminToken, sync: Arc<dyn SyncControl>) -> Self {
+        let mut window = ratio::Window::new(RATIO_WINDOW.as_secs());
+        window.record(0, ratio::Counts::default());
+        Admin {
+            token,
+            sync,
+            started: Instant::now(),
+            window: Mutex::new(window),
+            summary: tokio::sync::Mutex::new(None),
+            verify: Arc::default(),
+        }
+    }
+
+    pub fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    fn hit_ratio(&self, now: ratio::Counts) -> (ratio::Counts, u64) {
+        self.window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .over(self.uptime_secs(), now)
+    }
+
+    /// The object lists, at most `SUMMARY_MAX_AGE` old. Concurrent callers wait for one scan.
+    async fn summary(&self, store: &Store) -> Summary {
+        let mut cached = self.summary.lock().await;
+        if let Some((at, s)) = &*cached
+            && at.elapsed() < SUMMARY_MAX_AGE
+        {
+            return s.clone();
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.summary(SUMMARY_ENTRIES)).await {
+            Ok(Ok(summary)) => {
+                *cached = Some((Instant::now(), summary.clone()));
+                summary
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "status page: cannot read the index");
+                cached.as_ref().map(|(_, s)| s.clone()).unwrap_or_default()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "status page: index scan failed");
+                Summary::default()
+            }
+        }
+    }
+}
+
+/// Records the request counters every minute for the hit ratio window, until shutdown.
+pub async fn sample_hit_ratio(
+    state: Arc<HttpState>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(RATIO_SAMPLE_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let counts = view::counts(&state.metrics);
+        let now = state.admin.uptime_secs();
+        state
+            .admin
+            .window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(now, counts);
+    }
+}
+
+pub async fn handle(req: &HttpRequest, state: &HttpState) -> HttpResponse {
+    let path = req.path();
+    if path == "/admin" || path.starts_with("/admin/") {
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if !state.admin.token.allows(authorization) {
+            return HttpResponse::Unauthorized()
+                .insert_header((
+                    header::WWW_AUTHENTICATE,
+                    "Bearer realm=\"image-cache admin\"",
+                ))
+                .json(serde_json::json!({
+                    "error": "this route needs `Authorization: Bearer <token>`, the token in http.admin_token_file"
+                }));
+        }
+        return api::handle(req, state).await;
+    }
+    let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
+    let known = matches!(
+        path,
+        "/health"
+            | "/ready"
+            | "/metrics"
+            | "/"
+            | "/status/live"
+            | "/status/script.js"
+            | "/status/style.css"
+    );
+    if known && !read_only {
+        return HttpResponse::MethodNotAllowed()
+            .insert_header((header::ALLOW, "GET, HEAD"))
+            .body("method not allowed\n");
+    }
+    match path {
+        "/health" => health(state),
+        "/ready" => ready(state),
+        "/metrics" => metrics(state),
+        "/" => html(page::full(&view::gather(state).await)),
+        "/status/live" => html(page::live(&view::gather(state).await)),
+        "/status/script.js" => asset("text/javascript; charset=utf-8", SCRIPT),
+        "/status/style.css" => asset("text/css; charset=utf-8", STYLE),
+        _ => HttpResponse::NotFound().body("not found\n"),
+    }
+}
+
+/// This node's own health: store open and readable, front answering (it is, since this runs).
+fn health(state: &HttpState) -> HttpResponse {
+    match state.store.get(&state.health_probe_key) {
+        Ok(_) => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("HEALTHY"),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: store unreadable");
+            HttpResponse::ServiceUnavailable()
+                .content_type("text/plain")
+                .body("UNHEALTHY: store unreadable")
+        }
+    }
+}
+
+fn ready(state: &HttpState) -> HttpResponse {
+    if state.lifecycle.is_ready() {
+        HttpResponse::Ok().content_type("text/plain").body("READY")
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("NOT READY")
+    }
+}
+
+fn metrics(state: &HttpState) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ))
+        .body(state.metrics.encode())
+}
+
+/// The page's headers: nothing loads from anywhere but this server (air-gapped partitions have no CDN,
+/// and a hostile key in a table can run nothing even if escaping failed), never framed, never cached.
+fn html(body: String) -> HttpResponse {
+    HttpResponse::build(StatusCode::OK)
+        .content_type("text/html; charset=utf-8")
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(body)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::CACHE_CONTROL, "max-age=300"))
+        .body(body)
+}

@@ -1,0 +1,312 @@
+//! The status page as HTML. Pure: a `StatusView` in, markup out, every piece of text escaped.
+//!
+//! The page is complete without JavaScript; `status.js` only re-fetches the `#live` fragment (rendered
+//! here too, by the same function) and swaps it in, so there is one renderer and one escaping rule.
+
+use super::fmt::{bytes, duration, escape, percent, when};
+use super::view::{FillView, StatusView};
+use crate::store::summary::Entry;
+use std::fmt::Write;
+
+/// How often the script refreshes the live part, shown on the page so the reader knows.
+pub const REFRESH_SECS: u64 = 2;
+
+pub fn full(v: &StatusView) -> String {
+    let node = v.node.address.as_deref().unwrap_or("this node");
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>image-cache · {node}</title><link rel=\"stylesheet\" href=\"/status/style.css\"></head>\
+         <body><header><h1>image-cache</h1><p>version {version} · <span id=\"refresh\">this page refreshes \
+         every {REFRESH_SECS}s with JavaScript; reload it otherwise</span></p></header>\
+         <main id=\"live\" data-src=\"/status/live\" data-every=\"{every}\">{live}</main>\
+         <footer><a href=\"/metrics\">metrics</a> · <a href=\"/admin/status\">JSON</a> · \
+         <a href=\"/health\">health</a></footer>\
+         <script src=\"/status/script.js\"></script></body></html>\n",
+        node = escape(node),
+        version = escape(v.version),
+        every = REFRESH_SECS * 1000,
+        live = live(v),
+    )
+}
+
+/// The part that changes: everything below the header.
+pub fn live(v: &StatusView) -> String {
+    let mut h = String::with_capacity(8192);
+    nodes(&mut h, v);
+    store(&mut h, v);
+    hit_ratio(&mut h, v);
+    fills(&mut h, &v.fills);
+    sync(&mut h, v);
+    objects(&mut h, "largest", "Largest objects", &v.objects.largest);
+    objects(
+        &mut h,
+        "most-requested",
+        "Most requested objects",
+        &v.objects.most_requested,
+    );
+    h
+}
+
+fn nodes(h: &mut String, v: &StatusView) {
+    let state = |up: bool| if up { "up" } else { "down" };
+    let _ = write!(
+        h,
+        "<section id=\"nodes\"><h2>Nodes</h2><table><thead><tr><th>node</th><th>role</th><th>state</th></tr>\
+         </thead><tbody><tr class=\"{cls}\"><td>{addr}</td><td>this node, up {uptime}</td><td>{st}{ready}</td></tr>",
+        cls = state(v.node.healthy),
+        addr = escape(v.node.address.as_deref().unwrap_or("(nodes.self not set)")),
+        uptime = duration(v.node.uptime_secs),
+        st = state(v.node.healthy),
+        ready = if v.node.ready { "" } else { ", not ready" },
+    );
+    for p in &v.peers {
+        let _ = write!(
+            h,
+            "<tr class=\"{s}\"><td>{}</td><td>peer</td><td>{s}</td></tr>",
+            escape(&p.address),
+            s = state(p.up)
+        );
+    }
+    h.push_str("</tbody></table></section>");
+}
+
+fn store(h: &mut String, v: &StatusView) {
+    let s = &v.store;
+    let _ = write!(
+        h,
+        "<section id=\"store\"><h2>Store</h2><p><meter id=\"store-usage\" min=\"0\" max=\"{max}\" \
+         high=\"{high}\" value=\"{bytes}\"></meter> {used} of {maxh} ({pct}) · {objects} objects · \
+         {pinned} pinned</p></section>",
+        max = s.max_bytes,
+        high = s.max_bytes / 10 * 9,
+        bytes = s.bytes,
+        used = bytes(s.bytes),
+        maxh = bytes(s.max_bytes),
+        pct = percent(s.bytes, s.max_bytes),
+        objects = s.objects,
+        pinned = bytes(s.pinned_bytes),
+    );
+}
+
+fn hit_ratio(h: &mut String, v: &StatusView) {
+    let _ = write!(
+        h,
+        "<section id=\"hit-ratio\"><h2>Hit ratio, last {}</h2><table><thead><tr><th>kind</th>\
+         <th>from the store</th><th>requests</th><th>ratio</th></tr></thead><tbody>",
+        duration(v.hit_ratio.window_secs)
+    );
+    for k in &v.hit_ratio.kinds {
+        let _ = write!(
+            h,
+            "<tr data-kind=\"{kind}\"><td>{kind}s</td><td>{hits}</td><td>{req}</td><td>\
+             <meter min=\"0\" max=\"{max}\" value=\"{hits}\"></meter> {pct}</td></tr>",
+            kind = escape(k.kind),
+            hits = k.hits,
+            req = k.requests,
+            max = k.requests.max(1),
+            pct = percent(k.hits, k.requests),
+        );
+    }
+    h.push_str("</tbody></table></section>");
+}
+
+fn fills(h: &mut String, fills: &[FillView]) {
+    let _ = write!(
+        h,
+        "<section id=\"fills\"><h2>Fills in flight ({})</h2>",
+        fills.len()
+    );
+    if fills.is_empty() {
+        h.push_str("<p>None: every request is being answered from the store.</p></section>");
+        return;
+    }
+    h.push_str(
+        "<table><thead><tr><th>key</th><th>progress</th><th>bytes</th><th>rate</th><th>ETA</th>\
+         <th>clients</th></tr></thead><tbody>",
+    );
+    for f in fills {
+        let key = escape(&f.key);
+        let bar = match f.total {
+            Some(total) if total > 0 => format!(
+                "<progress class=\"fill\" data-key=\"{key}\" max=\"{total}\" value=\"{}\"></progress> {}",
+                f.written.min(total),
+                percent(f.written, total)
+            ),
+            // Length unknown (or still connecting): an indeterminate bar.
+            _ => format!("<progress class=\"fill\" data-key=\"{key}\"></progress>"),
+        };
+        let total = f.total.map_or("?".to_string(), bytes);
+        let eta = f.eta_secs.map_or("–".to_string(), duration);
+        let _ = write!(
+            h,
+            "<tr><td class=\"key\">{key}</td><td>{bar}</td><td>{} of {total}</td><td>{}/s</td>\
+             <td>{eta}</td><td>{}</td></tr>",
+            bytes(f.written),
+            bytes(f.rate),
+            f.readers
+        );
+    }
+    h.push_str("</tbody></table></section>");
+}
+
+fn sync(h: &mut String, v: &StatusView) {
+    let s = &v.sync_section;
+    let _ = write!(
+        h,
+        "<section id=\"sync\"><h2>{}</h2><p>{}</p>",
+        escape(&s.title),
+        escape(&s.summary)
+    );
+    if !s.rows.is_empty() {
+        h.push_str("<table><thead><tr>");
+        for c in &s.header {
+            let _ = write!(h, "<th>{}</th>", escape(c));
+        }
+        h.push_str("</tr></thead><tbody>");
+        for row in &s.rows {
+            h.push_str("<tr>");
+            for c in row {
+                let _ = write!(h, "<td>{}</td>", escape(c));
+            }
+            h.push_str("</tr>");
+        }
+        h.push_str("</tbody></table>");
+    }
+    h.push_str("</section>");
+}
+
+fn objects(h: &mut String, id: &str, title: &str, list: &[Entry]) {
+    let _ = write!(h, "<section id=\"{id}\"><h2>{title}</h2>");
+    if list.is_empty() {
+        h.push_str("<p>None yet.</p></section>");
+        return;
+    }
+    h.push_str(
+        "<table class=\"objects\"><thead><tr><th>key</th><th>size</th><th>hits</th><th>last access</th>\
+         <th>pinned</th></tr></thead><tbody>",
+    );
+    for e in list {
+        let _ = write!(
+            h,
+            "<tr><td class=\"key\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&e.key),
+            bytes(e.size),
+            e.hits,
+            when(e.last_access),
+            if e.pinned { "yes" } else { "no" }
+        );
+    }
+    h.push_str("</tbody></table></section>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::StatusSection;
+    use crate::http::admin::view::*;
+    use crate::store::summary::Summary;
+
+    fn view(key: &str) -> StatusView {
+        let entry = Entry {
+            key: key.to_string(),
+            size: 2048,
+            hits: 3,
+            last_access: 0,
+            pinned: true,
+        };
+        StatusView {
+            version: "0.1.0",
+            node: NodeView {
+                address: Some("10.0.0.1".into()),
+                healthy: true,
+                ready: true,
+                uptime_secs: 61,
+            },
+            peers: vec![PeerView {
+                address: "10.0.0.2".into(),
+                up: false,
+            }],
+            store: StoreView {
+                objects: 1,
+                bytes: 2048,
+                max_bytes: 4096,
+                pinned_bytes: 2048,
+            },
+            hit_ratio: HitRatioView {
+                window_secs: 3600,
+                kinds: vec![KindRatio {
+                    kind: "file",
+                    hits: 1,
+                    requests: 4,
+                }],
+            },
+            fills: vec![FillView {
+                key: key.to_string(),
+                written: 500,
+                total: Some(1000),
+                readers: 2,
+                elapsed_ms: 1000,
+                rate: 500,
+                eta_secs: Some(1),
+            }],
+            sync: serde_json::Value::Null,
+            sync_section: StatusSection {
+                title: "metal-api sync".into(),
+                summary: key.to_string(),
+                header: vec!["name".into()],
+                rows: vec![vec![key.to_string()]],
+            },
+            objects: Summary {
+                largest: vec![entry.clone()],
+                most_requested: vec![entry],
+                pinned_bytes: 2048,
+                pinned_keys: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn every_part_is_rendered() {
+        let html = full(&view("file:a.test/x.img"));
+        for needle in [
+            "<main id=\"live\"",
+            "<meter id=\"store-usage\" min=\"0\" max=\"4096\"",
+            "2.0 KiB of 4.0 KiB (50.0%)",
+            "<progress class=\"fill\" data-key=\"file:a.test/x.img\" max=\"1000\" value=\"500\">",
+            "500 B/s",
+            "<td>files</td><td>1</td><td>4</td>",
+            "25.0%",
+            "<tr class=\"down\"><td>10.0.0.2</td><td>peer</td><td>down</td></tr>",
+            "this node, up 1m 1s",
+            "<section id=\"largest\">",
+            "<section id=\"most-requested\">",
+            "<script src=\"/status/script.js\">",
+            "Hit ratio, last 1h 0m",
+        ] {
+            assert!(html.contains(needle), "missing {needle}");
+        }
+        assert!(full(&view("k")).starts_with("<!doctype html>"));
+        assert!(!live(&view("k")).contains("<html"));
+    }
+
+    #[test]
+    fn hostile_keys_are_escaped_everywhere() {
+        let evil = "file:a.test/<script>alert(1)</script>\"'&";
+        let html = full(&view(evil));
+        assert!(!html.contains("<script>alert"), "{html}");
+        assert!(!html.contains("data-key=\"file:a.test/<"));
+        assert_eq!(html.matches("<script").count(), 1);
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;"));
+    }
+
+    #[test]
+    fn unknown_length_fill_gets_an_indeterminate_bar() {
+        let mut v = view("k");
+        v.fills[0].total = None;
+        v.fills[0].eta_secs = None;
+        let html = live(&v);
+        assert!(html.contains("<progress class=\"fill\" data-key=\"k\"></progress>"));
+        assert!(html.contains("500 B of ?"));
+    }
+}

@@ -1,0 +1,210 @@
+//! What the status page and `GET /admin/status` show, gathered from the running service in one place so
+//! the HTML and the JSON can never disagree.
+
+use super::ratio::{self, Counts};
+use crate::http::HttpState;
+use crate::metrics::{Metrics, RequestLabels, result};
+use crate::store::FillStatus;
+use crate::store::summary::Summary;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    pub version: &'static str,
+    pub node: NodeView,
+    pub peers: Vec<PeerView>,
+    pub store: StoreView,
+    pub hit_ratio: HitRatioView,
+    pub fills: Vec<FillView>,
+    /// `GET /admin/sync`'s answer.
+    pub sync: serde_json::Value,
+    /// The sync block as the page shows it.
+    #[serde(skip)]
+    pub sync_section: crate::http::StatusSection,
+    pub objects: Summary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    /// `nodes.self`: the address DNS hands out for this node.
+    pub address: Option<String>,
+    pub healthy: bool,
+    pub ready: bool,
+    pub uptime_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerView {
+    pub address: String,
+    pub up: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreView {
+    pub objects: u64,
+    pub bytes: u64,
+    pub max_bytes: u64,
+    pub pinned_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HitRatioView {
+    /// Seconds the counts cover: an hour once the service has run that long.
+    pub window_secs: u64,
+    pub kinds: Vec<KindRatio>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KindRatio {
+    pub kind: &'static str,
+    /// Requests answered from the store (`hit` and `stale`).
+    pub hits: u64,
+    pub requests: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct FillView {
+    pub key: String,
+    pub written: u64,
+    pub total: Option<u64>,
+    /// Clients reading this fill as it grows.
+    pub readers: usize,
+    pub elapsed_ms: u64,
+    /// Average since the fill started, bytes per second.
+    pub rate: u64,
+    pub eta_secs: Option<u64>,
+}
+
+impl FillView {
+    pub fn from_status(f: FillStatus) -> Self {
+        let rate = (f.written.saturating_mul(1000))
+            .checked_div(f.elapsed_ms)
+            .unwrap_or(0);
+        let eta_secs = match f.total {
+            Some(total) if rate > 0 => Some(total.saturating_sub(f.written).div_ceil(rate)),
+            _ => None,
+        };
+        FillView {
+            key: f.key,
+            written: f.written,
+            total: f.total,
+            readers: f.readers,
+            elapsed_ms: f.elapsed_ms,
+            rate,
+            eta_secs,
+        }
+    }
+}
+
+/// The fills in flight, longest-running first (the order does not jump between refreshes).
+pub fn fills(state: &HttpState) -> Vec<FillView> {
+    let mut fills: Vec<FillView> = state
+        .store
+        .fills()
+        .into_iter()
+        .map(FillView::from_status)
+        .collect();
+    fills.sort_by(|a, b| b.elapsed_ms.cmp(&a.elapsed_ms).then(a.key.cmp(&b.key)));
+    fills
+}
+
+pub fn peers(state: &HttpState) -> (NodeView, Vec<PeerView>) {
+    let healthy = state.peers.healthy();
+    let ready = state.lifecycle.is_ready();
+    let node = NodeView {
+        address: state.config.nodes.self_addr.map(|a| a.to_string()),
+        // The self-check's verdict, which DNS acts on; without `nodes.self` there is none to hand out.
+        healthy: match state.config.nodes.self_addr {
+            Some(_) => healthy.this.is_some(),
+            None => ready && !state.lifecycle.is_shutting_down(),
+        },
+        ready,
+        uptime_secs: state.admin.uptime_secs(),
+    };
+    let peers = state
+        .peers
+        .configured()
+        .iter()
+        .map(|ip| PeerView {
+            address: ip.to_string(),
+            up: healthy.peers.contains(ip),
+        })
+        .collect();
+    (node, peers)
+}
+
+/// The request counters the hit ratio is computed from.
+pub fn counts(metrics: &Metrics) -> Counts {
+    let mut c = Counts::default();
+    for (i, kind) in ratio::KINDS.iter().enumerate() {
+        for r in [result::HIT, result::STALE, result::MISS, result::ERROR] {
+            let n = metrics
+                .requests
+                .get_or_create(&RequestLabels { kind, result: r })
+                .get();
+            c.total[i] += n;
+            if r == result::HIT || r == result::STALE {
+                c.hits[i] += n;
+            }
+        }
+    }
+    c
+}
+
+pub async fn gather(state: &HttpState) -> StatusView {
+    let (node, peers) = peers(state);
+    let (delta, window_secs) = state.admin.hit_ratio(counts(&state.metrics));
+    let objects = state.admin.summary(&state.store).await;
+    StatusView {
+        version: env!("CARGO_PKG_VERSION"),
+        node,
+        peers,
+        store: StoreView {
+            objects: state.store.object_count(),
+            bytes: state.store.total_bytes(),
+            max_bytes: state.store.max_size(),
+            pinned_bytes: objects.pinned_bytes,
+        },
+        hit_ratio: HitRatioView {
+            window_secs,
+            kinds: ratio::KINDS
+                .iter()
+                .enumerate()
+                .map(|(i, kind)| KindRatio {
+                    kind,
+                    hits: delta.hits[i],
+                    requests: delta.total[i],
+                })
+                .collect(),
+        },
+        fills: fills(state),
+        sync: state.admin.sync.status(),
+        sync_section: state.admin.sync.section(),
+        objects,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_and_eta_from_a_fill() {
+        let f = FillView::from_status(FillStatus {
+            key: "k".into(),
+            written: 3_000_000,
+            total: Some(10_000_000),
+            readers: 2,
+            elapsed_ms: 3000,
+        });
+        assert_eq!((f.rate, f.eta_secs), (1_000_000, Some(7)));
+        let unknown = FillView::from_status(FillStatus {
+            key: "k".into(),
+            written: 10,
+            total: None,
+            readers: 1,
+            elapsed_ms: 0,
+        });
+        assert_eq!((unknown.rate, unknown.eta_secs), (0, None));
+    }
+}

@@ -1,0 +1,132 @@
+//! One pass over the index rows for the status page and the gauges: the largest objects, the most
+//! requested ones, and the bytes that pins hold. Pure: the store feeds it rows.
+
+use super::index::ObjectRow;
+use std::collections::HashSet;
+
+/// One object as the summary lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Entry {
+    pub key: String,
+    pub size: u64,
+    pub hits: u64,
+    pub last_access: u64,
+    pub pinned: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    /// Largest first; ties by key.
+    pub largest: Vec<Entry>,
+    /// Most hits first; objects never hit are left out.
+    pub most_requested: Vec<Entry>,
+    /// Bytes of the distinct blobs held by at least one pinned key: what eviction can never free.
+    pub pinned_bytes: u64,
+    pub pinned_keys: u64,
+}
+
+/// Collects the summary while rows stream past, keeping at most `n` of each list.
+pub struct Collector {
+    n: usize,
+    summary: Summary,
+    pinned_digests: HashSet<super::Digest>,
+}
+
+impl Collector {
+    pub fn new(n: usize) -> Self {
+        Collector {
+            n,
+            summary: Summary::default(),
+            pinned_digests: HashSet::new(),
+        }
+    }
+
+    pub fn offer(&mut self, key: &str, row: &ObjectRow) {
+        if row.pinned {
+            self.summary.pinned_keys += 1;
+            if self.pinned_digests.insert(row.digest) {
+                self.summary.pinned_bytes += row.size;
+            }
+        }
+        let entry = || Entry {
+            key: key.to_string(),
+            size: row.size,
+            hits: row.hits,
+            last_access: row.last_access,
+            pinned: row.pinned,
+        };
+        keep_top(&mut self.summary.largest, self.n, entry(), |e| e.size);
+        if row.hits > 0 {
+            keep_top(&mut self.summary.most_requested, self.n, entry(), |e| {
+                e.hits
+            });
+        }
+    }
+
+    pub fn finish(self) -> Summary {
+        self.summary
+    }
+}
+
+/// Inserts `e` into `list` (sorted by `by` descending, then key) if it ranks among the first `n`.
+fn keep_top(list: &mut Vec<Entry>, n: usize, e: Entry, by: impl Fn(&Entry) -> u64) {
+    if n == 0 {
+        return;
+    }
+    let rank = |a: &Entry| (std::cmp::Reverse(by(a)), a.key.clone());
+    if list.len() == n && list.last().is_some_and(|last| rank(last) <= rank(&e)) {
+        return;
+    }
+    let at = list.partition_point(|x| rank(x) < rank(&e));
+    list.insert(at, e);
+    list.truncate(n);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Digest;
+
+    fn row(size: u64, hits: u64, pinned: bool, digest: u8) -> ObjectRow {
+        ObjectRow {
+            digest: Digest::from_bytes([digest; 32]),
+            size,
+            content_type: None,
+            md5: None,
+            etag: None,
+            last_modified: None,
+            fetched_at: 0,
+            validated_at: 0,
+            last_access: 0,
+            hits,
+            pinned,
+            operator_pin: false,
+        }
+    }
+
+    #[test]
+    fn keeps_the_top_n_of_each_list_and_counts_pinned_blobs_once() {
+        let mut c = Collector::new(2);
+        c.offer("a", &row(10, 5, false, 1));
+        c.offer("b", &row(30, 0, true, 2));
+        c.offer("c", &row(20, 9, true, 2)); // same blob as b: its bytes count once
+        c.offer("d", &row(30, 1, false, 3));
+        c.offer("e", &row(5, 7, true, 4));
+        let s = c.finish();
+        let keys = |l: &[Entry]| l.iter().map(|e| e.key.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(&s.largest), ["b", "d"]);
+        assert_eq!(keys(&s.most_requested), ["c", "e"]);
+        assert_eq!(s.pinned_keys, 3);
+        assert_eq!(s.pinned_bytes, 30 + 5);
+    }
+
+    #[test]
+    fn never_hit_objects_are_not_most_requested_and_zero_keeps_nothing() {
+        let mut c = Collector::new(0);
+        c.offer("a", &row(10, 5, false, 1));
+        assert!(c.finish().largest.is_empty());
+        let mut c = Collector::new(3);
+        c.offer("a", &row(10, 0, false, 1));
+        assert!(c.finish().most_requested.is_empty());
+    }
+}
