@@ -216,10 +216,52 @@ impl Metrics {
             "Answers of upstream registries (token endpoints included) by status; `error` = no answer",
             m.registry_upstream.clone(),
         );
-        Metrics {
+        let m = Metrics {
             registry: Arc::new(r),
             ..m
+        };
+        m.initialise();
+        m
+    }
+
+    /// Creates every series whose labels are known up front at zero, so dashboards and alerts (rates,
+    /// `absent`, ratios) see them from the first scrape instead of after the first event.
+    fn initialise(&self) {
+        for kind in [kind::FILE, kind::MANIFEST, kind::BLOB] {
+            for result in [result::HIT, result::MISS, result::STALE, result::ERROR] {
+                let _ = self.requests.get_or_create(&RequestLabels { kind, result });
+            }
         }
+        for source in ["cache", "upstream"] {
+            let _ = self.bytes_served.get_or_create(&SourceLabels { source });
+        }
+        for result in ["intercepted", "forwarded", "refused", "error"] {
+            let _ = self.dns_queries.get_or_create(&ResultLabels { result });
+        }
+        for result in ["success", "partial", "failure"] {
+            let _ = self.sync_runs.get_or_create(&ResultLabels { result });
+        }
+        for state in ["cached", "missing", "unsynced"] {
+            let _ = self.sync_images.get_or_create(&StateLabels { state });
+        }
+    }
+
+    /// The per-registry series of one configured upstream registry, at zero.
+    pub fn initialise_registry(&self, registry: &str) {
+        for kind in [kind::MANIFEST, kind::BLOB] {
+            for result in [result::HIT, result::MISS, result::STALE, result::ERROR] {
+                let _ = self
+                    .registry_requests
+                    .get_or_create(&RegistryRequestLabels {
+                        registry: registry.to_string(),
+                        kind,
+                        result,
+                    });
+            }
+        }
+        let _ = self.registry_bytes.get_or_create(&RegistryLabels {
+            registry: registry.to_string(),
+        });
     }
 
     pub fn request(&self, kind: &'static str, result: &'static str) {

@@ -35,6 +35,9 @@ pub struct RegistryState {
 impl RegistryState {
     pub fn new(config: RegistryConfig, store: Store, auth: OciAuth, metrics: Metrics) -> Self {
         let negative = negative::NegativeCache::new(config.negative_ttl.get());
+        for registry in config.upstreams.keys() {
+            metrics.initialise_registry(registry);
+        }
         RegistryState {
             config,
             store,

@@ -29,6 +29,14 @@ const ROUTES: &[(&str, &str)] = &[
 pub async fn handle(req: &HttpRequest, state: &HttpState) -> HttpResponse {
     let q = req.query_string();
     let post = req.method() == "POST";
+    let answer = route(req, state, q, post).await;
+    if post || req.method() == "DELETE" {
+        state.admin.forget_summary().await;
+    }
+    answer
+}
+
+async fn route(req: &HttpRequest, state: &HttpState, q: &str, post: bool) -> HttpResponse {
     match (req.method().as_str(), req.path()) {
         ("GET", "/admin/status") => match query::none(q) {
             Ok(()) => json_ok(&view::gather(state).await),

@@ -113,6 +113,13 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// After an admin action changed the store: the next page shows its effect, not a cached scan.
+    async fn forget_summary(&self) {
+        self.summary.lock().await.take();
+    }
+}
+
 /// Records the request counters every minute for the hit ratio window, until shutdown.
 pub async fn sample_hit_ratio(
     state: Arc<HttpState>,
