@@ -310,14 +310,7 @@ async fn fills_page_and_status_show_a_download_in_flight() {
     );
     assert!(html.contains("<section id=\"most-requested\">"));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let live = svc
-        .admin("/status/live")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let live = svc.text("/status/live").await;
     assert!(!live.contains("<html"), "a fragment");
     let second = value(&live);
     assert!(second > first, "progress advances: {first} then {second}");
@@ -427,11 +420,7 @@ async fn peers_and_a_sync_that_cannot_run() {
     let env = Env::new().await;
     let mut config = env.config(OnMiss::Fill);
     // A loopback peer nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.2:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::unused_port("127.0.0.2");
     config.nodes.peers = vec!["127.0.0.2".parse().unwrap()];
     config.nodes.peer_port = port;
     config.nodes.self_addr = Some("127.0.0.1".parse().unwrap());
@@ -444,7 +433,7 @@ async fn peers_and_a_sync_that_cannot_run() {
         peers["peers"],
         serde_json::json!([{ "address": "127.0.0.2", "up": false }])
     );
-    let html = svc.admin("/").send().await.unwrap().text().await.unwrap();
+    let html = svc.text("/").await;
     assert!(html.contains("<tr class=\"down\"><td>127.0.0.2</td><td>peer</td><td>down</td></tr>"));
 
     // No metal-api is configured: the started run ends with an error the status keeps.

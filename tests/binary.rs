@@ -359,11 +359,7 @@ async fn sync_command_prints_the_plan_and_its_exit_code_tells_the_outcome() {
     .await;
     let key_file = env.dir.path().join("hmac");
     // A fixed port, so the CLI can find the server it asks.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::unused_port("127.0.0.1");
     let config = |key: &str| {
         std::fs::write(&key_file, key).unwrap();
         let body = format!(

@@ -93,11 +93,7 @@ async fn dashboard_and_alerts_only_use_exposed_metrics() {
     let env = Env::new().await;
     let mut config = env.config(OnMiss::Fill);
     // A peer and a registry nobody listens on, so their series exist too.
-    let closed = std::net::TcpListener::bind("127.0.0.2:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = common::unused_port("127.0.0.2");
     config.nodes.peers = vec!["127.0.0.2".parse().unwrap()];
     config.nodes.peer_port = closed;
     config.registry.upstreams = [(
@@ -114,14 +110,7 @@ async fn dashboard_and_alerts_only_use_exposed_metrics() {
         .await
         .unwrap();
     assert_eq!(r.status(), 502);
-    let exposition = svc
-        .admin("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exposition = svc.text("/metrics").await;
     let have = exposed(&exposition);
     let used: BTreeSet<String> = metric_names(DASHBOARD)
         .into_iter()

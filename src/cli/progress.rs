@@ -18,6 +18,26 @@ pub struct FillProgress<'a> {
     pub total: Option<u64>,
 }
 
+impl<'a> From<&'a crate::store::FillStatus> for FillProgress<'a> {
+    fn from(f: &'a crate::store::FillStatus) -> Self {
+        FillProgress {
+            key: &f.key,
+            written: f.written,
+            total: f.total,
+        }
+    }
+}
+
+impl<'a> From<&'a crate::http::admin::view::FillView> for FillProgress<'a> {
+    fn from(f: &'a crate::http::admin::view::FillView) -> Self {
+        FillProgress {
+            key: &f.key,
+            written: f.written,
+            total: f.total,
+        }
+    }
+}
+
 fn style(known_total: bool) -> ProgressStyle {
     let template = if known_total {
         "{prefix:30!} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} eta {eta}"

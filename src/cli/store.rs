@@ -110,11 +110,7 @@ async fn local(store: Store, action: &StoreAction) -> Result<i32, AppError> {
                                 hits: row.hits,
                                 last_access: row.last_access,
                                 pinned: row.pinned,
-                                pinned_by: match (row.pinned, row.operator_pin) {
-                                    (_, true) => Some("operator".into()),
-                                    (true, false) => Some("sync".into()),
-                                    _ => None,
-                                },
+                                pinned_by: row.pinned_by().map(String::from),
                                 content_type: row.content_type,
                             });
                         }

@@ -76,14 +76,7 @@ async fn via_server(client: &AdminClient, dry_run: bool) -> Result<i32, AppError
             break status;
         }
         let fills: Vec<FillView> = client.call(Method::Get, "/admin/fills").await?;
-        let shown: Vec<FillProgress<'_>> = fills
-            .iter()
-            .map(|f| FillProgress {
-                key: &f.key,
-                written: f.written,
-                total: f.total,
-            })
-            .collect();
+        let shown: Vec<FillProgress<'_>> = fills.iter().map(FillProgress::from).collect();
         bars.update(&shown);
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -132,14 +125,7 @@ impl crate::sync::Progress for TerminalProgress {
         print_outcome(o, &self.bars);
     }
     fn tick(&self, fills: &[crate::store::FillStatus]) {
-        let shown: Vec<FillProgress<'_>> = fills
-            .iter()
-            .map(|f| FillProgress {
-                key: &f.key,
-                written: f.written,
-                total: f.total,
-            })
-            .collect();
+        let shown: Vec<FillProgress<'_>> = fills.iter().map(FillProgress::from).collect();
         self.bars.update(&shown);
     }
 }

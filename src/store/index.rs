@@ -69,6 +69,17 @@ pub struct ObjectRow {
     pub operator_pin: bool,
 }
 
+impl ObjectRow {
+    /// Who holds the pin: `operator` (admin API, kept across syncs), `sync`, or nobody.
+    pub fn pinned_by(&self) -> Option<&'static str> {
+        match (self.pinned, self.operator_pin) {
+            (_, true) => Some("operator"),
+            (true, false) => Some("sync"),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobRow {
     pub size: u64,

@@ -101,15 +101,13 @@ impl Service {
         self.client.get(format!("{}{}", self.base, path))
     }
 
+    /// The body of an admin route.
+    pub async fn text(&self, path: &str) -> String {
+        self.admin(path).send().await.unwrap().text().await.unwrap()
+    }
+
     pub async fn metric(&self, needle: &str) -> f64 {
-        let text = self
-            .admin("/metrics")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = self.text("/metrics").await;
         text.lines()
             .find(|l| l.starts_with(needle) && l[needle.len()..].starts_with(' '))
             .and_then(|l| l.rsplit(' ').next())
@@ -133,6 +131,15 @@ impl Service {
             r.shutdown().await;
         }
     }
+}
+
+/// A port on `ip` that nothing listens on (bound, read back and released): a peer or registry that is down.
+pub fn unused_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The files under `dir`, recursively (to check that nothing was written outside the state dir).

@@ -33,19 +33,7 @@ head -c 40000000 /dev/urandom >"$W/www/slow/big.img"
 md5sum "$W/www/slow/big.img" | cut -d' ' -f1 >"$W/www/slow/big.img.md5"
 for i in $(seq 1 12); do head -c 3000000 /dev/urandom >"$W/www/fast/f$i.img"; done
 chmod -R a+rX "$W/www"
-cat >"$W/nginx.conf" <<CONF
-daemon off;
-worker_processes 1;
-pid $W/nginx.pid;
-error_log $W/nginx-error.log;
-events { worker_connections 64; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:8081; root $W/www; location /slow/ { limit_rate 4m; } }
-}
-CONF
-in_ns nginx -c "$W/nginx.conf" &
-PID[nginx]=$!
+e2e_nginx $NS "server { listen 127.0.0.1:8081; root $W/www; location /slow/ { limit_rate 4m; } }"
 # metal-api v1 stub: one image, on the throttled path.
 cat >"$W/stub.py" <<'PY'
 import http.server, json

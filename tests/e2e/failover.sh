@@ -51,16 +51,7 @@ mkdir -p "$W/www"
 head -c 8000000 /dev/urandom >"$W/www/one.img"
 head -c 8000000 /dev/urandom >"$W/www/two.img"
 chmod -R a+rX "$W/www"
-cat >"$W/nginx.conf" <<CONF
-daemon off;
-worker_processes 1;
-pid $W/nginx.pid;
-error_log $W/nginx-error.log;
-events { worker_connections 64; }
-http { access_log $W/origin.log; server { listen ${ADDR[origin]}:80; root $W/www; } }
-CONF
-in_ origin nginx -c "$W/nginx.conf" &
-PID[nginx]=$!
+e2e_nginx "$P-origin" "server { listen ${ADDR[origin]}:80; root $W/www; }" "$W/origin.log"
 in_ origin dnsmasq --keep-in-foreground --pid-file= --port=53 --listen-address="${ADDR[origin]}" --bind-interfaces \
   --no-resolv --no-hosts --address=/files.test/"${ADDR[origin]}" --log-facility=/dev/null &
 PID[dns]=$!

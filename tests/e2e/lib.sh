@@ -3,6 +3,7 @@
 #                                   a 0755 scratch dir (sets W: daemons that drop privileges read from it)
 #   PID[name]=$!                    background processes that e2e_stop_all stops (TERM, then KILL)
 #   pass / fail, FAILS              one line per check; the script ends with `e2e_done NAME`
+#   e2e_nginx NS 'server {…}' [LOG] nginx in the foreground in namespace NS (PID[nginx]), access log off unless named
 # Each script still owns its namespaces and its EXIT trap (which should call e2e_stop_all).
 declare -A PID=()
 FAILS=0
@@ -24,6 +25,22 @@ e2e_start() {
   BIN=$PWD/target/release/image-cache
   W=$(mktemp -d "/tmp/ic-$name.XXXXXX")
   chmod 755 "$W"
+}
+
+e2e_nginx() {
+  cat >"$W/nginx.conf" <<CONF
+daemon off;
+worker_processes 1;
+pid $W/nginx.pid;
+error_log $W/nginx-error.log;
+events { worker_connections 64; }
+http {
+  access_log ${3:-off};
+  $2
+}
+CONF
+  ip netns exec "$1" nginx -c "$W/nginx.conf" &
+  PID[nginx]=$!
 }
 
 e2e_stop_all() {

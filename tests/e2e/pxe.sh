@@ -135,25 +135,13 @@ CONF
 ip netns exec $NS dnsmasq --keep-in-foreground --conf-file="$W/dhcp.conf" --log-facility="$W/dhcp.log" &
 PID[dhcp]=$!
 
-cat >"$W/nginx.conf" <<CONF
-daemon off;
-worker_processes 1;
-pid $W/nginx.pid;
-error_log $W/nginx-error.log;
-events { worker_connections 64; }
-http {
-  access_log $W/origin-access.log;
-  server {
+e2e_nginx $NS "server {
     listen 10.99.0.3:443 ssl;
     server_name boot.test;
     ssl_certificate $W/certs/origin.pem;
     ssl_certificate_key $W/certs/origin.key;
     root $W/www;
-  }
-}
-CONF
-ip netns exec $NS nginx -c "$W/nginx.conf" &
-PID[nginx]=$!
+  }" "$W/origin-access.log"
 
 mkdir -p "$W/ic"
 cat >"$W/ic/config.toml" <<TOML

@@ -33,19 +33,7 @@ for i in 1 2 3; do head -c $((i * 300000)) /dev/urandom >"$W/www/small$i.img"; d
 head -c 1000 /dev/urandom >"$W/www/evil<i>name.img"
 head -c 40000000 /dev/urandom >"$W/www/slow/big.img"
 chmod -R a+rX "$W/www"
-cat >"$W/nginx.conf" <<CONF
-daemon off;
-worker_processes 1;
-pid $W/nginx.pid;
-error_log $W/nginx-error.log;
-events { worker_connections 64; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:8081; root $W/www; location /slow/ { limit_rate 2m; } }
-}
-CONF
-in_ns nginx -c "$W/nginx.conf" &
-PID[nginx]=$!
+e2e_nginx $NS "server { listen 127.0.0.1:8081; root $W/www; location /slow/ { limit_rate 2m; } }"
 
 cat >"$W/config.toml" <<TOML
 state_dir = "$W/state"

@@ -164,11 +164,7 @@ impl ObjectView {
             last_access: row.last_access,
             fetched_at: row.fetched_at,
             pinned: row.pinned,
-            pinned_by: match (row.pinned, row.operator_pin) {
-                (_, true) => Some("operator"),
-                (true, false) => Some("sync"),
-                _ => None,
-            },
+            pinned_by: row.pinned_by(),
             content_type: row.content_type,
         }
     }
