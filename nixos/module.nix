@@ -139,6 +139,9 @@ in
     networking.firewall = mkIf cfg.openFirewall (render.firewall cfg.settings);
 
     environment.systemPackages = [ cfg.package ];
+    # The CLI's default config path: `image-cache store ls` or `image-cache sync` run by root on the node read
+    # the service's config, find the running server through its admin address and token, and act through it.
+    environment.etc."image-cache/config.toml".source = cfg.configFile;
 
     systemd.services.image-cache = {
       description = "image-cache: DNS interceptor, image cache and registry mirror";

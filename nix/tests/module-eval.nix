@@ -44,7 +44,10 @@ let
       assertions = mkOption { type = types.listOf types.unspecified; default = [ ]; };
       environment.systemPackages = mkOption { type = types.listOf types.unspecified; default = [ ]; };
       environment.etc = mkOption {
-        type = types.attrsOf (types.submodule { options.text = mkOption { type = types.str; }; });
+        type = types.attrsOf (types.submodule {
+          options.text = mkOption { type = types.str; default = ""; };
+          options.source = mkOption { type = types.unspecified; default = null; };
+        });
         default = { };
       };
       networking.firewall.allowedTCPPorts = mkOption { type = types.listOf types.port; default = [ ]; };
@@ -96,7 +99,8 @@ let
 in
 {
   failures =
-    check "ExecStart runs the flake's package with the checked config" (svc.ExecStart == "/nix/store/00000000000000000000000000000000-image-cache-from-flake-0.1.0/bin/image-cache serve --config ${node.services.imageCache.configFile}")
+    check "the CLI finds the service's config at its default path" (node.environment.etc."image-cache/config.toml".source == node.services.imageCache.configFile)
+    ++ check "ExecStart runs the flake's package with the checked config" (svc.ExecStart == "/nix/store/00000000000000000000000000000000-image-cache-from-flake-0.1.0/bin/image-cache serve --config ${node.services.imageCache.configFile}")
     ++ check "flake: checks per system, pxe on x86_64 only"
       (flake.checks.x86_64-linux ? vm-pxe && !(flake.checks.aarch64-linux ? vm-pxe)
         && builtins.all (n: flake.checks.aarch64-linux ? ${n}) [ "package" "vm-dns" "vm-http" "vm-sync" "vm-registry" "vm-failover" ])
