@@ -243,6 +243,19 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     for a in &admin_addrs {
         tracing::info!("listening admin on {a}");
     }
+    if config.http.admin_token_file.is_none() {
+        let admin_on = if admin_addrs.is_empty() {
+            &http_addrs
+        } else {
+            &admin_addrs
+        };
+        if let Some(open) = admin_on.iter().find(|a| !a.ip().is_loopback()) {
+            tracing::warn!(
+                "the admin API (/admin/…: remove, pin, gc, sync) answers anyone who reaches {open}; \
+                 set http.admin_token_file, or http.admin_listen to a management address"
+            );
+        }
+    }
     if config.sync.enabled {
         tokio::spawn(Arc::clone(&syncer).run_scheduled(lifecycle.shutdown_token()));
     }
