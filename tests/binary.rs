@@ -288,6 +288,102 @@ async fn sigterm_stops_gracefully_and_store_commands_work_afterwards() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_commands_act_through_a_running_server_with_a_token() {
+    let env = Env::new().await;
+    let token = env.dir.path().join("admin-token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let with_token = |listen: &str, token_file: &std::path::Path| {
+        serve_config(&env).replace("127.0.0.1:0", listen).replace(
+            "[dns]",
+            &format!("admin_token_file = \"{}\"\n[dns]", token_file.display()),
+        )
+    };
+    let cfg = write_config(env.dir.path(), &with_token("127.0.0.1:0", &token));
+    let served = Served::start(Command::new(BIN).args(["serve", "--config", &cfg]));
+    for seed in [1, 2] {
+        let body = served
+            .get(&format!("/file/1000/{seed}"))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(body.len(), 1000);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let addr = served.base.trim_start_matches("http://").to_string();
+    let cli = env.dir.path().join("cli.toml");
+    std::fs::write(&cli, with_token(&addr, &token)).unwrap();
+    let cli = cli.to_str().unwrap();
+    let store = |args: &[&str]| {
+        let mut all = vec!["store", "--config", cli];
+        all.extend_from_slice(args);
+        run(&all, &[])
+    };
+    let (one, two) = ("file:files.test/file/1000/1", "file:files.test/file/1000/2");
+
+    let (code, out, err) = store(&["ls", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["key"], one);
+
+    assert_eq!(store(&["pin", one]).0, 0);
+    let (_, out, _) = store(&["ls", "--pinned", "true"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(one) && l.ends_with("operator")),
+        "{out}"
+    );
+    assert!(!out.contains(two), "{out}");
+    assert_eq!(store(&["unpin", one]).0, 0);
+    let (_, out, _) = store(&["ls", "--pinned", "true"]);
+    assert!(out.contains("0 objects"), "{out}");
+
+    assert_eq!(store(&["rm", two]).0, 0);
+    let (code, _, err) = store(&["rm", two]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404") && err.contains("no such key"), "{err}");
+    let (code, _, err) = store(&["pin", "../etc/passwd"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a store key"), "{err}");
+
+    let (code, out, err) = store(&["gc"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("evicted 0 objects"), "{out}");
+    let (code, out, err) = store(&["verify"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("checked 1 blobs, 1000 bytes; 0 corrupt"),
+        "{out}"
+    );
+
+    // A flipped byte on disk: verify through the server finds it, removes the object, exits 1.
+    let blob = common::files_under(&env.state_dir().join("blobs"))
+        .into_iter()
+        .next()
+        .unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&blob, bytes).unwrap();
+    let (code, out, _) = store(&["verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("corrupt: {one}")), "{out}");
+
+    // The wrong token: refused, and the message says where the token comes from.
+    let wrong = env.dir.path().join("wrong-token");
+    std::fs::write(&wrong, "nope").unwrap();
+    let bad = env.dir.path().join("bad.toml");
+    std::fs::write(&bad, with_token(&addr, &wrong)).unwrap();
+    let (code, _, err) = run(&["store", "--config", bad.to_str().unwrap(), "ls"], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("401") && err.contains("http.admin_token_file"),
+        "{err}"
+    );
+    drop(served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_still_serves_the_client_by_pass_through() {
     let is_root = Command::new("id")
         .arg("-u")
