@@ -61,22 +61,12 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::key::Digest;
 
     fn row(d: u8, size: u64, last_access: u64, pinned: bool) -> ObjectRow {
         ObjectRow {
-            digest: Digest::from_bytes([d; 32]),
-            size,
-            content_type: None,
-            md5: None,
-            etag: None,
-            last_modified: None,
-            fetched_at: 0,
-            validated_at: 0,
             last_access,
-            hits: 0,
             pinned,
-            operator_pin: false,
+            ..ObjectRow::sample(d, size)
         }
     }
 

@@ -82,24 +82,10 @@ impl HotSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::key::Digest;
 
     fn entry(size: u64, body: bool) -> HotEntry {
         HotEntry {
-            row: ObjectRow {
-                digest: Digest::from_bytes([7; 32]),
-                size,
-                content_type: None,
-                md5: None,
-                etag: None,
-                last_modified: None,
-                fetched_at: 0,
-                validated_at: 0,
-                last_access: 0,
-                hits: 0,
-                pinned: false,
-                operator_pin: false,
-            },
+            row: ObjectRow::sample(7, size),
             file: Arc::new(tempfile::tempfile().unwrap()),
             body: body.then(|| Bytes::from(vec![1u8; size as usize])),
         }

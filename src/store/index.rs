@@ -78,6 +78,26 @@ impl ObjectRow {
             _ => None,
         }
     }
+
+    /// A row with a fake digest (`digest_byte` repeated) and nothing else set, for the decision tests
+    /// (eviction, summary, hot set) that only look at sizes, counts and pins.
+    #[cfg(test)]
+    pub(crate) fn sample(digest_byte: u8, size: u64) -> Self {
+        ObjectRow {
+            digest: Digest::from_bytes([digest_byte; 32]),
+            size,
+            content_type: None,
+            md5: None,
+            etag: None,
+            last_modified: None,
+            fetched_at: 0,
+            validated_at: 0,
+            last_access: 0,
+            hits: 0,
+            pinned: false,
+            operator_pin: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -470,18 +490,10 @@ mod tests {
 
     fn row(d: u8, size: u64) -> ObjectRow {
         ObjectRow {
-            digest: Digest::from_bytes([d; 32]),
-            size,
-            content_type: None,
-            md5: None,
-            etag: None,
-            last_modified: None,
             fetched_at: 1,
             validated_at: 1,
             last_access: 1,
-            hits: 0,
-            pinned: false,
-            operator_pin: false,
+            ..ObjectRow::sample(d, size)
         }
     }
 

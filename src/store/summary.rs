@@ -85,22 +85,12 @@ fn keep_top(list: &mut Vec<Entry>, n: usize, e: Entry, by: impl Fn(&Entry) -> u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Digest;
 
     fn row(size: u64, hits: u64, pinned: bool, digest: u8) -> ObjectRow {
         ObjectRow {
-            digest: Digest::from_bytes([digest; 32]),
-            size,
-            content_type: None,
-            md5: None,
-            etag: None,
-            last_modified: None,
-            fetched_at: 0,
-            validated_at: 0,
-            last_access: 0,
             hits,
             pinned,
-            operator_pin: false,
+            ..ObjectRow::sample(digest, size)
         }
     }
 

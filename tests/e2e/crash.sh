@@ -10,21 +10,12 @@ cd "$(dirname "$0")/../.."
 source tests/e2e/lib.sh
 e2e_start crash nginx:nginx-light curl:curl python3:python3
 NS=ic-e2e-crash
-cleanup() {
-  e2e_stop_all
-  ip netns pids $NS 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-  ip netns del $NS 2>/dev/null || true
-  rm -rf "/etc/netns/$NS" "$W"
-}
-trap cleanup EXIT
+trap e2e_cleanup EXIT
 trap 'exit 143' TERM INT
 in_ns() { ip netns exec $NS "$@"; }
 
-ip netns del $NS 2>/dev/null || true
-ip netns add $NS
-ip -n $NS link set lo up
-# `ip netns exec` mounts /etc/netns/<ns>/hosts over /etc/hosts: the origin's name, for the cache only.
-mkdir -p "/etc/netns/$NS"
+e2e_netns $NS
+# The origin's name, for the cache only.
 printf '127.0.0.1 localhost\n127.0.0.1 files.test\n' >"/etc/netns/$NS/hosts"
 
 # Origin: /slow/ is throttled to 4 MB/s so a kill lands mid-transfer; /fast/ is not.

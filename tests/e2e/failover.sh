@@ -11,15 +11,7 @@ source tests/e2e/lib.sh
 e2e_start failover dig:dnsutils dnsmasq:dnsmasq-base nginx:nginx-light curl:curl ip:iproute2
 P=ic-e2e-fo
 declare -A ADDR=([hub]="" [a]=10.98.0.11 [b]=10.98.0.12 [client]=10.98.0.20 [origin]=10.98.0.30)
-cleanup() {
-  e2e_stop_all
-  for n in hub a b client origin; do
-    ip netns pids $P-$n 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-    ip netns del $P-$n 2>/dev/null || true
-  done
-  rm -rf "$W"
-}
-trap cleanup EXIT
+trap e2e_cleanup EXIT
 trap 'exit 143' TERM INT
 in_() { local n=$1; shift; ip netns exec $P-$n "$@"; }
 answers() { in_ client dig +short +time=1 +tries=1 @"$1" files.test A | sort | tr '\n' ' ' | sed 's/ $//'; }
@@ -32,13 +24,10 @@ wait_answers() { # wait_answers SERVER WANT TIMEOUT_S → seconds taken, or fail
   echo $((SECONDS - t0))
 }
 
-ip netns add $P-hub
-ip -n $P-hub link set lo up
+e2e_netns $P-hub $P-a $P-b $P-client $P-origin
 ip -n $P-hub link add br0 type bridge
 ip -n $P-hub link set br0 up
 for n in a b client origin; do
-  ip netns add $P-$n
-  ip -n $P-$n link set lo up
   ip link add fo-$n netns $P-hub type veth peer name eth0 netns $P-$n
   ip -n $P-hub link set fo-$n master br0
   ip -n $P-hub link set fo-$n up

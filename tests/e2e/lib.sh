@@ -4,8 +4,12 @@
 #   PID[name]=$!                    background processes that e2e_stop_all stops (TERM, then KILL)
 #   pass / fail, FAILS              one line per check; the script ends with `e2e_done NAME`
 #   e2e_nginx NS 'server {…}' [LOG] nginx in the foreground in namespace NS (PID[nginx]), access log off unless named
-# Each script still owns its namespaces and its EXIT trap (which should call e2e_stop_all).
+#   e2e_netns NS...                 fresh namespaces with lo up and an empty /etc/netns/NS (for a hosts file)
+#   e2e_cleanup                     for `trap e2e_cleanup EXIT`: stops PID[], kills what still runs in the
+#                                   namespaces of e2e_netns, deletes them and their /etc/netns, removes W
+# A script with more to undo (mounts, namespaces made by hand) writes its own EXIT trap around e2e_stop_all.
 declare -A PID=()
+E2E_NETNS=()
 FAILS=0
 pass() { echo "PASS $*"; }
 fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
@@ -41,6 +45,29 @@ http {
 CONF
   ip netns exec "$1" nginx -c "$W/nginx.conf" &
   PID[nginx]=$!
+}
+
+e2e_netns() {
+  local ns
+  for ns in "$@"; do
+    E2E_NETNS+=("$ns")
+    ip netns del "$ns" 2>/dev/null || true
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    # `ip netns exec` mounts the files of /etc/netns/<ns>/ over /etc/: a hosts file here is for that namespace only.
+    mkdir -p "/etc/netns/$ns"
+  done
+}
+
+e2e_cleanup() {
+  e2e_stop_all
+  local ns
+  for ns in "${E2E_NETNS[@]}"; do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+    rm -rf "/etc/netns/$ns"
+  done
+  rm -rf "$W"
 }
 
 e2e_stop_all() {

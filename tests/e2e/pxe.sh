@@ -22,13 +22,7 @@ ldd /bin/busybox 2>&1 | grep -q "not a dynamic" && /bin/busybox --list | grep -q
 e2e_start pxe qemu-system-x86_64:qemu-system-x86 cpio:cpio dnsmasq:dnsmasq-base nginx:nginx-light \
   openssl:openssl curl:curl
 NS=ic-e2e-pxe
-cleanup() {
-  e2e_stop_all
-  ip netns pids $NS 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-  ip netns del $NS 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
+trap e2e_cleanup EXIT
 trap 'exit 143' TERM INT
 in_ns() { ip netns exec $NS "$@"; }
 metric() { in_ns curl -s http://10.99.0.2/metrics | awk -v k="$1" '$1 == k {print $2}'; }
@@ -105,9 +99,7 @@ openssl x509 -req -in "$W/certs/origin.csr" -CA "$W/certs/ca.pem" -CAkey "$W/cer
   -days 1 -extfile "$W/certs/ext" -out "$W/certs/origin.pem" 2>/dev/null
 
 # --- the namespace --------------------------------------------------------------------------------------
-ip netns del $NS 2>/dev/null || true
-ip netns add $NS
-ip -n $NS link set lo up
+e2e_netns $NS
 ip -n $NS link add br0 type bridge
 ip -n $NS link set br0 type bridge forward_delay 0 stp_state 0
 for a in 10.99.0.1 10.99.0.2 10.99.0.3; do ip -n $NS addr add $a/24 dev br0; done

@@ -11,20 +11,12 @@ source tests/e2e/lib.sh
 e2e_start status-page chromium:chromium nginx:nginx-light curl:curl python3:python3
 NS=ic-e2e-status
 ART=${E2E_ARTIFACTS:-/tmp/image-cache-artifacts}
-cleanup() {
-  e2e_stop_all
-  ip netns pids $NS 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-  ip netns del $NS 2>/dev/null || true
-  rm -rf "/etc/netns/$NS" "$W"
-}
-trap cleanup EXIT
+trap e2e_cleanup EXIT
 trap 'exit 143' TERM INT
 in_ns() { ip netns exec $NS "$@"; }
 
-ip netns del $NS 2>/dev/null || true
-ip netns add $NS
-ip -n $NS link set lo up
-mkdir -p "/etc/netns/$NS" "$ART"
+e2e_netns $NS
+mkdir -p "$ART"
 printf '127.0.0.1 localhost\n127.0.0.1 files.test\n' >"/etc/netns/$NS/hosts"
 
 # Origin: small files, one with markup in its name, and a 40 MB image throttled to 2 MB/s (about 20 s).
