@@ -8,6 +8,7 @@ use crate::app::AppError;
 use crate::config::Config;
 use crate::http::admin::fmt;
 use crate::http::admin::verify_job::VerifyStatus;
+use crate::http::admin::view::ObjectView;
 use crate::metrics::Metrics;
 use crate::store::index::IndexError;
 use crate::store::{GcReport, Key, Store, StoreError, VerifyReport};
@@ -35,24 +36,9 @@ pub(super) async fn open(config: &Config, metrics: Metrics) -> Result<Opened, Ap
     }
 }
 
-/// One object row as `ls` prints it; the admin API's `ObjectView` fields.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Row {
-    key: String,
-    digest: String,
-    size: u64,
-    hits: u64,
-    last_access: u64,
-    pinned: bool,
-    #[serde(default)]
-    pinned_by: Option<String>,
-    #[serde(default)]
-    content_type: Option<String>,
-}
-
 #[derive(serde::Deserialize)]
 struct Page {
-    objects: Vec<Row>,
+    objects: Vec<ObjectView>,
     next_cursor: Option<String>,
 }
 
@@ -94,34 +80,13 @@ async fn local(store: Store, action: &StoreAction) -> Result<i32, AppError> {
             json,
         } => {
             let (prefix, limit, pinned) = (prefix.clone(), *limit, *pinned);
-            let rows = blocking(move || {
-                let mut out = Vec::new();
-                let mut cursor: Option<String> = None;
-                while out.len() < limit {
-                    let page = store.list(&prefix, cursor.as_deref(), 1000)?;
-                    let done = page.len() < 1000;
-                    for (key, row) in page {
-                        cursor = Some(key.clone());
-                        if pinned.is_none_or(|p| p == row.pinned) && out.len() < limit {
-                            out.push(Row {
-                                key,
-                                digest: row.digest.to_string(),
-                                size: row.size,
-                                hits: row.hits,
-                                last_access: row.last_access,
-                                pinned: row.pinned,
-                                pinned_by: row.pinned_by().map(String::from),
-                                content_type: row.content_type,
-                            });
-                        }
-                    }
-                    if done {
-                        break;
-                    }
-                }
-                Ok(out)
-            })
-            .await?;
+            let found =
+                blocking(move || store.find(&prefix, None, pinned, limit, usize::MAX)).await?;
+            let rows: Vec<ObjectView> = found
+                .rows
+                .into_iter()
+                .map(|(key, row)| ObjectView::new(key, row))
+                .collect();
             print_rows(&rows, *json);
             Ok(0)
         }
@@ -254,7 +219,7 @@ async fn remote(client: &AdminClient, action: &StoreAction) -> Result<i32, AppEr
     }
 }
 
-fn print_rows(rows: &[Row], json: bool) {
+fn print_rows(rows: &[ObjectView], json: bool) {
     let mut out = std::io::stdout().lock();
     if json {
         for r in rows {

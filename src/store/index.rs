@@ -106,6 +106,14 @@ pub struct BlobRow {
     pub refs: u64,
 }
 
+/// One page of `Index::find`.
+#[derive(Debug)]
+pub struct Found {
+    pub rows: Vec<(String, ObjectRow)>,
+    /// Where the next page starts; `None` once no key under the prefix is left.
+    pub next_cursor: Option<String>,
+}
+
 /// Pending hit counts, flushed in batches so a hit never waits for a disk commit.
 #[derive(Debug, Clone)]
 pub struct AccessUpdate {
@@ -331,25 +339,55 @@ impl Index {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, ObjectRow)>, IndexError> {
+        Ok(self.find(prefix, cursor, None, limit, usize::MAX)?.rows)
+    }
+
+    /// Like `list`, keeping only rows whose pin matches `pinned` (when set), with the key to go on
+    /// from. A sparse filter stops after looking at `scan_budget` rows and answers with what it found,
+    /// so one admin request never walks a huge index.
+    pub fn find(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        pinned: Option<bool>,
+        limit: usize,
+        scan_budget: usize,
+    ) -> Result<Found, IndexError> {
+        let mut found = Found {
+            rows: Vec::new(),
+            next_cursor: None,
+        };
+        if limit == 0 {
+            found.next_cursor = cursor.map(String::from);
+            return Ok(found);
+        }
         let txn = self.db.begin_read()?;
         let table = txn.open_table(OBJECTS)?;
         let start = match cursor {
             Some(c) if c >= prefix => c.to_string(),
             _ => prefix.to_string(),
         };
-        let mut out = Vec::new();
+        let mut scanned = 0;
         for item in table.range(start.as_str()..)? {
             let (k, v) = item?;
             let key = k.value();
             if Some(key) == cursor {
                 continue;
             }
-            if !key.starts_with(prefix) || out.len() >= limit {
+            if !key.starts_with(prefix) {
                 break;
             }
-            out.push((key.to_string(), decode(key, v.value())?));
+            scanned += 1;
+            let row: ObjectRow = decode(key, v.value())?;
+            if pinned.is_none_or(|p| p == row.pinned) {
+                found.rows.push((key.to_string(), row));
+            }
+            if found.rows.len() >= limit || scanned >= scan_budget {
+                found.next_cursor = Some(key.to_string());
+                break;
+            }
         }
-        Ok(out)
+        Ok(found)
     }
 
     /// Calls `f` for every row in key order without collecting them (the summary of a large index).
@@ -518,6 +556,65 @@ mod tests {
         assert_eq!(orphans, vec![Digest::from_bytes([1; 32])]);
         assert_eq!(idx.total_bytes(), 50);
         assert_eq!(idx.object_count(), 1);
+    }
+
+    #[test]
+    fn find_filters_by_pin_pages_and_stops_at_its_scan_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("index.redb")).unwrap();
+        for i in 0..10u8 {
+            let r = ObjectRow {
+                pinned: i % 4 == 0, // 0, 4, 8
+                ..row(i, 1)
+            };
+            idx.put(&format!("file:a/{i}"), &r).unwrap();
+        }
+        idx.put(
+            "file:b/0",
+            &ObjectRow {
+                pinned: true,
+                ..row(20, 1)
+            },
+        )
+        .unwrap();
+        let keys = |f: &Found| f.rows.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+
+        let first = idx
+            .find("file:a/", None, Some(true), 2, usize::MAX)
+            .unwrap();
+        assert_eq!(keys(&first), ["file:a/0", "file:a/4"]);
+        assert_eq!(first.next_cursor.as_deref(), Some("file:a/4"));
+        let rest = idx
+            .find(
+                "file:a/",
+                first.next_cursor.as_deref(),
+                Some(true),
+                2,
+                usize::MAX,
+            )
+            .unwrap();
+        assert_eq!(keys(&rest), ["file:a/8"]);
+        assert_eq!(rest.next_cursor, None, "the prefix is exhausted");
+
+        let unpinned = idx
+            .find("file:a/", None, Some(false), 100, usize::MAX)
+            .unwrap();
+        assert_eq!(unpinned.rows.len(), 7);
+
+        // Three rows looked at, one matched: answer with it and where to go on.
+        let budget = idx.find("file:a/", None, Some(true), 100, 3).unwrap();
+        assert_eq!(keys(&budget), ["file:a/0"]);
+        assert_eq!(budget.next_cursor.as_deref(), Some("file:a/2"));
+        let on = idx
+            .find("file:a/", budget.next_cursor.as_deref(), Some(true), 100, 3)
+            .unwrap();
+        assert_eq!(keys(&on), ["file:a/4"]);
+
+        let none = idx
+            .find("file:a/", Some("file:a/3"), None, 0, usize::MAX)
+            .unwrap();
+        assert!(none.rows.is_empty());
+        assert_eq!(none.next_cursor.as_deref(), Some("file:a/3"));
     }
 
     #[test]

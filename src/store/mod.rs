@@ -13,7 +13,7 @@ pub mod key;
 mod recover;
 pub mod summary;
 
-pub use index::ObjectRow;
+pub use index::{Found, ObjectRow};
 pub use inflight::{
     Expected, Fill, FillFailure, FillReader, FillStatus, Phase, ReadError, SourceBody,
     SourceFuture, SourceMeta, SourceOutcome,
@@ -348,6 +348,21 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(String, ObjectRow)>, StoreError> {
         Ok(self.inner.index.list(prefix, cursor, limit)?)
+    }
+
+    /// `Index::find`: a page of `list` filtered by pin, for the admin API and `store ls`.
+    pub fn find(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        pinned: Option<bool>,
+        limit: usize,
+        scan_budget: usize,
+    ) -> Result<Found, StoreError> {
+        Ok(self
+            .inner
+            .index
+            .find(prefix, cursor, pinned, limit, scan_budget)?)
     }
 
     /// The size of the blob with this digest, when it is stored (under any key).

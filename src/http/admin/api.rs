@@ -1,10 +1,11 @@
 //! The JSON admin API, top to bottom: route, parse the query strictly, act, answer JSON. Store work
 //! runs on the blocking pool. Errors are `{"error": "..."}` with a status that says whose fault it is.
 
+use super::SyncRunError;
 use super::query::{self, ObjectsQuery};
-use super::{SyncRunError, view};
+use super::view::{self, ObjectView};
 use crate::http::HttpState;
-use crate::store::{Key, ObjectRow, Store, StoreError};
+use crate::store::{Key, Store, StoreError};
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
@@ -12,7 +13,6 @@ use serde_json::json;
 
 /// Rows a filtered listing may skip before it answers with what it has and a cursor to go on from.
 const SCAN_BUDGET: usize = 100_000;
-const SCAN_CHUNK: usize = 1000;
 
 /// Every route and the methods it takes, for 405's `Allow` and the 404 message.
 const ROUTES: &[(&str, &str)] = &[
@@ -139,66 +139,24 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// One object as the API shows it.
-#[derive(Debug, Serialize, serde::Deserialize)]
-pub struct ObjectView {
-    pub key: String,
-    pub digest: String,
-    pub size: u64,
-    pub hits: u64,
-    pub last_access: u64,
-    pub fetched_at: u64,
-    pub pinned: bool,
-    /// `operator` (admin API; sync leaves it), `sync` (metal-api lists it), or null.
-    pub pinned_by: Option<&'static str>,
-    pub content_type: Option<String>,
-}
-
-impl ObjectView {
-    fn new(key: String, row: ObjectRow) -> Self {
-        ObjectView {
-            key,
-            digest: row.digest.to_string(),
-            size: row.size,
-            hits: row.hits,
-            last_access: row.last_access,
-            fetched_at: row.fetched_at,
-            pinned: row.pinned,
-            pinned_by: row.pinned_by(),
-            content_type: row.content_type,
-        }
-    }
-}
-
 /// `GET /admin/objects`: key order, `limit` per page, `next_cursor` to go on (null at the end).
 async fn list(store: &Store, q: ObjectsQuery) -> HttpResponse {
     let store = store.clone();
     let page = blocking(move || {
         store.flush_access()?;
-        let mut objects = Vec::new();
-        let mut cursor = q.cursor.clone();
-        let mut scanned = 0;
-        loop {
-            let chunk = store.list(&q.prefix, cursor.as_deref(), SCAN_CHUNK)?;
-            let exhausted = chunk.len() < SCAN_CHUNK;
-            for (key, row) in chunk {
-                scanned += 1;
-                cursor = Some(key.clone());
-                if q.pinned.is_none_or(|p| p == row.pinned) {
-                    objects.push(ObjectView::new(key, row));
-                    if objects.len() == q.limit {
-                        return Ok((objects, cursor));
-                    }
-                }
-            }
-            if exhausted {
-                return Ok((objects, None));
-            }
-            if scanned >= SCAN_BUDGET {
-                // A sparse filter over a large index: answer with what was found and where to go on.
-                return Ok((objects, cursor));
-            }
-        }
+        let found = store.find(
+            &q.prefix,
+            q.cursor.as_deref(),
+            q.pinned,
+            q.limit,
+            SCAN_BUDGET,
+        )?;
+        let objects: Vec<ObjectView> = found
+            .rows
+            .into_iter()
+            .map(|(key, row)| ObjectView::new(key, row))
+            .collect();
+        Ok((objects, found.next_cursor))
     })
     .await;
     match page {

@@ -4,8 +4,8 @@
 use super::ratio::{self, Counts};
 use crate::http::HttpState;
 use crate::metrics::{Metrics, RequestLabels, result};
-use crate::store::FillStatus;
 use crate::store::summary::Summary;
+use crate::store::{FillStatus, ObjectRow};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -181,6 +181,37 @@ pub async fn gather(state: &HttpState) -> StatusView {
         sync: state.admin.sync.status(),
         sync_section: state.admin.sync.section(),
         objects,
+    }
+}
+
+/// One object as the API shows it (and as `image-cache store ls` reads it back).
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ObjectView {
+    pub key: String,
+    pub digest: String,
+    pub size: u64,
+    pub hits: u64,
+    pub last_access: u64,
+    pub fetched_at: u64,
+    pub pinned: bool,
+    /// `operator` (admin API; sync leaves it), `sync` (metal-api lists it), or null.
+    pub pinned_by: Option<String>,
+    pub content_type: Option<String>,
+}
+
+impl ObjectView {
+    pub fn new(key: String, row: ObjectRow) -> Self {
+        ObjectView {
+            key,
+            digest: row.digest.to_string(),
+            size: row.size,
+            hits: row.hits,
+            last_access: row.last_access,
+            fetched_at: row.fetched_at,
+            pinned: row.pinned,
+            pinned_by: row.pinned_by().map(String::from),
+            content_type: row.content_type,
+        }
     }
 }
 
