@@ -109,6 +109,13 @@ impl AdminClient {
     }
 }
 
+/// The 202 answer of a background job (`POST /admin/sync`, `POST /admin/store/verify`): its run number,
+/// which the job's status reports as `finished` once that run is over.
+#[derive(serde::Deserialize)]
+pub struct Started {
+    pub run: u64,
+}
+
 /// `?a=1&b=x` from pairs, values percent-encoded.
 pub fn query(pairs: &[(&str, &str)]) -> String {
     let mut s = url::form_urlencoded::Serializer::new(String::new());

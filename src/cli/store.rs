@@ -1,7 +1,7 @@
 //! `image-cache store …`: on the state dir when no server runs, else through the server's admin API
 //! (redb lets one process open the index; the lock says whether a server holds it).
 
-use super::admin_client::{self, AdminClient, query};
+use super::admin_client::{self, AdminClient, Started, query};
 use super::progress;
 use super::{ConfigArg, StoreAction, load_config};
 use crate::app::AppError;
@@ -165,10 +165,6 @@ async fn remote(client: &AdminClient, action: &StoreAction) -> Result<i32, AppEr
             Ok(0)
         }
         StoreAction::Verify => {
-            #[derive(serde::Deserialize)]
-            struct Started {
-                run: u64,
-            }
             let started: Started = client.call(Method::Post, "/admin/store/verify").await?;
             let bar = progress::verify_bar();
             let status = loop {

@@ -1,7 +1,7 @@
 //! `image-cache sync`: one metal-api sync run with a plan table and a bar per download; on the state dir
 //! directly, or started on the running server through the admin API and followed there.
 
-use super::admin_client::{self, AdminClient, query};
+use super::admin_client::{self, AdminClient, Started, query};
 use super::progress::{FillBars, FillProgress};
 use super::store::{Opened, open};
 use super::{ConfigArg, load_config};
@@ -58,10 +58,6 @@ pub async fn sync(arg: &ConfigArg, dry_run: bool) -> Result<i32, AppError> {
 /// Starts the run on the server, draws its downloads from `GET /admin/fills` until `GET /admin/sync`
 /// says that run finished, then prints its plan and outcome.
 async fn via_server(client: &AdminClient, dry_run: bool) -> Result<i32, AppError> {
-    #[derive(serde::Deserialize)]
-    struct Started {
-        run: u64,
-    }
     let flag = dry_run.to_string();
     let started: Started = client
         .call(
