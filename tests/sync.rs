@@ -74,7 +74,7 @@ async fn sync(svc: &Service, dry_run: bool) -> (u16, Value) {
 }
 
 fn outcome<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["outcomes"]
+    report["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -97,17 +97,17 @@ async fn a_run_stores_pins_and_serves_the_plan_and_a_second_run_downloads_nothin
     let bad = outcome(&report, "ubuntu-24.04.20260101");
     assert_eq!(bad["ok"], false);
     assert!(bad["message"].as_str().unwrap().contains("md5"), "{bad}");
-    let skipped = report["plan"]["skipped"].as_array().unwrap();
+    let skipped = report["skipped"].as_array().unwrap();
     let why = |id: &str| {
         skipped
             .iter()
-            .find(|s| s[0] == id)
-            .map(|s| s[1].as_str().unwrap().to_string())
+            .find(|s| s["name"] == id)
+            .map(|s| s["reason"].as_str().unwrap().to_string())
     };
     assert_eq!(why("debian-13.0.20250101").as_deref(), Some("expired"));
     assert_eq!(why("debian-13.0.20260301").as_deref(), Some("excluded"));
     assert!(why("almalinux-10.0.1").unwrap().contains(".md5"));
-    let kinds: Vec<&str> = report["plan"]["items"]
+    let kinds: Vec<&str> = report["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -178,7 +178,7 @@ async fn a_run_stores_pins_and_serves_the_plan_and_a_second_run_downloads_nothin
     assert_eq!(env.origin.gets("/img/300000/1/img.tar.lz4"), 1);
     assert_eq!(env.origin.gets("/img/200000/2/img.tar.lz4"), 1);
     assert_eq!(env.origin.gets("/img/50000/4/metal-kernel"), 1);
-    let actions: Vec<&str> = report2["plan"]["items"]
+    let actions: Vec<&str> = report2["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -227,7 +227,7 @@ async fn a_run_stores_pins_and_serves_the_plan_and_a_second_run_downloads_nothin
         .unwrap();
     let status: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(status["running"], false);
-    assert!(status["last"]["plan"]["items"].is_array());
+    assert!(status["last"]["items"].is_array());
     // The status page shows the last plan and each item's outcome.
     let page = svc.admin("/").send().await.unwrap().text().await.unwrap();
     assert!(page.contains("metal-api sync"), "{page}");
@@ -266,7 +266,7 @@ async fn wrong_key_dead_api_and_dry_run_change_nothing() {
     let (status, report) = sync(&svc, true).await;
     assert_eq!(status, 200);
     assert_eq!(report["dry_run"], true);
-    assert!(report["plan"]["items"].as_array().unwrap().len() >= 4);
+    assert!(report["items"].as_array().unwrap().len() >= 4);
     assert_eq!(env.origin.gets("/img/300000/1/img.tar.lz4"), 0);
     assert_eq!(svc.store().object_count(), 0);
 

@@ -7,8 +7,8 @@ use super::{ConfigArg, StoreAction, load_config};
 use crate::app::AppError;
 use crate::config::Config;
 use crate::http::admin::fmt;
-use crate::http::admin::verify_job::VerifyStatus;
 use crate::http::admin::view::ObjectView;
+use crate::lifecycle::RunStatus;
 use crate::metrics::Metrics;
 use crate::store::index::IndexError;
 use crate::store::{GcReport, Key, Store, StoreError, VerifyReport};
@@ -94,10 +94,13 @@ async fn local(store: Store, action: &StoreAction) -> Result<i32, AppError> {
             let bar = progress::verify_bar();
             let b = bar.clone();
             let report = blocking(move || {
-                store.verify(|done, total| {
-                    b.set_length(total);
-                    b.set_position(done);
-                })
+                store.verify(
+                    |done, total| {
+                        b.set_length(total);
+                        b.set_position(done);
+                    },
+                    &tokio_util::sync::CancellationToken::new(),
+                )
             })
             .await;
             bar.finish_and_clear();
@@ -168,9 +171,10 @@ async fn remote(client: &AdminClient, action: &StoreAction) -> Result<i32, AppEr
             let started: Started = client.call(Method::Post, "/admin/store/verify").await?;
             let bar = progress::verify_bar();
             let status = loop {
-                let s: VerifyStatus = client.call(Method::Get, "/admin/store/verify").await?;
-                bar.set_length(s.total_bytes);
-                bar.set_position(s.done_bytes);
+                let s: RunStatus<VerifyReport> =
+                    client.call(Method::Get, "/admin/store/verify").await?;
+                bar.set_length(s.total);
+                bar.set_position(s.done);
                 if s.finished >= started.run {
                     break s;
                 }

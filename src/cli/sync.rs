@@ -6,11 +6,13 @@ use super::progress::{FillBars, FillProgress};
 use super::store::{Opened, open};
 use super::{ConfigArg, load_config};
 use crate::app::AppError;
+use crate::app::sync_admin::{plan_view, run_view};
 use crate::config;
-use crate::http::admin::view::FillView;
+use crate::http::admin::view::{FillView, SyncRunView};
+use crate::lifecycle::{RunStatus, Workers};
 use crate::metrics::Metrics;
-use crate::sync::planner::{Action, Item, Kind, Plan};
-use crate::sync::{Outcome, Report, Status, SyncError, Syncer, metal_api::ApiError};
+use crate::sync::planner::{Action, Item, Plan};
+use crate::sync::{Outcome, SyncError, Syncer, metal_api::ApiError};
 use crate::upstream::{Method, NameResolver, Upstream};
 use std::io::Write;
 use std::time::Duration;
@@ -36,12 +38,19 @@ pub async fn sync(arg: &ConfigArg, dry_run: bool) -> Result<i32, AppError> {
         ))
     })?;
     let upstream = Upstream::start(&config.upstream, resolver, metrics.clone(), 2)?;
-    let syncer = Syncer::new(std::sync::Arc::new(config), store, upstream, metrics);
+    let workers = Workers::new(tokio_util::sync::CancellationToken::new());
+    let syncer = Syncer::new(
+        std::sync::Arc::new(config),
+        store,
+        upstream,
+        metrics,
+        workers,
+    );
     let progress = TerminalProgress::default();
     let outcome = syncer.run(dry_run, &progress).await;
     progress.bars.clear();
     match outcome {
-        Ok(report) => Ok(print_report(&report)),
+        Ok(report) => Ok(print_report(&run_view(&report))),
         Err(SyncError::Api(
             e @ (ApiError::KeyFile { .. } | ApiError::EmptyKey(_) | ApiError::EmptyToken(_)),
         )) => Err(AppError::Config(config::ConfigError::new(
@@ -67,7 +76,7 @@ async fn via_server(client: &AdminClient, dry_run: bool) -> Result<i32, AppError
         .await?;
     let bars = FillBars::default();
     let status = loop {
-        let status: Status = client.call(Method::Get, "/admin/sync").await?;
+        let status: RunStatus<SyncRunView> = client.call(Method::Get, "/admin/sync").await?;
         if status.finished >= started.run {
             break status;
         }
@@ -79,9 +88,11 @@ async fn via_server(client: &AdminClient, dry_run: bool) -> Result<i32, AppError
     bars.clear();
     match status.last {
         Some(report) if report.run == started.run => {
-            print_plan(&report.plan);
-            for o in &report.outcomes {
-                print_outcome(o, &bars);
+            print_plan(&report);
+            for i in &report.items {
+                if let (Some(ok), Some(message)) = (i.ok, &i.message) {
+                    print_outcome(&i.name, ok, message, &bars);
+                }
             }
             Ok(print_report(&report))
         }
@@ -105,7 +116,7 @@ struct TerminalProgress {
 
 impl crate::sync::Progress for TerminalProgress {
     fn planned(&self, plan: &Plan) {
-        print_plan(plan);
+        print_plan(&plan_view(plan, &[]));
     }
     fn started(&self, item: &Item) {
         if item.action == Action::Download {
@@ -118,7 +129,7 @@ impl crate::sync::Progress for TerminalProgress {
         }
     }
     fn finished(&self, o: &Outcome) {
-        print_outcome(o, &self.bars);
+        print_outcome(&o.name, o.ok, &o.message, &self.bars);
     }
     fn tick(&self, fills: &[crate::store::FillStatus]) {
         let shown: Vec<FillProgress<'_>> = fills.iter().map(FillProgress::from).collect();
@@ -126,12 +137,12 @@ impl crate::sync::Progress for TerminalProgress {
     }
 }
 
-fn print_outcome(o: &Outcome, bars: &FillBars) {
-    let mark = if o.ok { "ok" } else { "FAILED" };
-    bars.println(&format!("{mark:>6} {}: {}", o.name, o.message));
+fn print_outcome(name: &str, ok: bool, message: &str, bars: &FillBars) {
+    let mark = if ok { "ok" } else { "FAILED" };
+    bars.println(&format!("{mark:>6} {name}: {message}"));
 }
 
-fn print_plan(plan: &Plan) {
+fn print_plan(plan: &SyncRunView) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -140,34 +151,25 @@ fn print_plan(plan: &Plan) {
     );
     for i in &plan.items {
         let path = url::Url::parse(&i.url).map_or(i.url.clone(), |u| u.path().to_string());
-        let kind = match i.kind {
-            Kind::Image => "image",
-            Kind::Kernel => "kernel",
-            Kind::BootImage => "boot-image",
-        };
-        let action = match i.action {
-            Action::Keep => "keep",
-            Action::Download => "download",
-        };
         let _ = writeln!(
             out,
-            "{:<28} {kind:<10} {:>14} {action:<9} {path}",
-            i.name, i.size
+            "{:<28} {:<10} {:>14} {:<9} {path}",
+            i.name, i.kind, i.size, i.action
         );
     }
-    for (name, why) in &plan.skipped {
+    for s in &plan.skipped {
         let _ = writeln!(
             out,
-            "{name:<28} {:<10} {:>14} {:<9} ({why})",
-            "-", "-", "skip"
+            "{:<28} {:<10} {:>14} {:<9} ({})",
+            s.name, "-", "-", "skip", s.reason
         );
     }
     let _ = writeln!(
         out,
         "{} items, {} bytes; {} bytes to download",
         plan.items.len(),
-        plan.total_bytes(),
-        plan.download_bytes()
+        plan.total_bytes,
+        plan.download_bytes
     );
     if let Some(why) = &plan.over_budget {
         let _ = writeln!(out, "warning: cannot get under cache.max_size: {why}");
@@ -175,17 +177,17 @@ fn print_plan(plan: &Plan) {
 }
 
 /// Prints the outcome; the exit code: 0 when every item is present, 1 otherwise.
-fn print_report(report: &Report) -> i32 {
+fn print_report(report: &SyncRunView) -> i32 {
     if report.dry_run {
         println!("dry run: nothing changed");
         return 0;
     }
-    let failed = report.failed();
+    let dealt = report.items.iter().filter(|i| i.ok.is_some()).count();
     println!(
-        "{} of {} items present, {failed} failed, {} keys unpinned",
-        report.outcomes.len() - failed,
-        report.outcomes.len(),
+        "{} of {dealt} items present, {} failed, {} keys unpinned",
+        dealt - report.failed,
+        report.failed,
         report.unpinned
     );
-    i32::from(failed > 0)
+    i32::from(report.failed > 0)
 }

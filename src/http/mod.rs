@@ -12,16 +12,6 @@ use crate::store::{Key, Store};
 use crate::upstream::Upstream;
 use std::sync::Arc;
 
-/// A block of the status page contributed by a component the HTTP front does not know (the sync job):
-/// a title, a summary line and a table, all plain text (escaped when rendered).
-#[derive(Debug, Clone, Default)]
-pub struct StatusSection {
-    pub title: String,
-    pub summary: String,
-    pub header: Vec<String>,
-    pub rows: Vec<Vec<String>>,
-}
-
 /// Everything a request handler needs, shared by all actix workers.
 pub struct HttpState {
     pub config: Arc<Config>,

@@ -9,13 +9,13 @@ mod hysteresis;
 pub use hysteresis::{FALL, Health, RISE};
 
 use crate::config::NodesConfig;
+use crate::lifecycle::Worker;
 use crate::metrics::Metrics;
 use crate::upstream::{self, Upstream};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 /// Which nodes may be handed out or asked right now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -113,7 +113,7 @@ impl Peers {
         upstream: Upstream,
         interval: Duration,
         metrics: Metrics,
-        shutdown: CancellationToken,
+        worker: Worker,
     ) {
         if self.peers.is_empty() {
             return;
@@ -128,8 +128,9 @@ impl Peers {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = shutdown.cancelled() => return,
+                _ = worker.shutdown().cancelled() => return,
             }
+            worker.busy();
             let probes = self.peers.iter().map(|ip| {
                 probe(
                     &upstream,
@@ -154,7 +155,13 @@ impl Peers {
                 .filter(|(_, s)| s.is_up())
                 .map(|(ip, _)| *ip)
                 .collect();
+            let down = states.iter().filter(|s| !s.is_up()).count();
             self.set_peers(up);
+            worker.finished(if down == 0 {
+                Ok(())
+            } else {
+                Err(format!("{down} of {} peers down", self.peers.len()))
+            });
         }
     }
 }

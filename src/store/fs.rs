@@ -45,10 +45,6 @@ impl BlobFs {
         File::open(self.blob_path(digest))
     }
 
-    pub fn blob_exists(&self, digest: &Digest) -> bool {
-        self.blob_path(digest).is_file()
-    }
-
     /// A new temp file, opened read-write so readers of a growing fill can share its descriptor.
     pub fn create_temp(&self) -> io::Result<TempBlob> {
         let name = format!(
@@ -286,12 +282,16 @@ pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Streams a whole file through sha256 (and md5). Blocking; used by `store verify`.
-pub fn hash_file(file: &File) -> io::Result<Hashes> {
+/// Streams a whole file through sha256 (and md5). Blocking; used by `store verify`, which may `stop`
+/// it between reads (a multi-GB image takes seconds).
+pub fn hash_file(file: &File, stop: &dyn Fn() -> bool) -> io::Result<Hashes> {
     let mut hasher = Hasher::new(true);
     let mut offset = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     loop {
+        if stop() {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped"));
+        }
         let n = match file.read_at(&mut buf, offset) {
             Ok(0) => break,
             Ok(n) => n,

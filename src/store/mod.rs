@@ -5,13 +5,18 @@
 //! handed in by the fronts.
 
 mod evict;
-pub mod fs;
+mod fill;
+pub(crate) mod fs;
 mod hot;
-pub mod index;
+pub(crate) mod index;
 pub mod inflight;
 pub mod key;
+mod maintenance;
 mod recover;
 pub mod summary;
+#[cfg(test)]
+mod tests;
+mod verify;
 
 pub use index::{Found, ObjectRow};
 pub use inflight::{
@@ -20,24 +25,18 @@ pub use inflight::{
 };
 pub use key::{Digest, FilePath, Key, KeyError};
 pub use recover::RecoveryReport;
+pub use verify::VerifyJob;
 
 use crate::metrics::Metrics;
-use fs::{BlobFs, TempBlob};
-use futures_util::StreamExt;
+use fs::BlobFs;
 use hot::{HotEntry, HotSet};
 use index::{AccessUpdate, Index, IndexError};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
-/// Body bytes gathered before one write to the temp file.
-const WRITE_BATCH: usize = 256 * 1024;
-/// Batches queued for the hashing thread at most (bounds memory to this many write batches per fill).
-const HASH_QUEUE: usize = 4;
-/// Longest a partial batch waits before it is written, so readers of a slow source still see progress.
-const FLUSH_AFTER: Duration = Duration::from_millis(20);
 const STRIPES: usize = 64;
 /// Open descriptors kept for repeated hits; small against the file-descriptor limit raised at start.
 const HOT_ENTRIES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(512) {
@@ -62,6 +61,8 @@ pub enum StoreError {
     Recover(#[from] recover::RecoverError),
     #[error("a blocking store task failed: {0}")]
     Join(String),
+    #[error("stopped: the service is shutting down")]
+    Stopped,
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -280,7 +281,7 @@ impl Store {
                 let task_fill = Arc::clone(&fill);
                 self.inner
                     .runtime
-                    .spawn(run_fill(inner, task_fill, spec, row));
+                    .spawn(fill::run(inner, task_fill, spec, row));
                 Ok(Access::Fill {
                     fill,
                     coalesced: false,
@@ -440,41 +441,6 @@ impl Store {
         m.store_objects.set(self.inner.index.object_count() as i64);
     }
 
-    /// Evicts least-recently-used keys until the store is at `target` bytes or only pins remain. Blocking.
-    pub fn evict_to(&self, target: u64) -> Result<GcReport, StoreError> {
-        self.flush_access()?;
-        let rows = self.inner.index.all_objects()?;
-        let before = self.inner.index.total_bytes();
-        let evicted = {
-            let inflight = lock(&self.inner.inflight);
-            let busy: HashSet<String> = inflight.keys().cloned().collect();
-            let plan = evict::plan(&rows, before, target, &busy);
-            self.remove_locked(&plan.keys)?
-        };
-        let after = self.inner.index.total_bytes();
-        let report = GcReport {
-            evicted_keys: evicted as u64,
-            freed_bytes: before.saturating_sub(after),
-            bytes_after: after,
-        };
-        self.inner.metrics.evictions.inc_by(report.evicted_keys);
-        self.refresh_gauges();
-        if report.evicted_keys > 0 {
-            tracing::info!(
-                keys = report.evicted_keys,
-                freed = report.freed_bytes,
-                now = after,
-                "evicted"
-            );
-        }
-        Ok(report)
-    }
-
-    /// `store gc`: evicts down to 90% of `cache.max_size` now.
-    pub fn gc(&self) -> Result<GcReport, StoreError> {
-        self.evict_to(evict::target_bytes(self.inner.max_size))
-    }
-
     /// Removes keys outright (admin API, sync unpinning is separate). Returns how many existed.
     pub fn remove(&self, keys: &[String]) -> Result<usize, StoreError> {
         let removed = {
@@ -501,50 +467,6 @@ impl Store {
         Ok(removed.len())
     }
 
-    /// Re-hashes every blob; rows of a blob whose content no longer matches its name are removed.
-    /// Blocking. `progress` gets (bytes done, bytes total).
-    pub fn verify(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport, StoreError> {
-        let blobs = self.inner.index.all_blobs()?;
-        let total: u64 = blobs.iter().map(|(_, b)| b.size).sum();
-        let mut report = VerifyReport::default();
-        let mut bad = HashSet::new();
-        for (digest, blob) in blobs {
-            let ok = match self.inner.fs.open_blob(&digest) {
-                Ok(file) => fs::hash_file(&file)
-                    .map(|h| h.sha256 == digest && h.size == blob.size)
-                    .unwrap_or(false),
-                Err(_) => false,
-            };
-            if !ok {
-                bad.insert(digest);
-            }
-            report.blobs_checked += 1;
-            report.bytes_checked += blob.size;
-            progress(report.bytes_checked, total);
-        }
-        if !bad.is_empty() {
-            let keys: Vec<String> = self
-                .inner
-                .index
-                .all_objects()?
-                .into_iter()
-                .filter(|(_, r)| bad.contains(&r.digest))
-                .map(|(k, _)| k)
-                .collect();
-            tracing::error!(
-                keys = keys.len(),
-                blobs = bad.len(),
-                "corrupt blobs found; their keys are removed"
-            );
-            self.remove(&keys)?;
-            for digest in &bad {
-                self.unlink_if_unreferenced(digest)?;
-            }
-            report.corrupt_keys = keys;
-        }
-        Ok(report)
-    }
-
     fn unlink_if_unreferenced(&self, digest: &Digest) -> Result<(), StoreError> {
         let _stripe = lock(&self.inner.stripes[stripe_of(digest)]);
         if self.inner.index.get_blob(digest)?.is_none() {
@@ -554,55 +476,6 @@ impl Store {
                 .map_err(io_err(format!("unlink {digest}")))?;
         }
         Ok(())
-    }
-
-    /// Runs the background duties: batched hit counts and eviction when the store outgrows its size.
-    pub async fn run_maintenance(self, shutdown: tokio_util::sync::CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        let mut ticks = 0u64;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-                _ = self.inner.evict_wake.notified() => {}
-            }
-            let store = self.clone();
-            ticks += 1;
-            let count_pins = ticks.is_multiple_of(12);
-            let result = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-                store.flush_access()?;
-                if store.total_bytes() > store.max_size() {
-                    store.gc()?;
-                }
-                if count_pins {
-                    // Pins change rarely (sync, admin); a minute-old gauge is fresh enough for alerts.
-                    store.summary(0)?;
-                }
-                Ok(())
-            })
-            .await;
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "store maintenance failed"),
-                Err(e) => tracing::error!(error = %e, "store maintenance task panicked"),
-            }
-        }
-        if let Err(e) = self.flush_access() {
-            tracing::warn!(error = %e, "could not save hit counts at shutdown");
-        }
-    }
-
-    /// Waits up to `grace` for running fills to finish; what remains is discarded (temp files are
-    /// removed now or by recovery at the next start).
-    pub async fn drain_fills(&self, grace: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + grace;
-        loop {
-            let n = lock(&self.inner.inflight).len();
-            if n == 0 || tokio::time::Instant::now() >= deadline {
-                return n;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }
 
@@ -614,306 +487,4 @@ fn stripe_of(digest: &Digest) -> usize {
         .take(4)
         .fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(*b as usize))
         % STRIPES
-}
-
-/// Ends a fill exactly once: final phase first, then off the in-flight map, so anyone who no longer finds
-/// the fill finds its committed row.
-struct FillGuard {
-    inner: Arc<Inner>,
-    fill: Arc<Fill>,
-    done: bool,
-}
-
-impl FillGuard {
-    fn finish(mut self, phase: Phase) {
-        self.end(phase);
-    }
-
-    fn end(&mut self, phase: Phase) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        self.fill.set_phase(phase);
-        let mut inflight = lock(&self.inner.inflight);
-        if inflight
-            .get(self.fill.key())
-            .is_some_and(|f| Arc::ptr_eq(f, &self.fill))
-        {
-            inflight.remove(self.fill.key());
-        }
-    }
-}
-
-impl Drop for FillGuard {
-    fn drop(&mut self) {
-        self.end(Phase::Failed(FillFailure::Upstream {
-            status: None,
-            message: "fill abandoned (shutting down)".into(),
-        }));
-    }
-}
-
-async fn run_fill(inner: Arc<Inner>, fill: Arc<Fill>, spec: FillSpec, prior: Option<ObjectRow>) {
-    let guard = FillGuard {
-        inner: Arc::clone(&inner),
-        fill: Arc::clone(&fill),
-        done: false,
-    };
-    let key = fill.key().to_string();
-    let phase = match spec.source.await {
-        SourceOutcome::NotModified => {
-            let now = now_secs();
-            let index_inner = Arc::clone(&inner);
-            let k = key.clone();
-            let updated = tokio::task::spawn_blocking(move || {
-                let updated = index_inner.index.update(&k, |row| {
-                    row.validated_at = now;
-                    true
-                });
-                index_inner.hot.forget(&k);
-                updated
-            })
-            .await;
-            match (prior, updated) {
-                (Some(_), Ok(Ok(true))) => Phase::NotModified,
-                _ => Phase::Failed(FillFailure::Upstream {
-                    status: Some(304),
-                    message: "origin answered 304 but nothing is stored".into(),
-                }),
-            }
-        }
-        SourceOutcome::Unavailable { status, message } => {
-            Phase::Failed(FillFailure::Upstream { status, message })
-        }
-        SourceOutcome::Body { meta, body } => {
-            match write_body(
-                &inner,
-                &fill,
-                &key,
-                meta,
-                body,
-                spec.expected,
-                spec.want_md5,
-            )
-            .await
-            {
-                Ok(row) => {
-                    inner
-                        .metrics
-                        .store_bytes
-                        .set(inner.index.total_bytes() as i64);
-                    inner
-                        .metrics
-                        .store_objects
-                        .set(inner.index.object_count() as i64);
-                    if inner.index.total_bytes() > inner.max_size {
-                        inner.evict_wake.notify_one();
-                    }
-                    Phase::Complete { row }
-                }
-                Err(failure) => {
-                    tracing::warn!(key = %key, %failure, "fill failed; nothing stored");
-                    Phase::Failed(failure)
-                }
-            }
-        }
-    };
-    guard.finish(phase);
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| e.to_string())
-}
-
-async fn write_body(
-    inner: &Arc<Inner>,
-    fill: &Arc<Fill>,
-    key: &str,
-    meta: SourceMeta,
-    mut body: SourceBody,
-    expected: Expected,
-    want_md5: bool,
-) -> Result<ObjectRow, FillFailure> {
-    let integrity = |m: String| Err(FillFailure::Integrity(m));
-    if let (Some(cl), Some(size)) = (meta.content_length, expected.size)
-        && cl != size
-    {
-        return integrity(format!("source announces {cl} bytes, expected {size}"));
-    }
-    if meta.content_length.is_some_and(|cl| cl > inner.max_size) {
-        return Err(FillFailure::Storage(format!(
-            "object is larger than cache.max_size ({} bytes)",
-            inner.max_size
-        )));
-    }
-    let fs_ = inner.fs.clone();
-    let with_md5 = want_md5 || expected.md5.is_some();
-    let mut temp: TempBlob = blocking(move || fs_.create_temp())
-        .await
-        .map_err(FillFailure::Storage)?
-        .map_err(|e| FillFailure::Storage(format!("creating temp file: {e}")))?;
-    // Hashing runs on its own blocking thread, fed in order: a batch is hashed while the next one is
-    // received and written, and readers get each batch as soon as it is on disk.
-    let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(HASH_QUEUE);
-    let hashing = tokio::task::spawn_blocking(move || {
-        let mut hasher = fs::Hasher::new(with_md5);
-        while let Some(chunk) = hash_rx.blocking_recv() {
-            hasher.update(&chunk);
-        }
-        hasher.finish()
-    });
-    fill.set_file(temp.shared_file());
-    fill.set_phase(Phase::Streaming {
-        meta: Arc::new(meta.clone()),
-        written: 0,
-        verified: false,
-    });
-
-    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
-    loop {
-        let next = if buf.is_empty() {
-            body.next().await
-        } else {
-            match tokio::time::timeout(FLUSH_AFTER, body.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    (temp, buf) = flush(fill, temp, buf, &hash_tx).await?;
-                    continue;
-                }
-            }
-        };
-        match next {
-            Some(Ok(bytes)) => {
-                buf.extend_from_slice(&bytes);
-                if temp.written() + buf.len() as u64 > inner.max_size {
-                    return Err(FillFailure::Storage(
-                        "object grew past cache.max_size".into(),
-                    ));
-                }
-                if buf.len() >= WRITE_BATCH {
-                    (temp, buf) = flush(fill, temp, buf, &hash_tx).await?;
-                }
-            }
-            Some(Err(message)) => {
-                return Err(FillFailure::Upstream {
-                    status: None,
-                    message,
-                });
-            }
-            None => break,
-        }
-    }
-    if !buf.is_empty() {
-        (temp, _) = flush(fill, temp, buf, &hash_tx).await?;
-    }
-
-    drop(hash_tx);
-    let hashes = hashing
-        .await
-        .map_err(|e| FillFailure::Storage(format!("hashing task failed: {e}")))?;
-    if hashes.size != temp.written() {
-        return Err(FillFailure::Storage(format!(
-            "hashed {} bytes but wrote {}",
-            hashes.size,
-            temp.written()
-        )));
-    }
-    if let Some(cl) = meta.content_length
-        && cl != hashes.size
-    {
-        return integrity(format!(
-            "source announced {cl} bytes and sent {}",
-            hashes.size
-        ));
-    }
-    if let Some(size) = expected.size
-        && size != hashes.size
-    {
-        return integrity(format!("expected {size} bytes, got {}", hashes.size));
-    }
-    for want in [expected.sha256, meta.digest].into_iter().flatten() {
-        if want != hashes.sha256 {
-            inner.metrics.integrity_failures.inc();
-            return integrity(format!("expected {want}, got {}", hashes.sha256));
-        }
-    }
-    if let (Some(want), Some(got)) = (expected.md5, hashes.md5)
-        && want != got
-    {
-        return integrity(format!(
-            "expected md5 {}, got {}",
-            hex::encode(want),
-            hex::encode(got)
-        ));
-    }
-    fill.advance(hashes.size, true);
-
-    let now = now_secs();
-    let row = ObjectRow {
-        digest: hashes.sha256,
-        size: hashes.size,
-        content_type: meta.content_type.clone(),
-        md5: hashes.md5.map(hex::encode),
-        etag: meta.etag.clone(),
-        last_modified: meta.last_modified.clone(),
-        fetched_at: now,
-        validated_at: now,
-        last_access: now,
-        hits: 0,
-        pinned: false,
-        operator_pin: false,
-    };
-    let inner2 = Arc::clone(inner);
-    let key2 = key.to_string();
-    let row2 = row.clone();
-    let committed = blocking(move || -> Result<(), StoreError> {
-        let digest = row2.digest;
-        let orphan = {
-            let _stripe = lock(&inner2.stripes[stripe_of(&digest)]);
-            inner2
-                .fs
-                .publish(temp, &digest)
-                .map_err(io_err(format!("publishing {digest}")))?;
-            let orphan = inner2.index.put(&key2, &row2)?;
-            inner2.hot.forget(&key2);
-            orphan
-        };
-        if let Some(old) = orphan.filter(|o| *o != digest) {
-            Store {
-                inner: Arc::clone(&inner2),
-            }
-            .unlink_if_unreferenced(&old)?;
-        }
-        Ok(())
-    })
-    .await
-    .map_err(FillFailure::Storage)?;
-    committed.map_err(|e| FillFailure::Storage(e.to_string()))?;
-    Ok(row)
-}
-
-/// Hands a batch to the hasher, writes it, and lets readers see it. Returns a fresh batch buffer.
-async fn flush(
-    fill: &Arc<Fill>,
-    mut temp: TempBlob,
-    buf: Vec<u8>,
-    hash_tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
-) -> Result<(TempBlob, Vec<u8>), FillFailure> {
-    let batch = bytes::Bytes::from(buf);
-    hash_tx
-        .send(batch.clone())
-        .await
-        .map_err(|_| FillFailure::Storage("hashing stopped".into()))?;
-    let (temp, result) = blocking(move || {
-        let r = temp.append(&batch);
-        (temp, r)
-    })
-    .await
-    .map_err(FillFailure::Storage)?;
-    result.map_err(|e| FillFailure::Storage(format!("writing temp file: {e}")))?;
-    fill.advance(temp.written(), false);
-    Ok((temp, Vec::with_capacity(WRITE_BATCH)))
 }

@@ -202,21 +202,21 @@ async fn gc(store: &Store) -> HttpResponse {
 }
 
 async fn verify(state: &HttpState, wait: bool) -> HttpResponse {
-    let (run, handle) = match state.admin.verify.start(state.store.clone()) {
+    let (run, outcome) = match state.admin.verify.start() {
         Ok(started) => started,
-        Err(super::verify_job::Busy) => {
+        Err(crate::lifecycle::Busy) => {
             return error(StatusCode::CONFLICT, "a verify is already running");
         }
     };
     if !wait {
         return HttpResponse::Accepted().json(json!({ "started": true, "run": run }));
     }
-    match handle.await {
+    match outcome.await {
         Ok(Ok(report)) => json_ok(&report),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
-        Err(e) => error(
+        Err(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("verify task failed: {e}"),
+            "the verify run ended without an outcome",
         ),
     }
 }

@@ -9,22 +9,19 @@ pub mod auth;
 pub mod fmt;
 pub mod page;
 pub mod query;
-pub mod ratio;
-pub mod verify_job;
 pub mod view;
 
-use super::{HttpState, StatusSection};
-use crate::store::Store;
+use super::HttpState;
+use crate::lifecycle::{RunStatus, Workers};
 use crate::store::summary::Summary;
+use crate::store::{Store, VerifyJob};
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse};
 use auth::AdminToken;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use view::SyncRunView;
 
-/// The hit ratio covers this much history.
-const RATIO_WINDOW: Duration = Duration::from_secs(3600);
-const RATIO_SAMPLE_EVERY: Duration = Duration::from_secs(60);
 /// The object lists scan the whole index; a page refreshed every 2 s by many viewers reuses one scan.
 const SUMMARY_MAX_AGE: Duration = Duration::from_secs(10);
 const SUMMARY_ENTRIES: usize = 10;
@@ -33,22 +30,22 @@ const SCRIPT: &str = include_str!("assets/status.js");
 const STYLE: &str = include_str!("assets/style.css");
 
 /// What the admin API needs from the sync job, which the HTTP front may not import (DESIGN §2): `app`
-/// implements it over the real `Syncer`.
+/// implements it over the real `Syncer` and translates its reports into the view the API publishes.
 #[async_trait::async_trait]
 pub trait SyncControl: Send + Sync {
-    /// `GET /admin/sync`.
-    fn status(&self) -> serde_json::Value;
-    /// The page's sync block.
-    fn section(&self) -> StatusSection;
+    /// `GET /admin/sync`, and the page's sync block.
+    fn status(&self) -> RunStatus<SyncRunView>;
     /// Starts a run in the background; its number, or `Busy`.
     fn start(&self, dry_run: bool) -> Result<u64, SyncRunError>;
     /// Runs and waits for the report.
-    async fn run(&self, dry_run: bool) -> Result<serde_json::Value, SyncRunError>;
+    async fn run(&self, dry_run: bool) -> Result<SyncRunView, SyncRunError>;
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum SyncRunError {
+    #[error("a sync is already running")]
     Busy,
+    #[error("{0}")]
     Failed(String),
 }
 
@@ -56,35 +53,26 @@ pub enum SyncRunError {
 pub struct Admin {
     pub token: AdminToken,
     pub sync: Arc<dyn SyncControl>,
-    started: Instant,
-    window: Mutex<ratio::Window>,
+    pub verify: VerifyJob,
+    /// Listed on the status page and in `GET /admin/status`.
+    pub workers: Workers,
     summary: tokio::sync::Mutex<Option<(Instant, Summary)>>,
-    verify: Arc<verify_job::VerifyJob>,
 }
 
 impl Admin {
-    pub fn new(token: AdminToken, sync: Arc<dyn SyncControl>) -> Self {
-        let mut window = ratio::Window::new(RATIO_WINDOW.as_secs());
-        window.record(0, ratio::Counts::default());
+    pub fn new(
+        token: AdminToken,
+        sync: Arc<dyn SyncControl>,
+        verify: VerifyJob,
+        workers: Workers,
+    ) -> Self {
         Admin {
             token,
             sync,
-            started: Instant::now(),
-            window: Mutex::new(window),
+            verify,
+            workers,
             summary: tokio::sync::Mutex::new(None),
-            verify: Arc::default(),
         }
-    }
-
-    pub fn uptime_secs(&self) -> u64 {
-        self.started.elapsed().as_secs()
-    }
-
-    fn hit_ratio(&self, now: ratio::Counts) -> (ratio::Counts, u64) {
-        self.window
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .over(self.uptime_secs(), now)
     }
 
     /// The object lists, at most `SUMMARY_MAX_AGE` old. Concurrent callers wait for one scan.
@@ -111,35 +99,10 @@ impl Admin {
             }
         }
     }
-}
 
-impl Admin {
     /// After an admin action changed the store: the next page shows its effect, not a cached scan.
     async fn forget_summary(&self) {
         self.summary.lock().await.take();
-    }
-}
-
-/// Records the request counters every minute for the hit ratio window, until shutdown.
-pub async fn sample_hit_ratio(
-    state: Arc<HttpState>,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    let mut tick = tokio::time::interval(RATIO_SAMPLE_EVERY);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        let counts = view::counts(&state.metrics);
-        let now = state.admin.uptime_secs();
-        state
-            .admin
-            .window
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record(now, counts);
     }
 }
 

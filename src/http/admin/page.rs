@@ -5,6 +5,7 @@
 
 use super::fmt::{bytes, duration, escape, percent, when};
 use super::view::{FillView, StatusView};
+use crate::lifecycle::{WorkerInfo, WorkerState};
 use crate::store::summary::Entry;
 use std::fmt::Write;
 
@@ -45,6 +46,7 @@ pub fn live(v: &StatusView) -> String {
         "Most requested objects",
         &v.objects.most_requested,
     );
+    workers(&mut h, &v.workers);
     h
 }
 
@@ -151,29 +153,80 @@ fn fills(h: &mut String, fills: &[FillView]) {
 }
 
 fn sync(h: &mut String, v: &StatusView) {
-    let s = &v.sync_section;
+    let s = &v.sync;
+    let mut line = match &s.last {
+        None => "no sync has run yet".to_string(),
+        Some(r) => format!(
+            "last run {} finished {}{}: {} planned, {} to download, {} failed, {} unpinned",
+            r.run,
+            when(r.finished_at),
+            if r.dry_run { " (dry run)" } else { "" },
+            r.items.len(),
+            bytes(r.download_bytes),
+            r.failed,
+            r.unpinned
+        ),
+    };
+    if s.running {
+        let _ = write!(line, "; run {} is in progress", s.started);
+    }
+    if let Some(e) = &s.last_error {
+        let _ = write!(line, "; the latest attempt failed: {e}");
+    }
     let _ = write!(
         h,
-        "<section id=\"sync\"><h2>{}</h2><p>{}</p>",
-        escape(&s.title),
-        escape(&s.summary)
+        "<section id=\"sync\"><h2>metal-api sync</h2><p>{}</p>",
+        escape(&line)
     );
-    if !s.rows.is_empty() {
-        h.push_str("<table><thead><tr>");
-        for c in &s.header {
-            let _ = write!(h, "<th>{}</th>", escape(c));
-        }
-        h.push_str("</tr></thead><tbody>");
-        for row in &s.rows {
-            h.push_str("<tr>");
-            for c in row {
-                let _ = write!(h, "<td>{}</td>", escape(c));
-            }
-            h.push_str("</tr>");
+    if let Some(r) = s.last.as_ref().filter(|r| !r.items.is_empty()) {
+        h.push_str(
+            "<table><thead><tr><th>name</th><th>kind</th><th>size</th><th>action</th><th>outcome</th>\
+             </tr></thead><tbody>",
+        );
+        for i in &r.items {
+            let outcome = match (i.ok, &i.message) {
+                (Some(false), Some(m)) => format!("failed: {m}"),
+                (_, Some(m)) => m.clone(),
+                (_, None) => String::new(),
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&i.name),
+                escape(&i.kind),
+                bytes(i.size),
+                escape(&i.action),
+                escape(&outcome)
+            );
         }
         h.push_str("</tbody></table>");
     }
     h.push_str("</section>");
+}
+
+fn workers(h: &mut String, list: &[WorkerInfo]) {
+    h.push_str(
+        "<section id=\"workers\"><h2>Background work</h2><table><thead><tr><th>worker</th><th>state</th>\
+         <th>since</th><th>runs</th><th>failures</th><th>last error</th></tr></thead><tbody>",
+    );
+    for w in list {
+        let state = match w.state {
+            WorkerState::Idle => "idle",
+            WorkerState::Busy => "busy",
+            WorkerState::Done => "ended",
+            WorkerState::Failed => "failed",
+        };
+        let _ = write!(
+            h,
+            "<tr class=\"{state}\"><td>{}</td><td>{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&w.name),
+            when(w.since),
+            w.runs,
+            w.failures,
+            escape(w.last_error.as_deref().unwrap_or(""))
+        );
+    }
+    h.push_str("</tbody></table></section>");
 }
 
 fn objects(h: &mut String, id: &str, title: &str, list: &[Entry]) {
@@ -203,8 +256,8 @@ fn objects(h: &mut String, id: &str, title: &str, list: &[Entry]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::StatusSection;
     use crate::http::admin::view::*;
+    use crate::lifecycle::RunStatus;
     use crate::store::summary::Summary;
 
     fn view(key: &str) -> StatusView {
@@ -250,13 +303,42 @@ mod tests {
                 rate: 500,
                 eta_secs: Some(1),
             }],
-            sync: serde_json::Value::Null,
-            sync_section: StatusSection {
-                title: "metal-api sync".into(),
-                summary: key.to_string(),
-                header: vec!["name".into()],
-                rows: vec![vec![key.to_string()]],
+            sync: RunStatus {
+                running: true,
+                started: 8,
+                finished: 7,
+                last: Some(SyncRunView {
+                    run: 7,
+                    started_at: 0,
+                    finished_at: 0,
+                    dry_run: false,
+                    items: vec![SyncItemView {
+                        name: key.to_string(),
+                        kind: "image".into(),
+                        url: format!("http://images.test/{key}"),
+                        size: 4096,
+                        action: "download".into(),
+                        ok: Some(false),
+                        message: Some(format!("md5 of {key} differs")),
+                    }],
+                    skipped: Vec::new(),
+                    total_bytes: 4096,
+                    download_bytes: 4096,
+                    over_budget: None,
+                    unpinned: 2,
+                    failed: 1,
+                }),
+                last_error: Some(key.to_string()),
+                ..RunStatus::default()
             },
+            workers: vec![WorkerInfo {
+                name: format!("sync run {key}"),
+                state: WorkerState::Busy,
+                runs: 3,
+                failures: 1,
+                last_error: Some(key.to_string()),
+                since: 0,
+            }],
             objects: Summary {
                 largest: vec![entry.clone()],
                 most_requested: vec![entry],
@@ -283,6 +365,11 @@ mod tests {
             "<section id=\"most-requested\">",
             "<script src=\"/status/script.js\">",
             "Hit ratio, last 1h 0m",
+            "last run 7 finished",
+            "1 planned, 4.0 KiB to download, 1 failed, 2 unpinned; run 8 is in progress",
+            "<td>image</td><td>4.0 KiB</td><td>download</td><td>failed: md5 of",
+            "<section id=\"workers\">",
+            "<td>busy</td>",
         ] {
             assert!(html.contains(needle), "missing {needle}");
         }
@@ -297,6 +384,10 @@ mod tests {
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(!html.contains("data-key=\"file:a.test/<"));
         assert_eq!(html.matches("<script").count(), 1);
+        assert!(
+            !html.contains("<td>sync run file:a.test/<"),
+            "worker names are escaped"
+        );
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;"));
     }
 

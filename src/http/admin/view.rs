@@ -1,12 +1,12 @@
 //! What the status page and `GET /admin/status` show, gathered from the running service in one place so
 //! the HTML and the JSON can never disagree.
 
-use super::ratio::{self, Counts};
 use crate::http::HttpState;
-use crate::metrics::{Metrics, RequestLabels, result};
+use crate::lifecycle::{RunStatus, WorkerInfo};
+use crate::metrics::ratio;
 use crate::store::summary::Summary;
 use crate::store::{FillStatus, ObjectRow};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusView {
@@ -17,11 +17,50 @@ pub struct StatusView {
     pub hit_ratio: HitRatioView,
     pub fills: Vec<FillView>,
     /// `GET /admin/sync`'s answer.
-    pub sync: serde_json::Value,
-    /// The sync block as the page shows it.
-    #[serde(skip)]
-    pub sync_section: crate::http::StatusSection,
+    pub sync: RunStatus<SyncRunView>,
+    /// Background work: long-lived workers and the runs going on now.
+    pub workers: Vec<WorkerInfo>,
     pub objects: Summary,
+}
+
+/// One sync run as the admin API publishes it and the page and the CLI show it. `app` builds it from the
+/// sync job's report (the HTTP front may not import the sync job).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRunView {
+    pub run: u64,
+    pub started_at: u64,
+    pub finished_at: u64,
+    pub dry_run: bool,
+    /// What the plan keeps, with each item's outcome once the run has dealt with it.
+    pub items: Vec<SyncItemView>,
+    /// Listed by metal-api but not planned, with the reason.
+    pub skipped: Vec<SkippedView>,
+    pub total_bytes: u64,
+    pub download_bytes: u64,
+    /// Set when the size rule could not get under `cache.max_size`.
+    pub over_budget: Option<String>,
+    pub unpinned: usize,
+    pub failed: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncItemView {
+    pub name: String,
+    /// `image`, `kernel` or `boot-image`.
+    pub kind: String,
+    pub url: String,
+    pub size: u64,
+    /// `keep` or `download`.
+    pub action: String,
+    /// `None` until the run has dealt with the item (and always in a dry run).
+    pub ok: Option<bool>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedView {
+    pub name: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -119,7 +158,7 @@ pub fn peers(state: &HttpState) -> (NodeView, Vec<PeerView>) {
             None => ready && !state.lifecycle.is_shutting_down(),
         },
         ready,
-        uptime_secs: state.admin.uptime_secs(),
+        uptime_secs: state.metrics.hit_ratio.uptime_secs(),
     };
     let peers = state
         .peers
@@ -133,27 +172,9 @@ pub fn peers(state: &HttpState) -> (NodeView, Vec<PeerView>) {
     (node, peers)
 }
 
-/// The request counters the hit ratio is computed from.
-pub fn counts(metrics: &Metrics) -> Counts {
-    let mut c = Counts::default();
-    for (i, kind) in ratio::KINDS.iter().enumerate() {
-        for r in [result::HIT, result::STALE, result::MISS, result::ERROR] {
-            let n = metrics
-                .requests
-                .get_or_create(&RequestLabels { kind, result: r })
-                .get();
-            c.total[i] += n;
-            if r == result::HIT || r == result::STALE {
-                c.hits[i] += n;
-            }
-        }
-    }
-    c
-}
-
 pub async fn gather(state: &HttpState) -> StatusView {
     let (node, peers) = peers(state);
-    let (delta, window_secs) = state.admin.hit_ratio(counts(&state.metrics));
+    let (delta, window_secs) = state.metrics.hit_ratio.over(&state.metrics);
     let objects = state.admin.summary(&state.store).await;
     StatusView {
         version: env!("CARGO_PKG_VERSION"),
@@ -179,7 +200,7 @@ pub async fn gather(state: &HttpState) -> StatusView {
         },
         fills: fills(state),
         sync: state.admin.sync.status(),
-        sync_section: state.admin.sync.section(),
+        workers: state.admin.workers.list(),
         objects,
     }
 }

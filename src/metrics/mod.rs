@@ -1,6 +1,8 @@
 //! Every metric family, in one place, passed around as a handle (no globals). Names are public interface
 //! (DESIGN.md §3): dashboards and alerts depend on them.
 
+pub mod ratio;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -94,6 +96,8 @@ pub struct Metrics {
     pub registry_requests: Family<RegistryRequestLabels, Counter>,
     pub registry_bytes: Family<RegistryLabels, Counter>,
     pub registry_upstream: Family<RegistryStatusLabels, Counter>,
+    /// The status page's hit ratio over the last hour, sampled from `requests`.
+    pub hit_ratio: Arc<ratio::HitRatio>,
 }
 
 impl Default for Metrics {
@@ -125,6 +129,7 @@ impl Metrics {
             registry_requests: Family::default(),
             registry_bytes: Family::default(),
             registry_upstream: Family::default(),
+            hit_ratio: Arc::default(),
         };
         r.register(
             "requests",

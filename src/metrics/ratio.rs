@@ -1,10 +1,20 @@
 //! Hit ratio by kind over a sliding window (the last hour), from the monotonic request counters.
 //!
-//! Pure: a sampler records the counters every minute; a reader subtracts the oldest sample still inside
+//! A sampler worker records the counters every minute; a reader subtracts the oldest sample still inside
 //! the window from the counters now. Counters only grow, so the difference is exactly the traffic of the
-//! window, whatever happened in between, and the page needs no per-request bookkeeping.
+//! window, whatever happened in between, and the page needs no per-request bookkeeping. `Window` is the
+//! pure part; `HitRatio` owns one and the clock it is measured against.
 
+use super::{Metrics, RequestLabels, result};
+use crate::lifecycle::Worker;
 use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The hit ratio covers this much history…
+const WINDOW: Duration = Duration::from_secs(3600);
+/// …sampled this often.
+const SAMPLE_EVERY: Duration = Duration::from_secs(60);
 
 /// The kinds of `image_cache_requests_total`, in the order the page shows them.
 pub const KINDS: [&str; 3] = ["file", "manifest", "blob"];
@@ -57,6 +67,73 @@ impl Window {
         match self.samples.iter().find(|(t, _)| *t >= oldest) {
             Some((t, base)) => (current.minus(base), now - t),
             None => (current, now.min(self.span)),
+        }
+    }
+}
+
+/// The request counters the hit ratio is computed from.
+pub fn counts(metrics: &Metrics) -> Counts {
+    let mut c = Counts::default();
+    for (i, kind) in KINDS.iter().enumerate() {
+        for r in [result::HIT, result::STALE, result::MISS, result::ERROR] {
+            let n = metrics
+                .requests
+                .get_or_create(&RequestLabels { kind, result: r })
+                .get();
+            c.total[i] += n;
+            if r == result::HIT || r == result::STALE {
+                c.hits[i] += n;
+            }
+        }
+    }
+    c
+}
+
+/// The service's hit-ratio window, measured from when the service started.
+pub struct HitRatio {
+    started: Instant,
+    window: Mutex<Window>,
+}
+
+impl Default for HitRatio {
+    fn default() -> Self {
+        let mut window = Window::new(WINDOW.as_secs());
+        window.record(0, Counts::default());
+        HitRatio {
+            started: Instant::now(),
+            window: Mutex::new(window),
+        }
+    }
+}
+
+impl HitRatio {
+    pub fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The traffic of the window and the seconds it covers.
+    pub fn over(&self, metrics: &Metrics) -> (Counts, u64) {
+        let now = counts(metrics);
+        self.window().over(self.uptime_secs(), now)
+    }
+
+    /// The sampler worker: records the counters every minute until shutdown.
+    pub async fn sample(&self, metrics: Metrics, worker: Worker) {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = worker.shutdown().cancelled() => return,
+            }
+            worker.busy();
+            let counts = counts(&metrics);
+            self.window().record(self.uptime_secs(), counts);
+            worker.finished::<&str>(Ok(()));
         }
     }
 }

@@ -1,19 +1,42 @@
-//! Shutdown signal and readiness, shared by every component.
+//! Shutdown signal, readiness and the registry of named background work, shared by every component.
+
+pub mod runs;
+pub mod workers;
+
+pub use runs::{Busy, RunStatus, RunTicket, Runs};
+pub use workers::{Worker, WorkerInfo, WorkerState, Workers};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 
 /// Cheap to clone. `ready` turns true once every listener is bound and the store is open.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Lifecycle {
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
+    workers: Workers,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        let shutdown = CancellationToken::new();
+        Lifecycle {
+            workers: Workers::new(shutdown.clone()),
+            shutdown,
+            ready: Arc::default(),
+        }
+    }
 }
 
 impl Lifecycle {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The background work of this service; every worker obeys this lifecycle's shutdown.
+    pub fn workers(&self) -> &Workers {
+        &self.workers
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {

@@ -1,5 +1,8 @@
 //! Composition root: builds every component from the validated config, mounts the HTTP front on one actix
-//! server, starts the workers, and tears everything down in order.
+//! server, starts the named workers, and tears everything down in order within one deadline.
+
+mod health;
+pub mod sync_admin;
 
 use crate::config::{Config, ConfigError};
 use crate::dns::{Dns, DnsError};
@@ -10,7 +13,7 @@ use crate::passthrough::{self, Passthrough};
 use crate::peers::Peers;
 use crate::registry::RegistryState;
 use crate::store::Store;
-use crate::sync::{self, Syncer};
+use crate::sync::Syncer;
 use crate::systemd;
 use crate::upstream::{NameResolver, Upstream, oci_auth::OciAuth, tls::TlsSetupError};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -18,7 +21,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long shutdown waits for requests and fills in flight before discarding them.
+/// How long shutdown waits, in all, for requests, fills and background work before discarding them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +77,6 @@ pub struct Running {
     passthrough: Option<Passthrough>,
     server: actix_web::dev::ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
-    maintenance: tokio::task::JoinHandle<()>,
 }
 
 /// Per-server routing facts, computed once.
@@ -129,18 +131,25 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         cpus.min(4),
     )?;
     let peers = Peers::new(&config.nodes);
+    let workers = lifecycle.workers().clone();
     let syncer = Syncer::new(
         Arc::clone(&config),
         store.clone(),
         upstream.clone(),
         metrics.clone(),
+        workers.clone(),
     );
     let token = match &config.http.admin_token_file {
         Some(path) => http::admin::auth::AdminToken::from_file(path)
             .map_err(|m| ConfigError::new("http.admin_token_file", m))?,
         None => http::admin::auth::AdminToken::none(),
     };
-    let admin = http::admin::Admin::new(token, Arc::new(SyncAdmin(Arc::clone(&syncer))));
+    let admin = http::admin::Admin::new(
+        token,
+        Arc::new(sync_admin::SyncAdmin(Arc::clone(&syncer))),
+        crate::store::VerifyJob::new(store.clone(), workers.clone()),
+        workers.clone(),
+    );
     let state = Arc::new(HttpState::new(
         Arc::clone(&config),
         store.clone(),
@@ -177,10 +186,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         OciAuth::new(upstream.clone(), credentials, metrics.clone()),
         metrics.clone(),
     ));
-    tokio::spawn(http::admin::sample_hit_ratio(
-        Arc::clone(&state),
-        lifecycle.shutdown_token(),
-    ));
+    let (hit_ratio, sampled) = (Arc::clone(&metrics.hit_ratio), metrics.clone());
+    workers.spawn("hit-ratio sampler", move |w| async move {
+        hit_ratio.sample(sampled, w).await
+    });
     let routing = web::Data::new(Routing {
         state,
         registry,
@@ -201,7 +210,8 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let server = server.run();
     let handle = server.handle();
     let server_task = tokio::spawn(server);
-    let maintenance = tokio::spawn(store.clone().run_maintenance(lifecycle.shutdown_token()));
+    let maintained = store.clone();
+    workers.spawn("store maintenance", move |w| maintained.run_maintenance(w));
     let dns = if config.dns.enabled {
         Some(
             Dns::start(
@@ -230,12 +240,12 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         .map(|p| p.addrs.clone())
         .unwrap_or_default();
     let interval = config.nodes.health_interval.get();
-    tokio::spawn(peers.clone().run(
-        upstream.clone(),
-        interval,
-        metrics.clone(),
-        lifecycle.shutdown_token(),
-    ));
+    if !peers.configured().is_empty() {
+        let (polled, client, peer_metrics) = (peers.clone(), upstream.clone(), metrics.clone());
+        workers.spawn("peer health", move |w| {
+            polled.run(client, interval, peer_metrics, w)
+        });
+    }
 
     for a in &http_addrs {
         tracing::info!("listening http on {a}");
@@ -257,23 +267,26 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         }
     }
     if config.sync.enabled {
-        tokio::spawn(Arc::clone(&syncer).run_scheduled(lifecycle.shutdown_token()));
+        let scheduled = Arc::clone(&syncer);
+        workers.spawn("sync scheduler", move |w| scheduled.run_scheduled(w));
     }
     lifecycle.set_ready();
     peers.set_self_healthy(true);
-    tokio::spawn(self_check(
-        interval,
-        store.clone(),
-        lifecycle.clone(),
-        peers.clone(),
-    ));
+    let (checked, checker_lifecycle, checked_peers) =
+        (store.clone(), lifecycle.clone(), peers.clone());
+    workers.spawn("self check", move |w| {
+        health::self_check(interval, checked, checker_lifecycle, checked_peers, w)
+    });
     systemd::ready(&format!(
         "serving {} objects, {} bytes",
         store.object_count(),
         store.total_bytes()
     ));
     if let Some(every) = systemd::watchdog_interval() {
-        tokio::spawn(watchdog(every, store.clone(), lifecycle.clone()));
+        let watched = store.clone();
+        workers.spawn("systemd watchdog", move |w| {
+            health::watchdog(every, watched, w)
+        });
     }
     Ok(Running {
         http_addrs,
@@ -287,72 +300,39 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         passthrough,
         server: handle,
         server_task,
-        maintenance,
     })
 }
 
-/// This node's own health, for DNS answers: the index answers and we are not shutting down. Internal on
-/// purpose: asking our own /health over the network would test the loopback, not the service.
-async fn self_check(every: Duration, store: Store, lifecycle: Lifecycle, peers: Peers) {
-    let probe = crate::store::Key::health_probe();
-    let shutdown = lifecycle.shutdown_token();
-    while !lifecycle.is_shutting_down() {
-        let s = store.clone();
-        let p = probe.clone();
-        let healthy = tokio::task::spawn_blocking(move || s.get(&p).is_ok())
-            .await
-            .unwrap_or(false);
-        peers.set_self_healthy(healthy && lifecycle.is_ready() && !lifecycle.is_shutting_down());
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.cancelled() => {}
-        }
-    }
-    peers.set_self_healthy(false);
-}
-
-/// Pets the systemd watchdog while the store answers; stops petting if it does not, so systemd restarts us.
-async fn watchdog(every: Duration, store: Store, lifecycle: Lifecycle) {
-    let probe = crate::store::Key::health_probe();
-    while !lifecycle.is_shutting_down() {
-        let s = store.clone();
-        let p = probe.clone();
-        let healthy = tokio::task::spawn_blocking(move || s.get(&p).is_ok())
-            .await
-            .unwrap_or(false);
-        if healthy {
-            systemd::watchdog();
-            systemd::status(&format!(
-                "{} objects, {} bytes, {} fills",
-                store.object_count(),
-                store.total_bytes(),
-                store.fills().len()
-            ));
-        } else {
-            tracing::error!("watchdog: store does not answer");
-        }
-        tokio::time::sleep(every).await;
-    }
-}
-
 impl Running {
-    /// Ordered teardown: stop accepting, let requests and fills finish (bounded), flush hit counts.
+    /// Ordered teardown within `SHUTDOWN_GRACE`: stop accepting, let requests, fills and background work
+    /// finish, abort what is left, flush hit counts.
     pub async fn shutdown(self) {
+        let until = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let left = || until.saturating_duration_since(tokio::time::Instant::now());
         systemd::stopping();
         self.lifecycle.request_shutdown();
         self.peers.set_self_healthy(false);
-        self.server.stop(true).await;
+        if tokio::time::timeout(left(), self.server.stop(true))
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests still running at the deadline; closing their connections");
+            self.server.stop(false).await;
+        }
         if let Some(dns) = self.dns {
             dns.shutdown().await;
         }
         if let Some(p) = self.passthrough {
             p.shutdown().await;
         }
-        let left = self.store.drain_fills(SHUTDOWN_GRACE).await;
-        if left > 0 {
-            tracing::warn!(fills = left, "discarding unfinished fills");
+        let unfinished = self.store.drain_fills(left()).await;
+        if unfinished > 0 {
+            tracing::warn!(fills = unfinished, "discarded unfinished fills");
         }
-        let _ = self.maintenance.await;
+        let aborted = self.lifecycle.workers().join(left()).await;
+        if !aborted.is_empty() {
+            tracing::warn!(workers = ?aborted, "background work still running at the deadline; aborted");
+        }
         match self.server_task.await {
             Ok(Err(e)) => tracing::error!(error = %e, "HTTP server ended with an error"),
             Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
@@ -396,46 +376,4 @@ async fn dispatch(req: HttpRequest, routing: web::Data<Routing>) -> HttpResponse
         return HttpResponse::NotFound().body("not found\n");
     }
     http::admin::handle(&req, state).await
-}
-
-/// The admin API's handle on the sync job (the HTTP front may not import `sync`).
-struct SyncAdmin(Arc<Syncer>);
-
-#[async_trait::async_trait]
-impl http::admin::SyncControl for SyncAdmin {
-    fn status(&self) -> serde_json::Value {
-        serde_json::to_value(self.0.status()).unwrap_or_default()
-    }
-
-    fn section(&self) -> http::StatusSection {
-        let (summary, rows) = self.0.status().summary();
-        http::StatusSection {
-            title: "metal-api sync".into(),
-            summary,
-            header: ["name", "kind", "size", "action", "outcome"]
-                .map(String::from)
-                .to_vec(),
-            rows,
-        }
-    }
-
-    fn start(&self, dry_run: bool) -> Result<u64, http::admin::SyncRunError> {
-        self.0.start(dry_run).map_err(sync_error)
-    }
-
-    async fn run(&self, dry_run: bool) -> Result<serde_json::Value, http::admin::SyncRunError> {
-        let report = self
-            .0
-            .run(dry_run, &sync::Quiet)
-            .await
-            .map_err(sync_error)?;
-        Ok(serde_json::to_value(report).unwrap_or_default())
-    }
-}
-
-fn sync_error(e: sync::SyncError) -> http::admin::SyncRunError {
-    match e {
-        sync::SyncError::AlreadyRunning => http::admin::SyncRunError::Busy,
-        e => http::admin::SyncRunError::Failed(e.to_string()),
-    }
 }

@@ -1,0 +1,325 @@
+//! The fill writer: one task per running fill takes the source's body, writes it to a temp file in
+//! batches that readers see as soon as they are on disk, hashes it on its own thread, checks it against
+//! what was expected, and publishes it (rename, then index row). Nothing reaches the index unverified.
+
+use super::fs::{self, TempBlob};
+use super::index::ObjectRow;
+use super::inflight::{Expected, Fill, FillFailure, Phase, SourceBody, SourceMeta, SourceOutcome};
+use super::{FillSpec, Inner, Store, StoreError, io_err, lock, now_secs, stripe_of};
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Body bytes gathered before one write to the temp file.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Batches queued for the hashing thread at most (bounds memory to this many write batches per fill).
+const HASH_QUEUE: usize = 4;
+/// Longest a partial batch waits before it is written, so readers of a slow source still see progress.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+
+/// Ends a fill exactly once: final phase first, then off the in-flight map, so anyone who no longer finds
+/// the fill finds its committed row.
+struct FillGuard {
+    inner: Arc<Inner>,
+    fill: Arc<Fill>,
+    done: bool,
+}
+
+impl FillGuard {
+    fn finish(mut self, phase: Phase) {
+        self.end(phase);
+    }
+
+    fn end(&mut self, phase: Phase) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.fill.set_phase(phase);
+        let mut inflight = lock(&self.inner.inflight);
+        if inflight
+            .get(self.fill.key())
+            .is_some_and(|f| Arc::ptr_eq(f, &self.fill))
+        {
+            inflight.remove(self.fill.key());
+        }
+    }
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        self.end(Phase::Failed(FillFailure::Upstream {
+            status: None,
+            message: "fill abandoned (shutting down)".into(),
+        }));
+    }
+}
+
+pub(super) async fn run(
+    inner: Arc<Inner>,
+    fill: Arc<Fill>,
+    spec: FillSpec,
+    prior: Option<ObjectRow>,
+) {
+    let guard = FillGuard {
+        inner: Arc::clone(&inner),
+        fill: Arc::clone(&fill),
+        done: false,
+    };
+    let key = fill.key().to_string();
+    let phase = match spec.source.await {
+        SourceOutcome::NotModified => {
+            let now = now_secs();
+            let index_inner = Arc::clone(&inner);
+            let k = key.clone();
+            let updated = tokio::task::spawn_blocking(move || {
+                let updated = index_inner.index.update(&k, |row| {
+                    row.validated_at = now;
+                    true
+                });
+                index_inner.hot.forget(&k);
+                updated
+            })
+            .await;
+            match (prior, updated) {
+                (Some(_), Ok(Ok(true))) => Phase::NotModified,
+                _ => Phase::Failed(FillFailure::Upstream {
+                    status: Some(304),
+                    message: "origin answered 304 but nothing is stored".into(),
+                }),
+            }
+        }
+        SourceOutcome::Unavailable { status, message } => {
+            Phase::Failed(FillFailure::Upstream { status, message })
+        }
+        SourceOutcome::Body { meta, body } => {
+            match write_body(
+                &inner,
+                &fill,
+                &key,
+                meta,
+                body,
+                spec.expected,
+                spec.want_md5,
+            )
+            .await
+            {
+                Ok(row) => {
+                    inner
+                        .metrics
+                        .store_bytes
+                        .set(inner.index.total_bytes() as i64);
+                    inner
+                        .metrics
+                        .store_objects
+                        .set(inner.index.object_count() as i64);
+                    if inner.index.total_bytes() > inner.max_size {
+                        inner.evict_wake.notify_one();
+                    }
+                    Phase::Complete { row }
+                }
+                Err(failure) => {
+                    tracing::warn!(key = %key, %failure, "fill failed; nothing stored");
+                    Phase::Failed(failure)
+                }
+            }
+        }
+    };
+    guard.finish(phase);
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn write_body(
+    inner: &Arc<Inner>,
+    fill: &Arc<Fill>,
+    key: &str,
+    meta: SourceMeta,
+    mut body: SourceBody,
+    expected: Expected,
+    want_md5: bool,
+) -> Result<ObjectRow, FillFailure> {
+    let integrity = |m: String| Err(FillFailure::Integrity(m));
+    if let (Some(cl), Some(size)) = (meta.content_length, expected.size)
+        && cl != size
+    {
+        return integrity(format!("source announces {cl} bytes, expected {size}"));
+    }
+    if meta.content_length.is_some_and(|cl| cl > inner.max_size) {
+        return Err(FillFailure::Storage(format!(
+            "object is larger than cache.max_size ({} bytes)",
+            inner.max_size
+        )));
+    }
+    let fs_ = inner.fs.clone();
+    let with_md5 = want_md5 || expected.md5.is_some();
+    let mut temp: TempBlob = blocking(move || fs_.create_temp())
+        .await
+        .map_err(FillFailure::Storage)?
+        .map_err(|e| FillFailure::Storage(format!("creating temp file: {e}")))?;
+    // Hashing runs on its own blocking thread, fed in order: a batch is hashed while the next one is
+    // received and written, and readers get each batch as soon as it is on disk.
+    let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(HASH_QUEUE);
+    let hashing = tokio::task::spawn_blocking(move || {
+        let mut hasher = fs::Hasher::new(with_md5);
+        while let Some(chunk) = hash_rx.blocking_recv() {
+            hasher.update(&chunk);
+        }
+        hasher.finish()
+    });
+    fill.set_file(temp.shared_file());
+    fill.set_phase(Phase::Streaming {
+        meta: Arc::new(meta.clone()),
+        written: 0,
+        verified: false,
+    });
+
+    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        let next = if buf.is_empty() {
+            body.next().await
+        } else {
+            match tokio::time::timeout(FLUSH_AFTER, body.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    (temp, buf) = flush(fill, temp, buf, &hash_tx).await?;
+                    continue;
+                }
+            }
+        };
+        match next {
+            Some(Ok(bytes)) => {
+                buf.extend_from_slice(&bytes);
+                if temp.written() + buf.len() as u64 > inner.max_size {
+                    return Err(FillFailure::Storage(
+                        "object grew past cache.max_size".into(),
+                    ));
+                }
+                if buf.len() >= WRITE_BATCH {
+                    (temp, buf) = flush(fill, temp, buf, &hash_tx).await?;
+                }
+            }
+            Some(Err(message)) => {
+                return Err(FillFailure::Upstream {
+                    status: None,
+                    message,
+                });
+            }
+            None => break,
+        }
+    }
+    if !buf.is_empty() {
+        (temp, _) = flush(fill, temp, buf, &hash_tx).await?;
+    }
+
+    drop(hash_tx);
+    let hashes = hashing
+        .await
+        .map_err(|e| FillFailure::Storage(format!("hashing task failed: {e}")))?;
+    if hashes.size != temp.written() {
+        return Err(FillFailure::Storage(format!(
+            "hashed {} bytes but wrote {}",
+            hashes.size,
+            temp.written()
+        )));
+    }
+    if let Some(cl) = meta.content_length
+        && cl != hashes.size
+    {
+        return integrity(format!(
+            "source announced {cl} bytes and sent {}",
+            hashes.size
+        ));
+    }
+    if let Some(size) = expected.size
+        && size != hashes.size
+    {
+        return integrity(format!("expected {size} bytes, got {}", hashes.size));
+    }
+    for want in [expected.sha256, meta.digest].into_iter().flatten() {
+        if want != hashes.sha256 {
+            inner.metrics.integrity_failures.inc();
+            return integrity(format!("expected {want}, got {}", hashes.sha256));
+        }
+    }
+    if let (Some(want), Some(got)) = (expected.md5, hashes.md5)
+        && want != got
+    {
+        return integrity(format!(
+            "expected md5 {}, got {}",
+            hex::encode(want),
+            hex::encode(got)
+        ));
+    }
+    fill.advance(hashes.size, true);
+
+    let now = now_secs();
+    let row = ObjectRow {
+        digest: hashes.sha256,
+        size: hashes.size,
+        content_type: meta.content_type.clone(),
+        md5: hashes.md5.map(hex::encode),
+        etag: meta.etag.clone(),
+        last_modified: meta.last_modified.clone(),
+        fetched_at: now,
+        validated_at: now,
+        last_access: now,
+        hits: 0,
+        pinned: false,
+        operator_pin: false,
+    };
+    let inner2 = Arc::clone(inner);
+    let key2 = key.to_string();
+    let row2 = row.clone();
+    let committed = blocking(move || -> Result<(), StoreError> {
+        let digest = row2.digest;
+        let orphan = {
+            let _stripe = lock(&inner2.stripes[stripe_of(&digest)]);
+            inner2
+                .fs
+                .publish(temp, &digest)
+                .map_err(io_err(format!("publishing {digest}")))?;
+            let orphan = inner2.index.put(&key2, &row2)?;
+            inner2.hot.forget(&key2);
+            orphan
+        };
+        if let Some(old) = orphan.filter(|o| *o != digest) {
+            Store {
+                inner: Arc::clone(&inner2),
+            }
+            .unlink_if_unreferenced(&old)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(FillFailure::Storage)?;
+    committed.map_err(|e| FillFailure::Storage(e.to_string()))?;
+    Ok(row)
+}
+
+/// Hands a batch to the hasher, writes it, and lets readers see it. Returns a fresh batch buffer.
+async fn flush(
+    fill: &Arc<Fill>,
+    mut temp: TempBlob,
+    buf: Vec<u8>,
+    hash_tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> Result<(TempBlob, Vec<u8>), FillFailure> {
+    let batch = bytes::Bytes::from(buf);
+    hash_tx
+        .send(batch.clone())
+        .await
+        .map_err(|_| FillFailure::Storage("hashing stopped".into()))?;
+    let (temp, result) = blocking(move || {
+        let r = temp.append(&batch);
+        (temp, r)
+    })
+    .await
+    .map_err(FillFailure::Storage)?;
+    result.map_err(|e| FillFailure::Storage(format!("writing temp file: {e}")))?;
+    fill.advance(temp.written(), false);
+    Ok((temp, Vec::with_capacity(WRITE_BATCH)))
+}

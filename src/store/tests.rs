@@ -1,0 +1,349 @@
+//! The store's API driven directly, with in-memory sources whose bytes, timing and failures the test
+//! controls: coalescing, verification, aborted fills, eviction while a fill runs, pins.
+
+use super::*;
+use bytes::Bytes;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+struct TestStore {
+    store: Store,
+    dir: tempfile::TempDir,
+}
+
+fn open(max_size: u64) -> TestStore {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(
+        dir.path(),
+        max_size,
+        Metrics::new(),
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
+    TestStore { store, dir }
+}
+
+impl TestStore {
+    fn tmp_files(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("tmp"))
+            .unwrap()
+            .count()
+    }
+}
+
+fn key(name: &str) -> Key {
+    Key::parse(&format!("file:files.test/{name}")).unwrap()
+}
+
+fn content(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+}
+
+/// A source fed by the test through a channel: every item is a chunk or an error.
+fn fed(
+    length: Option<u64>,
+    calls: Arc<AtomicUsize>,
+) -> (mpsc::Sender<Result<Bytes, String>>, SourceFuture) {
+    let (tx, mut rx) = mpsc::channel::<Result<Bytes, String>>(64);
+    let source: SourceFuture = Box::pin(async move {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let body: SourceBody = Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        SourceOutcome::Body {
+            meta: SourceMeta {
+                content_length: length,
+                ..SourceMeta::default()
+            },
+            body,
+        }
+    });
+    (tx, source)
+}
+
+/// A source that answers at once with the whole body.
+fn whole(data: Vec<u8>) -> SourceFuture {
+    Box::pin(async move {
+        let len = data.len() as u64;
+        let body: SourceBody = Box::pin(futures_util::stream::iter([Ok(Bytes::from(data))]));
+        SourceOutcome::Body {
+            meta: SourceMeta {
+                content_length: Some(len),
+                ..SourceMeta::default()
+            },
+            body,
+        }
+    })
+}
+
+fn fill_plan(source: SourceFuture, expected: Expected) -> Plan {
+    Plan::Fill(FillSpec {
+        expected,
+        source,
+        want_md5: false,
+    })
+}
+
+async fn read_all(fill: &Arc<Fill>) -> Result<Vec<u8>, ReadError> {
+    let mut r = fill.reader(0, None);
+    let mut out = Vec::new();
+    while let Some(chunk) = r.next_chunk().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+async fn store_whole(s: &Store, k: &Key, data: Vec<u8>) -> ObjectRow {
+    let Access::Fill { fill, .. } = s
+        .access(k, |_| fill_plan(whole(data), Expected::default()))
+        .unwrap()
+    else {
+        panic!("expected a fill");
+    };
+    match fill.finished().await {
+        Phase::Complete { row } => row,
+        other => panic!("fill ended as {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_share_one_source_and_every_reader_gets_every_byte() {
+    let t = open(1 << 30);
+    let data = content(700_000, 1);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (tx, source) = fed(Some(data.len() as u64), Arc::clone(&calls));
+    let k = key("shared.img");
+    let Access::Fill {
+        fill: first,
+        coalesced: false,
+    } = t
+        .store
+        .access(&k, |row| {
+            assert!(row.is_none());
+            fill_plan(source, Expected::default())
+        })
+        .unwrap()
+    else {
+        panic!("the first miss starts the fill");
+    };
+    // Ten more misses while the fill runs: each joins it, none asks for a source.
+    let mut joined = Vec::new();
+    for _ in 0..10 {
+        match t
+            .store
+            .access(&k, |_| panic!("a running fill is joined, not re-planned"))
+            .unwrap()
+        {
+            Access::Fill {
+                fill,
+                coalesced: true,
+            } => joined.push(fill),
+            _ => panic!("expected to join the running fill"),
+        }
+    }
+    let readers: Vec<_> = std::iter::once(first)
+        .chain(joined)
+        .map(|f| tokio::spawn(async move { read_all(&f).await }))
+        .collect();
+    for chunk in data.chunks(50_000) {
+        tx.send(Ok(Bytes::copy_from_slice(chunk))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    drop(tx);
+    for r in readers {
+        assert_eq!(r.await.unwrap().unwrap(), data);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Now a hit, served from the blob.
+    settle(&t.store).await;
+    let Access::Hit(hit) = t.store.access(&k, |_| Plan::Serve).unwrap() else {
+        panic!("expected a hit after the fill");
+    };
+    assert_eq!(hit.row.size, data.len() as u64);
+    assert_eq!(hit.row.digest.hex(), hex::encode(sha2_digest(&data)));
+    assert_eq!(t.tmp_files(), 0);
+}
+
+/// Waits until no fill is in flight (a fill reports its end just before it leaves the in-flight map).
+async fn settle(store: &Store) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !store.fills().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn sha2_digest(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data).into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_fails_verification_is_never_stored_and_readers_never_see_its_end() {
+    let t = open(1 << 30);
+    let data = content(300_000, 2);
+    let wrong = Digest::from_bytes([7; 32]);
+    let k = key("wrong.img");
+    let Access::Fill { fill, .. } = t
+        .store
+        .access(&k, |_| {
+            fill_plan(
+                whole(data.clone()),
+                Expected {
+                    sha256: Some(wrong),
+                    ..Expected::default()
+                },
+            )
+        })
+        .unwrap()
+    else {
+        panic!("expected a fill");
+    };
+    let mut r = fill.reader(0, None);
+    let mut delivered = 0usize;
+    let error = loop {
+        match r.next_chunk().await {
+            Some(Ok(c)) => delivered += c.len(),
+            Some(Err(e)) => break e,
+            None => panic!("a reader of an unverified body must not see its end"),
+        }
+    };
+    assert!(delivered < data.len(), "the last byte is held back");
+    assert!(
+        matches!(
+            error,
+            ReadError::Failed {
+                failure: FillFailure::Integrity(_),
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(matches!(
+        fill.finished().await,
+        Phase::Failed(FillFailure::Integrity(_))
+    ));
+    assert!(t.store.get(&k).unwrap().is_none());
+    assert_eq!(t.store.total_bytes(), 0);
+    assert_eq!(t.tmp_files(), 0, "the temp file is removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_breaks_mid_body_aborts_readers_and_stores_nothing() {
+    let t = open(1 << 30);
+    let data = content(400_000, 3);
+    let (tx, source) = fed(Some(data.len() as u64), Arc::default());
+    let k = key("broken.img");
+    let Access::Fill { fill, .. } = t
+        .store
+        .access(&k, |_| fill_plan(source, Expected::default()))
+        .unwrap()
+    else {
+        panic!("expected a fill");
+    };
+    let reader = {
+        let f = Arc::clone(&fill);
+        tokio::spawn(async move { read_all(&f).await })
+    };
+    tx.send(Ok(Bytes::copy_from_slice(&data[..100_000])))
+        .await
+        .unwrap();
+    tx.send(Err("connection reset".into())).await.unwrap();
+    let got = reader.await.unwrap();
+    assert!(
+        matches!(
+            &got,
+            Err(ReadError::Failed {
+                failure: FillFailure::Upstream { .. },
+                delivered_to
+            }) if *delivered_to < 100_000
+        ),
+        "{got:?}"
+    );
+    assert!(t.store.get(&k).unwrap().is_none());
+    assert_eq!(t.tmp_files(), 0);
+    // The next miss starts a fresh fill, which succeeds.
+    let row = store_whole(&t.store, &k, data.clone()).await;
+    assert_eq!(row.size, data.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_spares_pins_and_the_key_being_filled() {
+    let t = open(1_000_000);
+    let pinned = key("pinned.img");
+    let old = key("old.img");
+    store_whole(&t.store, &pinned, content(300_000, 4)).await;
+    store_whole(&t.store, &old, content(300_000, 5)).await;
+    assert!(t.store.set_pinned(&pinned, true).unwrap());
+
+    // A fill of a third key is running while eviction runs.
+    let data = content(300_000, 6);
+    let (tx, source) = fed(Some(data.len() as u64), Arc::default());
+    let filling = key("filling.img");
+    let Access::Fill { fill, .. } = t
+        .store
+        .access(&filling, |_| fill_plan(source, Expected::default()))
+        .unwrap()
+    else {
+        panic!("expected a fill");
+    };
+    tx.send(Ok(Bytes::copy_from_slice(&data[..150_000])))
+        .await
+        .unwrap();
+    let report = t.store.evict_to(0).unwrap();
+    assert_eq!(report.evicted_keys, 1, "only the unpinned, idle key goes");
+    assert!(t.store.get(&old).unwrap().is_none());
+    assert!(t.store.get(&pinned).unwrap().is_some());
+
+    tx.send(Ok(Bytes::copy_from_slice(&data[150_000..])))
+        .await
+        .unwrap();
+    drop(tx);
+    assert!(matches!(fill.finished().await, Phase::Complete { .. }));
+    settle(&t.store).await;
+    let Access::Hit(hit) = t.store.access(&filling, |_| Plan::Serve).unwrap() else {
+        panic!("the filled key is stored");
+    };
+    assert_eq!(
+        fs::read_at(&hit.file, 0, data.len()).unwrap(),
+        data,
+        "its blob is whole"
+    );
+    // A pin belongs to the key: new content under it stays pinned.
+    store_whole(&t.store, &pinned, content(1000, 7)).await;
+    assert!(t.store.get(&pinned).unwrap().unwrap().pinned);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_refuses_leaves_no_trace_and_no_running_fill() {
+    let t = open(1 << 30);
+    let k = key("refused.img");
+    let Access::Fill { fill, .. } = t
+        .store
+        .access(&k, |_| {
+            fill_plan(
+                Box::pin(async {
+                    SourceOutcome::Unavailable {
+                        status: Some(404),
+                        message: "not found".into(),
+                    }
+                }),
+                Expected::default(),
+            )
+        })
+        .unwrap()
+    else {
+        panic!("expected a fill");
+    };
+    assert!(matches!(
+        fill.head().await,
+        Phase::Failed(FillFailure::Upstream {
+            status: Some(404),
+            ..
+        })
+    ));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(t.store.fills().is_empty());
+    assert!(matches!(
+        t.store.access(&k, |_| Plan::Skip).unwrap(),
+        Access::Skipped
+    ));
+}

@@ -1,0 +1,160 @@
+//! Carrying out a plan: each item is filled through the store's own fills (a client asking for the same
+//! file joins the same download), verified against its sidecar's md5, its sidecar stored next to it;
+//! then what the plan keeps is pinned and every other sync pin released.
+
+use super::planner::{Action, Item, Plan};
+use super::{Outcome, key_for};
+use crate::store::{Access, Expected, FillSpec, Key, Phase, Plan as StorePlan, Store};
+use crate::upstream::{self, Upstream};
+use std::collections::HashSet;
+
+/// The store and the origin, as the executor uses them.
+pub(super) struct Executor<'a> {
+    pub store: &'a Store,
+    pub upstream: &'a Upstream,
+}
+
+impl Executor<'_> {
+    /// Makes one planned item present: fill it (verified against its md5) when the plan says so, and its
+    /// sidecar when it has one and the store lacks it.
+    pub async fn realise(&self, item: &Item) -> Outcome {
+        let outcome = |ok: bool, message: String| Outcome {
+            name: item.name.clone(),
+            url: item.url.clone(),
+            ok,
+            message,
+        };
+        let Some(key) = key_for(&item.url) else {
+            return outcome(false, "URL cannot be a cache key".into());
+        };
+        if item.action == Action::Download {
+            let expected = Expected {
+                size: (item.size > 0).then_some(item.size),
+                sha256: None,
+                md5: item.md5.as_deref().and_then(md5_bytes),
+            };
+            if let Err(e) = self
+                .fill(&key, &item.url, expected, item.md5.as_deref())
+                .await
+            {
+                return outcome(false, e);
+            }
+        }
+        if item.md5.is_some() {
+            let sidecar_url = format!("{}.md5", item.url);
+            if let Some(sidecar) = key_for(&sidecar_url) {
+                let have = self.store.get(&sidecar).ok().flatten().is_some();
+                if (!have || item.action == Action::Download)
+                    && let Err(e) = self
+                        .fill(&sidecar, &sidecar_url, Expected::default(), None)
+                        .await
+                {
+                    return outcome(false, format!("sidecar: {e}"));
+                }
+            }
+        }
+        let verb = if item.action == Action::Download {
+            "downloaded"
+        } else {
+            "kept"
+        };
+        outcome(true, verb.into())
+    }
+
+    /// Fills `key` from `url` and waits for the end. A client fill already running for the key is joined;
+    /// its result is then checked against `md5` here (it was only length-checked).
+    async fn fill(
+        &self,
+        key: &Key,
+        url: &str,
+        expected: Expected,
+        md5: Option<&str>,
+    ) -> Result<(), String> {
+        let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+        let source = upstream::source::get_kind(self.upstream.clone(), parsed, "sync", None, None);
+        let spec = FillSpec {
+            expected,
+            source,
+            want_md5: true,
+        };
+        let access = self
+            .store
+            .access(key, move |_| StorePlan::Fill(spec))
+            .map_err(|e| e.to_string())?;
+        let Access::Fill { fill, .. } = access else {
+            return Err("the store did not start a fill".into());
+        };
+        match fill.finished().await {
+            Phase::Complete { row } => match md5 {
+                Some(want) if row.md5.as_deref() != Some(want) => {
+                    let _ = self.store.remove(&[key.as_str().to_string()]);
+                    Err(format!(
+                        "md5 mismatch: sidecar says {want}, content is {}",
+                        row.md5.unwrap_or_default()
+                    ))
+                }
+                _ => Ok(()),
+            },
+            Phase::Failed(f) => Err(f.to_string()),
+            other => Err(format!("fill ended as {other:?}")),
+        }
+    }
+
+    /// Pins every planned key that is stored now, with its sidecar (a failed re-download keeps the copy
+    /// it would have replaced pinned); unpins every other pinned file key, so eviction may reclaim what
+    /// metal-api no longer lists. Keys an operator pinned through the admin API stay pinned.
+    pub fn repin(&self, plan: &Plan) -> Result<usize, crate::store::StoreError> {
+        let mut keep = HashSet::new();
+        for item in &plan.items {
+            let sidecar = item.md5.as_ref().map(|_| format!("{}.md5", item.url));
+            for url in std::iter::once(&item.url).chain(sidecar.as_ref()) {
+                if let Some(key) = key_for(url)
+                    && self.store.set_pinned(&key, true)?
+                {
+                    keep.insert(key.as_str().to_string());
+                }
+            }
+        }
+        let mut unpinned = 0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.store.list("file:", cursor.as_deref(), 1000)?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            cursor = Some(last.clone());
+            for (key, row) in &page {
+                if row.pinned && !row.operator_pin && !keep.contains(key) {
+                    if let Ok(k) = Key::parse(key) {
+                        self.store.set_pinned(&k, false)?;
+                    }
+                    unpinned += 1;
+                }
+            }
+            if page.len() < 1000 {
+                break;
+            }
+        }
+        Ok(unpinned)
+    }
+}
+
+fn md5_bytes(hex_md5: &str) -> Option<[u8; 16]> {
+    let v = hex::decode(hex_md5).ok()?;
+    v.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn md5_text_to_bytes() {
+        assert_eq!(
+            md5_bytes("d41d8cd98f00b204e9800998ecf8427e").map(|b| b[0]),
+            Some(0xd4)
+        );
+        assert_eq!(md5_bytes("d41d"), None);
+        assert_eq!(md5_bytes("zz1d8cd98f00b204e9800998ecf8427e"), None);
+    }
+}
