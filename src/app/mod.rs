@@ -42,8 +42,21 @@ pub enum AppError {
     Passthrough(#[from] passthrough::BindError),
     #[error("HTTP server failed: {0}")]
     Server(std::io::Error),
-    #[error("{0}")]
-    Other(String),
+    /// A blocking or background task ended without an answer (it panicked or was cancelled).
+    #[error("{what} failed: {reason}")]
+    Task { what: &'static str, reason: String },
+    #[error(transparent)]
+    Admin(#[from] crate::cli::AdminClientError),
+    #[error("{key:?} is not a store key ({reason}); `image-cache store ls` lists them")]
+    BadKey {
+        key: String,
+        reason: crate::store::KeyError,
+    },
+    /// The server ran a job it was asked to run, and the job failed.
+    #[error("{job} failed on the server: {reason}")]
+    JobFailed { job: &'static str, reason: String },
+    #[error("cannot print the effective config: {0}")]
+    PrintConfig(#[from] toml::ser::Error),
 }
 
 impl AppError {
@@ -110,7 +123,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         Store::open(&state_dir, max_size, store_metrics, runtime)
     })
     .await
-    .map_err(|e| AppError::Other(format!("store open task failed: {e}")))??;
+    .map_err(|e| AppError::Task {
+        what: "opening the store",
+        reason: e.to_string(),
+    })??;
     tracing::info!(
         state_dir = %config.state_dir.display(),
         objects = store.object_count(),

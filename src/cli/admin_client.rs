@@ -7,6 +7,50 @@ use crate::http::admin::auth::AdminToken;
 use crate::upstream::{Method, Request, Upstream};
 use serde::de::DeserializeOwned;
 
+/// Why the CLI could not get an answer from the running server.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminClientError {
+    #[error("the store is locked and no http.listen is configured")]
+    NoListener,
+    #[error(
+        "the store is locked by a server listening on an ephemeral port (http.listen …:0); \
+         use the admin API on its actual address"
+    )]
+    EphemeralPort,
+    #[error("bad admin URL {path}: {reason}")]
+    BadUrl {
+        path: String,
+        reason: url::ParseError,
+    },
+    #[error(
+        "the store is locked, so a server should be running, but {base} does not answer: {reason}"
+    )]
+    Unreachable {
+        base: String,
+        reason: crate::upstream::UpstreamError,
+    },
+    #[error("the answer of {path} broke off: {reason}")]
+    Body {
+        path: String,
+        reason: crate::upstream::BodyError,
+    },
+    #[error("the server answered {status} to {path}: {message}{}", if *.status == 401 {
+        " (set http.admin_token_file in the config this command reads to the server's token file)"
+    } else {
+        ""
+    })]
+    Refused {
+        status: u16,
+        path: String,
+        message: String,
+    },
+    #[error("unreadable answer from {path}: {reason}")]
+    Unreadable {
+        path: String,
+        reason: serde_json::Error,
+    },
+}
+
 /// Admin answers are small JSON documents; a store listing page is the largest.
 const ANSWER_MAX: usize = 64 << 20;
 
@@ -24,15 +68,9 @@ impl AdminClient {
             .admin_listen
             .first()
             .or(config.http.listen.first())
-            .ok_or_else(|| {
-                AppError::Other("the store is locked and no http.listen is configured".into())
-            })?;
+            .ok_or(AdminClientError::NoListener)?;
         if addr.port() == 0 {
-            return Err(AppError::Other(
-                "the store is locked by a server listening on an ephemeral port (http.listen …:0); \
-                 use the admin API on its actual address"
-                    .into(),
-            ));
+            return Err(AdminClientError::EphemeralPort.into());
         }
         let host = match addr.ip() {
             ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
@@ -69,9 +107,13 @@ impl AdminClient {
         &self,
         method: Method,
         path: &str,
-    ) -> Result<T, AppError> {
-        let url = url::Url::parse(&format!("{}{path}", self.base))
-            .map_err(|e| AppError::Other(format!("bad admin URL {path}: {e}")))?;
+    ) -> Result<T, AdminClientError> {
+        let url = url::Url::parse(&format!("{}{path}", self.base)).map_err(|reason| {
+            AdminClientError::BadUrl {
+                path: path.to_string(),
+                reason,
+            }
+        })?;
         let mut request = Request::get(url, "admin");
         request.method = method;
         request.follow_redirects = false;
@@ -80,32 +122,36 @@ impl AdminClient {
                 .headers
                 .push(("authorization".into(), format!("Bearer {t}")));
         }
-        let resp = self.upstream.send(request).await.map_err(|e| {
-            AppError::Other(format!(
-                "the store is locked, so a server should be running, but {} does not answer: {e}",
-                self.base
-            ))
-        })?;
+        let resp =
+            self.upstream
+                .send(request)
+                .await
+                .map_err(|reason| AdminClientError::Unreachable {
+                    base: self.base.clone(),
+                    reason,
+                })?;
         let status = resp.status;
         let body = crate::upstream::read_body(resp.body, ANSWER_MAX)
             .await
-            .map_err(AppError::Other)?;
+            .map_err(|reason| AdminClientError::Body {
+                path: path.to_string(),
+                reason,
+            })?;
         if !(200..300).contains(&status) {
             let message = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            let hint = if status == 401 {
-                " (set http.admin_token_file in the config this command reads to the server's token file)"
-            } else {
-                ""
-            };
-            return Err(AppError::Other(format!(
-                "the server answered {status} to {path}: {message}{hint}"
-            )));
+            return Err(AdminClientError::Refused {
+                status,
+                path: path.to_string(),
+                message,
+            });
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| AppError::Other(format!("unreadable answer from {path}: {e}")))
+        serde_json::from_slice(&body).map_err(|reason| AdminClientError::Unreadable {
+            path: path.to_string(),
+            reason,
+        })
     }
 }
 

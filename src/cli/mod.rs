@@ -7,6 +7,7 @@ mod progress;
 mod store;
 mod sync;
 
+pub use admin_client::AdminClientError;
 pub use store::store;
 pub use sync::sync;
 
@@ -107,8 +108,7 @@ pub fn load_config(arg: &ConfigArg) -> Result<(Config, ConfigSource), AppError> 
 
 pub fn check_config(arg: &ConfigArg) -> Result<(), AppError> {
     let (config, source) = load_config(arg)?;
-    let text = toml::to_string_pretty(&config)
-        .map_err(|e| AppError::Other(format!("cannot print config: {e}")))?;
+    let text = toml::to_string_pretty(&config)?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,

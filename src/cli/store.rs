@@ -28,7 +28,10 @@ pub(super) async fn open(config: &Config, metrics: Metrics) -> Result<Opened, Ap
     let max = config.cache.max_size.bytes();
     let opened = tokio::task::spawn_blocking(move || Store::open(&dir, max, metrics, runtime))
         .await
-        .map_err(|e| AppError::Other(e.to_string()))?;
+        .map_err(|e| AppError::Task {
+            what: "opening the store",
+            reason: e.to_string(),
+        })?;
     match opened {
         Ok((store, _)) => Ok(Opened::Store(store)),
         Err(StoreError::Index(IndexError::Locked { .. })) => Ok(Opened::Locked),
@@ -56,10 +59,9 @@ pub async fn store(arg: &ConfigArg, action: &StoreAction) -> Result<i32, AppErro
 }
 
 fn parse_key(key: &str) -> Result<Key, AppError> {
-    Key::parse(key).map_err(|e| {
-        AppError::Other(format!(
-            "{key:?} is not a store key ({e}); `image-cache store ls` lists them"
-        ))
+    Key::parse(key).map_err(|reason| AppError::BadKey {
+        key: key.to_string(),
+        reason,
     })
 }
 
@@ -68,7 +70,10 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, AppError> {
     Ok(tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| AppError::Other(e.to_string()))??)
+        .map_err(|e| AppError::Task {
+            what: "the store command",
+            reason: e.to_string(),
+        })??)
 }
 
 async fn local(store: Store, action: &StoreAction) -> Result<i32, AppError> {
@@ -182,9 +187,15 @@ async fn remote(client: &AdminClient, action: &StoreAction) -> Result<i32, AppEr
             };
             bar.finish_and_clear();
             match (status.last, status.last_error) {
-                (_, Some(e)) => Err(AppError::Other(format!("verify failed: {e}"))),
+                (_, Some(reason)) => Err(AppError::JobFailed {
+                    job: "verify",
+                    reason,
+                }),
                 (Some(report), None) => Ok(print_verify(&report)),
-                (None, None) => Err(AppError::Other("the server kept no verify report".into())),
+                (None, None) => Err(AppError::JobFailed {
+                    job: "verify",
+                    reason: "the server kept no report".into(),
+                }),
             }
         }
         StoreAction::Gc => {

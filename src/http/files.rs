@@ -7,8 +7,8 @@ use crate::config::{DomainConfig, OnMiss};
 use crate::metrics::{kind, result};
 use crate::serve::{self, body::Resume};
 use crate::store::{
-    Access, Expected, FilePath, Fill, FillFailure, FillSpec, Key, Phase, Plan, SourceFuture,
-    SourceMeta, SourceOutcome, now_secs,
+    Access, Expected, FilePath, Fill, FillFailure, FillSpec, Key, Phase, Plan, SourceError,
+    SourceFuture, SourceMeta, SourceOutcome, now_secs,
 };
 use crate::upstream;
 use actix_web::http::{Method, StatusCode, header};
@@ -239,15 +239,12 @@ fn stream_fill(
 
 fn failure_response(failure: &FillFailure) -> HttpResponse {
     match failure {
-        FillFailure::Upstream {
-            status: Some(s @ (404 | 410)),
+        FillFailure::Upstream(SourceError::Status {
+            status: s @ (404 | 410),
             ..
-        } => HttpResponse::build(StatusCode::from_u16(*s).unwrap_or(StatusCode::NOT_FOUND))
+        }) => HttpResponse::build(StatusCode::from_u16(*s).unwrap_or(StatusCode::NOT_FOUND))
             .body("not found at the origin\n"),
-        FillFailure::Upstream {
-            status: None,
-            message,
-        } if message.starts_with("timeout") => {
+        FillFailure::Upstream(SourceError::Timeout(message)) => {
             HttpResponse::GatewayTimeout().body(format!("origin timed out: {message}\n"))
         }
         other => HttpResponse::BadGateway().body(format!("{other}\n")),
@@ -279,10 +276,7 @@ async fn pass_through(
         Ok(r) => r,
         Err(e) => {
             state.metrics.request(kind::FILE, result::ERROR);
-            let failure = FillFailure::Upstream {
-                status: None,
-                message: upstream::source::describe(&e),
-            };
+            let failure = FillFailure::Upstream(upstream::source::source_error(e));
             return failure_response(&failure);
         }
     };

@@ -4,13 +4,12 @@
 
 use super::RegistryState;
 use super::backoff::retry_after_secs;
-use super::error::oci_error;
+use super::error::{Object, OciError};
 use super::fetch::{self, Target};
 use crate::metrics::{kind, result};
 use crate::serve;
-use crate::store::{FillFailure, Hit};
+use crate::store::{FillFailure, Hit, SourceError};
 use crate::upstream::Method;
-use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse};
 
@@ -31,69 +30,53 @@ pub fn stored(req: &HttpRequest, state: &RegistryState, hit: Hit) -> HttpRespons
     with_digest(serve::serve_hit(req, &state.metrics, hit), &digest)
 }
 
-/// `what` is `MANIFEST` or `BLOB`, for the `*_UNKNOWN` code.
-pub fn failure(state: &RegistryState, registry: &str, what: &str, f: &FillFailure) -> HttpResponse {
-    match f {
-        FillFailure::Upstream {
-            status: Some(404 | 410),
-            ..
-        } => oci_error(
-            StatusCode::NOT_FOUND,
-            &format!("{what}_UNKNOWN"),
-            &format!("{registry} does not have it"),
-        ),
-        FillFailure::Upstream {
-            status: Some(401), ..
-        } => oci_error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            &format!(
+/// A fill's failure as the OCI error containerd acts on.
+pub fn failure(
+    state: &RegistryState,
+    registry: &str,
+    object: Object,
+    f: &FillFailure,
+) -> HttpResponse {
+    let error = match f {
+        FillFailure::Upstream(SourceError::Status {
+            status: 404 | 410, ..
+        }) => OciError::Unknown {
+            object,
+            message: format!("{registry} does not have it"),
+        },
+        FillFailure::Upstream(SourceError::Status { status: 401, .. }) => {
+            OciError::Unauthorized(format!(
                 "{registry} requires credentials the cache does not hold for this repository \
                  (registry.credentials_file); pull it from the registry directly"
-            ),
+            ))
+        }
+        FillFailure::Upstream(SourceError::Status { status: 403, .. }) => OciError::Denied(
+            format!("{registry} denied the cache access to this repository"),
         ),
-        FillFailure::Upstream {
-            status: Some(403), ..
-        } => oci_error(
-            StatusCode::FORBIDDEN,
-            "DENIED",
-            &format!("{registry} denied the cache access to this repository"),
-        ),
-        FillFailure::Upstream {
-            status: Some(429), ..
-        } => rate_limited(state, registry),
-        FillFailure::Integrity(why) => oci_error(
-            StatusCode::BAD_GATEWAY,
-            "UNKNOWN",
-            &format!("{registry} sent content that does not match its digest: {why}"),
-        ),
-        other => oci_error(
-            StatusCode::BAD_GATEWAY,
-            "UNKNOWN",
-            &format!("upstream {registry} unavailable: {other}"),
-        ),
-    }
+        FillFailure::Upstream(SourceError::Status { status: 429, .. }) => {
+            return rate_limited(state, registry);
+        }
+        FillFailure::Integrity(why) => OciError::Upstream(format!(
+            "{registry} sent content that does not match its digest: {why}"
+        )),
+        other => OciError::Upstream(format!("upstream {registry} unavailable: {other}")),
+    };
+    error.response()
 }
 
-/// `503` with the wait left: containerd goes to the next host (the registry) at once, where relaying
-/// `429` would make it hammer the cache five times first.
+/// `503` with the wait left: containerd goes to the next host (the registry) at once.
 pub fn rate_limited(state: &RegistryState, registry: &str) -> HttpResponse {
     let wait = state
         .backoff
         .remaining(registry)
         .unwrap_or(super::backoff::DEFAULT_WAIT);
-    let mut resp = oci_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "TOOMANYREQUESTS",
-        &format!(
+    OciError::RateLimited {
+        message: format!(
             "{registry} rate-limits this cache; it is left alone for now and nothing is cached for this request"
         ),
-    );
-    if let Ok(v) = HeaderValue::from_str(&retry_after_secs(wait).to_string()) {
-        resp.headers_mut()
-            .insert(actix_web::http::header::RETRY_AFTER, v);
+        retry_after: retry_after_secs(wait),
     }
-    resp
+    .response()
 }
 
 /// Asks the registry on the client's behalf, uncached: a client whose `Accept` the stored manifest
@@ -125,15 +108,15 @@ pub async fn pass_through(
             state
                 .metrics
                 .registry_request(&target.registry, what, result::ERROR);
-            let code = if what == kind::BLOB {
-                "BLOB"
+            let object = if what == kind::BLOB {
+                Object::Blob
             } else {
-                "MANIFEST"
+                Object::Manifest
             };
             failure(
                 state,
                 &target.registry,
-                code,
+                object,
                 &fetch::refusal(state, target, &resp),
             )
         }
@@ -141,11 +124,7 @@ pub async fn pass_through(
             state
                 .metrics
                 .registry_request(&target.registry, what, result::ERROR);
-            oci_error(
-                StatusCode::BAD_GATEWAY,
-                "UNKNOWN",
-                &format!("upstream {} unavailable: {e}", target.registry),
-            )
+            OciError::Upstream(format!("upstream {} unavailable: {e}", target.registry)).response()
         }
     }
 }
@@ -160,15 +139,11 @@ pub fn store_error(
     state
         .metrics
         .registry_request(registry, what, result::ERROR);
-    oci_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "UNKNOWN",
-        "the cache's store is failing; fetch from the registry",
-    )
+    OciError::Unavailable("the cache's store is failing; fetch from the registry".into()).response()
 }
 
 pub fn internal(why: &str) -> HttpResponse {
-    oci_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", why)
+    OciError::Internal(why.to_string()).response()
 }
 
 /// A 404 the registry gave a moment ago (`registry.negative_ttl`), answered without asking it again.
@@ -179,14 +154,14 @@ pub fn remembered_missing(
     what: &'static str,
 ) -> HttpResponse {
     state.metrics.registry_request(registry, what, result::MISS);
-    let code = if what == kind::BLOB {
-        "BLOB_UNKNOWN"
+    let object = if what == kind::BLOB {
+        Object::Blob
     } else {
-        "MANIFEST_UNKNOWN"
+        Object::Manifest
     };
-    oci_error(
-        StatusCode::NOT_FOUND,
-        code,
-        &format!("{registry} did not have it a moment ago (registry.negative_ttl)"),
-    )
+    OciError::Unknown {
+        object,
+        message: format!("{registry} did not have it a moment ago (registry.negative_ttl)"),
+    }
+    .response()
 }

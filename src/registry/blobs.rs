@@ -5,6 +5,7 @@
 
 use super::RegistryState;
 use super::answer::{self, internal, pass_through, store_error, stored, with_digest};
+use super::error::Object;
 use super::fetch::{self, Repo, adopt, target};
 use super::path::{OciDigest, blob_key};
 use crate::metrics::{kind, result};
@@ -89,7 +90,7 @@ pub async fn get(
         }
         Phase::Failed(failure) => {
             count(result::ERROR);
-            return answer::failure(state, repo.registry, "BLOB", &failure);
+            return answer::failure(state, repo.registry, Object::Blob, &failure);
         }
         Phase::NotModified | Phase::Connecting => return internal("fill ended without an outcome"),
     };

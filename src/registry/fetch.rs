@@ -7,7 +7,8 @@
 use super::RegistryState;
 use super::accept;
 use crate::store::{
-    Digest, FillFailure, Hit, Key, ObjectRow, SourceFuture, SourceMeta, SourceOutcome, now_secs,
+    Digest, FillFailure, Hit, Key, ObjectRow, SourceError, SourceFuture, SourceMeta, SourceOutcome,
+    now_secs,
 };
 use crate::upstream::{self, Method, Request, Response, UpstreamError};
 use std::sync::Arc;
@@ -75,7 +76,7 @@ pub fn manifest(
         match send(&state, &target, Method::Get, Some(accept)).await {
             Ok(resp) if resp.status == 200 => manifest_body(resp),
             Ok(resp) => refused(&state, &target, &resp),
-            Err(e) => unreachable(&e),
+            Err(e) => unreachable(e),
         }
     })
 }
@@ -98,7 +99,7 @@ pub fn revalidate_tag(
                 manifest(state, target, client_accept).await
             }
             Ok(resp) => refused(&state, &target, &resp),
-            Err(e) => unreachable(&e),
+            Err(e) => unreachable(e),
         }
     })
 }
@@ -119,23 +120,20 @@ pub fn blob(state: Arc<RegistryState>, target: Target) -> SourceFuture {
                     }
                     outcome
                 }
-                Err(why) => unavailable(502, why),
+                Err(why) => refuse(why),
             },
             Ok(resp) => refused(&state, &target, &resp),
-            Err(e) => unreachable(&e),
+            Err(e) => unreachable(e),
         }
     })
 }
 
 fn manifest_body(resp: Response) -> SourceOutcome {
     if let Err(why) = identity(&resp) {
-        return unavailable(502, why);
+        return refuse(why);
     }
     if resp.content_length().is_some_and(|l| l > MANIFEST_MAX) {
-        return unavailable(
-            502,
-            format!("manifest larger than {MANIFEST_MAX} bytes refused"),
-        );
+        return refuse(format!("manifest larger than {MANIFEST_MAX} bytes refused"));
     }
     let content_type = resp
         .header("content-type")
@@ -159,14 +157,16 @@ fn manifest_body(resp: Response) -> SourceOutcome {
 fn limit(
     body: upstream::Body,
     max: u64,
-) -> impl futures_util::Stream<Item = Result<bytes::Bytes, String>> {
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, SourceError>> {
     use futures_util::StreamExt;
     let mut seen = 0u64;
     body.map(move |item| {
-        let chunk = item?;
+        let chunk = item.map_err(upstream::source::body_error)?;
         seen += chunk.len() as u64;
         if seen > max {
-            return Err(format!("manifest larger than {max} bytes refused"));
+            return Err(SourceError::Refused(format!(
+                "manifest larger than {max} bytes refused"
+            )));
         }
         Ok(chunk)
     })
@@ -194,8 +194,8 @@ pub fn content_digest(resp: &Response) -> Option<Digest> {
 /// A registry's non-200 answer as a fill source's outcome (see `refusal`).
 pub fn refused(state: &RegistryState, target: &Target, resp: &Response) -> SourceOutcome {
     match refusal(state, target, resp) {
-        FillFailure::Upstream { status, message } => SourceOutcome::Unavailable { status, message },
-        other => unavailable(502, other.to_string()),
+        FillFailure::Upstream(e) => SourceOutcome::Unavailable(e),
+        other => refuse(other.to_string()),
     }
 }
 
@@ -216,24 +216,19 @@ pub fn refusal(state: &RegistryState, target: &Target, resp: &Response) -> FillF
         }
         _ => {}
     }
-    FillFailure::Upstream {
-        status: Some(resp.status),
+    FillFailure::Upstream(SourceError::Status {
+        status: resp.status,
         message: format!("{} answered {}", target.registry, resp.status),
-    }
+    })
 }
 
-fn unreachable(e: &UpstreamError) -> SourceOutcome {
-    SourceOutcome::Unavailable {
-        status: None,
-        message: upstream::source::describe(e),
-    }
+fn unreachable(e: UpstreamError) -> SourceOutcome {
+    SourceOutcome::Unavailable(upstream::source::source_error(e))
 }
 
-fn unavailable(status: u16, message: String) -> SourceOutcome {
-    SourceOutcome::Unavailable {
-        status: Some(status),
-        message,
-    }
+/// An answer the cache will not store (an encoding nobody asked for, too large).
+fn refuse(why: String) -> SourceOutcome {
+    SourceOutcome::Unavailable(SourceError::Refused(why))
 }
 
 /// The store key and the upstream target of one object.

@@ -3,33 +3,27 @@
 //! store is touched.
 
 use super::answer;
-use super::error::{base, oci_error, unsupported};
+use super::error::{OciError, base};
 use super::fetch::{Repo, target};
 use super::manifests;
-use super::path::{self, PathError, Reference, Route};
+use super::path::{self, Reference, Route};
 use super::{RegistryState, blobs};
 use actix_web::body::{BodySize, MessageBody};
+use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse};
 use std::sync::Arc;
 
 pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpResponse {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return unsupported(req.method().as_str());
+        return OciError::Unsupported {
+            method: req.method().to_string(),
+        }
+        .response();
     }
     let route = match path::parse(req.path()) {
         Ok(r) => r,
-        Err(PathError::NotFound) => {
-            return oci_error(StatusCode::NOT_FOUND, "NOT_FOUND", "not a pull endpoint");
-        }
-        Err(e) => {
-            return oci_error(
-                StatusCode::BAD_REQUEST,
-                e.code(),
-                "invalid repository name, tag or digest",
-            );
-        }
+        Err(e) => return OciError::from(e).response(),
     };
     if route == Route::Base {
         return base();
@@ -41,7 +35,7 @@ pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpRespon
             Some(ns) => format!("registry {ns:?} is not in registry.upstreams"),
             None => "no ns parameter: configure containerd with a hosts.toml (image-cache containerd-hosts)".into(),
         };
-        return oci_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN", &why);
+        return OciError::NameUnknown(why).response();
     };
     let mut response = match &route {
         Route::Manifest { name, reference } => {

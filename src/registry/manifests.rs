@@ -5,13 +5,13 @@
 //! answer carries the digest the cache computed.
 
 use super::answer::{self, internal, pass_through, store_error, stored};
-use super::error::oci_error;
+use super::error::{Object, OciError};
 use super::fetch::{self, Repo, adopt, target};
 use super::path::{OciDigest, manifest_key, tag_key};
 use super::{RegistryState, accept};
 use crate::metrics::{kind, result};
 use crate::store::{Access, Expected, FillSpec, Key, ObjectRow, Phase, Plan, now_secs};
-use actix_web::http::{StatusCode, header};
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
 use std::sync::Arc;
 
@@ -105,7 +105,7 @@ pub async fn by_tag(
         }
         Phase::Failed(failure) => {
             let status = match &failure {
-                crate::store::FillFailure::Upstream { status, .. } => *status,
+                crate::store::FillFailure::Upstream(e) => e.status(),
                 _ => None,
             };
             match status {
@@ -130,7 +130,7 @@ pub async fn by_tag(
             state
                 .metrics
                 .registry_request(repo.registry, kind::MANIFEST, result::ERROR);
-            answer::failure(state, repo.registry, "MANIFEST", &failure)
+            answer::failure(state, repo.registry, Object::Manifest, &failure)
         }
         Phase::Connecting | Phase::Streaming { .. } => internal("fill ended without an outcome"),
     }
@@ -198,7 +198,7 @@ pub async fn by_digest(
             state
                 .metrics
                 .registry_request(repo.registry, kind::MANIFEST, result::ERROR);
-            answer::failure(state, repo.registry, "MANIFEST", &failure)
+            answer::failure(state, repo.registry, Object::Manifest, &failure)
         }
         Phase::Connecting | Phase::Streaming { .. } => internal("fill ended without an outcome"),
     }
@@ -255,11 +255,8 @@ fn serve_again(
             state
                 .metrics
                 .registry_request(registry, kind::MANIFEST, result::ERROR);
-            oci_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "UNKNOWN",
-                "the manifest was evicted while being served; retry",
-            )
+            OciError::Unavailable("the manifest was evicted while being served; retry".into())
+                .response()
         }
         Err(e) => store_error(state, registry, kind::MANIFEST, &e),
     }

@@ -75,17 +75,6 @@ pub enum PathError {
     DigestInvalid,
 }
 
-impl PathError {
-    pub fn code(self) -> &'static str {
-        match self {
-            PathError::NotFound => "NOT_FOUND",
-            PathError::NameInvalid => "NAME_INVALID",
-            PathError::TagInvalid => "MANIFEST_INVALID",
-            PathError::DigestInvalid => "DIGEST_INVALID",
-        }
-    }
-}
-
 pub fn parse(path: &str) -> Result<Route, PathError> {
     if path == "/v2/" || path == "/v2" {
         return Ok(Route::Base);

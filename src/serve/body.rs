@@ -131,7 +131,7 @@ fn skip_bytes(
     body: upstream::Body,
     skip: u64,
     end: Option<u64>,
-) -> impl Stream<Item = Result<Bytes, String>> {
+) -> impl Stream<Item = Result<Bytes, upstream::BodyError>> {
     let limit = end.map(|e| e - skip);
     futures_util::stream::unfold(
         (body, skip, limit),

@@ -4,7 +4,9 @@
 
 use super::fs::{self, TempBlob};
 use super::index::ObjectRow;
-use super::inflight::{Expected, Fill, FillFailure, Phase, SourceBody, SourceMeta, SourceOutcome};
+use super::inflight::{
+    Expected, Fill, FillFailure, Phase, SourceBody, SourceError, SourceMeta, SourceOutcome,
+};
 use super::{FillSpec, Inner, Store, StoreError, io_err, lock, now_secs, stripe_of};
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -48,10 +50,9 @@ impl FillGuard {
 
 impl Drop for FillGuard {
     fn drop(&mut self) {
-        self.end(Phase::Failed(FillFailure::Upstream {
-            status: None,
-            message: "fill abandoned (shutting down)".into(),
-        }));
+        self.end(Phase::Failed(FillFailure::Upstream(
+            SourceError::Abandoned("shutting down".into()),
+        )));
     }
 }
 
@@ -83,15 +84,13 @@ pub(super) async fn run(
             .await;
             match (prior, updated) {
                 (Some(_), Ok(Ok(true))) => Phase::NotModified,
-                _ => Phase::Failed(FillFailure::Upstream {
-                    status: Some(304),
+                _ => Phase::Failed(FillFailure::Upstream(SourceError::Status {
+                    status: 304,
                     message: "origin answered 304 but nothing is stored".into(),
-                }),
+                })),
             }
         }
-        SourceOutcome::Unavailable { status, message } => {
-            Phase::Failed(FillFailure::Upstream { status, message })
-        }
+        SourceOutcome::Unavailable(e) => Phase::Failed(FillFailure::Upstream(e)),
         SourceOutcome::Body { meta, body } => {
             match write_body(
                 &inner,
@@ -203,12 +202,7 @@ async fn write_body(
                     (temp, buf) = flush(fill, temp, buf, &hash_tx).await?;
                 }
             }
-            Some(Err(message)) => {
-                return Err(FillFailure::Upstream {
-                    status: None,
-                    message,
-                });
-            }
+            Some(Err(e)) => return Err(FillFailure::Upstream(e)),
             None => break,
         }
     }
@@ -230,6 +224,12 @@ async fn write_body(
     if let Some(cl) = meta.content_length
         && cl != hashes.size
     {
+        if hashes.size < cl {
+            return Err(FillFailure::Upstream(SourceError::Short {
+                got: hashes.size,
+                announced: cl,
+            }));
+        }
         return integrity(format!(
             "source announced {cl} bytes and sent {}",
             hashes.size

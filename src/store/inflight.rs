@@ -32,7 +32,44 @@ pub struct SourceMeta {
     pub digest: Option<super::key::Digest>,
 }
 
-pub type SourceBody = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+/// Why a source did not deliver, by cause, so the fronts can choose their answer (404 relayed, 504 for a
+/// timeout, 502 otherwise) and their fallback (the next source, a resume) without reading messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// The source answered, with a status that carries no body to store (404, 500, 429…).
+    #[error("answered {status}: {message}")]
+    Status { status: u16, message: String },
+    /// No answer, or no body bytes, within the configured time.
+    #[error("timeout: {0}")]
+    Timeout(String),
+    /// The source could not be reached (refused, unresolvable, TLS failure).
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The body broke off (connection reset, malformed framing).
+    #[error("body broken: {0}")]
+    Reset(String),
+    /// The body ended cleanly before the length the source announced.
+    #[error("body ended after {got} of {announced} bytes")]
+    Short { got: u64, announced: u64 },
+    /// The answer is unusable as it is (an encoding nobody asked for, larger than allowed).
+    #[error("{0}")]
+    Refused(String),
+    /// The fill was stopped before the source's end of body (shutdown, cancellation).
+    #[error("abandoned: {0}")]
+    Abandoned(String),
+}
+
+impl SourceError {
+    /// The source's status, when it answered with one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            SourceError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+pub type SourceBody = Pin<Box<dyn Stream<Item = Result<Bytes, SourceError>> + Send>>;
 
 /// The answer of whatever feeds a fill (an origin, a peer, a registry), as far as the store cares.
 pub enum SourceOutcome {
@@ -43,10 +80,7 @@ pub enum SourceOutcome {
     /// A conditional request found the stored copy current.
     NotModified,
     /// No body to store: the source answered with another status or could not be reached.
-    Unavailable {
-        status: Option<u16>,
-        message: String,
-    },
+    Unavailable(SourceError),
 }
 
 pub type SourceFuture = Pin<Box<dyn Future<Output = SourceOutcome> + Send>>;
@@ -62,10 +96,7 @@ pub struct Expected {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FillFailure {
     /// The source refused or broke; nothing to serve.
-    Upstream {
-        status: Option<u16>,
-        message: String,
-    },
+    Upstream(SourceError),
     /// The body did not match its length or digest; nothing stored, readers aborted.
     Integrity(String),
     /// The body could not be stored (disk full, too large). The source is fine: a reader may continue
@@ -76,14 +107,10 @@ pub enum FillFailure {
 impl std::fmt::Display for FillFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FillFailure::Upstream {
-                status: Some(s),
-                message,
-            } => write!(f, "upstream answered {s}: {message}"),
-            FillFailure::Upstream {
-                status: None,
-                message,
-            } => write!(f, "upstream failed: {message}"),
+            FillFailure::Upstream(SourceError::Status { status, message }) => {
+                write!(f, "upstream answered {status}: {message}")
+            }
+            FillFailure::Upstream(e) => write!(f, "upstream failed: {e}"),
             FillFailure::Integrity(m) => write!(f, "integrity check failed: {m}"),
             FillFailure::Storage(m) => write!(f, "cannot store: {m}"),
         }
@@ -324,10 +351,8 @@ impl FillReader {
             }
             if self.rx.changed().await.is_err() {
                 // The fill task is gone without a final phase (runtime shutting down).
-                let failure = FillFailure::Upstream {
-                    status: None,
-                    message: "fill abandoned".into(),
-                };
+                let failure =
+                    FillFailure::Upstream(SourceError::Abandoned("the fill task is gone".into()));
                 return Some(Err(ReadError::Failed {
                     failure,
                     delivered_to: self.pos,

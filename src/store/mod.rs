@@ -20,7 +20,7 @@ mod verify;
 
 pub use index::{Found, ObjectRow};
 pub use inflight::{
-    Expected, Fill, FillFailure, FillReader, FillStatus, Phase, ReadError, SourceBody,
+    Expected, Fill, FillFailure, FillReader, FillStatus, Phase, ReadError, SourceBody, SourceError,
     SourceFuture, SourceMeta, SourceOutcome,
 };
 pub use key::{Digest, FilePath, Key, KeyError};

@@ -44,8 +44,8 @@ fn content(n: usize, seed: u8) -> Vec<u8> {
 fn fed(
     length: Option<u64>,
     calls: Arc<AtomicUsize>,
-) -> (mpsc::Sender<Result<Bytes, String>>, SourceFuture) {
-    let (tx, mut rx) = mpsc::channel::<Result<Bytes, String>>(64);
+) -> (mpsc::Sender<Result<Bytes, SourceError>>, SourceFuture) {
+    let (tx, mut rx) = mpsc::channel::<Result<Bytes, SourceError>>(64);
     let source: SourceFuture = Box::pin(async move {
         calls.fetch_add(1, Ordering::SeqCst);
         let body: SourceBody = Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
@@ -246,13 +246,15 @@ async fn a_source_that_breaks_mid_body_aborts_readers_and_stores_nothing() {
     tx.send(Ok(Bytes::copy_from_slice(&data[..100_000])))
         .await
         .unwrap();
-    tx.send(Err("connection reset".into())).await.unwrap();
+    tx.send(Err(SourceError::Reset("connection reset".into())))
+        .await
+        .unwrap();
     let got = reader.await.unwrap();
     assert!(
         matches!(
             &got,
             Err(ReadError::Failed {
-                failure: FillFailure::Upstream { .. },
+                failure: FillFailure::Upstream(SourceError::Reset(_)),
                 delivered_to
             }) if *delivered_to < 100_000
         ),
@@ -321,10 +323,10 @@ async fn a_source_that_refuses_leaves_no_trace_and_no_running_fill() {
         .access(&k, |_| {
             fill_plan(
                 Box::pin(async {
-                    SourceOutcome::Unavailable {
-                        status: Some(404),
+                    SourceOutcome::Unavailable(SourceError::Status {
+                        status: 404,
                         message: "not found".into(),
-                    }
+                    })
                 }),
                 Expected::default(),
             )
@@ -335,10 +337,10 @@ async fn a_source_that_refuses_leaves_no_trace_and_no_running_fill() {
     };
     assert!(matches!(
         fill.head().await,
-        Phase::Failed(FillFailure::Upstream {
-            status: Some(404),
+        Phase::Failed(FillFailure::Upstream(SourceError::Status {
+            status: 404,
             ..
-        })
+        }))
     ));
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(t.store.fills().is_empty());

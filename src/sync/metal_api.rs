@@ -322,13 +322,12 @@ impl MetalApi {
             request = request.header("accept", "application/json");
             match self.upstream.send(request).await {
                 Ok(resp) if resp.status == 200 => {
-                    let body =
-                        upstream::read_body(resp.body, MAX_LISTING)
-                            .await
-                            .map_err(|message| ApiError::Unreachable {
-                                url: url.clone(),
-                                message,
-                            })?;
+                    let body = upstream::read_body(resp.body, MAX_LISTING)
+                        .await
+                        .map_err(|e| ApiError::Unreachable {
+                            url: url.clone(),
+                            message: e.to_string(),
+                        })?;
                     return serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
                         url: url.clone(),
                         message: e.to_string(),
@@ -361,7 +360,7 @@ impl MetalApi {
                 Err(e) => {
                     last = Some(ApiError::Unreachable {
                         url: url.clone(),
-                        message: upstream::source::describe(&e),
+                        message: e.to_string(),
                     });
                 }
             }

@@ -81,7 +81,21 @@ impl Request {
     }
 }
 
-pub type Body = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+/// Why a response body stopped before its end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// No byte arrived for `upstream.read_timeout`.
+    #[error("no body bytes for {0}s")]
+    Idle(u64),
+    /// The connection or the framing broke.
+    #[error("body broken: {0}")]
+    Broken(String),
+    /// `read_body` refused to gather more than its limit.
+    #[error("answer larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+pub type Body = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>;
 
 pub struct Response {
     pub status: u16,
@@ -190,12 +204,12 @@ impl Upstream {
 }
 
 /// A whole (small) body, refused beyond `limit` bytes: API answers and sidecars, never content.
-pub async fn read_body(mut body: Body, limit: usize) -> Result<Vec<u8>, String> {
+pub async fn read_body(mut body: Body, limit: usize) -> Result<Vec<u8>, BodyError> {
     let mut out = Vec::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;
         if out.len() + chunk.len() > limit {
-            return Err(format!("answer larger than {limit} bytes"));
+            return Err(BodyError::TooLarge(limit));
         }
         out.extend_from_slice(&chunk);
     }
@@ -323,14 +337,14 @@ fn pump_body<S>(mut response: awc::ClientResponse<S>, idle: Duration) -> Body
 where
     S: Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin + 'static,
 {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(BODY_CHANNEL);
+    let (tx, rx) = mpsc::channel::<Result<Bytes, BodyError>>(BODY_CHANNEL);
     actix_rt::spawn(async move {
         loop {
             let item = match tokio::time::timeout(idle, response.next()).await {
                 Ok(Some(Ok(chunk))) => Ok(chunk),
-                Ok(Some(Err(e))) => Err(format!("body broken: {e}")),
+                Ok(Some(Err(e))) => Err(BodyError::Broken(e.to_string())),
                 Ok(None) => break,
-                Err(_) => Err(format!("no body bytes for {}s", idle.as_secs())),
+                Err(_) => Err(BodyError::Idle(idle.as_secs())),
             };
             let stop = item.is_err();
             if tx.send(item).await.is_err() || stop {
@@ -342,8 +356,8 @@ where
 }
 
 fn tokio_stream_from(
-    mut rx: mpsc::Receiver<Result<Bytes, String>>,
-) -> impl Stream<Item = Result<Bytes, String>> {
+    mut rx: mpsc::Receiver<Result<Bytes, BodyError>>,
+) -> impl Stream<Item = Result<Bytes, BodyError>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 

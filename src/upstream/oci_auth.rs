@@ -167,7 +167,9 @@ impl OciAuth {
         if resp.status != 200 {
             return Err(format!("token endpoint answered {}", resp.status));
         }
-        let body = super::read_body(resp.body, TOKEN_BODY_LIMIT).await?;
+        let body = super::read_body(resp.body, TOKEN_BODY_LIMIT)
+            .await
+            .map_err(|e| format!("token answer: {e}"))?;
         let answer: TokenAnswer =
             serde_json::from_slice(&body).map_err(|e| format!("token answer: {e}"))?;
         let token = answer

@@ -2,8 +2,9 @@
 //! fills (file cache, peers, sync) reads an origin the same way: 200 → body, 304 → not modified,
 //! anything else → unavailable with the status kept for the client.
 
-use super::{Request, Response, Upstream, UpstreamError};
-use crate::store::{SourceFuture, SourceMeta, SourceOutcome};
+use super::{BodyError, Request, Response, Upstream, UpstreamError};
+use crate::store::{SourceError, SourceFuture, SourceMeta, SourceOutcome};
+use futures_util::StreamExt;
 
 /// A GET of `url`, conditional when a stored copy is being revalidated (`etag`, `last_modified`).
 pub fn get(
@@ -34,14 +35,11 @@ pub fn get_kind(
         match upstream.send(request).await {
             Ok(resp) if resp.status == 200 => body_outcome(resp),
             Ok(resp) if resp.status == 304 => SourceOutcome::NotModified,
-            Ok(resp) => SourceOutcome::Unavailable {
-                status: Some(resp.status),
+            Ok(resp) => SourceOutcome::Unavailable(SourceError::Status {
+                status: resp.status,
                 message: format!("origin {} answered {}", resp.url, resp.status),
-            },
-            Err(e) => SourceOutcome::Unavailable {
-                status: None,
-                message: describe(&e),
-            },
+            }),
+            Err(e) => SourceOutcome::Unavailable(source_error(e)),
         }
     })
 }
@@ -55,13 +53,27 @@ pub fn body_outcome(resp: Response) -> SourceOutcome {
             last_modified: resp.header("last-modified").map(str::to_string),
             digest: None,
         },
-        body: resp.body,
+        body: Box::pin(resp.body.map(|item| item.map_err(body_error))),
     }
 }
 
-pub fn describe(e: &UpstreamError) -> String {
+/// A request that got no response, by cause.
+pub fn source_error(e: UpstreamError) -> SourceError {
     match e {
-        UpstreamError::Timeout(m) => format!("timeout: {m}"),
-        other => other.to_string(),
+        UpstreamError::Timeout(m) => SourceError::Timeout(m),
+        UpstreamError::Connect(m) => SourceError::Unreachable(m),
+        UpstreamError::Closed => SourceError::Abandoned("the upstream client is shut down".into()),
+        e @ (UpstreamError::Protocol(_) | UpstreamError::Redirect(_)) => {
+            SourceError::Refused(e.to_string())
+        }
+    }
+}
+
+/// A body that stopped early, by cause.
+pub fn body_error(e: BodyError) -> SourceError {
+    match e {
+        BodyError::Idle(secs) => SourceError::Timeout(format!("no body bytes for {secs}s")),
+        BodyError::Broken(m) => SourceError::Reset(m),
+        e @ BodyError::TooLarge(_) => SourceError::Refused(e.to_string()),
     }
 }

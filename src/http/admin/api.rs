@@ -26,83 +26,116 @@ const ROUTES: &[(&str, &str)] = &[
     ("/admin/store/verify", "GET, POST"),
 ];
 
+/// Why the admin API refused or failed, with the status that says whose fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// A malformed, unknown or duplicated query parameter.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no such key")]
+    NoSuchKey,
+    #[error("no such admin route; see the README's admin API section")]
+    NoRoute,
+    #[error("method not allowed")]
+    Method { allow: &'static str },
+    #[error("a {0} is already running")]
+    Busy(&'static str),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A job or blocking task ended without an answer.
+    #[error("{0}")]
+    Task(String),
+    /// The sync could not list metal-api (or the like): the failure is upstream of us.
+    #[error("{0}")]
+    Upstream(String),
+}
+
+impl AdminError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::NoSuchKey | AdminError::NoRoute => StatusCode::NOT_FOUND,
+            AdminError::Method { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::Busy(_) => StatusCode::CONFLICT,
+            AdminError::Store(_) | AdminError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AdminError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn response(&self) -> HttpResponse {
+        if let AdminError::Store(e) = self {
+            tracing::error!(error = %e, "admin API: store operation failed");
+        }
+        let mut b = HttpResponse::build(self.status());
+        if let AdminError::Method { allow } = self {
+            b.insert_header((header::ALLOW, *allow));
+        }
+        b.json(json!({ "error": self.to_string() }))
+    }
+}
+
+type Answer = Result<HttpResponse, AdminError>;
+
 pub async fn handle(req: &HttpRequest, state: &HttpState) -> HttpResponse {
     let q = req.query_string();
     let post = req.method() == "POST";
-    let answer = route(req, state, q, post).await;
+    let answer = route(req, state, q, post)
+        .await
+        .unwrap_or_else(|e| e.response());
     if post || req.method() == "DELETE" {
         state.admin.forget_summary().await;
     }
     answer
 }
 
-async fn route(req: &HttpRequest, state: &HttpState, q: &str, post: bool) -> HttpResponse {
+async fn route(req: &HttpRequest, state: &HttpState, q: &str, post: bool) -> Answer {
+    let bad = AdminError::BadRequest;
     match (req.method().as_str(), req.path()) {
-        ("GET", "/admin/status") => match query::none(q) {
-            Ok(()) => json_ok(&view::gather(state).await),
-            Err(e) => bad(&e),
-        },
-        ("GET", "/admin/objects") => match query::objects(q) {
-            Ok(q) => list(&state.store, q).await,
-            Err(e) => bad(&e),
-        },
-        ("DELETE", "/admin/objects") => match query::key(q).and_then(parse_key) {
-            Ok(key) => remove(&state.store, key).await,
-            Err(e) => bad(&e),
-        },
-        ("POST" | "DELETE", "/admin/objects/pin") => match query::key(q).and_then(parse_key) {
-            Ok(key) => pin(&state.store, key, post).await,
-            Err(e) => bad(&e),
-        },
-        ("GET", "/admin/fills") => match query::none(q) {
-            Ok(()) => json_ok(&view::fills(state)),
-            Err(e) => bad(&e),
-        },
-        ("GET", "/admin/peers") => match query::none(q) {
-            Ok(()) => {
-                let (node, peers) = view::peers(state);
-                json_ok(&json!({ "node": node, "peers": peers }))
+        ("GET", "/admin/status") => {
+            query::none(q).map_err(bad)?;
+            Ok(json_ok(&view::gather(state).await))
+        }
+        ("GET", "/admin/objects") => list(&state.store, query::objects(q).map_err(bad)?).await,
+        ("DELETE", "/admin/objects") => {
+            remove(&state.store, parse_key(query::key(q).map_err(bad)?)?).await
+        }
+        ("POST" | "DELETE", "/admin/objects/pin") => {
+            pin(&state.store, parse_key(query::key(q).map_err(bad)?)?, post).await
+        }
+        ("GET", "/admin/fills") => {
+            query::none(q).map_err(bad)?;
+            Ok(json_ok(&view::fills(state)))
+        }
+        ("GET", "/admin/peers") => {
+            query::none(q).map_err(bad)?;
+            let (node, peers) = view::peers(state);
+            Ok(json_ok(&json!({ "node": node, "peers": peers })))
+        }
+        ("GET", "/admin/sync") => {
+            query::none(q).map_err(bad)?;
+            Ok(json_ok(&state.admin.sync.status()))
+        }
+        ("POST", "/admin/sync") => sync(state, query::run(q).map_err(bad)?).await,
+        ("POST", "/admin/store/gc") => {
+            query::none(q).map_err(bad)?;
+            gc(&state.store).await
+        }
+        ("GET", "/admin/store/verify") => {
+            query::none(q).map_err(bad)?;
+            Ok(json_ok(&state.admin.verify.status()))
+        }
+        ("POST", "/admin/store/verify") => {
+            let run = query::run(q).map_err(bad)?;
+            if run.dry_run {
+                return Err(AdminError::BadRequest("verify has no dry run".into()));
             }
-            Err(e) => bad(&e),
-        },
-        ("GET", "/admin/sync") => match query::none(q) {
-            Ok(()) => json_ok(&state.admin.sync.status()),
-            Err(e) => bad(&e),
-        },
-        ("POST", "/admin/sync") => match query::run(q) {
-            Ok(run) => sync(state, run).await,
-            Err(e) => bad(&e),
-        },
-        ("POST", "/admin/store/gc") => match query::none(q) {
-            Ok(()) => gc(&state.store).await,
-            Err(e) => bad(&e),
-        },
-        ("GET", "/admin/store/verify") => match query::none(q) {
-            Ok(()) => json_ok(&state.admin.verify.status()),
-            Err(e) => bad(&e),
-        },
-        ("POST", "/admin/store/verify") => match query::run(q) {
-            Ok(run) if run.dry_run => bad("verify has no dry run"),
-            Ok(run) => verify(state, run.wait).await,
-            Err(e) => bad(&e),
-        },
-        (_, path) => match ROUTES.iter().find(|(p, _)| *p == path) {
-            Some((_, allow)) => {
-                let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-                r.headers_mut()
-                    .insert(header::ALLOW, header::HeaderValue::from_static(allow));
-                r
-            }
-            None => error(
-                StatusCode::NOT_FOUND,
-                "no such admin route; see the README's admin API section",
-            ),
-        },
+            verify(state, run.wait).await
+        }
+        (_, path) => Err(match ROUTES.iter().find(|(p, _)| *p == path) {
+            Some((_, allow)) => AdminError::Method { allow },
+            None => AdminError::NoRoute,
+        }),
     }
-}
-
-fn bad(message: &str) -> HttpResponse {
-    error(StatusCode::BAD_REQUEST, message)
 }
 
 fn json_ok<T: Serialize>(v: &T) -> HttpResponse {
@@ -111,38 +144,27 @@ fn json_ok<T: Serialize>(v: &T) -> HttpResponse {
         .json(v)
 }
 
-fn error(status: StatusCode, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(json!({ "error": message }))
-}
-
-fn parse_key(text: String) -> Result<Key, String> {
-    Key::parse(&text)
-        .map_err(|e| format!("`key` is not a store key ({e}); copy it from GET /admin/objects"))
-}
-
-/// Store failures are ours, not the client's.
-fn store_failed(e: &StoreError) -> HttpResponse {
-    tracing::error!(error = %e, "admin API: store operation failed");
-    error(StatusCode::INTERNAL_SERVER_ERROR, &format!("store: {e}"))
+fn parse_key(text: String) -> Result<Key, AdminError> {
+    Key::parse(&text).map_err(|e| {
+        AdminError::BadRequest(format!(
+            "`key` is not a store key ({e}); copy it from GET /admin/objects"
+        ))
+    })
 }
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, HttpResponse> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(store_failed(&e)),
-        Err(e) => Err(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("admin task failed: {e}"),
-        )),
-    }
+) -> Result<T, AdminError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AdminError::Task(format!("admin task failed: {e}")))?
+        .map_err(AdminError::from)
 }
 
 /// `GET /admin/objects`: key order, `limit` per page, `next_cursor` to go on (null at the end).
-async fn list(store: &Store, q: ObjectsQuery) -> HttpResponse {
+async fn list(store: &Store, q: ObjectsQuery) -> Answer {
     let store = store.clone();
-    let page = blocking(move || {
+    let (objects, next_cursor) = blocking(move || {
         store.flush_access()?;
         let found = store.find(
             &q.prefix,
@@ -158,84 +180,66 @@ async fn list(store: &Store, q: ObjectsQuery) -> HttpResponse {
             .collect();
         Ok((objects, found.next_cursor))
     })
-    .await;
-    match page {
-        Ok((objects, next_cursor)) => {
-            json_ok(&json!({ "objects": objects, "next_cursor": next_cursor }))
-        }
-        Err(r) => r,
-    }
+    .await?;
+    Ok(json_ok(
+        &json!({ "objects": objects, "next_cursor": next_cursor }),
+    ))
 }
 
-async fn remove(store: &Store, key: Key) -> HttpResponse {
+async fn remove(store: &Store, key: Key) -> Answer {
     let s = store.clone();
     let k = key.as_str().to_string();
-    match blocking(move || s.remove(&[k])).await {
-        Ok(0) => error(StatusCode::NOT_FOUND, "no such key"),
-        Ok(_) => {
-            tracing::info!(key = %key, "object removed through the admin API");
-            json_ok(&json!({ "key": key.as_str(), "removed": true }))
-        }
-        Err(r) => r,
+    if blocking(move || s.remove(&[k])).await? == 0 {
+        return Err(AdminError::NoSuchKey);
     }
+    tracing::info!(key = %key, "object removed through the admin API");
+    Ok(json_ok(&json!({ "key": key.as_str(), "removed": true })))
 }
 
-async fn pin(store: &Store, key: Key, pinned: bool) -> HttpResponse {
+async fn pin(store: &Store, key: Key, pinned: bool) -> Answer {
     let s = store.clone();
     let k = key.clone();
-    match blocking(move || s.pin_by_operator(&k, pinned)).await {
-        Ok(false) => error(StatusCode::NOT_FOUND, "no such key"),
-        Ok(true) => {
-            tracing::info!(key = %key, pinned, "pin changed through the admin API");
-            json_ok(&json!({ "key": key.as_str(), "pinned": pinned }))
-        }
-        Err(r) => r,
+    if !blocking(move || s.pin_by_operator(&k, pinned)).await? {
+        return Err(AdminError::NoSuchKey);
     }
+    tracing::info!(key = %key, pinned, "pin changed through the admin API");
+    Ok(json_ok(&json!({ "key": key.as_str(), "pinned": pinned })))
 }
 
-async fn gc(store: &Store) -> HttpResponse {
+async fn gc(store: &Store) -> Answer {
     let s = store.clone();
-    match blocking(move || s.gc()).await {
-        Ok(report) => json_ok(&report),
-        Err(r) => r,
-    }
+    Ok(json_ok(&blocking(move || s.gc()).await?))
 }
 
-async fn verify(state: &HttpState, wait: bool) -> HttpResponse {
-    let (run, outcome) = match state.admin.verify.start() {
-        Ok(started) => started,
-        Err(crate::lifecycle::Busy) => {
-            return error(StatusCode::CONFLICT, "a verify is already running");
-        }
-    };
+async fn verify(state: &HttpState, wait: bool) -> Answer {
+    let (run, outcome) = state
+        .admin
+        .verify
+        .start()
+        .map_err(|_| AdminError::Busy("verify"))?;
     if !wait {
-        return HttpResponse::Accepted().json(json!({ "started": true, "run": run }));
+        return Ok(HttpResponse::Accepted().json(json!({ "started": true, "run": run })));
     }
     match outcome.await {
-        Ok(Ok(report)) => json_ok(&report),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
-        Err(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the verify run ended without an outcome",
-        ),
+        Ok(Ok(report)) => Ok(json_ok(&report)),
+        Ok(Err(e)) => Err(AdminError::Task(e)),
+        Err(_) => Err(AdminError::Task(
+            "the verify run ended without an outcome".into(),
+        )),
     }
 }
 
 /// `POST /admin/sync[?dry_run][&wait]`: start a run (202 with its number), or run it and answer its
 /// report; 409 while another run is going.
-async fn sync(state: &HttpState, run: query::RunQuery) -> HttpResponse {
-    let busy = || error(StatusCode::CONFLICT, "a sync is already running");
+async fn sync(state: &HttpState, run: query::RunQuery) -> Answer {
+    let failed = |e| match e {
+        SyncRunError::Busy => AdminError::Busy("sync"),
+        SyncRunError::Failed(e) => AdminError::Upstream(e),
+    };
     if run.wait {
-        return match state.admin.sync.run(run.dry_run).await {
-            Ok(report) => json_ok(&report),
-            Err(SyncRunError::Busy) => busy(),
-            Err(SyncRunError::Failed(e)) => error(StatusCode::BAD_GATEWAY, &e),
-        };
+        let report = state.admin.sync.run(run.dry_run).await.map_err(failed)?;
+        return Ok(json_ok(&report));
     }
-    match state.admin.sync.start(run.dry_run) {
-        Ok(n) => HttpResponse::Accepted()
-            .json(json!({ "started": true, "run": n, "dry_run": run.dry_run })),
-        Err(SyncRunError::Busy) => busy(),
-        Err(SyncRunError::Failed(e)) => error(StatusCode::BAD_GATEWAY, &e),
-    }
+    let n = state.admin.sync.start(run.dry_run).map_err(failed)?;
+    Ok(HttpResponse::Accepted().json(json!({ "started": true, "run": n, "dry_run": run.dry_run })))
 }
