@@ -54,7 +54,7 @@ pub enum AdminClientError {
 /// Admin answers are small JSON documents; a store listing page is the largest.
 const ANSWER_MAX: usize = 64 << 20;
 
-pub struct AdminClient {
+pub(super) struct AdminClient {
     base: String,
     token: Option<String>,
     upstream: Upstream,
@@ -62,7 +62,7 @@ pub struct AdminClient {
 
 impl AdminClient {
     /// The first `http.admin_listen` address, else the first `http.listen` one; a wildcard becomes loopback.
-    pub fn new(config: &Config, upstream: Upstream) -> Result<Self, AppError> {
+    pub(super) fn new(config: &Config, upstream: Upstream) -> Result<Self, AppError> {
         let addr = config
             .http
             .admin_listen
@@ -98,12 +98,12 @@ impl AdminClient {
         })
     }
 
-    pub fn base(&self) -> &str {
+    pub(super) fn base(&self) -> &str {
         &self.base
     }
 
     /// `path` with its query, e.g. `/admin/objects?limit=10`.
-    pub async fn call<T: DeserializeOwned>(
+    pub(super) async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -158,12 +158,12 @@ impl AdminClient {
 /// The 202 answer of a background job (`POST /admin/sync`, `POST /admin/store/verify`): its run number,
 /// which the job's status reports as `finished` once that run is over.
 #[derive(serde::Deserialize)]
-pub struct Started {
+pub(super) struct Started {
     pub run: u64,
 }
 
 /// `?a=1&b=x` from pairs, values percent-encoded.
-pub fn query(pairs: &[(&str, &str)]) -> String {
+pub(super) fn query(pairs: &[(&str, &str)]) -> String {
     let mut s = url::form_urlencoded::Serializer::new(String::new());
     for (k, v) in pairs {
         s.append_pair(k, v);
@@ -173,7 +173,7 @@ pub fn query(pairs: &[(&str, &str)]) -> String {
 }
 
 /// A client on its own small outbound pool (the admin API is on loopback; the resolver is never asked).
-pub fn connect(config: &Config) -> Result<AdminClient, AppError> {
+pub(super) fn connect(config: &Config) -> Result<AdminClient, AppError> {
     let resolver = crate::upstream::NameResolver::new(&config.dns).map_err(|e| {
         AppError::Config(ConfigError::new(
             "dns.upstreams",

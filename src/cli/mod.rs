@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConfigArg {
     /// Config file [default: /etc/image-cache/config.toml; built-in laptop defaults when it does not exist]
-    #[arg(long, short = 'c', env = "IMAGE_CACHE_CONFIG")]
+    #[arg(long, short = 'c', env = "IMAGE_CACHE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 }
 

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// One bar per fill, created when a key appears and finished when it goes.
-pub struct FillBars {
+pub(super) struct FillBars {
     multi: MultiProgress,
     bars: Mutex<HashMap<String, ProgressBar>>,
 }
 
 /// A fill as the bars see it: key, bytes written, total when known.
-pub struct FillProgress<'a> {
+pub(super) struct FillProgress<'a> {
     pub key: &'a str,
     pub written: u64,
     pub total: Option<u64>,
@@ -59,7 +59,7 @@ impl Default for FillBars {
 }
 
 impl FillBars {
-    pub fn update(&self, fills: &[FillProgress<'_>]) {
+    pub(super) fn update(&self, fills: &[FillProgress<'_>]) {
         let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
         for f in fills {
             let bar = bars.entry(f.key.to_string()).or_insert_with(|| {
@@ -83,19 +83,19 @@ impl FillBars {
     }
 
     /// A line above the bars (plain on a non-terminal).
-    pub fn println(&self, line: &str) {
+    pub(super) fn println(&self, line: &str) {
         if self.multi.println(line).is_err() || self.multi.is_hidden() {
             eprintln!("{line}");
         }
     }
 
-    pub fn clear(&self) {
+    pub(super) fn clear(&self) {
         self.update(&[]);
     }
 }
 
 /// `store verify`'s bar: bytes re-hashed of the total.
-pub fn verify_bar() -> ProgressBar {
+pub(super) fn verify_bar() -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(

@@ -110,13 +110,20 @@ fn from_figment(err: figment::Error) -> ConfigError {
     use figment::error::Kind;
     // Report the first error; figment chains the rest, and one fix at a time is clearer.
     let mut key = err.path.join(".");
+    // figment's path sometimes already ends with the offending field (an unknown key in a table read
+    // from a file) and sometimes not (a missing one): name it exactly once.
+    let with_field = |key: &str, field: &str| {
+        if key.is_empty() {
+            field.to_string()
+        } else if err.path.last().is_some_and(|last| last == field) {
+            key.to_string()
+        } else {
+            format!("{key}.{field}")
+        }
+    };
     let message = match &err.kind {
         Kind::UnknownField(field, expected) => {
-            key = if key.is_empty() {
-                field.clone()
-            } else {
-                format!("{key}.{field}")
-            };
+            key = with_field(&key, field);
             let expected: Vec<_> = expected.iter().map(|e| format!("`{e}`")).collect();
             format!(
                 "unknown key (typo?); expected one of {}",
@@ -124,11 +131,7 @@ fn from_figment(err: figment::Error) -> ConfigError {
             )
         }
         Kind::MissingField(field) => {
-            key = if key.is_empty() {
-                field.to_string()
-            } else {
-                format!("{key}.{field}")
-            };
+            key = with_field(&key, field);
             "missing required key".to_string()
         }
         other => other.to_string(),

@@ -14,7 +14,7 @@ const MAX_ENTRIES: usize = 4096;
 /// What makes two queries equivalent: flags we echo, the lowercased question, the OPT record, and the
 /// rotation of the node list.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Question<'a> {
+pub(super) struct Question<'a> {
     packet: &'a [u8],
     /// End of QNAME+QTYPE+QCLASS (the question starts at 12).
     question_end: usize,
@@ -22,7 +22,7 @@ pub struct Question<'a> {
 
 impl<'a> Question<'a> {
     /// `None` unless `packet` is a plain query (see the module doc).
-    pub fn parse(packet: &'a [u8]) -> Option<Self> {
+    pub(super) fn parse(packet: &'a [u8]) -> Option<Self> {
         if packet.len() < 12 + 5 {
             return None;
         }
@@ -66,7 +66,7 @@ impl<'a> Question<'a> {
     }
 
     /// The table key; `rotation` distinguishes the node orders handed out in turn.
-    pub fn key(&self, rotation: usize) -> Vec<u8> {
+    pub(super) fn key(&self, rotation: usize) -> Vec<u8> {
         let mut key = Vec::with_capacity(self.packet.len() + 4);
         // RD and CD are echoed into the answer.
         key.push(self.packet[2] & 0x01);
@@ -82,7 +82,7 @@ impl<'a> Question<'a> {
     }
 
     /// `template` with this query's ID and question spelling.
-    pub fn patch(&self, template: &[u8]) -> Option<Vec<u8>> {
+    pub(super) fn patch(&self, template: &[u8]) -> Option<Vec<u8>> {
         if template.len() < self.question_end {
             return None;
         }
@@ -95,25 +95,25 @@ impl<'a> Question<'a> {
 
 /// The table one receive loop keeps. Emptied whenever the healthy node set changes.
 #[derive(Default)]
-pub struct Templates {
+pub(super) struct Templates {
     generation: u64,
     entries: HashMap<Vec<u8>, Vec<u8>>,
 }
 
 impl Templates {
     /// Forgets everything when `generation` (an identity of the healthy set) moved.
-    pub fn sync(&mut self, generation: u64) {
+    pub(super) fn sync(&mut self, generation: u64) {
         if generation != self.generation {
             self.entries.clear();
             self.generation = generation;
         }
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+    pub(super) fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.entries.get(key).map(Vec::as_slice)
     }
 
-    pub fn insert(&mut self, key: Vec<u8>, answer: Vec<u8>) {
+    pub(super) fn insert(&mut self, key: Vec<u8>, answer: Vec<u8>) {
         if self.entries.len() >= MAX_ENTRIES {
             self.entries.clear();
         }

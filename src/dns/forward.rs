@@ -9,17 +9,17 @@ use hickory_proto::rr::{RData, Record};
 use std::time::Instant;
 
 #[derive(Clone)]
-pub struct Forwarder {
+pub(super) struct Forwarder {
     resolver: NameResolver,
 }
 
 impl Forwarder {
-    pub fn new(resolver: NameResolver) -> Self {
+    pub(super) fn new(resolver: NameResolver) -> Self {
         Forwarder { resolver }
     }
 
     /// The response to `request` for its one `query`. `Err` carries a SERVFAIL response and the reason.
-    pub async fn answer(
+    pub(super) async fn answer(
         &self,
         request: &Message,
         query: &Query,

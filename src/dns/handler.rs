@@ -11,20 +11,20 @@ use prometheus_client::metrics::counter::Counter;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub mod result {
-    pub const INTERCEPTED: &str = "intercepted";
-    pub const FORWARDED: &str = "forwarded";
-    pub const REFUSED: &str = "refused";
-    pub const ERROR: &str = "error";
+pub(super) mod result {
+    pub(crate) const INTERCEPTED: &str = "intercepted";
+    pub(crate) const FORWARDED: &str = "forwarded";
+    pub(crate) const REFUSED: &str = "refused";
+    pub(crate) const ERROR: &str = "error";
 }
 
-pub enum Outcome {
+pub(super) enum Outcome {
     Reply(Message),
     Forward(Query),
     Drop,
 }
 
-pub struct Responder {
+pub(super) struct Responder {
     pub policy: Policy,
     pub peers: Peers,
     pub forwarder: Forwarder,
@@ -34,7 +34,12 @@ pub struct Responder {
 }
 
 impl Responder {
-    pub fn new(policy: Policy, peers: Peers, forwarder: Forwarder, metrics: Metrics) -> Self {
+    pub(super) fn new(
+        policy: Policy,
+        peers: Peers,
+        forwarder: Forwarder,
+        metrics: Metrics,
+    ) -> Self {
         let counter = |result: &'static str| {
             let c = metrics
                 .dns_queries
@@ -57,7 +62,7 @@ impl Responder {
     }
 
     /// Where the peer list starts for the next answer: one further on each call.
-    pub fn next_rotation(&self, healthy: &Healthy) -> usize {
+    pub(super) fn next_rotation(&self, healthy: &Healthy) -> usize {
         match healthy.peers.len() {
             0 | 1 => 0,
             n => self.rotation.fetch_add(1, Ordering::Relaxed) % n,
@@ -73,14 +78,14 @@ impl Responder {
         nodes
     }
 
-    pub fn respond(&self, src: SocketAddr, request: &Message) -> Outcome {
+    pub(super) fn respond(&self, src: SocketAddr, request: &Message) -> Outcome {
         let healthy = self.peers.healthy();
         let rotation = self.next_rotation(&healthy);
         self.respond_with(src, request, &healthy, rotation)
     }
 
     /// `respond` for a given node set and rotation (the UDP fast path keys its templates by them).
-    pub fn respond_with(
+    pub(super) fn respond_with(
         &self,
         src: SocketAddr,
         request: &Message,
@@ -113,7 +118,7 @@ impl Responder {
         }
     }
 
-    pub async fn forward(&self, request: &Message, query: &Query) -> Message {
+    pub(super) async fn forward(&self, request: &Message, query: &Query) -> Message {
         match self.forwarder.answer(request, query).await {
             Ok(response) => {
                 self.count(result::FORWARDED);
@@ -127,7 +132,7 @@ impl Responder {
         }
     }
 
-    pub fn count(&self, result: &'static str) {
+    pub(super) fn count(&self, result: &'static str) {
         if let Some((_, c)) = self.counters.iter().find(|(r, _)| *r == result) {
             c.inc();
         }
@@ -136,7 +141,7 @@ impl Responder {
 
 /// hickory-server's side of TCP: the server frames, times out idle connections and refuses sources
 /// outside `dns.allow` itself; this turns each request into our answer.
-pub struct TcpHandler(pub std::sync::Arc<Responder>);
+pub(super) struct TcpHandler(pub std::sync::Arc<Responder>);
 
 #[async_trait::async_trait]
 impl hickory_server::server::RequestHandler for TcpHandler {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 /// Largest datagram we read; anything longer is truncated by the kernel and then fails to parse.
 const MAX_DATAGRAM: usize = 4096;
 
-pub async fn serve(
+pub(super) async fn serve(
     socket: Arc<UdpSocket>,
     responder: Arc<Responder>,
     forwards: Arc<Semaphore>,

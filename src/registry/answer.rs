@@ -13,10 +13,10 @@ use crate::upstream::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse};
 
-pub const DIGEST_HEADER: &str = "docker-content-digest";
+pub(super) const DIGEST_HEADER: &str = "docker-content-digest";
 
 /// Sets `Docker-Content-Digest` (containerd needs it, with Content-Length, to trust a HEAD).
-pub fn with_digest(mut resp: HttpResponse, digest: &str) -> HttpResponse {
+pub(super) fn with_digest(mut resp: HttpResponse, digest: &str) -> HttpResponse {
     if let Ok(v) = HeaderValue::from_str(digest) {
         resp.headers_mut()
             .insert(HeaderName::from_static(DIGEST_HEADER), v);
@@ -25,13 +25,13 @@ pub fn with_digest(mut resp: HttpResponse, digest: &str) -> HttpResponse {
 }
 
 /// A stored object, with Range, conditionals and its digest.
-pub fn stored(req: &HttpRequest, state: &RegistryState, hit: Hit) -> HttpResponse {
+pub(super) fn stored(req: &HttpRequest, state: &RegistryState, hit: Hit) -> HttpResponse {
     let digest = hit.row.digest.to_string();
     with_digest(serve::serve_hit(req, &state.metrics, hit), &digest)
 }
 
 /// A fill's failure as the OCI error containerd acts on.
-pub fn failure(
+pub(super) fn failure(
     state: &RegistryState,
     registry: &str,
     object: Object,
@@ -65,7 +65,7 @@ pub fn failure(
 }
 
 /// `503` with the wait left: containerd goes to the next host (the registry) at once.
-pub fn rate_limited(state: &RegistryState, registry: &str) -> HttpResponse {
+pub(super) fn rate_limited(state: &RegistryState, registry: &str) -> HttpResponse {
     let wait = state
         .backoff
         .remaining(registry)
@@ -81,7 +81,7 @@ pub fn rate_limited(state: &RegistryState, registry: &str) -> HttpResponse {
 
 /// Asks the registry on the client's behalf, uncached: a client whose `Accept` the stored manifest
 /// does not satisfy, a digest algorithm the store does not verify.
-pub async fn pass_through(
+pub(super) async fn pass_through(
     req: &HttpRequest,
     state: &RegistryState,
     target: &Target,
@@ -129,7 +129,7 @@ pub async fn pass_through(
     }
 }
 
-pub fn store_error(
+pub(super) fn store_error(
     state: &RegistryState,
     registry: &str,
     what: &'static str,
@@ -142,13 +142,13 @@ pub fn store_error(
     OciError::Unavailable("the cache's store is failing; fetch from the registry".into()).response()
 }
 
-pub fn internal(why: &str) -> HttpResponse {
+pub(super) fn internal(why: &str) -> HttpResponse {
     OciError::Internal(why.to_string()).response()
 }
 
 /// A 404 the registry gave a moment ago (`registry.negative_ttl`), answered without asking it again.
 /// `what` is a metrics kind: `manifest` or `blob`.
-pub fn remembered_missing(
+pub(super) fn remembered_missing(
     state: &RegistryState,
     registry: &str,
     what: &'static str,

@@ -15,7 +15,7 @@ use actix_web::http::Method as HttpMethod;
 use actix_web::{HttpRequest, HttpResponse};
 use std::sync::Arc;
 
-pub async fn get(
+pub(super) async fn get(
     req: &HttpRequest,
     state: &Arc<RegistryState>,
     repo: &Repo<'_>,

@@ -14,10 +14,10 @@ use crate::upstream::{self, Method, Request, Response, UpstreamError};
 use std::sync::Arc;
 
 /// containerd refuses manifests above 4·1048·1048 bytes; the cache refuses to store larger ones too.
-pub const MANIFEST_MAX: u64 = 4 * 1048 * 1048;
+pub(super) const MANIFEST_MAX: u64 = 4 * 1048 * 1048;
 
 /// A repository on a configured upstream, as the request named it.
-pub struct Repo<'a> {
+pub(super) struct Repo<'a> {
     pub registry: &'a str,
     pub base: &'a str,
     pub name: &'a str,
@@ -25,7 +25,7 @@ pub struct Repo<'a> {
 
 /// One upstream object: which registry, which repository, which URL.
 #[derive(Clone)]
-pub struct Target {
+pub(super) struct Target {
     pub registry: String,
     pub name: String,
     pub url: url::Url,
@@ -35,14 +35,19 @@ pub struct Target {
 
 /// `<base>/v2/<name>/<endpoint>/<reference>`. Name and reference were validated by `path`, so nothing
 /// here can change the host or escape the path.
-pub fn url(base: &str, name: &str, endpoint: &str, reference: &str) -> Result<url::Url, String> {
+pub(super) fn url(
+    base: &str,
+    name: &str,
+    endpoint: &str,
+    reference: &str,
+) -> Result<url::Url, String> {
     let base = base.trim_end_matches('/');
     url::Url::parse(&format!("{base}/v2/{name}/{endpoint}/{reference}"))
         .map_err(|e| format!("cannot build the upstream URL from `{base}`: {e}"))
 }
 
 /// A request through the cache's registry authentication.
-pub async fn send(
+pub(super) async fn send(
     state: &RegistryState,
     target: &Target,
     method: Method,
@@ -66,7 +71,7 @@ pub async fn send(
 
 /// A manifest GET (by tag or digest) as a fill source. The registry's `Docker-Content-Digest` is checked
 /// against the body before anything is stored.
-pub fn manifest(
+pub(super) fn manifest(
     state: Arc<RegistryState>,
     target: Target,
     client_accept: Option<String>,
@@ -83,7 +88,7 @@ pub fn manifest(
 
 /// Revalidates a stored tag with a HEAD (not counted as a pull by Docker Hub): the same digest → not
 /// modified; another digest (or none given) → the new manifest is fetched.
-pub fn revalidate_tag(
+pub(super) fn revalidate_tag(
     state: Arc<RegistryState>,
     target: Target,
     stored: Digest,
@@ -105,7 +110,7 @@ pub fn revalidate_tag(
 }
 
 /// A blob GET as a fill source; redirects to a CDN are followed (without the registry's token).
-pub fn blob(state: Arc<RegistryState>, target: Target) -> SourceFuture {
+pub(super) fn blob(state: Arc<RegistryState>, target: Target) -> SourceFuture {
     Box::pin(async move {
         match send(&state, &target, Method::Get, None).await {
             Ok(resp) if resp.status == 200 => match identity(&resp) {
@@ -185,14 +190,14 @@ fn identity(resp: &Response) -> Result<(), String> {
 }
 
 /// `Docker-Content-Digest` when it is a sha256 digest (others are not checked by the store).
-pub fn content_digest(resp: &Response) -> Option<Digest> {
+pub(super) fn content_digest(resp: &Response) -> Option<Digest> {
     resp.header("docker-content-digest")
         .filter(|d| d.starts_with("sha256:"))
         .and_then(|d| Digest::parse(d.trim()).ok())
 }
 
 /// A registry's non-200 answer as a fill source's outcome (see `refusal`).
-pub fn refused(state: &RegistryState, target: &Target, resp: &Response) -> SourceOutcome {
+pub(super) fn refused(state: &RegistryState, target: &Target, resp: &Response) -> SourceOutcome {
     match refusal(state, target, resp) {
         FillFailure::Upstream(e) => SourceOutcome::Unavailable(e),
         other => refuse(other.to_string()),
@@ -200,7 +205,7 @@ pub fn refused(state: &RegistryState, target: &Target, resp: &Response) -> Sourc
 }
 
 /// A registry's non-200 answer: remembered when it is a 404 or a 429, passed on with its status.
-pub fn refusal(state: &RegistryState, target: &Target, resp: &Response) -> FillFailure {
+pub(super) fn refusal(state: &RegistryState, target: &Target, resp: &Response) -> FillFailure {
     match resp.status {
         404 | 410 => state.negative.insert(&target.key),
         429 => {
@@ -232,7 +237,7 @@ fn refuse(why: String) -> SourceOutcome {
 }
 
 /// The store key and the upstream target of one object.
-pub fn target(
+pub(super) fn target(
     repo: &Repo<'_>,
     endpoint: &str,
     reference: &str,
@@ -254,7 +259,7 @@ pub fn target(
 /// A digest already stored under another repository or registry (a shared base layer): one HEAD asks
 /// the registry whether *this* repository has it (so the cache never serves a repository content it
 /// was not given by it), then the key is linked to the stored bytes. `None` → fetch as usual.
-pub async fn adopt(
+pub(super) async fn adopt(
     state: &RegistryState,
     target: &Target,
     key: &Key,

@@ -23,7 +23,7 @@ enum Skip {
     RateLimited,
 }
 
-pub async fn by_tag(
+pub(super) async fn by_tag(
     req: &HttpRequest,
     state: &Arc<RegistryState>,
     repo: &Repo<'_>,
@@ -136,7 +136,7 @@ pub async fn by_tag(
     }
 }
 
-pub async fn by_digest(
+pub(super) async fn by_digest(
     req: &HttpRequest,
     state: &Arc<RegistryState>,
     repo: &Repo<'_>,

@@ -7,16 +7,16 @@ use super::index::ObjectRow;
 use std::collections::{HashMap, HashSet};
 
 /// The target after eviction: 90% of the maximum, so eviction runs in batches, not on every fill.
-pub fn target_bytes(max_size: u64) -> u64 {
+pub(super) fn target_bytes(max_size: u64) -> u64 {
     max_size / 10 * 9
 }
 
-pub struct EvictionPlan {
+pub(super) struct EvictionPlan {
     pub keys: Vec<String>,
     pub freed: u64,
 }
 
-pub fn plan(
+pub(super) fn plan(
     rows: &[(String, ObjectRow)],
     total: u64,
     target: u64,

@@ -15,13 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
-pub struct BlobFs {
+pub(crate) struct BlobFs {
     root: PathBuf,
 }
 
 impl BlobFs {
     /// Creates `blobs/` and `tmp/` below `root` if needed.
-    pub fn open(root: &Path) -> io::Result<Self> {
+    pub(crate) fn open(root: &Path) -> io::Result<Self> {
         fs::create_dir_all(root.join("blobs/sha256"))?;
         fs::create_dir_all(root.join("tmp"))?;
         Ok(BlobFs {
@@ -29,24 +29,24 @@ impl BlobFs {
         })
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn tmp_dir(&self) -> PathBuf {
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
 
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join(digest.relative_path())
     }
 
-    pub fn open_blob(&self, digest: &Digest) -> io::Result<File> {
+    pub(crate) fn open_blob(&self, digest: &Digest) -> io::Result<File> {
         File::open(self.blob_path(digest))
     }
 
     /// A new temp file, opened read-write so readers of a growing fill can share its descriptor.
-    pub fn create_temp(&self) -> io::Result<TempBlob> {
+    pub(crate) fn create_temp(&self) -> io::Result<TempBlob> {
         let name = format!(
             "fill-{:016x}{:016x}",
             rand::random::<u64>(),
@@ -67,7 +67,7 @@ impl BlobFs {
 
     /// Moves a verified temp file to its content address. If the blob already exists (same content under
     /// another key), the temp file is dropped and the existing blob kept.
-    pub fn publish(&self, mut temp: TempBlob, digest: &Digest) -> io::Result<()> {
+    pub(crate) fn publish(&self, mut temp: TempBlob, digest: &Digest) -> io::Result<()> {
         let Some(from) = temp.path.take() else {
             return Err(io::Error::other("temp blob already published"));
         };
@@ -93,7 +93,7 @@ impl BlobFs {
     }
 
     /// Unlinks a blob. Readers that hold it open keep reading (Linux keeps the inode alive).
-    pub fn remove_blob(&self, digest: &Digest) -> io::Result<()> {
+    pub(crate) fn remove_blob(&self, digest: &Digest) -> io::Result<()> {
         match fs::remove_file(self.blob_path(digest)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
@@ -101,7 +101,7 @@ impl BlobFs {
     }
 
     /// Empties `tmp/`: fills that were running when the process died can never complete.
-    pub fn clear_tmp(&self) -> io::Result<usize> {
+    pub(crate) fn clear_tmp(&self) -> io::Result<usize> {
         let mut removed = 0;
         for entry in fs::read_dir(self.tmp_dir())? {
             let entry = entry?;
@@ -117,7 +117,7 @@ impl BlobFs {
     }
 
     /// Every file under `blobs/sha256`, as (digest or None for a stray name, path, size).
-    pub fn list_blobs(&self) -> io::Result<Vec<(Option<Digest>, PathBuf, u64)>> {
+    pub(crate) fn list_blobs(&self) -> io::Result<Vec<(Option<Digest>, PathBuf, u64)>> {
         let mut out = Vec::new();
         for fan in fs::read_dir(self.root.join("blobs/sha256"))? {
             let fan = fan?;
@@ -138,7 +138,7 @@ impl BlobFs {
     }
 
     /// Removes a stray file found by `list_blobs` (not named by a digest, or not in the index).
-    pub fn remove_stray(&self, path: &Path) -> io::Result<()> {
+    pub(crate) fn remove_stray(&self, path: &Path) -> io::Result<()> {
         if path.starts_with(self.root.join("blobs")) {
             if path.is_dir() {
                 fs::remove_dir_all(path)
@@ -153,7 +153,7 @@ impl BlobFs {
 
 /// Hashes of a finished temp blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hashes {
+pub(crate) struct Hashes {
     pub size: u64,
     pub sha256: Digest,
     pub md5: Option<[u8; 16]>,
@@ -162,14 +162,14 @@ pub struct Hashes {
 /// The digests of a byte stream, fed in order. Separate from the file write so a fill can hash one batch
 /// on one core while the next is written (and read by clients) on another.
 #[derive(Debug, Clone)]
-pub struct Hasher {
+pub(crate) struct Hasher {
     size: u64,
     sha256: Sha256,
     md5: Option<Md5>,
 }
 
 impl Hasher {
-    pub fn new(with_md5: bool) -> Self {
+    pub(crate) fn new(with_md5: bool) -> Self {
         Hasher {
             size: 0,
             sha256: Sha256::new(),
@@ -177,7 +177,7 @@ impl Hasher {
         }
     }
 
-    pub fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         self.sha256.update(data);
         if let Some(m) = &mut self.md5 {
             m.update(data);
@@ -185,7 +185,7 @@ impl Hasher {
         self.size += data.len() as u64;
     }
 
-    pub fn finish(self) -> Hashes {
+    pub(crate) fn finish(self) -> Hashes {
         Hashes {
             size: self.size,
             sha256: Digest::from_bytes(self.sha256.finalize().into()),
@@ -197,7 +197,7 @@ impl Hasher {
 /// A blob being written; dropping it unpublished deletes the file. Its bytes are hashed by a `Hasher`
 /// fed alongside, and published only under the digest that hasher computed.
 #[derive(Debug)]
-pub struct TempBlob {
+pub(crate) struct TempBlob {
     path: Option<PathBuf>,
     file: Arc<File>,
     written: u64,
@@ -205,16 +205,16 @@ pub struct TempBlob {
 
 impl TempBlob {
     /// The descriptor readers of a growing fill share (positioned reads, so no shared cursor).
-    pub fn shared_file(&self) -> Arc<File> {
+    pub(crate) fn shared_file(&self) -> Arc<File> {
         Arc::clone(&self.file)
     }
 
-    pub fn written(&self) -> u64 {
+    pub(crate) fn written(&self) -> u64 {
         self.written
     }
 
     /// Appends. Blocking: call from a blocking thread.
-    pub fn append(&mut self, data: &[u8]) -> io::Result<()> {
+    pub(crate) fn append(&mut self, data: &[u8]) -> io::Result<()> {
         let mut file: &File = &self.file;
         file.write_all(data)?;
         self.written += data.len() as u64;
@@ -233,7 +233,7 @@ impl Drop for TempBlob {
 /// Reads up to `len` bytes at `offset` without blocking the async worker: straight from the page cache
 /// when the bytes are there (`preadv2(RWF_NOWAIT)`, the common case for a hot cache and for a fill's
 /// fresh bytes), otherwise on the blocking pool. Returns an empty buffer only at end of file.
-pub async fn read_chunk(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+pub(crate) async fn read_chunk(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     if let Some(buf) = read_cached(file, offset, len)? {
         return Ok(buf);
     }
@@ -267,7 +267,7 @@ fn read_cached(file: &File, offset: u64, len: usize) -> io::Result<Option<Vec<u8
 }
 
 /// Reads `len` bytes at `offset` (fewer at end of file). Blocking.
-pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+pub(crate) fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     let mut filled = 0;
     while filled < len {
@@ -284,7 +284,7 @@ pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
 
 /// Streams a whole file through sha256 (and md5). Blocking; used by `store verify`, which may `stop`
 /// it between reads (a multi-GB image takes seconds).
-pub fn hash_file(file: &File, stop: &dyn Fn() -> bool) -> io::Result<Hashes> {
+pub(crate) fn hash_file(file: &File, stop: &dyn Fn() -> bool) -> io::Result<Hashes> {
     let mut hasher = Hasher::new(true);
     let mut offset = 0u64;
     let mut buf = vec![0u8; 1 << 20];

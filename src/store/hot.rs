@@ -13,14 +13,14 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone)]
-pub struct HotEntry {
+pub(super) struct HotEntry {
     pub row: ObjectRow,
     pub file: Arc<File>,
     /// The whole blob, for blobs of at most `body_max` bytes while the budget allows.
     pub body: Option<Bytes>,
 }
 
-pub struct HotSet {
+pub(super) struct HotSet {
     inner: Mutex<Inner>,
     body_max: u64,
     body_budget: u64,
@@ -32,7 +32,7 @@ struct Inner {
 }
 
 impl HotSet {
-    pub fn new(capacity: NonZeroUsize, body_max: u64, body_budget: u64) -> Self {
+    pub(super) fn new(capacity: NonZeroUsize, body_max: u64, body_budget: u64) -> Self {
         HotSet {
             inner: Mutex::new(Inner {
                 entries: LruCache::new(capacity),
@@ -43,16 +43,16 @@ impl HotSet {
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<HotEntry> {
+    pub(super) fn get(&self, key: &str) -> Option<HotEntry> {
         super::lock(&self.inner).entries.get(key).cloned()
     }
 
     /// Whether a blob of `size` bytes would be kept in memory if inserted now.
-    pub fn wants_body(&self, size: u64) -> bool {
+    pub(super) fn wants_body(&self, size: u64) -> bool {
         size <= self.body_max && super::lock(&self.inner).body_bytes + size <= self.body_budget
     }
 
-    pub fn insert(&self, key: &str, entry: HotEntry) {
+    pub(super) fn insert(&self, key: &str, entry: HotEntry) {
         let mut inner = super::lock(&self.inner);
         let mut entry = entry;
         let size = entry.body.as_ref().map_or(0, |b| b.len() as u64);
@@ -65,7 +65,7 @@ impl HotSet {
         }
     }
 
-    pub fn forget(&self, key: &str) {
+    pub(super) fn forget(&self, key: &str) {
         let mut inner = super::lock(&self.inner);
         if let Some(old) = inner.entries.pop(key) {
             inner.body_bytes -= old.body.map_or(0, |b| b.len() as u64);

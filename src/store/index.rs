@@ -101,7 +101,7 @@ impl ObjectRow {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlobRow {
+pub(crate) struct BlobRow {
     pub size: u64,
     pub refs: u64,
 }
@@ -116,13 +116,13 @@ pub struct Found {
 
 /// Pending hit counts, flushed in batches so a hit never waits for a disk commit.
 #[derive(Debug, Clone)]
-pub struct AccessUpdate {
+pub(crate) struct AccessUpdate {
     pub key: String,
     pub hits: u64,
     pub last_access: u64,
 }
 
-pub struct Index {
+pub(crate) struct Index {
     db: Database,
     bytes: AtomicU64,
     objects: AtomicU64,
@@ -141,7 +141,7 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl Index {
-    pub fn open(path: &Path) -> Result<Self, IndexError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, IndexError> {
         let db = match Database::create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -165,7 +165,7 @@ impl Index {
     }
 
     /// Recomputes the cached totals from the tables.
-    pub fn recount(&self) -> Result<(), IndexError> {
+    pub(crate) fn recount(&self) -> Result<(), IndexError> {
         let txn = self.db.begin_read()?;
         let blobs = txn.open_table(BLOBS)?;
         let mut bytes = 0;
@@ -181,15 +181,15 @@ impl Index {
     }
 
     /// Bytes of all blobs (each stored once, however many keys share it).
-    pub fn total_bytes(&self) -> u64 {
+    pub(crate) fn total_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    pub fn object_count(&self) -> u64 {
+    pub(crate) fn object_count(&self) -> u64 {
         self.objects.load(Ordering::Relaxed)
     }
 
-    pub fn get(&self, key: &str) -> Result<Option<ObjectRow>, IndexError> {
+    pub(crate) fn get(&self, key: &str) -> Result<Option<ObjectRow>, IndexError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(OBJECTS)?;
         match table.get(key)? {
@@ -201,7 +201,7 @@ impl Index {
     /// Inserts or replaces a row. A replaced row's pins carry over: a pin is about the key, and new content
     /// under a pinned key (a revalidated image) stays pinned. Returns the digest whose last reference this
     /// removed, for the caller to unlink after the commit.
-    pub fn put(&self, key: &str, row: &ObjectRow) -> Result<Option<Digest>, IndexError> {
+    pub(crate) fn put(&self, key: &str, row: &ObjectRow) -> Result<Option<Digest>, IndexError> {
         let txn = self.db.begin_write()?;
         let mut orphan = None;
         let (mut bytes_delta, mut objects_delta) = (0i64, 0i64);
@@ -257,7 +257,10 @@ impl Index {
     }
 
     /// Removes rows. Returns the removed rows and the digests no key references any more.
-    pub fn remove(&self, keys: &[String]) -> Result<(Vec<ObjectRow>, Vec<Digest>), IndexError> {
+    pub(crate) fn remove(
+        &self,
+        keys: &[String],
+    ) -> Result<(Vec<ObjectRow>, Vec<Digest>), IndexError> {
         let txn = self.db.begin_write()?;
         let mut removed = Vec::new();
         let mut orphans = Vec::new();
@@ -284,7 +287,7 @@ impl Index {
     }
 
     /// Changes one row in place; `f` returns false to leave it untouched. Returns whether the key exists.
-    pub fn update(
+    pub(crate) fn update(
         &self,
         key: &str,
         f: impl FnOnce(&mut ObjectRow) -> bool,
@@ -309,7 +312,7 @@ impl Index {
     }
 
     /// Adds batched hit counts; keys evicted meanwhile are skipped.
-    pub fn apply_access(&self, updates: &[AccessUpdate]) -> Result<(), IndexError> {
+    pub(crate) fn apply_access(&self, updates: &[AccessUpdate]) -> Result<(), IndexError> {
         if updates.is_empty() {
             return Ok(());
         }
@@ -333,7 +336,7 @@ impl Index {
     }
 
     /// Rows in key order starting after `cursor`, whose key starts with `prefix`; at most `limit`.
-    pub fn list(
+    pub(crate) fn list(
         &self,
         prefix: &str,
         cursor: Option<&str>,
@@ -345,7 +348,7 @@ impl Index {
     /// Like `list`, keeping only rows whose pin matches `pinned` (when set), with the key to go on
     /// from. A sparse filter stops after looking at `scan_budget` rows and answers with what it found,
     /// so one admin request never walks a huge index.
-    pub fn find(
+    pub(crate) fn find(
         &self,
         prefix: &str,
         cursor: Option<&str>,
@@ -391,7 +394,7 @@ impl Index {
     }
 
     /// Calls `f` for every row in key order without collecting them (the summary of a large index).
-    pub fn for_each(&self, mut f: impl FnMut(&str, &ObjectRow)) -> Result<(), IndexError> {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&str, &ObjectRow)) -> Result<(), IndexError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(OBJECTS)?;
         for item in table.iter()? {
@@ -402,11 +405,11 @@ impl Index {
         Ok(())
     }
 
-    pub fn all_objects(&self) -> Result<Vec<(String, ObjectRow)>, IndexError> {
+    pub(crate) fn all_objects(&self) -> Result<Vec<(String, ObjectRow)>, IndexError> {
         self.list("", None, usize::MAX)
     }
 
-    pub fn all_blobs(&self) -> Result<Vec<(Digest, BlobRow)>, IndexError> {
+    pub(crate) fn all_blobs(&self) -> Result<Vec<(Digest, BlobRow)>, IndexError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(BLOBS)?;
         let mut out = Vec::new();
@@ -421,7 +424,7 @@ impl Index {
 
     /// Rebuilds the blob table from the object rows: reference counts are derived data, and recovery
     /// recomputes them rather than trusting them. Object rows whose blob is `missing` are dropped.
-    pub fn rebuild_blobs(
+    pub(crate) fn rebuild_blobs(
         &self,
         missing: impl Fn(&Digest, u64) -> bool,
     ) -> Result<Vec<String>, IndexError> {
@@ -511,7 +514,7 @@ fn release(
 }
 
 impl Index {
-    pub fn get_blob(&self, digest: &Digest) -> Result<Option<BlobRow>, IndexError> {
+    pub(crate) fn get_blob(&self, digest: &Digest) -> Result<Option<BlobRow>, IndexError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(BLOBS)?;
         let hex = digest.hex();

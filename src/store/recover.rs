@@ -26,7 +26,7 @@ pub enum RecoverError {
     },
 }
 
-pub fn recover(fs: &BlobFs, index: &Index) -> Result<RecoveryReport, RecoverError> {
+pub(super) fn recover(fs: &BlobFs, index: &Index) -> Result<RecoveryReport, RecoverError> {
     let tmp_removed = fs.clear_tmp().map_err(|source| RecoverError::Io {
         what: "tmp/",
         source,

@@ -17,7 +17,7 @@ pub(super) struct Executor<'a> {
 impl Executor<'_> {
     /// Makes one planned item present: fill it (verified against its md5) when the plan says so, and its
     /// sidecar when it has one and the store lacks it.
-    pub async fn realise(&self, item: &Item) -> Outcome {
+    pub(super) async fn realise(&self, item: &Item) -> Outcome {
         let outcome = |ok: bool, message: String| Outcome {
             name: item.name.clone(),
             url: item.url.clone(),
@@ -103,7 +103,7 @@ impl Executor<'_> {
     /// Pins every planned key that is stored now, with its sidecar (a failed re-download keeps the copy
     /// it would have replaced pinned); unpins every other pinned file key, so eviction may reclaim what
     /// metal-api no longer lists. Keys an operator pinned through the admin API stay pinned.
-    pub fn repin(&self, plan: &Plan) -> Result<usize, crate::store::StoreError> {
+    pub(super) fn repin(&self, plan: &Plan) -> Result<usize, crate::store::StoreError> {
         let mut keep = HashSet::new();
         for item in &plan.items {
             let sidecar = item.md5.as_ref().map(|_| format!("{}.md5", item.url));

@@ -5,7 +5,7 @@ use url::Url;
 pub const MAX_REDIRECTS: usize = 10;
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Follow {
+pub(super) enum Follow {
     /// Request this URL next; `same_origin` false means credentials must not travel along.
     To {
         url: Url,
@@ -14,12 +14,12 @@ pub enum Follow {
     Refuse(String),
 }
 
-pub fn is_redirect(status: u16) -> bool {
+pub(super) fn is_redirect(status: u16) -> bool {
     matches!(status, 301 | 302 | 303 | 307 | 308)
 }
 
 /// Resolves `location` against `current`; refuses non-HTTP schemes and HTTPS→HTTP downgrades.
-pub fn follow(current: &Url, location: &str) -> Follow {
+pub(super) fn follow(current: &Url, location: &str) -> Follow {
     let next = match current.join(location) {
         Ok(u) => u,
         Err(e) => {

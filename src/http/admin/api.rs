@@ -28,7 +28,7 @@ const ROUTES: &[(&str, &str)] = &[
 
 /// Why the admin API refused or failed, with the status that says whose fault it is.
 #[derive(Debug, thiserror::Error)]
-pub enum AdminError {
+pub(super) enum AdminError {
     /// A malformed, unknown or duplicated query parameter.
     #[error("{0}")]
     BadRequest(String),
@@ -51,7 +51,7 @@ pub enum AdminError {
 }
 
 impl AdminError {
-    pub fn status(&self) -> StatusCode {
+    pub(super) fn status(&self) -> StatusCode {
         match self {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::NoSuchKey | AdminError::NoRoute => StatusCode::NOT_FOUND,
@@ -62,7 +62,7 @@ impl AdminError {
         }
     }
 
-    pub fn response(&self) -> HttpResponse {
+    pub(super) fn response(&self) -> HttpResponse {
         if let AdminError::Store(e) = self {
             tracing::error!(error = %e, "admin API: store operation failed");
         }
@@ -76,7 +76,7 @@ impl AdminError {
 
 type Answer = Result<HttpResponse, AdminError>;
 
-pub async fn handle(req: &HttpRequest, state: &HttpState) -> HttpResponse {
+pub(super) async fn handle(req: &HttpRequest, state: &HttpState) -> HttpResponse {
     let q = req.query_string();
     let post = req.method() == "POST";
     let answer = route(req, state, q, post)

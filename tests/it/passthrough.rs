@@ -1,8 +1,7 @@
 //! TLS passthrough with a real TLS client against the in-test origin: end-to-end TLS verified by the
 //! client, unknown and missing SNI closed, idle connections closed, the connection limit enforced.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::Env;
 use common::origin::content;

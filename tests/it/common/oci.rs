@@ -12,15 +12,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const DOCKER_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const RESOLVE_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
-pub const USER: &str = "puller";
-pub const PASSWORD: &str = "s3cret";
+pub(crate) const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const DOCKER_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const RESOLVE_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
+pub(crate) const USER: &str = "puller";
+pub(crate) const PASSWORD: &str = "s3cret";
 
 #[derive(Clone, Debug)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// Answer this status (with `Retry-After` when given).
     Status(u16, Option<&'static str>),
     /// Send other bytes than the digest names.
@@ -37,7 +37,7 @@ pub enum Fault {
 type Manifests = HashMap<(String, String), (String, Vec<u8>)>;
 
 #[derive(Default)]
-pub struct RegState {
+pub(crate) struct RegState {
     manifests: Mutex<Manifests>,
     blobs: Mutex<HashMap<String, Vec<u8>>>,
     /// Which repositories hold which blob digests.
@@ -55,7 +55,7 @@ pub struct RegState {
     cdn_port: AtomicU64,
 }
 
-pub struct Image {
+pub(crate) struct Image {
     pub index: String,
     pub amd64: String,
     pub arm64: String,
@@ -63,19 +63,18 @@ pub struct Image {
     pub layers: Vec<String>,
 }
 
-pub struct FakeRegistry {
+pub(crate) struct FakeRegistry {
     pub state: Arc<RegState>,
     pub url: String,
-    pub cdn_url: String,
     handles: Vec<actix_web::dev::ServerHandle>,
 }
 
-pub fn digest(bytes: &[u8]) -> String {
+pub(crate) fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
 
 impl FakeRegistry {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let state = Arc::new(RegState::default());
         let (reg, reg_port, reg_handle) = serve(Arc::clone(&state), registry_route).await;
         let (cdn, cdn_port, cdn_handle) = serve(Arc::clone(&state), cdn_route).await;
@@ -86,12 +85,11 @@ impl FakeRegistry {
         FakeRegistry {
             state,
             url: format!("http://127.0.0.1:{reg_port}"),
-            cdn_url: format!("http://127.0.0.1:{cdn_port}"),
             handles: vec![reg_handle, cdn_handle],
         }
     }
 
-    pub fn put_blob(&self, repo: &str, bytes: Vec<u8>) -> String {
+    pub(crate) fn put_blob(&self, repo: &str, bytes: Vec<u8>) -> String {
         let d = digest(&bytes);
         self.state.blobs.lock().unwrap().insert(d.clone(), bytes);
         self.state
@@ -102,7 +100,7 @@ impl FakeRegistry {
         d
     }
 
-    pub fn put_manifest(
+    pub(crate) fn put_manifest(
         &self,
         repo: &str,
         tag: Option<&str>,
@@ -118,12 +116,12 @@ impl FakeRegistry {
         d
     }
 
-    pub fn blob(&self, d: &str) -> Vec<u8> {
+    pub(crate) fn blob(&self, d: &str) -> Vec<u8> {
         self.state.blobs.lock().unwrap()[d].clone()
     }
 
     /// A two-platform image: an index, a manifest per platform sharing `layers`, one config each.
-    pub fn push_image(&self, repo: &str, tag: &str, layers: &[Vec<u8>]) -> Image {
+    pub(crate) fn push_image(&self, repo: &str, tag: &str, layers: &[Vec<u8>]) -> Image {
         let layer_digests: Vec<String> = layers
             .iter()
             .map(|l| self.put_blob(repo, l.clone()))
@@ -161,16 +159,16 @@ impl FakeRegistry {
         }
     }
 
-    pub fn fault(&self, path: &str, f: Fault) {
+    pub(crate) fn fault(&self, path: &str, f: Fault) {
         self.state.faults.lock().unwrap().insert(path.into(), f);
     }
 
-    pub fn clear_faults(&self) {
+    pub(crate) fn clear_faults(&self) {
         self.state.faults.lock().unwrap().clear();
     }
 
     /// Requests whose log line starts with `prefix` (e.g. `"GET /v2/a/blobs/"`).
-    pub fn count(&self, prefix: &str) -> usize {
+    pub(crate) fn count(&self, prefix: &str) -> usize {
         self.state
             .log
             .lock()
@@ -180,7 +178,7 @@ impl FakeRegistry {
             .count()
     }
 
-    pub fn cdn_gets(&self, d: &str) -> usize {
+    pub(crate) fn cdn_gets(&self, d: &str) -> usize {
         self.state
             .cdn_log
             .lock()
@@ -191,7 +189,7 @@ impl FakeRegistry {
     }
 
     /// Plays "the registry is gone": every later request gets its connection closed.
-    pub async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         self.state.stopped.store(true, Ordering::SeqCst);
         for h in self.handles.drain(..) {
             h.stop(false).await;

@@ -1,8 +1,8 @@
 //! Two cache nodes on loopback (127.0.0.1 and 127.0.0.2): a miss on one is filled from the other before
 //! the origin, and a peer's request is answered from its store only, so nodes never loop.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
+use crate::common::Fetch as _;
 
 use common::origin::content;
 use common::{DOMAIN, Env};
@@ -37,7 +37,7 @@ async fn a_miss_is_filled_from_a_healthy_peer_before_the_origin() {
 
     // B has the object (one origin GET); A's miss is served from B without touching the origin.
     let path = "/file/400000/11";
-    let from_b = b.get(path).send().await.unwrap().bytes().await.unwrap();
+    let from_b = b.get(path).fetch().await;
     assert_eq!(from_b.as_ref(), content(11, 400_000).as_slice());
     b.settle().await;
     let from_a = a.get(path).send().await.unwrap();
@@ -58,7 +58,7 @@ async fn a_miss_is_filled_from_a_healthy_peer_before_the_origin() {
             >= 1.0
     );
     // A now holds it itself.
-    let again = a.get(path).send().await.unwrap().bytes().await.unwrap();
+    let again = a.get(path).fetch().await;
     assert_eq!(again.len(), 400_000);
     assert_eq!(env.origin.gets(path), 1);
 

@@ -1,7 +1,6 @@
 //! The real binary: exit codes, crash recovery after `kill -9`, graceful SIGTERM, disk full.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of a test binary: a failed setup should panic
 
-mod common;
+use crate::common;
 
 use common::origin::content;
 use common::{DOMAIN, Env, sha256};
@@ -92,6 +91,36 @@ fn bad_configs_exit_2_and_name_the_key() {
     );
     assert_eq!(code, 2);
     assert!(err.contains("does not exist"), "{err}");
+}
+
+/// `--config` is accepted before and after every subcommand, and a bad file is exit 2 naming the key.
+#[test]
+fn every_command_takes_config_after_the_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "[nodes]\nself = \"10.0.0.1\"\n[cache]\nmax_sizee = \"1G\"\n",
+    );
+    for args in [
+        vec!["check-config", "--config", &cfg],
+        vec!["serve", "--config", &cfg],
+        vec!["sync", "--config", &cfg],
+        vec!["sync", "--dry-run", "--config", &cfg],
+        vec!["store", "gc", "--config", &cfg],
+        vec!["store", "--config", &cfg, "gc"],
+        vec!["store", "ls", "--config", &cfg],
+        vec!["store", "verify", "-c", &cfg],
+        vec!["store", "pin", "file:a.test/x", "--config", &cfg],
+    ] {
+        let (code, _, err) = run(&args, &[]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(
+            err.matches("max_sizee").count(),
+            1,
+            "{args:?}: the key is named once: {err}"
+        );
+        assert!(err.contains("`cache.max_sizee`"), "{args:?}: {err}");
+    }
 }
 
 #[test]

@@ -1,8 +1,7 @@
 //! The DNS interceptor against real sockets on loopback: intercepted answers, NODATA, forwarding to an
 //! in-test upstream (cache, NXDOMAIN, TCP fallback), truncation, REFUSED, garbage, peer failover.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::dns::{self, Upstream, a_records, query};
 use common::{DOMAIN, Env};

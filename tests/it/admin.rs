@@ -1,8 +1,7 @@
 //! The admin API and the status page against a real service on 127.0.0.1: every route, the token, the
 //! admin-only listener, and hostile query strings.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::{Env, Service};
 use image_cache::config::OnMiss;

@@ -1,9 +1,9 @@
 //! metal-api sync against a stub that checks the HMAC headers and an HTTPS origin with `.md5` sidecars:
 //! the planned set ends up stored, pinned and servable; a bad md5 is rejected and reported; a second run
 //! downloads nothing; a wrong key or a dead metal-api changes nothing; a dry run changes nothing.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
+use crate::common::Fetch as _;
 
 use common::metal_api::MetalApi;
 use common::origin::content;
@@ -147,23 +147,15 @@ async fn a_run_stores_pins_and_serves_the_plan_and_a_second_run_downloads_nothin
         .client
         .get(format!("{}/img/300000/1/img.tar.lz4", svc.base))
         .header("host", "localhost")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(body.as_ref(), content(1, 300_000).as_slice());
     let sidecar = svc
         .client
         .get(format!("{}/img/300000/1/img.tar.lz4.md5", svc.base))
         .header("host", "localhost")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .fetch_text()
+        .await;
     assert!(sidecar.ends_with("  img.tar.lz4\n"), "{sidecar:?}");
     let after = svc
         .metric("image_cache_requests_total{kind=\"file\",result=\"hit\"}")
@@ -217,19 +209,12 @@ async fn a_run_stores_pins_and_serves_the_plan_and_a_second_run_downloads_nothin
     );
 
     // GET /admin/sync shows the last report.
-    let bytes = svc
-        .admin("/admin/sync")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let bytes = svc.admin("/admin/sync").fetch().await;
     let status: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(status["running"], false);
     assert!(status["last"]["items"].is_array());
     // The status page shows the last plan and each item's outcome.
-    let page = svc.admin("/").send().await.unwrap().text().await.unwrap();
+    let page = svc.admin("/").fetch_text().await;
     assert!(page.contains("metal-api sync"), "{page}");
     assert!(
         page.contains("debian-13.0.20260101") && page.contains("expected md5"),

@@ -1,16 +1,15 @@
 //! `contrib/`: the Grafana dashboard and the Prometheus alerts only name metrics the service exposes, so a
 //! renamed metric cannot silently blank a panel or mute an alert. (`promtool check rules` and
 //! `promtool test rules` run in tests/contrib.sh.)
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::Env;
 use image_cache::config::OnMiss;
 use std::collections::BTreeSet;
 
-const DASHBOARD: &str = include_str!("../contrib/grafana/image-cache.json");
-const ALERTS: &str = include_str!("../contrib/prometheus/alerts.yaml");
+const DASHBOARD: &str = include_str!("../../contrib/grafana/image-cache.json");
+const ALERTS: &str = include_str!("../../contrib/prometheus/alerts.yaml");
 
 /// Every `image_cache_…` name in a text.
 fn metric_names(text: &str) -> BTreeSet<String> {

@@ -1,11 +1,9 @@
 //! Shared harness: a test CA and HTTPS origin, the service started in-process on 127.0.0.1:0, a client.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed setup should panic loudly
-#![allow(dead_code)]
 
-pub mod dns;
-pub mod metal_api;
-pub mod oci;
-pub mod origin;
+pub(crate) mod dns;
+pub(crate) mod metal_api;
+pub(crate) mod oci;
+pub(crate) mod origin;
 
 use image_cache::app::{self, Running};
 use image_cache::config::{Config, DomainConfig, OnMiss, Span};
@@ -13,9 +11,9 @@ use origin::{Origin, TestCa};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const DOMAIN: &str = "files.test";
+pub(crate) const DOMAIN: &str = "files.test";
 
-pub struct Env {
+pub(crate) struct Env {
     pub ca: TestCa,
     pub origin: Origin,
     pub dir: tempfile::TempDir,
@@ -23,7 +21,7 @@ pub struct Env {
 }
 
 impl Env {
-    pub async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let ca = TestCa::new();
         let origin = Origin::start(&ca).await;
         let dir = tempfile::tempdir().unwrap();
@@ -37,12 +35,12 @@ impl Env {
         }
     }
 
-    pub fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
 
     /// A config with one intercepted domain whose origin is the test origin.
-    pub fn config(&self, on_miss: OnMiss) -> Config {
+    pub(crate) fn config(&self, on_miss: OnMiss) -> Config {
         let mut c = Config::laptop_defaults();
         c.state_dir = self.state_dir();
         c.http.listen = vec!["127.0.0.1:0".parse().unwrap()];
@@ -60,7 +58,7 @@ impl Env {
         c
     }
 
-    pub async fn start(&self, config: Config) -> Service {
+    pub(crate) async fn start(&self, config: Config) -> Service {
         let running = app::start(config).await.expect("service starts");
         let base = format!("http://{}", running.http_addrs[0]);
         Service {
@@ -71,7 +69,7 @@ impl Env {
     }
 }
 
-pub fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .pool_max_idle_per_host(0)
@@ -79,34 +77,34 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
-pub struct Service {
+pub(crate) struct Service {
     pub running: Option<Running>,
     pub base: String,
     pub client: reqwest::Client,
 }
 
 impl Service {
-    pub fn store(&self) -> &image_cache::store::Store {
+    pub(crate) fn store(&self) -> &image_cache::store::Store {
         &self.running.as_ref().unwrap().store
     }
 
     /// A request for `path` with the intercepted Host.
-    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.client
             .get(format!("{}{}", self.base, path))
             .header("host", DOMAIN)
     }
 
-    pub fn admin(&self, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn admin(&self, path: &str) -> reqwest::RequestBuilder {
         self.client.get(format!("{}{}", self.base, path))
     }
 
     /// The body of an admin route.
-    pub async fn text(&self, path: &str) -> String {
+    pub(crate) async fn text(&self, path: &str) -> String {
         self.admin(path).send().await.unwrap().text().await.unwrap()
     }
 
-    pub async fn metric(&self, needle: &str) -> f64 {
+    pub(crate) async fn metric(&self, needle: &str) -> f64 {
         let text = self.text("/metrics").await;
         text.lines()
             .find(|l| l.starts_with(needle) && l[needle.len()..].starts_with(' '))
@@ -116,7 +114,7 @@ impl Service {
     }
 
     /// Waits until no fill is running (a client has its last byte slightly before the index commit).
-    pub async fn settle(&self) {
+    pub(crate) async fn settle(&self) {
         for _ in 0..200 {
             if self.store().fills().is_empty() {
                 return;
@@ -126,7 +124,7 @@ impl Service {
         panic!("fills still running: {:?}", self.store().fills());
     }
 
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
@@ -134,7 +132,7 @@ impl Service {
 }
 
 /// A port on `ip` that nothing listens on (bound, read back and released): a peer or registry that is down.
-pub fn unused_port(ip: &str) -> u16 {
+pub(crate) fn unused_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0))
         .unwrap()
         .local_addr()
@@ -143,7 +141,7 @@ pub fn unused_port(ip: &str) -> u16 {
 }
 
 /// The files under `dir`, recursively (to check that nothing was written outside the state dir).
-pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+pub(crate) fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
@@ -158,13 +156,13 @@ pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
     out
 }
 
-pub fn sha256(data: &[u8]) -> String {
+pub(crate) fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
 }
 
 /// A request sent byte for byte (client libraries normalise `..` away). Returns the whole response.
-pub async fn raw_get(base: &str, path: &str) -> String {
+pub(crate) async fn raw_get(base: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -176,4 +174,21 @@ pub async fn raw_get(base: &str, path: &str) -> String {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out).await;
     out
+}
+
+/// Sends a request and reads its whole answer, panicking on transport errors (the status is the
+/// caller's to check where it matters).
+pub(crate) trait Fetch {
+    async fn fetch(self) -> bytes::Bytes;
+    async fn fetch_text(self) -> String;
+}
+
+impl Fetch for reqwest::RequestBuilder {
+    async fn fetch(self) -> bytes::Bytes {
+        self.send().await.unwrap().bytes().await.unwrap()
+    }
+
+    async fn fetch_text(self) -> String {
+        self.send().await.unwrap().text().await.unwrap()
+    }
 }

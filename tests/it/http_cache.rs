@@ -1,7 +1,8 @@
 //! The file cache against a real HTTPS origin on loopback: hits, misses, coalescing, Range, conditional
 //! requests, revalidation, and every way the origin or the client can misbehave.
 
-mod common;
+use crate::common;
+use crate::common::Fetch as _;
 
 use common::origin::content;
 use common::{DOMAIN, Env, files_under, sha256};
@@ -154,13 +155,7 @@ async fn hits_answer_range_head_and_conditional_requests() {
     let env = Env::new().await;
     let svc = env.start(env.config(OnMiss::Fill)).await;
     let want = content(9, 10_000);
-    svc.get("/file/10000/9")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    svc.get("/file/10000/9").fetch().await;
     svc.settle().await;
 
     let resp = svc.get("/file/10000/9").send().await.unwrap();
@@ -306,7 +301,7 @@ async fn other_hosts_never_reach_the_file_cache() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "HEALTHY");
     assert_eq!(svc.admin("/ready").send().await.unwrap().status(), 200);
-    let html = svc.admin("/").send().await.unwrap().text().await.unwrap();
+    let html = svc.admin("/").fetch_text().await;
     assert!(html.contains("image-cache") && html.contains("objects"));
     svc.stop().await;
 }
@@ -407,7 +402,7 @@ async fn redirects_and_chunked_origins_are_stored_under_the_requested_key() {
         ]
     );
     for p in ["/redirect/file/5000/11", "/chunked/123456/12"] {
-        svc.get(p).send().await.unwrap().bytes().await.unwrap();
+        svc.get(p).fetch().await;
     }
     assert_eq!(env.origin.gets("/file/5000/11"), 1);
     assert_eq!(env.origin.gets("/chunked/123456/12"), 1);
@@ -512,13 +507,7 @@ async fn peer_requests_are_answered_from_the_local_store_only() {
         .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(env.origin.total_gets(), 0, "a peer miss never fills");
-    svc.get("/file/100/4")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    svc.get("/file/100/4").fetch().await;
     svc.settle().await;
     let r = svc
         .get("/file/100/4")
@@ -552,24 +541,12 @@ async fn eviction_keeps_the_store_under_its_size_and_spares_pins() {
     let mut config = env.config(OnMiss::Fill);
     config.cache.max_size = image_cache::config::ByteSize(1_000_000);
     let svc = env.start(config).await;
-    svc.get("/file/300000/1")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    svc.get("/file/300000/1").fetch().await;
     svc.settle().await;
     let pinned = image_cache::store::Key::parse("file:files.test/file/300000/1").unwrap();
     assert!(svc.store().set_pinned(&pinned, true).unwrap());
     for seed in 2..6 {
-        svc.get(&format!("/file/300000/{seed}"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        svc.get(&format!("/file/300000/{seed}")).fetch().await;
         svc.settle().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

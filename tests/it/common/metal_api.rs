@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-pub struct MetalApi {
+pub(crate) struct MetalApi {
     pub addr: std::net::SocketAddr,
     state: Arc<State>,
     task: tokio::task::JoinHandle<()>,
@@ -27,7 +27,7 @@ struct State {
 }
 
 /// An unsigned JWT with these times (the client reads them without verifying).
-pub fn jwt(iat: u64, exp: u64) -> String {
+pub(crate) fn jwt(iat: u64, exp: u64) -> String {
     use base64::Engine as _;
     let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let nonce: u64 = rand::random();
@@ -39,7 +39,7 @@ pub fn jwt(iat: u64, exp: u64) -> String {
 }
 
 impl MetalApi {
-    pub async fn start(
+    pub(crate) async fn start(
         key: &str,
         images: serde_json::Value,
         partitions: serde_json::Value,
@@ -97,38 +97,34 @@ impl MetalApi {
         MetalApi { addr, state, task }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/metal", self.addr)
     }
 
-    pub fn rejected(&self) -> u64 {
+    pub(crate) fn rejected(&self) -> u64 {
         self.state.rejected.load(Ordering::SeqCst)
     }
 
-    pub fn served(&self) -> u64 {
-        self.state.served.load(Ordering::SeqCst)
-    }
-
-    pub fn set_images(&self, images: serde_json::Value) {
+    pub(crate) fn set_images(&self, images: serde_json::Value) {
         *self.state.images.lock().unwrap() = images;
     }
 
     /// Accepts `token` as a v2 bearer token.
-    pub fn issue(&self, token: &str) {
+    pub(crate) fn issue(&self, token: &str) {
         self.state.tokens.lock().unwrap().push(token.to_string());
     }
 
     /// Bodies of the v2 pings received so far.
-    pub fn pings(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn pings(&self) -> Vec<serde_json::Value> {
         self.state.pings.lock().unwrap().clone()
     }
 
-    pub fn refreshes(&self) -> u64 {
+    pub(crate) fn refreshes(&self) -> u64 {
         self.state.refreshes.load(Ordering::SeqCst)
     }
 
     /// Answers 503 to everything from now on.
-    pub fn go_down(&self) {
+    pub(crate) fn go_down(&self) {
         self.state.down.store(true, Ordering::SeqCst);
     }
 }

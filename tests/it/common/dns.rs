@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 
-pub fn query(name: &str, rtype: RecordType, edns: bool) -> Message {
+pub(crate) fn query(name: &str, rtype: RecordType, edns: bool) -> Message {
     let mut m = Message::query();
     m.metadata.recursion_desired = true;
     m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
@@ -24,7 +24,7 @@ pub fn query(name: &str, rtype: RecordType, edns: bool) -> Message {
 }
 
 /// One UDP exchange from `from` (any port); `None` on timeout.
-pub async fn udp_from(from: &str, server: SocketAddr, msg: &Message) -> Option<Message> {
+pub(crate) async fn udp_from(from: &str, server: SocketAddr, msg: &Message) -> Option<Message> {
     let sock = UdpSocket::bind(format!("{from}:0")).await.unwrap();
     sock.send_to(&msg.to_vec().unwrap(), server).await.unwrap();
     let mut buf = vec![0u8; 65535];
@@ -35,14 +35,14 @@ pub async fn udp_from(from: &str, server: SocketAddr, msg: &Message) -> Option<M
     Some(Message::from_vec(&buf[..n]).unwrap())
 }
 
-pub async fn udp(server: SocketAddr, msg: &Message) -> Message {
+pub(crate) async fn udp(server: SocketAddr, msg: &Message) -> Message {
     udp_from("127.0.0.1", server, msg)
         .await
         .expect("udp answer")
 }
 
 /// One TCP exchange from `from`; `None` when the server closes without answering.
-pub async fn tcp_from(from: &str, server: SocketAddr, msg: &Message) -> Option<Message> {
+pub(crate) async fn tcp_from(from: &str, server: SocketAddr, msg: &Message) -> Option<Message> {
     let sock = TcpSocket::new_v4().unwrap();
     sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
     let mut stream = sock.connect(server).await.unwrap();
@@ -64,13 +64,13 @@ pub async fn tcp_from(from: &str, server: SocketAddr, msg: &Message) -> Option<M
         .ok()?
 }
 
-pub async fn tcp(server: SocketAddr, msg: &Message) -> Message {
+pub(crate) async fn tcp(server: SocketAddr, msg: &Message) -> Message {
     tcp_from("127.0.0.1", server, msg)
         .await
         .expect("tcp answer")
 }
 
-pub fn a_records(m: &Message) -> Vec<String> {
+pub(crate) fn a_records(m: &Message) -> Vec<String> {
     m.answers
         .iter()
         .filter_map(|r| match &r.data {
@@ -87,13 +87,13 @@ pub fn a_records(m: &Message) -> Vec<String> {
 /// - `tcponly.test.` A 192.0.2.9, but over UDP always truncated (TC) so the asker must use TCP
 ///   (UDP answers larger than the asker's EDNS payload, or 512 bytes, are truncated too, as real servers do)
 /// - anything else: NXDOMAIN with an SOA for `test.`
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub addr: SocketAddr,
     counts: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl Upstream {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = udp.local_addr().unwrap();
         let tcp = TcpListener::bind(addr).await.unwrap();
@@ -152,7 +152,7 @@ impl Upstream {
     }
 
     /// Queries seen for `name` over `proto` ("udp" or "tcp").
-    pub fn count(&self, name: &str, proto: &str) -> u64 {
+    pub(crate) fn count(&self, name: &str, proto: &str) -> u64 {
         *self
             .counts
             .lock()

@@ -1,8 +1,7 @@
 //! The pull-through mirror against an in-test registry (token endpoint, redirecting CDN, injected
 //! faults), driven with containerd's request shapes (spec/registry-mirror.md §2.6, scenarios of §6).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::oci::{self, DOCKER_V2, FakeRegistry, Fault, INDEX, MANIFEST, RESOLVE_ACCEPT};
 use common::{Env, Service};

@@ -12,13 +12,13 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{self, pki_types::PrivateKeyDer};
 
-pub struct TestCa {
+pub(crate) struct TestCa {
     pub pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
 impl TestCa {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -32,7 +32,7 @@ impl TestCa {
         }
     }
 
-    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+    pub(crate) fn server_config(&self) -> Arc<rustls::ServerConfig> {
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         params
             .subject_alt_names
@@ -54,7 +54,7 @@ impl TestCa {
 }
 
 /// Deterministic bytes for (seed, offset): what `/file/<size>/<seed>` serves.
-pub fn content(seed: u64, size: u64) -> Vec<u8> {
+pub(crate) fn content(seed: u64, size: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(size as usize);
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     while (out.len() as u64) < size {
@@ -68,7 +68,7 @@ pub fn content(seed: u64, size: u64) -> Vec<u8> {
 }
 
 #[derive(Default)]
-pub struct OriginState {
+pub(crate) struct OriginState {
     pub gets: Mutex<HashMap<String, u64>>,
     pub conditional_gets: AtomicU64,
     /// Version served at `/mutable/*`; bump it to change the content.
@@ -79,14 +79,14 @@ pub struct OriginState {
     pub stopped: std::sync::atomic::AtomicBool,
 }
 
-pub struct Origin {
+pub(crate) struct Origin {
     pub addr: SocketAddr,
     pub state: Arc<OriginState>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Origin {
-    pub async fn start(ca: &TestCa) -> Self {
+    pub(crate) async fn start(ca: &TestCa) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor = TlsAcceptor::from(ca.server_config());
@@ -110,11 +110,11 @@ impl Origin {
         Origin { addr, state, task }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("https://localhost:{}", self.addr.port())
     }
 
-    pub fn gets(&self, path: &str) -> u64 {
+    pub(crate) fn gets(&self, path: &str) -> u64 {
         self.state
             .gets
             .lock()
@@ -124,11 +124,11 @@ impl Origin {
             .unwrap_or(0)
     }
 
-    pub fn total_gets(&self) -> u64 {
+    pub(crate) fn total_gets(&self) -> u64 {
         self.state.gets.lock().unwrap().values().sum()
     }
 
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.state.stopped.store(true, Ordering::SeqCst);
         self.task.abort();
     }
@@ -249,11 +249,7 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
             let (size, seed) = (seg(path, 2), seg(path, 3));
             let etag = format!("\"{seed}-{size}\"");
             if headers.get("if-none-match") == Some(&etag) {
-                io.write_all(
-                    format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\n\r\n").as_bytes(),
-                )
-                .await?;
-                return Ok(true);
+                return not_modified(io, &etag).await;
             }
             let body = content(seed, size);
             let (status, start, end) = match headers.get("range").and_then(|r| parse_range(r, size))
@@ -346,11 +342,7 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
             let v = st.version.load(Ordering::SeqCst);
             let etag = format!("\"v{v}\"");
             if headers.get("if-none-match") == Some(&etag) {
-                io.write_all(
-                    format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\n\r\n").as_bytes(),
-                )
-                .await?;
-                return Ok(true);
+                return not_modified(io, &etag).await;
             }
             let body = format!("version {v}\n");
             io.write_all(
@@ -381,4 +373,14 @@ fn parse_range(r: &str, size: u64) -> Option<(u64, u64)> {
         b.parse::<u64>().ok()? + 1
     };
     (start < end && end <= size).then_some((start, end))
+}
+
+/// `304 Not Modified` with the entity tag the client already holds.
+async fn not_modified<W: tokio::io::AsyncWrite + Unpin>(
+    io: &mut W,
+    etag: &str,
+) -> std::io::Result<bool> {
+    io.write_all(format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\n\r\n").as_bytes())
+        .await?;
+    Ok(true)
 }

@@ -1,9 +1,9 @@
 //! The `/v2/` front's refusals: the API base, and every refusal a pull-through mirror owes before
 //! touching an upstream (write methods, hostile names, unknown `ns`), with OCI error bodies. Pulls are
 //! in `registry_pull.rs`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
+use crate::common::Fetch as _;
 
 use common::Env;
 use image_cache::config::OnMiss;
@@ -126,14 +126,7 @@ async fn base_refusals_and_namespaces() {
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 
     // Nothing above may have reached any upstream.
-    let metrics = svc
-        .admin("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = svc.admin("/metrics").fetch_text().await;
     assert!(
         !metrics.contains("image_cache_upstream_requests_total{"),
         "an upstream was contacted:\n{metrics}"
