@@ -171,6 +171,8 @@ pub struct Fill {
     file: OnceLock<Arc<File>>,
     started: Instant,
     readers: AtomicUsize,
+    /// The task writing it, so shutdown can stop it once the drain deadline has passed.
+    task: OnceLock<tokio::task::AbortHandle>,
 }
 
 /// A snapshot for the admin API and status page.
@@ -192,6 +194,7 @@ impl Fill {
             file: OnceLock::new(),
             started: Instant::now(),
             readers: AtomicUsize::new(0),
+            task: OnceLock::new(),
         })
     }
 
@@ -201,6 +204,17 @@ impl Fill {
 
     pub(super) fn set_file(&self, file: Arc<File>) {
         let _ = self.file.set(file);
+    }
+
+    pub(super) fn set_task(&self, task: tokio::task::AbortHandle) {
+        let _ = self.task.set(task);
+    }
+
+    /// Stops the fill: nothing is committed, readers end short.
+    pub(super) fn abort(&self) {
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
     }
 
     pub(super) fn set_phase(&self, phase: Phase) {

@@ -89,10 +89,24 @@ impl Store {
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let n = lock(&self.inner.inflight).len();
-            if n == 0 || tokio::time::Instant::now() >= deadline {
-                return n;
+            if n == 0 {
+                return 0;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Stop what is left: an aborted fill commits nothing, its temp file goes with it, and its
+        // readers end short.
+        let left: Vec<_> = lock(&self.inner.inflight).values().cloned().collect();
+        for fill in &left {
+            fill.abort();
+        }
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        while !lock(&self.inner.inflight).is_empty() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        left.len()
     }
 }

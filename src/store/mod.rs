@@ -279,9 +279,11 @@ impl Store {
                 drop(inflight);
                 let inner = Arc::clone(&self.inner);
                 let task_fill = Arc::clone(&fill);
-                self.inner
+                let task = self
+                    .inner
                     .runtime
                     .spawn(fill::run(inner, task_fill, spec, row));
+                fill.set_task(task.abort_handle());
                 Ok(Access::Fill {
                     fill,
                     coalesced: false,

@@ -331,34 +331,54 @@ async fn execute(
     }
 }
 
+/// What the client thread hands the consumer: the end of the body is said explicitly, so a channel
+/// that closes without it (the client thread stopped, at shutdown or in a panic) reads as a broken body,
+/// never as a complete one — a fill must not commit a body whose end it did not see.
+enum Piece {
+    Data(Bytes),
+    End,
+    Failed(BodyError),
+}
+
 /// Moves body chunks from the client thread to the consumer, enforcing the idle timeout per chunk.
 /// Dropping the consumer's end stops the transfer (and closes the connection).
 fn pump_body<S>(mut response: awc::ClientResponse<S>, idle: Duration) -> Body
 where
     S: Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin + 'static,
 {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, BodyError>>(BODY_CHANNEL);
+    let (tx, rx) = mpsc::channel::<Piece>(BODY_CHANNEL);
     actix_rt::spawn(async move {
         loop {
-            let item = match tokio::time::timeout(idle, response.next()).await {
-                Ok(Some(Ok(chunk))) => Ok(chunk),
-                Ok(Some(Err(e))) => Err(BodyError::Broken(e.to_string())),
-                Ok(None) => break,
-                Err(_) => Err(BodyError::Idle(idle.as_secs())),
+            let piece = match tokio::time::timeout(idle, response.next()).await {
+                Ok(Some(Ok(chunk))) => Piece::Data(chunk),
+                Ok(Some(Err(e))) => Piece::Failed(BodyError::Broken(e.to_string())),
+                Ok(None) => Piece::End,
+                Err(_) => Piece::Failed(BodyError::Idle(idle.as_secs())),
             };
-            let stop = item.is_err();
-            if tx.send(item).await.is_err() || stop {
+            let last = !matches!(piece, Piece::Data(_));
+            if tx.send(piece).await.is_err() || last {
                 break;
             }
         }
     });
-    Box::pin(tokio_stream_from(rx))
+    Box::pin(pieces(rx))
 }
 
-fn tokio_stream_from(
-    mut rx: mpsc::Receiver<Result<Bytes, BodyError>>,
-) -> impl Stream<Item = Result<Bytes, BodyError>> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+fn pieces(rx: mpsc::Receiver<Piece>) -> impl Stream<Item = Result<Bytes, BodyError>> {
+    futures_util::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(Piece::Data(chunk)) => Some((Ok(chunk), Some(rx))),
+            Some(Piece::End) => None,
+            Some(Piece::Failed(e)) => Some((Err(e), None)),
+            None => Some((
+                Err(BodyError::Broken(
+                    "the upstream client stopped before the end of the body".into(),
+                )),
+                None,
+            )),
+        }
+    })
 }
 
 fn classify(url: &Url, e: awc::error::SendRequestError) -> UpstreamError {

@@ -12,6 +12,7 @@ mod config;
 mod contrib;
 mod dns;
 mod http_cache;
+mod lifecycle;
 mod passthrough;
 mod peers;
 mod registry;
