@@ -26,14 +26,23 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/image-cache/config.toml";
 pub struct Config {
     /// Holds `blobs/`, `tmp/` and `index.redb`; tmp and blobs share it so a fill is published by rename.
     pub state_dir: PathBuf,
+    /// The store's size.
     pub cache: CacheConfig,
+    /// The HTTP listeners: file cache, registry mirror, admin routes.
     pub http: HttpConfig,
+    /// The DNS interceptor and forwarder.
     pub dns: DnsConfig,
+    /// TLS passthrough to the real origins of intercepted names.
     pub passthrough: PassthroughConfig,
+    /// The intercepted domains (`[[domains]]`): answered in DNS, cached over HTTP, passed through on 443.
     pub domains: Vec<DomainConfig>,
+    /// This node and the other cache nodes of the partition.
     pub nodes: NodesConfig,
+    /// The outbound HTTP client: trust roots and timeouts for origins, registries, peers and metal-api.
     pub upstream: UpstreamConfig,
+    /// The metal-api sync.
     pub sync: SyncConfig,
+    /// The OCI pull-through mirror.
     pub registry: RegistryConfig,
     pub log: LogConfig,
 }
@@ -48,6 +57,8 @@ pub struct CacheConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
+    /// Where HTTP is served: intercepted domains by Host, `/v2/` for the mirror, and (unless
+    /// `admin_listen` is set) the admin routes.
     pub listen: Vec<SocketAddr>,
     /// When non-empty, `/health`, `/ready`, `/metrics` and `/admin` are served only on these addresses.
     #[serde(default)]
@@ -60,17 +71,25 @@ pub struct HttpConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsConfig {
+    /// Serve DNS. Off, names of origins are still resolved through `upstreams`.
     pub enabled: bool,
+    /// UDP and TCP listeners (each address serves both).
     pub listen: Vec<SocketAddr>,
+    /// Resolvers every name that is not intercepted is forwarded to, and that the cache itself resolves
+    /// origins, registries and peers with (never its own listener).
     pub upstreams: Vec<SocketAddr>,
+    /// Clients that may ask; others get REFUSED. Never an open resolver.
     pub allow: Vec<IpNet>,
+    /// TTL of answers for intercepted names, and the minimum of their SOA.
     pub answer_ttl: Span,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PassthroughConfig {
+    /// Accept TLS for intercepted names and splice it to the real origin.
     pub enabled: bool,
+    /// Usually `<this node>:443`.
     pub listen: Vec<SocketAddr>,
     /// Connections spliced at once; more are closed at accept.
     pub max_connections: usize,
@@ -92,14 +111,18 @@ pub enum OnMiss {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainConfig {
+    /// The intercepted host name, e.g. `images.metal-stack.io`.
     pub name: String,
     /// `https://<name>` when absent. May carry a path prefix; the request path is appended to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// What a request for an object the store lacks gets: `fill`, `redirect` or `proxy`.
     #[serde(default = "default_on_miss")]
     pub on_miss: OnMiss,
+    /// Also intercept every name below `name`.
     #[serde(default)]
     pub include_subdomains: bool,
+    /// A stored copy older than this is checked with a conditional request before it is served.
     #[serde(default = "default_revalidate_after")]
     pub revalidate_after: Span,
 }
@@ -139,8 +162,11 @@ pub struct NodesConfig {
     /// `dns.listen` address.
     #[serde(default, rename = "self", skip_serializing_if = "Option::is_none")]
     pub self_addr: Option<IpAddr>,
+    /// The other cache nodes of the partition, by internal address.
     pub peers: Vec<IpAddr>,
+    /// The HTTP port the peers serve on (their `/health` and their store).
     pub peer_port: u16,
+    /// How often every peer's `/health` is polled (up after 2 good polls, down after 3 bad ones).
     pub health_interval: Span,
 }
 
@@ -150,6 +176,7 @@ pub struct UpstreamConfig {
     /// Extra PEM trust roots for origins, added to the system's and the built-in web roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Longest wait for a TCP connection and TLS handshake.
     pub connect_timeout: Span,
     /// Longest silence allowed while waiting for response headers or the next body bytes.
     pub read_timeout: Span,
@@ -165,31 +192,51 @@ pub enum MetalApiVersion {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncConfig {
+    /// Run the sync on `schedule` inside `serve` (`image-cache sync` runs regardless).
     pub enabled: bool,
+    /// Standard 5-field cron, evaluated in UTC.
     pub schedule: String,
+    /// Plan only, change nothing (scheduled runs).
     pub dry_run: bool,
+    /// `v1` (REST + HMAC) or `v2` (Connect + token).
     pub api: MetalApiVersion,
+    /// metal-api's base URL, e.g. `http://metal-api:8080/metal`.
     pub url: String,
+    /// v1: the file holding the view HMAC key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hmac_file: Option<PathBuf>,
+    /// v1: the HMAC auth type, `Metal-View` for a view key.
     pub auth_type: String,
+    /// v2: the file holding the token (rewritten when refreshed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// Newest images kept per variant even when the store would be over `cache.max_size`.
     pub min_images_per_name: u32,
+    /// Newest images kept per variant at most; 0 = all.
     pub max_images_per_name: u32,
+    /// An expired image is still kept this long after its expiration date.
     pub expiration_grace_period: Span,
+    /// Images whose URL contains any of these are never synced.
     pub excludes: Vec<String>,
+    /// Sync the partitions' kernels.
     pub kernels: bool,
+    /// Sync the partitions' boot images (initrds), with their `.md5`.
     pub boot_images: bool,
+    /// Downloads at once.
     pub concurrency: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
+    /// Serve `/v2/` on every Host that is not an intercepted domain.
     pub enabled: bool,
+    /// A stored tag is served without asking the registry for this long, then revalidated with a HEAD.
     pub tag_ttl: Span,
+    /// A registry's 404 is remembered (and answered without asking it) for this long.
     pub negative_ttl: Span,
+    /// The registries the mirror may dial: `ns` (or a path prefix) name → base URL. The host dialled
+    /// never comes from a request.
     pub upstreams: BTreeMap<String, String>,
     /// Accounts for upstream registries (docker `config.json` format). What they fetch is served to
     /// every client of the cache.
@@ -212,6 +259,7 @@ pub enum LogFormat {
 pub struct LogConfig {
     /// An env-filter directive: `info`, `debug`, `image_cache=debug,actix_web=warn`.
     pub level: String,
+    /// `auto`, `text`, `json` or `journald`.
     pub format: LogFormat,
 }
 
