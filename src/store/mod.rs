@@ -13,6 +13,7 @@ pub mod inflight;
 pub mod key;
 mod maintenance;
 mod recover;
+mod row;
 pub mod summary;
 #[cfg(test)]
 mod tests;
