@@ -1,6 +1,7 @@
-# For Kubernetes/containerd nodes: point containerd at image-cache mirrors. Writes
-# /etc/containerd/certs.d/<registry>/hosts.toml (the cache first with pull+resolve; the registry itself
-# stays the fallback, so pulls keep working when the cache is down) and sets containerd's config_path.
+# For Kubernetes/containerd nodes: point containerd at the image-cache nodes of the partition. Writes
+# /etc/containerd/certs.d/<registry>/hosts.toml (every cache node in order with pull+resolve, so losing one
+# sends containerd to the next; the registry itself stays the last fallback, so pulls keep working when
+# every cache node is down) and sets containerd's config_path.
 { config, lib, ... }:
 let
   inherit (lib) mkOption mkIf types;
@@ -11,10 +12,10 @@ in
 {
   options.services.imageCache.containerdMirror = {
     enable = lib.mkEnableOption "pulling container images through an image-cache mirror";
-    mirror = mkOption {
-      type = types.strMatching "https?://[^/?#]+/?";
-      example = "http://10.0.0.1:80";
-      description = "Base URL of the image-cache node (or of a name that resolves to the cache nodes).";
+    mirrors = mkOption {
+      type = types.nonEmptyListOf (types.strMatching "https?://[^/?#]+/?");
+      example = [ "http://10.0.0.1" "http://10.0.0.2" "http://10.0.0.3" ];
+      description = "Base URLs of the partition's image-cache nodes, in the order containerd tries them.";
     };
     registries = mkOption {
       type = types.listOf types.str;
@@ -33,7 +34,7 @@ in
     environment.etc = lib.listToAttrs (map
       (r: lib.nameValuePair "containerd/certs.d/${r}/hosts.toml" {
         text = render.hostsToml {
-          mirror = lib.removeSuffix "/" cfg.mirror;
+          mirrors = map (lib.removeSuffix "/") cfg.mirrors;
           inherit (cfg) dialTimeout;
         };
       })

@@ -148,11 +148,14 @@ rec {
     fi
   '';
 
-  # containerd's hosts.toml for a mirror: the same file `image-cache containerd-hosts` prints (the cache
-  # first with pull and resolve; `server`, when given, is the registry itself as the fallback).
-  hostsToml = { mirror, server ? null, dialTimeout ? "5s" }:
-    (if server == null then "" else "server = ${toJSON server}\n\n")
-    + "[host.${toJSON mirror}]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = ${toJSON dialTimeout}\n";
+  # containerd's hosts.toml for the partition's cache nodes: the same file `image-cache containerd-hosts`
+  # prints (every node in order with pull and resolve, so losing one sends containerd to the next; `server`,
+  # when given, is the registry itself as the last fallback).
+  hostsToml = { mirrors, server ? null, dialTimeout ? "5s" }:
+    (if server == null then "" else "server = ${toJSON server}\n")
+    + concatStringsSep "" (map
+      (m: "\n[host.${toJSON m}]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = ${toJSON dialTimeout}\n")
+      mirrors);
 
   # Impossible combinations, as { assertion; message; } for the module.
   assertions = settings: secrets:

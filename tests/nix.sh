@@ -45,7 +45,8 @@ for cfg in examples/*.toml "$W"/configs/*.toml; do
   if out=$("$BIN" check-config --config "$cfg" 2>&1 >/dev/null); then pass "check-config $(basename "$cfg")"; else fail "check-config $cfg: $out"; fi
 done
 
-"$BIN" containerd-hosts --mirror http://10.0.0.1:80 >"$W/hosts-binary.toml"
+"$BIN" containerd-hosts --mirror http://10.0.0.1:80 --mirror http://10.0.0.2 --mirror http://10.0.0.3:8080 \
+  >"$W/hosts-binary.toml"
 if python3 -c 'import sys, tomllib; a, b = (tomllib.load(open(p, "rb")) for p in sys.argv[1:]); sys.exit(a != b)' \
   "$W/hosts.toml" "$W/hosts-binary.toml"; then
   pass "containerd-mirror module's hosts.toml equals image-cache containerd-hosts"

@@ -91,10 +91,10 @@ let
   checked = node.services.imageCache.configFile.env.unchecked.text;
 
   laptop = cfgOf { services.imageCache = { enable = true; settings = { dns.enabled = false; passthrough.enabled = false; http.listen = [ "127.0.0.1:8080" ]; }; }; };
-  mirror = cfgOf { services.imageCache.containerdMirror = { enable = true; mirror = "http://10.0.0.1:80/"; registries = [ "_default" "ghcr.io" ]; }; };
+  mirror = cfgOf { services.imageCache.containerdMirror = { enable = true; mirrors = [ "http://10.0.0.1:80/" "http://10.0.0.2" ]; registries = [ "_default" "ghcr.io" ]; }; };
   mirror1 = cfgOf {
     virtualisation.containerd.package = fakeDrv "containerd-1.7.20" { version = "1.7.20"; };
-    services.imageCache.containerdMirror = { enable = true; mirror = "http://cache"; };
+    services.imageCache.containerdMirror = { enable = true; mirrors = [ "http://cache" ]; };
   };
 in
 {
@@ -129,9 +129,9 @@ in
     ++ check "state_dir is read-only" (fails { services.imageCache = { enable = true; settings.state_dir = "/tmp"; }; })
     ++ check "token file is seeded into the state dir" ((cfgOf { services.imageCache = { enable = true; tokenFile = "/run/t"; settings.nodes.self = "1.1.1.1"; }; }).systemd.services.image-cache.serviceConfig ? ExecStartPre)
     ++ check "mirror: hosts.toml per registry"
-      (mirror.environment.etc."containerd/certs.d/_default/hosts.toml".text == render.hostsToml { mirror = "http://10.0.0.1:80"; }
+      (mirror.environment.etc."containerd/certs.d/_default/hosts.toml".text == render.hostsToml { mirrors = [ "http://10.0.0.1:80" "http://10.0.0.2" ]; }
         && mirror.environment.etc ? "containerd/certs.d/ghcr.io/hosts.toml")
     ++ check "mirror: containerd 2 config path (config v3)" (mirror.virtualisation.containerd.settings.plugins."io.containerd.cri.v1.images".registry.config_path == "/etc/containerd/certs.d")
     ++ check "mirror: containerd 1.x config path (config v2)" (mirror1.virtualisation.containerd.settings.plugins."io.containerd.grpc.v1.cri".registry.config_path == "/etc/containerd/certs.d")
-    ++ check "mirror: bad URL refused" (!(builtins.tryEval (builtins.deepSeq (cfgOf { services.imageCache.containerdMirror = { enable = true; mirror = "10.0.0.1"; }; }).environment.etc true)).success);
+    ++ check "mirror: bad URL refused" (!(builtins.tryEval (builtins.deepSeq (cfgOf { services.imageCache.containerdMirror = { enable = true; mirrors = [ "10.0.0.1" ]; }; }).environment.etc true)).success);
 }

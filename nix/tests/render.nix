@@ -59,7 +59,7 @@ in
       (let k = r.checkableSettings { } secrets; in k.sync.hmac_file == final.sync.hmac_file && !(k ? registry))
     ++ check "renderer refuses what TOML cannot hold" (!(builtins.tryEval (builtins.deepSeq (r.toTOML { z = (a: a); }) true)).success);
 
-  hosts = r.hostsToml { mirror = "http://10.0.0.1"; };
+  hosts = r.hostsToml { mirrors = [ "http://10.0.0.1" "http://10.0.0.2" "http://10.0.0.3:8080" ]; };
 
   # What the module checks at build time for each VM test node (the sync node has an HMAC key).
   configs = builtins.mapAttrs (n: s: r.toTOML (r.checkableSettings s (nodeSecrets.${n} or { }))) nodes

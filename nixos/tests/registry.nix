@@ -19,7 +19,7 @@ in {
     client = { pkgs, ... }: {
       imports = [ c.clientNode self.nixosModules.containerd-mirror ];
       virtualisation.containerd.enable = true;
-      services.imageCache.containerdMirror = { enable = true; mirror = "http://${c.addrs.cache}:5000"; };
+      services.imageCache.containerdMirror = { enable = true; mirrors = [ "http://${c.addrs.cache}:5000" ]; };
     };
   };
   testScript = ''

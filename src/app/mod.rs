@@ -152,6 +152,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         Arc::clone(&config),
         store.clone(),
         upstream.clone(),
+        peers.clone(),
         metrics.clone(),
         workers.clone(),
     );
@@ -201,6 +202,8 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         store.clone(),
         OciAuth::new(upstream.clone(), credentials, metrics.clone()),
         metrics.clone(),
+        peers.clone(),
+        upstream.clone(),
     ));
     let (hit_ratio, sampled) = (Arc::clone(&metrics.hit_ratio), metrics.clone());
     workers.spawn("hit-ratio sampler", move |w| async move {
@@ -323,12 +326,24 @@ impl Running {
     /// Ordered teardown within `SHUTDOWN_GRACE`: stop accepting, let requests, fills and background work
     /// finish, abort what is left, flush hit counts.
     pub async fn shutdown(self) {
-        let until = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        self.stop(SHUTDOWN_GRACE).await;
+    }
+
+    /// Teardown without draining: connections are closed and fills aborted at once (nothing half-done
+    /// is stored). For a second signal, and for tests of a node that dies.
+    pub async fn shutdown_now(self) {
+        self.stop(Duration::ZERO).await;
+    }
+
+    async fn stop(self, grace: Duration) {
+        let until = tokio::time::Instant::now() + grace;
         let left = || until.saturating_duration_since(tokio::time::Instant::now());
         systemd::stopping();
         self.lifecycle.request_shutdown();
         self.peers.set_self_healthy(false);
-        if tokio::time::timeout(left(), self.server.stop(true))
+        if grace.is_zero() {
+            self.server.stop(false).await;
+        } else if tokio::time::timeout(left(), self.server.stop(true))
             .await
             .is_err()
         {

@@ -65,6 +65,15 @@ pub fn plan_view(plan: &Plan, outcomes: &[Outcome]) -> SyncRunView {
                 message: outcome.map(|o| o.message.clone()),
             }
         })
+        .chain(plan.failed.iter().map(|f| SyncItemView {
+            name: f.name.clone(),
+            kind: kind_name(f.kind).to_string(),
+            url: f.url.clone(),
+            size: 0,
+            action: "unavailable".to_string(),
+            ok: Some(false),
+            message: Some(f.reason.clone()),
+        }))
         .collect();
     SyncRunView {
         run: 0,
@@ -99,7 +108,7 @@ pub fn kind_name(kind: Kind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::planner::Item;
+    use crate::sync::planner::{Failed, Item};
 
     #[test]
     fn outcomes_are_matched_to_their_items() {
@@ -113,6 +122,12 @@ mod tests {
         };
         let plan = Plan {
             items: vec![item("a", Action::Download), item("b", Action::Keep)],
+            failed: vec![Failed {
+                kind: Kind::Kernel,
+                name: "v1".into(),
+                url: "http://k.test/v1/kernel".into(),
+                reason: "origin unreachable".into(),
+            }],
             skipped: vec![("c".into(), "expired".into())],
             over_budget: None,
         };
@@ -131,7 +146,9 @@ mod tests {
             unpinned: 3,
         };
         let v = run_view(&report);
-        assert_eq!((v.run, v.failed, v.unpinned), (4, 1, 3));
+        assert_eq!((v.run, v.failed, v.unpinned), (4, 2, 3));
+        assert_eq!(v.items[2].action, "unavailable");
+        assert_eq!(v.items[2].message.as_deref(), Some("origin unreachable"));
         assert_eq!(v.items[0].ok, Some(false));
         assert_eq!(v.items[0].action, "download");
         assert_eq!(v.items[1].ok, None);

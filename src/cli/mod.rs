@@ -54,9 +54,10 @@ pub enum Command {
     /// Print a containerd hosts.toml that pulls through this cache and falls back to the registry.
     /// Put it at /etc/containerd/certs.d/_default/hosts.toml (or certs.d/<registry>/hosts.toml).
     ContainerdHosts {
-        /// The cache's base URL as nodes reach it, e.g. http://10.0.0.1 or http://cache:8080.
-        #[arg(long)]
-        mirror: String,
+        /// A cache node's base URL as containerd reaches it, e.g. http://10.0.0.1 or http://cache:8080.
+        /// Give it once per node of the partition, in the order containerd should try them.
+        #[arg(long, required = true)]
+        mirror: Vec<String>,
         /// A file for one registry (docker.io, ghcr.io, myreg.io:5000) instead of `_default`.
         #[arg(long)]
         registry: Option<String>,
@@ -126,7 +127,7 @@ pub async fn serve(arg: &ConfigArg) -> Result<(), AppError> {
 }
 
 /// `containerd-hosts`: prints the file; a bad `--mirror` is a usage error (exit 2).
-pub fn containerd_hosts(mirror: &str, registry: Option<&str>) -> Result<(), AppError> {
+pub fn containerd_hosts(mirror: &[String], registry: Option<&str>) -> Result<(), AppError> {
     let text = crate::registry::hosts::hosts_toml(mirror, registry)
         .map_err(|e| AppError::Config(config::ConfigError::new("--mirror", e)))?;
     print!("{text}");

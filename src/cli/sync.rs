@@ -39,10 +39,13 @@ pub async fn sync(arg: &ConfigArg, dry_run: bool) -> Result<i32, AppError> {
     })?;
     let upstream = Upstream::start(&config.upstream, resolver, metrics.clone(), 2)?;
     let workers = Workers::new(tokio_util::sync::CancellationToken::new());
+    // No server runs, so no health is known of the other nodes: everything comes from the origin.
+    let peers = crate::peers::Peers::new(&config.nodes);
     let syncer = Syncer::new(
         std::sync::Arc::new(config),
         store,
         upstream,
+        peers,
         metrics,
         workers,
     );

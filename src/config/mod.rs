@@ -82,6 +82,19 @@ pub struct DnsConfig {
     pub allow: Vec<IpNet>,
     /// TTL of answers for intercepted names, and the minimum of their SOA.
     pub answer_ttl: Span,
+    /// How the healthy nodes are ordered in answers for intercepted names: `rotate` (every healthy
+    /// node takes the first place in turn, so a rack booting at once spreads over the partition) or
+    /// `self-first` (this node first, then the peers in turn: locality over spreading).
+    #[serde(default)]
+    pub answer_order: AnswerOrder,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnswerOrder {
+    #[default]
+    Rotate,
+    SelfFirst,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -168,6 +181,14 @@ pub struct NodesConfig {
     pub peer_port: u16,
     /// How often every peer's `/health` is polled (up after 2 good polls, down after 3 bad ones).
     pub health_interval: Span,
+    /// How long a fill waits for the owner of a key (another node) to answer with headers before it
+    /// goes to the origin itself. Short on purpose: a dead or stuck node must not hold a rack's boot.
+    #[serde(default = "default_peer_timeout")]
+    pub peer_timeout: Span,
+}
+
+fn default_peer_timeout() -> Span {
+    Span::from_secs(5)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -224,6 +245,18 @@ pub struct SyncConfig {
     pub boot_images: bool,
     /// Downloads at once.
     pub concurrency: u32,
+    /// Scheduled runs start after a random delay of up to this much, so the nodes of a partition do not
+    /// all ask metal-api in the same second (runs asked for on demand start at once).
+    #[serde(default = "default_sync_jitter")]
+    pub jitter: Span,
+    /// Allow downloads over plain HTTP from hosts that are not intercepted domains (an internal mirror
+    /// on a trusted network). Intercepted domains are always fetched from their `origin`.
+    #[serde(default)]
+    pub allow_http_origins: bool,
+}
+
+fn default_sync_jitter() -> Span {
+    Span::from_secs(180)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -300,6 +333,7 @@ impl Config {
                 upstreams: addrs(&["8.8.8.8:53", "1.1.1.1:53"]),
                 allow: nets.iter().filter_map(|n| n.parse().ok()).collect(),
                 answer_ttl: Span::from_secs(30),
+                answer_order: AnswerOrder::Rotate,
             },
             passthrough: PassthroughConfig {
                 enabled: true,
@@ -316,6 +350,7 @@ impl Config {
                 peers: vec![],
                 peer_port: 80,
                 health_interval: Span::from_secs(2),
+                peer_timeout: default_peer_timeout(),
             },
             upstream: UpstreamConfig {
                 ca_file: None,
@@ -338,6 +373,8 @@ impl Config {
                 kernels: true,
                 boot_images: true,
                 concurrency: 2,
+                jitter: default_sync_jitter(),
+                allow_http_origins: false,
             },
             registry: RegistryConfig {
                 enabled: true,

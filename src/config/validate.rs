@@ -105,6 +105,28 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
             ));
         }
     }
+    if c.nodes.self_addr.is_none() && !c.nodes.peers.is_empty() {
+        // Every node names the partition's nodes the same way for key ownership: this node needs its
+        // own address too. A specific HTTP address is the one peers reach it on.
+        c.nodes.self_addr = c
+            .http
+            .listen
+            .iter()
+            .map(|a| a.ip())
+            .find(|ip| !ip.is_unspecified());
+        if c.nodes.self_addr.is_none() {
+            return Err(ConfigError::new(
+                "nodes.self",
+                "required when nodes.peers is set: this node's internal IP, as the peers list it",
+            ));
+        }
+    }
+    if c.nodes.peer_timeout.get().is_zero() {
+        return Err(ConfigError::new(
+            "nodes.peer_timeout",
+            "must be greater than zero",
+        ));
+    }
     if let Some(me) = c.nodes.self_addr {
         if me.is_unspecified() {
             return Err(ConfigError::new(

@@ -4,6 +4,7 @@
 
 use super::forward::Forwarder;
 use super::policy::{self, Decision, Policy};
+use crate::config::AnswerOrder;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::peers::{Healthy, Peers};
 use hickory_proto::op::{Message, Query, ResponseCode};
@@ -31,6 +32,7 @@ pub(super) struct Responder {
     /// Counters by result, looked up once (the label map costs a lock per lookup).
     counters: [(&'static str, Counter); 4],
     rotation: AtomicUsize,
+    order: AnswerOrder,
 }
 
 impl Responder {
@@ -39,6 +41,7 @@ impl Responder {
         peers: Peers,
         forwarder: Forwarder,
         metrics: Metrics,
+        order: AnswerOrder,
     ) -> Self {
         let counter = |result: &'static str| {
             let c = metrics
@@ -58,24 +61,20 @@ impl Responder {
                 counter(result::ERROR),
             ],
             rotation: AtomicUsize::new(0),
+            order,
         }
     }
 
-    /// Where the peer list starts for the next answer: one further on each call.
+    /// Where the node list starts for the next answer: one further on each call.
     pub(super) fn next_rotation(&self, healthy: &Healthy) -> usize {
-        match healthy.peers.len() {
+        match policy::rotations(healthy.this.is_some(), healthy.peers.len(), self.order) {
             0 | 1 => 0,
             n => self.rotation.fetch_add(1, Ordering::Relaxed) % n,
         }
     }
 
-    /// This node first, then the healthy peers from `rotation` on.
-    fn nodes(healthy: &Healthy, rotation: usize) -> Vec<IpAddr> {
-        let mut nodes = Vec::with_capacity(healthy.peers.len() + 1);
-        nodes.extend(healthy.this);
-        let start = rotation.min(healthy.peers.len());
-        nodes.extend(healthy.peers[start..].iter().chain(&healthy.peers[..start]));
-        nodes
+    fn nodes(&self, healthy: &Healthy, rotation: usize) -> Vec<IpAddr> {
+        policy::answer_nodes(healthy.this, &healthy.peers, self.order, rotation)
     }
 
     pub(super) fn respond(&self, src: SocketAddr, request: &Message) -> Outcome {
@@ -92,7 +91,7 @@ impl Responder {
         healthy: &Healthy,
         rotation: usize,
     ) -> Outcome {
-        let nodes = Self::nodes(healthy, rotation);
+        let nodes = self.nodes(healthy, rotation);
         match self.policy.decide(src.ip(), request, &nodes) {
             Decision::Drop => Outcome::Drop,
             Decision::Error(code) => {

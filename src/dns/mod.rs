@@ -67,6 +67,7 @@ impl Dns {
             peers,
             forward::Forwarder::new(resolver),
             metrics,
+            config.dns.answer_order,
         ));
         let shutdown = CancellationToken::new();
         let forwards = Arc::new(Semaphore::new(MAX_FORWARDS));

@@ -6,6 +6,7 @@
 //! set, SOA at the apex, NOERROR/NODATA with the SOA for every other type. With no healthy node the name
 //! is forwarded, so machines reach the real store instead of a dead cache.
 
+use crate::config::AnswerOrder;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
@@ -170,6 +171,42 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
+    }
+}
+
+/// How many different first places answers for intercepted names rotate through.
+pub fn rotations(this: bool, peers: usize, order: AnswerOrder) -> usize {
+    match order {
+        AnswerOrder::Rotate => usize::from(this) + peers,
+        AnswerOrder::SelfFirst => peers,
+    }
+}
+
+/// The healthy nodes in answer order: with `rotate`, every node (this one included) takes the first
+/// place in turn; with `self-first`, this node leads and the peers rotate behind it.
+pub fn answer_nodes(
+    this: Option<IpAddr>,
+    peers: &[IpAddr],
+    order: AnswerOrder,
+    rotation: usize,
+) -> Vec<IpAddr> {
+    let rotated = |list: &[IpAddr]| -> Vec<IpAddr> {
+        if list.is_empty() {
+            return Vec::new();
+        }
+        let start = rotation % list.len();
+        list[start..]
+            .iter()
+            .chain(&list[..start])
+            .copied()
+            .collect()
+    };
+    match order {
+        AnswerOrder::SelfFirst => this.into_iter().chain(rotated(peers)).collect(),
+        AnswerOrder::Rotate => {
+            let all: Vec<IpAddr> = this.into_iter().chain(peers.iter().copied()).collect();
+            rotated(&all)
+        }
     }
 }
 
@@ -375,6 +412,41 @@ mod tests {
         let mut resp = q.clone();
         resp.metadata.message_type = MessageType::Response;
         assert_eq!(p.decide(LOCAL, &resp, &nodes()), Decision::Drop);
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn answer_order_rotates_every_node_or_keeps_this_node_first() {
+        let this = Some(ip("10.0.0.1"));
+        let peers = [ip("10.0.0.2"), ip("10.0.0.3")];
+        let firsts = |order| {
+            (0..rotations(true, 2, order))
+                .map(|r| answer_nodes(this, &peers, order, r))
+                .collect::<Vec<_>>()
+        };
+        let rotate = firsts(AnswerOrder::Rotate);
+        assert_eq!(rotate.len(), 3);
+        let leaders: Vec<IpAddr> = rotate.iter().map(|n| n[0]).collect();
+        assert_eq!(leaders, [ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3")]);
+        assert!(rotate.iter().all(|n| n.len() == 3));
+        let self_first = firsts(AnswerOrder::SelfFirst);
+        assert_eq!(self_first.len(), 2);
+        assert!(
+            self_first
+                .iter()
+                .all(|n| n[0] == ip("10.0.0.1") && n.len() == 3)
+        );
+        assert_eq!(self_first[1][1], ip("10.0.0.3"));
+        // This node unhealthy: only the peers, still rotating.
+        assert_eq!(
+            answer_nodes(None, &peers, AnswerOrder::Rotate, 1),
+            [peers[1], peers[0]]
+        );
+        assert!(answer_nodes(None, &[], AnswerOrder::Rotate, 5).is_empty());
+        assert_eq!(rotations(false, 0, AnswerOrder::Rotate), 0);
     }
 
     #[test]

@@ -5,18 +5,17 @@
 use super::HttpState;
 use crate::config::{DomainConfig, OnMiss};
 use crate::metrics::{kind, result};
+use crate::peers::{ORIGIN_ETAG_HEADER, Owner, PEER_HEADER};
 use crate::serve::{self, body::Resume};
 use crate::store::{
-    Access, Expected, FilePath, Fill, FillFailure, FillSpec, Key, Phase, Plan, SourceError,
-    SourceFuture, SourceMeta, SourceOutcome, now_secs,
+    Access, Expected, FilePath, Fill, FillFailure, FillSpec, Key, ObjectRow, Phase, Plan,
+    SourceError, SourceMeta, now_secs,
 };
 use crate::upstream;
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse};
 use std::sync::Arc;
-
-/// Marks a request from another cache node: answer from the local store only, never fill (no loops).
-pub const PEER_HEADER: &str = "x-image-cache-peer";
+use std::sync::atomic::AtomicBool;
 
 pub async fn handle(
     req: HttpRequest,
@@ -37,10 +36,13 @@ pub async fn handle(
         Ok(k) => k,
         Err(e) => return bad_request(&state, &e.to_string()),
     };
+    // Only the partition's own nodes may ask "from your origin, not from a node" (a tenant machine
+    // sending the header is an ordinary client).
     let from_peer = req
         .headers()
         .get(PEER_HEADER)
-        .is_some_and(|v| v.as_bytes() == b"1");
+        .is_some_and(|v| v.as_bytes() == b"1")
+        && req.peer_addr().is_some_and(|a| state.peers.is_peer(a.ip()));
     let origin_url = match url::Url::parse(&format!(
         "{}{}",
         crate::config::vhost::origin_for(domain, &host),
@@ -51,37 +53,81 @@ pub async fn handle(
     };
     let revalidate_after = domain.revalidate_after.get().as_secs();
     let may_fill = domain.on_miss != OnMiss::Redirect;
-
-    let upstream = state.upstream.clone();
-    let url_for_fill = origin_url.clone();
-    let access = state.store.access(&key, |row| match row {
-        Some(_) if from_peer => Plan::Serve,
+    // A request from a node is filled here from the origin, whoever owns the key: never passed on.
+    let owner = if from_peer {
+        Owner::This
+    } else {
+        state.peers.owner(key.as_str())
+    };
+    let source = |etag: Option<String>, last_modified: Option<String>, ours: Option<String>| {
+        let origin = upstream::source::get(
+            state.upstream.clone(),
+            origin_url.clone(),
+            etag,
+            last_modified,
+        );
+        match owner {
+            Owner::This => (origin, None),
+            Owner::Peer(peer) => {
+                let waiting = Arc::new(AtomicBool::new(true));
+                let ask = upstream::peer::PeerAsk::file(
+                    peer,
+                    &host,
+                    &path.to_url_path(),
+                    ours,
+                    state.peers.timeout(),
+                    Arc::clone(&waiting),
+                );
+                let source = match ask {
+                    Some(ask) => upstream::peer::peer_first(
+                        state.upstream.clone(),
+                        state.metrics.clone(),
+                        ask,
+                        origin,
+                    ),
+                    None => origin,
+                };
+                (source, Some(waiting))
+            }
+        }
+    };
+    let decide = |row: Option<&ObjectRow>| match row {
         Some(r) if !may_fill || now_secs().saturating_sub(r.validated_at) < revalidate_after => {
             Plan::Serve
         }
-        Some(r) => Plan::Fill(FillSpec {
-            expected: Expected::default(),
-            source: upstream::source::get(
-                upstream,
-                url_for_fill,
+        Some(r) => {
+            let (source, peer_wait) = source(
                 r.etag.clone(),
                 r.last_modified.clone(),
-            ),
-            want_md5: true,
-        }),
-        None if from_peer || domain.on_miss != OnMiss::Fill => Plan::Skip,
-        None => Plan::Fill(FillSpec {
-            expected: Expected::default(),
-            source: peer_then_origin_source(
-                upstream,
-                state.peers.healthy_peer_addrs(),
-                host.clone(),
-                path.to_url_path(),
-                url_for_fill,
-            ),
-            want_md5: true,
-        }),
-    });
+                Some(format!("\"{}\"", r.digest)),
+            );
+            Plan::Fill(FillSpec {
+                expected: Expected::default(),
+                source,
+                want_md5: true,
+                peer_wait,
+            })
+        }
+        None if domain.on_miss != OnMiss::Fill => Plan::Skip,
+        None => {
+            let (source, peer_wait) = source(None, None, None);
+            Plan::Fill(FillSpec {
+                expected: Expected::default(),
+                source,
+                want_md5: true,
+                peer_wait,
+            })
+        }
+    };
+    let access = if from_peer {
+        match state.store.access_as_peer(&key, decide) {
+            Ok(Some(a)) => Ok(a),
+            Ok(None) => return busy(&state),
+            Err(e) => Err(e),
+        }
+    } else {
+        state.store.access(&key, decide)
+    };
     let access = match access {
         Ok(a) => a,
         Err(e) => {
@@ -93,7 +139,12 @@ pub async fn handle(
     match access {
         Access::Hit(hit) => {
             state.metrics.request(kind::FILE, result::HIT);
-            serve::serve_hit(&req, &state.metrics, hit)
+            let origin_etag = hit.row.etag.clone();
+            with_origin_etag(
+                serve::serve_hit(&req, &state.metrics, hit),
+                origin_etag.as_deref(),
+                from_peer,
+            )
         }
         Access::Skipped if from_peer => {
             state.metrics.request(kind::FILE, result::MISS);
@@ -106,8 +157,27 @@ pub async fn handle(
             }
             _ => pass_through(&req, &state, origin_url, result::MISS).await,
         },
-        Access::Fill { fill, .. } => follow_fill(&req, &state, &key, fill, origin_url).await,
+        Access::Fill { fill, .. } => {
+            follow_fill(&req, &state, &key, fill, origin_url, from_peer).await
+        }
     }
+}
+
+/// The origin's entity tag for the node being served, so it can revalidate with the origin later.
+fn with_origin_etag(mut resp: HttpResponse, etag: Option<&str>, to_peer: bool) -> HttpResponse {
+    if to_peer && let Some(v) = etag.and_then(|e| header::HeaderValue::from_str(e).ok()) {
+        resp.headers_mut()
+            .insert(header::HeaderName::from_static(ORIGIN_ETAG_HEADER), v);
+    }
+    resp
+}
+
+/// A node asked for a key whose fill here waits on a node itself: it must go to the origin.
+fn busy(state: &HttpState) -> HttpResponse {
+    state.metrics.request(kind::FILE, result::MISS);
+    HttpResponse::ServiceUnavailable()
+        .insert_header((PEER_HEADER, "busy"))
+        .body("this node's own fill of it waits on a node; fetch it from the origin\n")
 }
 
 fn bad_request(state: &HttpState, why: &str) -> HttpResponse {
@@ -123,51 +193,13 @@ fn redirect(req: &HttpRequest, host: &str) -> HttpResponse {
         .finish()
 }
 
-/// A miss asks the healthy peers first (the partition's second-level cache: one internet download per
-/// partition, not per node), then the origin. Peers answer from their store only (`X-Image-Cache-Peer`),
-/// so two nodes missing the same object never ask each other in a loop. What a peer sends is still
-/// hashed and length-checked here like any fill.
-fn peer_then_origin_source(
-    upstream: upstream::Upstream,
-    peers: Vec<std::net::SocketAddr>,
-    host: String,
-    path: String,
-    origin: url::Url,
-) -> SourceFuture {
-    Box::pin(async move {
-        for peer in peers {
-            let Ok(url) = url::Url::parse(&format!("http://{peer}{path}")) else {
-                continue;
-            };
-            let mut request = upstream::Request::get(url, "peer")
-                .header("host", host.clone())
-                .header(PEER_HEADER, "1");
-            request.follow_redirects = false;
-            match upstream.send(request).await {
-                Ok(resp) if resp.status == 200 => {
-                    tracing::debug!(%peer, %host, %path, "filling from a peer");
-                    let mut outcome = upstream::source::body_outcome(resp);
-                    // A peer's ETag is its content digest, not the origin's validator: revalidating
-                    // with it would never match. Last-Modified is the origin's and stays.
-                    if let SourceOutcome::Body { meta, .. } = &mut outcome {
-                        meta.etag = None;
-                    }
-                    return outcome;
-                }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(%peer, error = %e, "peer fill failed; trying the next"),
-            }
-        }
-        upstream::source::get(upstream, origin, None, None).await
-    })
-}
-
 async fn follow_fill(
     req: &HttpRequest,
     state: &Arc<HttpState>,
     key: &Key,
     fill: Arc<Fill>,
     origin_url: url::Url,
+    to_peer: bool,
 ) -> HttpResponse {
     match fill.head().await {
         Phase::NotModified => serve_stored_again(req, state, key, result::HIT),
@@ -194,11 +226,13 @@ async fn follow_fill(
                 last_modified: row.last_modified.clone(),
                 digest: None,
             };
-            stream_fill(req, state, &fill, &meta, origin_url)
+            let resp = stream_fill(req, state, &fill, &meta, origin_url);
+            with_origin_etag(resp, meta.etag.as_deref(), to_peer)
         }
         Phase::Streaming { meta, .. } => {
             state.metrics.request(kind::FILE, result::MISS);
-            stream_fill(req, state, &fill, &meta, origin_url)
+            let resp = stream_fill(req, state, &fill, &meta, origin_url);
+            with_origin_etag(resp, meta.etag.as_deref(), to_peer)
         }
         Phase::Connecting => HttpResponse::ServiceUnavailable().body("fill did not start\n"),
     }

@@ -44,6 +44,27 @@ pub struct PeerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerFillLabels {
+    pub peer: String,
+    pub result: &'static str,
+}
+
+/// Results of `image_cache_peer_fills_total`: what a fill that asked a key's owner got.
+pub mod peer_fill {
+    /// The owner sent the object.
+    pub const SERVED: &str = "served";
+    /// The owner confirmed the stored copy (revalidation).
+    pub const NOT_MODIFIED: &str = "not_modified";
+    /// The owner passed on the origin's refusal (404, 410).
+    pub const REFUSED: &str = "refused";
+    /// The owner was down, slow, busy or failing: the fill went to the origin.
+    pub const FALLBACK: &str = "fallback";
+    /// The owner's body broke off mid-way.
+    pub const BROKEN: &str = "broken";
+    pub const ALL: [&str; 5] = [SERVED, NOT_MODIFIED, REFUSED, FALLBACK, BROKEN];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RegistryRequestLabels {
     pub registry: String,
     pub kind: &'static str,
@@ -92,6 +113,7 @@ pub struct Metrics {
     pub sync_last_success: Gauge<f64, AtomicU64>,
     pub sync_images: Family<StateLabels, Gauge>,
     pub peer_up: Family<PeerLabels, Gauge>,
+    pub peer_fills: Family<PeerFillLabels, Counter>,
     pub integrity_failures: Counter,
     pub registry_requests: Family<RegistryRequestLabels, Counter>,
     pub registry_bytes: Family<RegistryLabels, Counter>,
@@ -125,6 +147,7 @@ impl Metrics {
             sync_last_success: Gauge::default(),
             sync_images: Family::default(),
             peer_up: Family::default(),
+            peer_fills: Family::default(),
             integrity_failures: Counter::default(),
             registry_requests: Family::default(),
             registry_bytes: Family::default(),
@@ -202,6 +225,12 @@ impl Metrics {
             m.peer_up.clone(),
         );
         r.register(
+            "peer_fills",
+            "Fills that asked the key's owner (another cache node) first, by node and result: served, \
+             not_modified, refused, fallback (went to the origin), broken (cut mid-way)",
+            m.peer_fills.clone(),
+        );
+        r.register(
             "integrity_failures",
             "Fills refused because the body did not hash to the digest it was fetched for",
             m.integrity_failures.clone(),
@@ -249,6 +278,25 @@ impl Metrics {
         for state in ["cached", "missing", "unsynced"] {
             let _ = self.sync_images.get_or_create(&StateLabels { state });
         }
+    }
+
+    /// The per-node fill series of one peer, at zero.
+    pub fn initialise_peer(&self, peer: &str) {
+        for result in peer_fill::ALL {
+            let _ = self.peer_fills.get_or_create(&PeerFillLabels {
+                peer: peer.to_string(),
+                result,
+            });
+        }
+    }
+
+    pub fn peer_fill(&self, peer: std::net::IpAddr, result: &'static str) {
+        self.peer_fills
+            .get_or_create(&PeerFillLabels {
+                peer: peer.to_string(),
+                result,
+            })
+            .inc();
     }
 
     /// The per-registry series of one configured upstream registry, at zero.

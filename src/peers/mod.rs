@@ -5,8 +5,26 @@
 //! never by asking itself over the network. Readers get a cheap snapshot: DNS answers it on every query.
 
 mod hysteresis;
+pub mod owner;
 
 pub use hysteresis::{FALL, Health, RISE};
+
+/// Marks a request from another cache node: "fill this from the origin yourself, never from a node".
+/// A request carrying it is never passed on to a node, so a request crosses at most one hop between
+/// nodes; honoured only from the addresses of `nodes.peers`.
+pub const PEER_HEADER: &str = "x-image-cache-peer";
+/// The origin's own entity tag, sent by the owner to the node it serves (its `ETag` is the content
+/// digest), so that node can revalidate with the origin later.
+pub const ORIGIN_ETAG_HEADER: &str = "x-image-cache-origin-etag";
+
+/// Who fills a key that this node lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// This node: from the origin.
+    This,
+    /// Another node, at this address: this node fills from it (falling back to the origin).
+    Peer(SocketAddr),
+}
 
 use crate::config::NodesConfig;
 use crate::lifecycle::Worker;
@@ -39,6 +57,7 @@ pub struct Peers {
     self_addr: Option<IpAddr>,
     peers: Arc<Vec<IpAddr>>,
     peer_port: u16,
+    peer_timeout: Duration,
     tx: Arc<watch::Sender<Arc<Healthy>>>,
     rx: watch::Receiver<Arc<Healthy>>,
 }
@@ -50,6 +69,7 @@ impl Peers {
             self_addr: config.self_addr,
             peers: Arc::new(config.peers.clone()),
             peer_port: config.peer_port,
+            peer_timeout: config.peer_timeout.get(),
             tx: Arc::new(tx),
             rx,
         }
@@ -75,6 +95,38 @@ impl Peers {
 
     pub fn configured(&self) -> &[IpAddr] {
         &self.peers
+    }
+
+    /// How long a fill waits for an owner's headers before going to the origin.
+    pub fn timeout(&self) -> Duration {
+        self.peer_timeout
+    }
+
+    /// Whether a request comes from one of the partition's other nodes (IPv4-mapped IPv6 counts).
+    pub fn is_peer(&self, addr: IpAddr) -> bool {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 => v4,
+        };
+        self.peers.contains(&addr)
+    }
+
+    /// The owner of `key` among this node and the healthy peers (`owner.rs`). This node always counts
+    /// itself: it is the one about to fill.
+    pub fn owner(&self, key: &str) -> Owner {
+        let Some(me) = self.self_addr else {
+            return Owner::This;
+        };
+        let healthy = self.healthy();
+        if healthy.peers.is_empty() {
+            return Owner::This;
+        }
+        let mut nodes = healthy.peers.clone();
+        nodes.push(me);
+        match owner::owner(key, &nodes) {
+            Some(ip) if ip != me => Owner::Peer(SocketAddr::new(ip, self.peer_port)),
+            _ => Owner::This,
+        }
     }
 
     /// Marks this node healthy or not (from the app's self-check).
@@ -121,6 +173,7 @@ impl Peers {
         let mut states = vec![Health::default(); self.peers.len()];
         for peer in self.peers.iter() {
             metrics.peer_up.get_or_create(&peer_label(*peer)).set(0);
+            metrics.initialise_peer(&peer.to_string());
         }
         let probe_timeout = interval.max(Duration::from_secs(1));
         let mut tick = tokio::time::interval(interval);

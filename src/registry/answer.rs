@@ -142,6 +142,19 @@ pub(super) fn store_error(
     OciError::Unavailable("the cache's store is failing; fetch from the registry".into()).response()
 }
 
+/// A node asked for something this node's own fill of waits on a node: it must go to the registry.
+pub(super) fn busy() -> HttpResponse {
+    let mut resp = OciError::Unavailable(
+        "this node's own fill of it waits on a node; fetch it from the registry".into(),
+    )
+    .response();
+    resp.headers_mut().insert(
+        HeaderName::from_static(crate::peers::PEER_HEADER),
+        HeaderValue::from_static("busy"),
+    );
+    resp
+}
+
 pub(super) fn internal(why: &str) -> HttpResponse {
     OciError::Internal(why.to_string()).response()
 }

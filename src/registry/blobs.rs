@@ -51,29 +51,36 @@ pub(super) async fn get(
     }
     let head_only = req.method() == HttpMethod::HEAD;
     let blocked = state.backoff.remaining(repo.registry).is_some();
-    let access = state.store.access(&key, |row| match row {
+    let decide = |row: Option<&crate::store::ObjectRow>| match row {
         Some(_) => Plan::Serve,
         None if head_only || blocked => Plan::Skip,
-        None => Plan::Fill(FillSpec {
-            expected: Expected {
-                sha256: Some(sha256),
-                ..Expected::default()
-            },
-            source: fetch::blob(Arc::clone(state), target.clone()),
-            want_md5: false,
-        }),
-    });
-    let fill = match access {
-        Ok(Access::Hit(hit)) => {
+        None => {
+            let fallback = fetch::blob(Arc::clone(state), target.clone());
+            let (source, peer_wait) =
+                fetch::via_owner(state, repo, &key, "blobs", digest.as_str(), fallback);
+            Plan::Fill(FillSpec {
+                expected: Expected {
+                    sha256: Some(sha256),
+                    ..Expected::default()
+                },
+                source,
+                want_md5: false,
+                peer_wait,
+            })
+        }
+    };
+    let fill = match fetch::store_access(state, repo, &key, decide) {
+        Ok(None) => return answer::busy(),
+        Ok(Some(Access::Hit(hit))) => {
             count(result::HIT);
             return stored(req, state, hit);
         }
-        Ok(Access::Skipped) if blocked => {
+        Ok(Some(Access::Skipped)) if blocked => {
             count(result::ERROR);
             return answer::rate_limited(state, repo.registry);
         }
-        Ok(Access::Skipped) => return pass_through(req, state, &target, None).await,
-        Ok(Access::Fill { fill, .. }) => fill,
+        Ok(Some(Access::Skipped)) => return pass_through(req, state, &target, None).await,
+        Ok(Some(Access::Fill { fill, .. })) => fill,
         Err(e) => return store_error(state, repo.registry, kind::BLOB, &e),
     };
     let meta = match fill.head().await {

@@ -6,12 +6,15 @@
 
 use super::RegistryState;
 use super::accept;
+use crate::peers::Owner;
 use crate::store::{
-    Digest, FillFailure, Hit, Key, ObjectRow, SourceError, SourceFuture, SourceMeta, SourceOutcome,
-    now_secs,
+    Access, Digest, FillFailure, Hit, Key, ObjectRow, Plan, SourceError, SourceFuture, SourceMeta,
+    SourceOutcome, StoreError, now_secs,
 };
+use crate::upstream::peer::PeerAsk;
 use crate::upstream::{self, Method, Request, Response, UpstreamError};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 /// containerd refuses manifests above 4·1048·1048 bytes; the cache refuses to store larger ones too.
 pub(super) const MANIFEST_MAX: u64 = 4 * 1048 * 1048;
@@ -21,6 +24,8 @@ pub(super) struct Repo<'a> {
     pub registry: &'a str,
     pub base: &'a str,
     pub name: &'a str,
+    /// Asked by another cache node: fill from the registry, never from a node.
+    pub from_peer: bool,
 }
 
 /// One upstream object: which registry, which repository, which URL.
@@ -140,13 +145,9 @@ fn manifest_body(resp: Response) -> SourceOutcome {
     if resp.content_length().is_some_and(|l| l > MANIFEST_MAX) {
         return refuse(format!("manifest larger than {MANIFEST_MAX} bytes refused"));
     }
-    let content_type = resp
-        .header("content-type")
-        .map(|t| t.split(';').next().unwrap_or(t).trim().to_string())
-        .filter(|t| !t.is_empty());
     let meta = SourceMeta {
         content_length: resp.content_length(),
-        content_type,
+        content_type: manifest_type(&resp),
         etag: None,
         last_modified: None,
         digest: content_digest(&resp),
@@ -308,5 +309,85 @@ pub(super) async fn adopt(
             tracing::warn!(key = %key, error = %e, "cannot link to stored content");
             None
         }
+    }
+}
+
+/// A source that asks the key's owner (another cache node) before the registry, and the flag that
+/// says whether the fill still waits on that node (`store::FillSpec::peer_wait`). A request from a node,
+/// or a key this node owns, goes to the registry directly. What the owner sends is verified against the
+/// digest like anything from the registry.
+pub(super) fn via_owner(
+    state: &Arc<RegistryState>,
+    repo: &Repo<'_>,
+    key: &Key,
+    endpoint: &str,
+    reference: &str,
+    fallback: SourceFuture,
+) -> (SourceFuture, Option<Arc<AtomicBool>>) {
+    if repo.from_peer {
+        return (fallback, None);
+    }
+    let Owner::Peer(peer) = state.peers.owner(key.as_str()) else {
+        return (fallback, None);
+    };
+    let Ok(mut url) = url::Url::parse(&format!(
+        "http://{peer}/v2/{}/{endpoint}/{reference}",
+        repo.name
+    )) else {
+        return (fallback, None);
+    };
+    url.query_pairs_mut().append_pair("ns", repo.registry);
+    let manifest = endpoint == "manifests";
+    let headers = if manifest {
+        vec![("accept".to_string(), accept::upstream_accept(None))]
+    } else {
+        Vec::new()
+    };
+    let waiting = Arc::new(AtomicBool::new(true));
+    let ask = PeerAsk {
+        peer,
+        url,
+        headers,
+        timeout: state.peers.timeout(),
+        final_statuses: &[],
+        waiting: Arc::clone(&waiting),
+        adapt: if manifest {
+            |resp, meta| {
+                meta.content_type = manifest_type(resp);
+                meta.digest = content_digest(resp);
+                meta.last_modified = None;
+            }
+        } else {
+            |resp, meta| {
+                meta.content_type = Some("application/octet-stream".into());
+                meta.digest = content_digest(resp);
+                meta.last_modified = None;
+            }
+        },
+    };
+    let source =
+        upstream::peer::peer_first(state.upstream.clone(), state.metrics.clone(), ask, fallback);
+    (source, Some(waiting))
+}
+
+/// A manifest's media type, without parameters.
+fn manifest_type(resp: &Response) -> Option<String> {
+    resp.header("content-type")
+        .map(|t| t.split(';').next().unwrap_or(t).trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// The store's `access` for this request; for a request from another node, `None` when the fill
+/// running here itself waits on a node (the asking node must go to the registry).
+pub(super) fn store_access(
+    state: &RegistryState,
+    repo: &Repo<'_>,
+    key: &Key,
+    decide: impl FnOnce(Option<&ObjectRow>) -> Plan,
+) -> Result<Option<Access>, StoreError> {
+    if repo.from_peer {
+        state.store.access_as_peer(key, decide)
+    } else {
+        state.store.access(key, decide).map(Some)
     }
 }

@@ -8,6 +8,7 @@ use super::fetch::{Repo, target};
 use super::manifests;
 use super::path::{self, Reference, Route};
 use super::{RegistryState, blobs};
+use crate::peers::PEER_HEADER;
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -37,34 +38,25 @@ pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpRespon
         };
         return OciError::NameUnknown(why).response();
     };
+    // Only the partition's own nodes may ask "from your registry, not from a node".
+    let from_peer = req
+        .headers()
+        .get(PEER_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1")
+        && req.peer_addr().is_some_and(|a| state.peers.is_peer(a.ip()));
+    let repo = |name| Repo {
+        registry,
+        base: upstream,
+        name,
+        from_peer,
+    };
     let mut response = match &route {
-        Route::Manifest { name, reference } => {
-            let repo = Repo {
-                registry,
-                base: upstream,
-                name,
-            };
-            match reference {
-                Reference::Tag(tag) => manifests::by_tag(req, state, &repo, tag).await,
-                Reference::Digest(d) => manifests::by_digest(req, state, &repo, d).await,
-            }
-        }
-        Route::Blob { name, digest } => {
-            let repo = Repo {
-                registry,
-                base: upstream,
-                name,
-            };
-            blobs::get(req, state, &repo, digest).await
-        }
-        Route::TagsList { name } => {
-            let repo = Repo {
-                registry,
-                base: upstream,
-                name,
-            };
-            tags_list(req, state, &repo).await
-        }
+        Route::Manifest { name, reference } => match reference {
+            Reference::Tag(tag) => manifests::by_tag(req, state, &repo(name), tag).await,
+            Reference::Digest(d) => manifests::by_digest(req, state, &repo(name), d).await,
+        },
+        Route::Blob { name, digest } => blobs::get(req, state, &repo(name), digest).await,
+        Route::TagsList { name } => tags_list(req, state, &repo(name)).await,
         Route::Base => base(),
     };
     if req.method() == Method::GET

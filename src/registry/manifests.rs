@@ -42,7 +42,7 @@ pub(super) async fn by_tag(
     let tag_ttl = state.config.tag_ttl.get().as_secs();
     let mut skip = None;
     let mut stale = false;
-    let access = state.store.access(&key, |row| match row {
+    let access = fetch::store_access(state, repo, &key, |row| match row {
         Some(r) if !accepted(client_accept.as_deref(), r) => {
             skip = Some(Skip::Narrow);
             Plan::Skip
@@ -61,26 +61,35 @@ pub(super) async fn by_tag(
                 client_accept.clone(),
             ),
             want_md5: false,
+            peer_wait: None,
         }),
         None if blocked => {
             skip = Some(Skip::RateLimited);
             Plan::Skip
         }
-        None => Plan::Fill(FillSpec {
-            expected: Expected::default(),
-            source: fetch::manifest(Arc::clone(state), target.clone(), client_accept.clone()),
-            want_md5: false,
-        }),
+        None => {
+            let fallback =
+                fetch::manifest(Arc::clone(state), target.clone(), client_accept.clone());
+            let (source, peer_wait) =
+                fetch::via_owner(state, repo, &key, "manifests", tag, fallback);
+            Plan::Fill(FillSpec {
+                expected: Expected::default(),
+                source,
+                want_md5: false,
+                peer_wait,
+            })
+        }
     });
     let fill = match access {
-        Ok(Access::Hit(hit)) => {
+        Ok(None) => return answer::busy(),
+        Ok(Some(Access::Hit(hit))) => {
             let res = if stale { result::STALE } else { result::HIT };
             state
                 .metrics
                 .registry_request(repo.registry, kind::MANIFEST, res);
             return stored(req, state, hit);
         }
-        Ok(Access::Skipped) => {
+        Ok(Some(Access::Skipped)) => {
             return match skip {
                 Some(Skip::Narrow) => pass_through(req, state, &target, client_accept).await,
                 _ => {
@@ -91,7 +100,7 @@ pub(super) async fn by_tag(
                 }
             };
         }
-        Ok(Access::Fill { fill, .. }) => fill,
+        Ok(Some(Access::Fill { fill, .. })) => fill,
         Err(e) => return store_error(state, repo.registry, kind::MANIFEST, &e),
     };
     match fill.finished().await {
@@ -162,32 +171,40 @@ pub(super) async fn by_digest(
         return stored(req, state, hit);
     }
     let blocked = state.backoff.remaining(repo.registry).is_some();
-    let access = state.store.access(&key, |row| match row {
+    let access = fetch::store_access(state, repo, &key, |row| match row {
         Some(_) => Plan::Serve,
         None if blocked => Plan::Skip,
-        None => Plan::Fill(FillSpec {
-            expected: Expected {
-                sha256: Some(sha256),
-                ..Expected::default()
-            },
-            source: fetch::manifest(Arc::clone(state), target.clone(), client_accept.clone()),
-            want_md5: false,
-        }),
+        None => {
+            let fallback =
+                fetch::manifest(Arc::clone(state), target.clone(), client_accept.clone());
+            let (source, peer_wait) =
+                fetch::via_owner(state, repo, &key, "manifests", digest.as_str(), fallback);
+            Plan::Fill(FillSpec {
+                expected: Expected {
+                    sha256: Some(sha256),
+                    ..Expected::default()
+                },
+                source,
+                want_md5: false,
+                peer_wait,
+            })
+        }
     });
     let fill = match access {
-        Ok(Access::Hit(hit)) => {
+        Ok(None) => return answer::busy(),
+        Ok(Some(Access::Hit(hit))) => {
             state
                 .metrics
                 .registry_request(repo.registry, kind::MANIFEST, result::HIT);
             return stored(req, state, hit);
         }
-        Ok(Access::Skipped) => {
+        Ok(Some(Access::Skipped)) => {
             state
                 .metrics
                 .registry_request(repo.registry, kind::MANIFEST, result::ERROR);
             return answer::rate_limited(state, repo.registry);
         }
-        Ok(Access::Fill { fill, .. }) => fill,
+        Ok(Some(Access::Fill { fill, .. })) => fill,
         Err(e) => return store_error(state, repo.registry, kind::MANIFEST, &e),
     };
     match fill.finished().await {

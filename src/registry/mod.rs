@@ -19,7 +19,9 @@ pub mod path;
 
 use crate::config::RegistryConfig;
 use crate::metrics::Metrics;
+use crate::peers::Peers;
 use crate::store::Store;
+use crate::upstream::Upstream;
 use crate::upstream::oci_auth::OciAuth;
 
 /// Everything the mirror needs, shared by all actix workers.
@@ -30,10 +32,21 @@ pub struct RegistryState {
     pub metrics: Metrics,
     pub backoff: backoff::Backoff,
     pub negative: negative::NegativeCache,
+    /// The partition's nodes: manifests and blobs this node lacks are asked of their owner first.
+    pub peers: Peers,
+    /// For requests to other nodes (registries are asked through `auth`).
+    pub upstream: Upstream,
 }
 
 impl RegistryState {
-    pub fn new(config: RegistryConfig, store: Store, auth: OciAuth, metrics: Metrics) -> Self {
+    pub fn new(
+        config: RegistryConfig,
+        store: Store,
+        auth: OciAuth,
+        metrics: Metrics,
+        peers: Peers,
+        upstream: Upstream,
+    ) -> Self {
         let negative = negative::NegativeCache::new(config.negative_ttl.get());
         for registry in config.upstreams.keys() {
             metrics.initialise_registry(registry);
@@ -45,6 +58,8 @@ impl RegistryState {
             metrics,
             backoff: backoff::Backoff::default(),
             negative,
+            peers,
+            upstream,
         }
     }
 }

@@ -173,6 +173,8 @@ pub struct Fill {
     readers: AtomicUsize,
     /// The task writing it, so shutdown can stop it once the drain deadline has passed.
     task: OnceLock<tokio::task::AbortHandle>,
+    /// Set while its source waits on another cache node (see `FillSpec::peer_wait`).
+    peer_wait: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A snapshot for the admin API and status page.
@@ -186,7 +188,10 @@ pub struct FillStatus {
 }
 
 impl Fill {
-    pub(super) fn new(key: String) -> Arc<Self> {
+    pub(super) fn new(
+        key: String,
+        peer_wait: Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Arc<Self> {
         let (tx, _) = watch::channel(Phase::Connecting);
         Arc::new(Fill {
             key,
@@ -195,6 +200,7 @@ impl Fill {
             started: Instant::now(),
             readers: AtomicUsize::new(0),
             task: OnceLock::new(),
+            peer_wait,
         })
     }
 
@@ -204,6 +210,13 @@ impl Fill {
 
     pub(super) fn set_file(&self, file: Arc<File>) {
         let _ = self.file.set(file);
+    }
+
+    /// Whether the source is waiting on another cache node right now.
+    pub fn waits_on_peer(&self) -> bool {
+        self.peer_wait
+            .as_ref()
+            .is_some_and(|w| w.load(Ordering::SeqCst))
     }
 
     pub(super) fn set_task(&self, task: tokio::task::AbortHandle) {

@@ -34,6 +34,7 @@ use hot::{HotEntry, HotSet};
 use index::{AccessUpdate, Index, IndexError};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
@@ -100,6 +101,10 @@ pub struct FillSpec {
     pub source: SourceFuture,
     /// Compute md5 while writing (kept in the row for `.md5` sidecars).
     pub want_md5: bool,
+    /// Set while the source waits on another cache node (the key's owner); the source clears it when it
+    /// gives up on the node. A peer asking this node about the key then gets "busy" instead of joining
+    /// this fill: two nodes can never wait on each other.
+    pub peer_wait: Option<Arc<AtomicBool>>,
 }
 
 // Returned once per request and matched at once: moving 200 bytes is cheaper than boxing a hit.
@@ -208,14 +213,49 @@ impl Store {
         key: &Key,
         decide: impl FnOnce(Option<&ObjectRow>) -> Plan,
     ) -> Result<Access, StoreError> {
-        let mut inflight = lock(&self.inner.inflight);
+        self.lookup(key, false, decide)
+            .map(|a| a.unwrap_or(Access::Skipped))
+    }
+
+    /// `access` for a request from another cache node: `None` when the fill running for the key is
+    /// itself waiting on a node (joining it could close a circle of nodes waiting on each other; the
+    /// asking node goes to the origin instead).
+    pub fn access_as_peer(
+        &self,
+        key: &Key,
+        decide: impl FnOnce(Option<&ObjectRow>) -> Plan,
+    ) -> Result<Option<Access>, StoreError> {
+        self.lookup(key, true, decide)
+    }
+
+    fn lookup(
+        &self,
+        key: &Key,
+        for_peer: bool,
+        decide: impl FnOnce(Option<&ObjectRow>) -> Plan,
+    ) -> Result<Option<Access>, StoreError> {
+        let inflight = lock(&self.inner.inflight);
         if let Some(fill) = inflight.get(key.as_str()) {
+            if for_peer && fill.waits_on_peer() {
+                return Ok(None);
+            }
             self.inner.metrics.fills_coalesced.inc();
-            return Ok(Access::Fill {
+            return Ok(Some(Access::Fill {
                 fill: Arc::clone(fill),
                 coalesced: true,
-            });
+            }));
         }
+        self.open_or_fill(inflight, key, decide).map(Some)
+    }
+
+    /// The key has no fill running (the caller holds the in-flight lock): serve its row, skip, or start
+    /// a fill, as `decide` says.
+    fn open_or_fill(
+        &self,
+        mut inflight: MutexGuard<'_, HashMap<String, Arc<Fill>>>,
+        key: &Key,
+        decide: impl FnOnce(Option<&ObjectRow>) -> Plan,
+    ) -> Result<Access, StoreError> {
         let (row, open) = match self.inner.hot.get(key.as_str()) {
             Some(entry) => (Some(entry.row.clone()), Some(entry)),
             None => (self.inner.index.get(key.as_str())?, None),
@@ -275,7 +315,7 @@ impl Store {
                 }
             }
             Plan::Fill(spec) => {
-                let fill = Fill::new(key.as_str().to_string());
+                let fill = Fill::new(key.as_str().to_string(), spec.peer_wait.clone());
                 inflight.insert(key.as_str().to_string(), Arc::clone(&fill));
                 drop(inflight);
                 let inner = Arc::clone(&self.inner);

@@ -80,6 +80,7 @@ fn fill_plan(source: SourceFuture, expected: Expected) -> Plan {
         expected,
         source,
         want_md5: false,
+        peer_wait: None,
     })
 }
 

@@ -2,16 +2,26 @@
 //! file joins the same download), verified against its sidecar's md5, its sidecar stored next to it;
 //! then what the plan keeps is pinned and every other sync pin released.
 
+use super::origin::{self, Download};
 use super::planner::{Action, Item, Plan};
 use super::{Outcome, key_for};
-use crate::store::{Access, Expected, FillSpec, Key, Phase, Plan as StorePlan, Store};
+use crate::config::DomainConfig;
+use crate::metrics::Metrics;
+use crate::peers::{Owner, Peers};
+use crate::store::{Access, Expected, FillSpec, Phase, Plan as StorePlan, Store};
 use crate::upstream::{self, Upstream};
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
-/// The store and the origin, as the executor uses them.
+/// The store, the origins and the partition's nodes, as the executor uses them.
 pub(super) struct Executor<'a> {
     pub store: &'a Store,
     pub upstream: &'a Upstream,
+    pub peers: &'a Peers,
+    pub metrics: &'a Metrics,
+    pub domains: &'a [DomainConfig],
+    pub allow_http: bool,
 }
 
 impl Executor<'_> {
@@ -24,8 +34,9 @@ impl Executor<'_> {
             ok,
             message,
         };
-        let Some(key) = key_for(&item.url) else {
-            return outcome(false, "URL cannot be a cache key".into());
+        let download = match origin::download(&item.url, self.domains, self.allow_http) {
+            Ok(d) => d,
+            Err(refused) => return outcome(false, refused.to_string()),
         };
         if item.action == Action::Download {
             let expected = Expected {
@@ -33,24 +44,21 @@ impl Executor<'_> {
                 sha256: None,
                 md5: item.md5.as_deref().and_then(md5_bytes),
             };
-            if let Err(e) = self
-                .fill(&key, &item.url, expected, item.md5.as_deref())
-                .await
-            {
+            if let Err(e) = self.fill(&download, expected, item.md5.as_deref()).await {
                 return outcome(false, e);
             }
         }
         if item.md5.is_some() {
             let sidecar_url = format!("{}.md5", item.url);
-            if let Some(sidecar) = key_for(&sidecar_url) {
-                let have = self.store.get(&sidecar).ok().flatten().is_some();
-                if (!have || item.action == Action::Download)
-                    && let Err(e) = self
-                        .fill(&sidecar, &sidecar_url, Expected::default(), None)
-                        .await
-                {
-                    return outcome(false, format!("sidecar: {e}"));
-                }
+            let sidecar = match origin::download(&sidecar_url, self.domains, self.allow_http) {
+                Ok(d) => d,
+                Err(refused) => return outcome(false, format!("sidecar: {refused}")),
+            };
+            let have = self.store.get(&sidecar.key).ok().flatten().is_some();
+            if (!have || item.action == Action::Download)
+                && let Err(e) = self.fill(&sidecar, Expected::default(), None).await
+            {
+                return outcome(false, format!("sidecar: {e}"));
             }
         }
         let verb = if item.action == Action::Download {
@@ -61,21 +69,51 @@ impl Executor<'_> {
         outcome(true, verb.into())
     }
 
-    /// Fills `key` from `url` and waits for the end. A client fill already running for the key is joined;
-    /// its result is then checked against `md5` here (it was only length-checked).
+    /// Fills a download and waits for the end: from the key's owner when another node owns it (so the
+    /// partition downloads it once, however many nodes sync), else from the origin. A client fill
+    /// already running for the key is joined; its result is then checked against `md5` here (it was
+    /// only length-checked).
     async fn fill(
         &self,
-        key: &Key,
-        url: &str,
+        download: &Download,
         expected: Expected,
         md5: Option<&str>,
     ) -> Result<(), String> {
-        let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
-        let source = upstream::source::get_kind(self.upstream.clone(), parsed, "sync", None, None);
+        let key = &download.key;
+        let mut source = upstream::source::get_kind(
+            self.upstream.clone(),
+            download.url.clone(),
+            "sync",
+            None,
+            None,
+        );
+        let mut peer_wait = None;
+        if download.intercepted
+            && let Owner::Peer(peer) = self.peers.owner(key.as_str())
+        {
+            let waiting = Arc::new(AtomicBool::new(true));
+            if let Some(ask) = upstream::peer::PeerAsk::file(
+                peer,
+                &download.host,
+                &download.path.to_url_path(),
+                None,
+                self.peers.timeout(),
+                Arc::clone(&waiting),
+            ) {
+                source = upstream::peer::peer_first(
+                    self.upstream.clone(),
+                    self.metrics.clone(),
+                    ask,
+                    source,
+                );
+                peer_wait = Some(waiting);
+            }
+        }
         let spec = FillSpec {
             expected,
             source,
             want_md5: true,
+            peer_wait,
         };
         let access = self
             .store
@@ -125,7 +163,7 @@ impl Executor<'_> {
             cursor = Some(last.clone());
             for (key, row) in &page {
                 if row.pinned && !row.operator_pin && !keep.contains(key) {
-                    if let Ok(k) = Key::parse(key) {
+                    if let Ok(k) = crate::store::Key::parse(key) {
                         self.store.set_pinned(&k, false)?;
                     }
                     unpinned += 1;

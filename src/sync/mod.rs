@@ -7,6 +7,7 @@
 mod executor;
 pub mod hmac;
 pub mod metal_api;
+pub mod origin;
 pub mod planner;
 pub mod probe;
 pub mod version;
@@ -14,12 +15,14 @@ pub mod version;
 use crate::config::Config;
 use crate::lifecycle::{RunStatus, RunTicket, Runs, Worker, Workers};
 use crate::metrics::{Metrics, ResultLabels, StateLabels};
+use crate::peers::Peers;
 use crate::store::{FilePath, Key, Store, now_secs};
 use crate::upstream::Upstream;
 use executor::Executor;
 use futures_util::StreamExt;
 use metal_api::MetalApi;
 use planner::{Action, Item, Kind, Plan, Policy, Remote};
+use probe::Unprobed;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -40,6 +43,10 @@ pub enum SyncError {
     Store(#[from] crate::store::StoreError),
     #[error("stopped: the service is shutting down")]
     Stopped,
+    #[error(
+        "the origin could not be reached for any of the {items} listed items (e.g. {example}); nothing was changed"
+    )]
+    OriginUnreachable { items: usize, example: String },
 }
 
 /// What happened to one planned item.
@@ -86,6 +93,7 @@ pub struct Syncer {
     config: Arc<Config>,
     store: Store,
     upstream: Upstream,
+    peers: Peers,
     metrics: Metrics,
     workers: Workers,
     runs: Arc<Runs<Report>>,
@@ -96,6 +104,7 @@ impl Syncer {
         config: Arc<Config>,
         store: Store,
         upstream: Upstream,
+        peers: Peers,
         metrics: Metrics,
         workers: Workers,
     ) -> Arc<Self> {
@@ -103,6 +112,7 @@ impl Syncer {
             config,
             store,
             upstream,
+            peers,
             metrics,
             workers,
             runs: Arc::default(),
@@ -134,6 +144,39 @@ impl Syncer {
                 }
             });
         Ok(run)
+    }
+
+    /// A scheduled run: after a random delay of up to `sync.jitter`, so the partition's nodes do not all
+    /// ask metal-api (and fill) in the same second; a run still going by then makes this one skip.
+    fn start_scheduled(self: &Arc<Self>, dry_run: bool) {
+        let jitter = self.config.sync.jitter.get();
+        let delay = if jitter.is_zero() {
+            std::time::Duration::ZERO
+        } else {
+            jitter.mul_f64(rand::random::<f64>())
+        };
+        let me = Arc::clone(self);
+        let stop = self.workers.shutdown_token();
+        self.workers.spawn_task(
+            format!("sync run (scheduled, starts after {}s)", delay.as_secs()),
+            async move {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop.cancelled() => return,
+                }
+                match me.run(dry_run, &Quiet).await {
+                    Ok(report) => tracing::info!(
+                        run = report.run,
+                        failed = report.failed(),
+                        "scheduled sync finished"
+                    ),
+                    Err(SyncError::AlreadyRunning) => {
+                        tracing::info!("previous sync still running; skipping this tick");
+                    }
+                    Err(e) => tracing::error!(error = %e, "sync failed; nothing was changed"),
+                }
+            },
+        );
     }
 
     /// Runs under `ticket` until done or until the service stops (then nothing more is started or
@@ -198,18 +241,46 @@ impl Syncer {
         };
         let probes = planner::urls_to_probe(&images, &boot, &policy);
         let upstream = &self.upstream;
-        let probed: Vec<(String, Option<Remote>)> = futures_util::stream::iter(probes.clone())
-            .map(|(kind, url)| async move {
-                let remote = probe::remote(upstream, kind, &url).await;
-                (url, remote)
-            })
-            .buffer_unordered(PROBE_CONCURRENCY)
-            .collect()
-            .await;
-        let remote: HashMap<String, Remote> = probed
-            .into_iter()
-            .filter_map(|(url, r)| r.map(|r| (url, r)))
-            .collect();
+        let domains = &self.config.domains;
+        let allow_http = cfg.allow_http_origins;
+        let probed: Vec<(String, Result<Remote, Unprobed>)> =
+            futures_util::stream::iter(probes.clone())
+                .map(|(kind, listed)| async move {
+                    let answer = match origin::download(&listed, domains, allow_http) {
+                        Ok(d) => probe::remote(upstream, kind, &d.url).await,
+                        Err(refused) => Err(Unprobed::Refused(refused.to_string())),
+                    };
+                    (listed, answer)
+                })
+                .buffer_unordered(PROBE_CONCURRENCY)
+                .collect()
+                .await;
+        let mut remote = HashMap::new();
+        let mut unavailable = HashMap::new();
+        let mut unreachable = 0;
+        for (listed, answer) in probed {
+            match answer {
+                Ok(r) => {
+                    remote.insert(listed, r);
+                }
+                Err(Unprobed::Missing) => {}
+                Err(Unprobed::Unreachable(why)) => {
+                    unreachable += 1;
+                    unavailable.insert(listed, why);
+                }
+                Err(Unprobed::Refused(why)) => {
+                    unavailable.insert(listed, why);
+                }
+            }
+        }
+        if unreachable > 0 && unreachable == probes.len() {
+            // Nothing could be asked: an outage, not an empty plan. Nothing is changed.
+            let why = unavailable.values().next().cloned().unwrap_or_default();
+            return Err(SyncError::OriginUnreachable {
+                items: unreachable,
+                example: why,
+            });
+        }
         let mut stored = HashMap::new();
         for (_, url) in &probes {
             if let Some(key) = key_for(url)
@@ -218,7 +289,7 @@ impl Syncer {
                 stored.insert(url.clone(), row.md5);
             }
         }
-        let plan = planner::plan(&images, &boot, &remote, &stored, &policy);
+        let plan = planner::plan(&images, &boot, &remote, &unavailable, &stored, &policy);
         if let Some(why) = &plan.over_budget {
             tracing::warn!(%why, "cannot reduce the image set any further; exceeding cache.max_size");
         }
@@ -252,6 +323,10 @@ impl Syncer {
         let executor = Executor {
             store: &self.store,
             upstream: &self.upstream,
+            peers: &self.peers,
+            metrics: &self.metrics,
+            domains: &self.config.domains,
+            allow_http: cfg.allow_http_origins,
         };
         let concurrency = (cfg.concurrency as usize).max(1);
         let downloads = futures_util::stream::iter(plan.items.clone())
@@ -276,6 +351,12 @@ impl Syncer {
             outcomes = downloads => outcomes,
             () = ticker => Vec::new(),
         };
+        report.outcomes.extend(plan.failed.iter().map(|f| Outcome {
+            name: f.name.clone(),
+            url: f.url.clone(),
+            ok: false,
+            message: f.reason.clone(),
+        }));
         report.unpinned = executor.repin(&plan)?;
         report.finished_at = now_secs();
         for o in report.outcomes.iter().filter(|o| !o.ok) {
@@ -343,13 +424,7 @@ impl Syncer {
                 .spawn("metal-apiserver ping", move |w| me.ping_loop(w));
         }
         let dry_run = self.config.sync.dry_run;
-        let tick = move |me: &Arc<Self>| match me.start(dry_run) {
-            Ok(run) => tracing::info!(run, "scheduled sync started"),
-            Err(SyncError::AlreadyRunning) => {
-                tracing::info!("previous sync still running; skipping this tick");
-            }
-            Err(e) => tracing::error!(error = %e, "cannot start the sync"),
-        };
+        let tick = move |me: &Arc<Self>| me.start_scheduled(dry_run);
         tick(&self);
         let spec = format!("0 {}", self.config.sync.schedule);
         let scheduler = match tokio_cron_scheduler::JobScheduler::new().await {

@@ -66,9 +66,21 @@ pub struct Item {
     pub action: Action,
 }
 
+/// A listed item the run could not even ask the origin about: it fails the run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Failed {
+    pub kind: Kind,
+    pub name: String,
+    pub url: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub items: Vec<Item>,
+    /// Listed, wanted, but unavailable (origin unreachable, download refused).
+    #[serde(default)]
+    pub failed: Vec<Failed>,
     /// (name, why) of everything listed but not planned.
     pub skipped: Vec<(String, String)>,
     /// Set when the size rule could not get under the cache size.
@@ -157,11 +169,14 @@ fn boot_urls(boot: &[(Option<String>, Option<String>)], policy: &Policy) -> Vec<
     out
 }
 
+/// `remote`: what the origin said about each URL it serves; `unavailable`: URL → why it could not be
+/// asked (origin unreachable, download refused): such items fail the run instead of being skipped.
 /// `stored`: URL → md5 of what the store holds for it (`Some(None)`: stored, md5 unknown).
 pub fn plan(
     images: &[Image],
     boot: &[(Option<String>, Option<String>)],
     remote: &HashMap<String, Remote>,
+    unavailable: &HashMap<String, String>,
     stored: &HashMap<String, Option<String>>,
     policy: &Policy,
 ) -> Plan {
@@ -177,6 +192,15 @@ pub fn plan(
                 continue;
             }
         };
+        if let Some(why) = unavailable.get(&image.url) {
+            plan.failed.push(Failed {
+                kind: Kind::Image,
+                name: image.id.clone(),
+                url: image.url.clone(),
+                reason: why.clone(),
+            });
+            continue;
+        }
         let Some(r) = remote.get(&image.url).filter(|r| r.md5.is_some()) else {
             plan.skipped.push((
                 image.id.clone(),
@@ -247,6 +271,15 @@ pub fn plan(
     }
     for (kind, url) in boot_urls(boot, policy) {
         let name = display_name(&url);
+        if let Some(why) = unavailable.get(&url) {
+            plan.failed.push(Failed {
+                kind,
+                name,
+                url,
+                reason: why.clone(),
+            });
+            continue;
+        }
         let r = remote.get(&url);
         let action = match (kind, r, stored.get(&url)) {
             // Boot images need their sidecar; md5 decides.
@@ -289,6 +322,49 @@ mod tests {
     use super::*;
 
     const GB: u64 = 1_000_000_000;
+
+    #[test]
+    fn unavailable_urls_fail_instead_of_being_skipped() {
+        let images = vec![img("debian-13.0.20260101"), img("debian-13.0.20260201")];
+        let (a, b) = (images[0].url.clone(), images[1].url.clone());
+        let remote = HashMap::from([(
+            a,
+            Remote {
+                size: GB,
+                md5: Some("m".into()),
+            },
+        )]);
+        let unavailable = HashMap::from([
+            (b, "origin unreachable".to_string()),
+            (
+                "http://k.test/v1.2/kernel".to_string(),
+                "refused".to_string(),
+            ),
+        ]);
+        let boot = vec![(Some("http://k.test/v1.2/kernel".to_string()), None)];
+        let p = plan(
+            &images,
+            &boot,
+            &remote,
+            &unavailable,
+            &HashMap::new(),
+            &policy(),
+        );
+        assert_eq!(p.items.len(), 1);
+        let failed: Vec<(&str, &str)> = p
+            .failed
+            .iter()
+            .map(|f| (f.name.as_str(), f.reason.as_str()))
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                ("debian-13.0.20260201", "origin unreachable"),
+                ("v1.2", "refused")
+            ]
+        );
+        assert!(p.skipped.is_empty(), "{:?}", p.skipped);
+    }
 
     fn policy() -> Policy {
         Policy {
@@ -349,7 +425,14 @@ mod tests {
         let remote = remote_for(&images, GB);
         let mut pol = policy();
         pol.max_per_name = 2;
-        let p = plan(&images, &[], &remote, &HashMap::new(), &pol);
+        let p = plan(
+            &images,
+            &[],
+            &remote,
+            &HashMap::new(),
+            &HashMap::new(),
+            &pol,
+        );
         assert_eq!(
             names(&p),
             [
@@ -379,7 +462,14 @@ mod tests {
         let remote = remote_for(&images, 10 * GB);
         let mut pol = policy();
         pol.max_size = 30 * GB; // 50 GB listed
-        let p = plan(&images, &[], &remote, &HashMap::new(), &pol);
+        let p = plan(
+            &images,
+            &[],
+            &remote,
+            &HashMap::new(),
+            &HashMap::new(),
+            &pol,
+        );
         // 50 GB: ubuntu (3) loses its oldest → 40; the 2/2 tie goes to the smaller name, debian → 30; still
         // not under 30 (the rule is `total >= max`), and only ubuntu has more than one left → 20.
         assert_eq!(names(&p), ["debian-12.0.2", "ubuntu-20.04.3"]);
@@ -395,14 +485,28 @@ mod tests {
         // min_images_per_name = 2: nothing may go below two per variant, so the cap stays exceeded.
         pol.min_per_name = 2;
         pol.max_size = 10 * GB;
-        let p = plan(&images, &[], &remote, &HashMap::new(), &pol);
+        let p = plan(
+            &images,
+            &[],
+            &remote,
+            &HashMap::new(),
+            &HashMap::new(),
+            &pol,
+        );
         assert_eq!(p.items.len(), 4);
         assert!(p.over_budget.is_some());
 
         // Under budget nothing is trimmed (the shipped upstream bug trims exactly then).
         pol.min_per_name = 1;
         pol.max_size = 100 * GB;
-        let p = plan(&images, &[], &remote, &HashMap::new(), &pol);
+        let p = plan(
+            &images,
+            &[],
+            &remote,
+            &HashMap::new(),
+            &HashMap::new(),
+            &pol,
+        );
         assert_eq!(p.items.len(), 5);
     }
 
@@ -420,7 +524,14 @@ mod tests {
         let images = [expired.clone(), fresh, pr, odd, missing_md5.clone()];
         let mut remote = remote_for(&images, GB);
         remote.get_mut(&missing_md5.url).unwrap().md5 = None;
-        let p = plan(&images, &[], &remote, &HashMap::new(), &policy());
+        let p = plan(
+            &images,
+            &[],
+            &remote,
+            &HashMap::new(),
+            &HashMap::new(),
+            &policy(),
+        );
         assert_eq!(names(&p), ["debian-12.0.2"]);
         assert_eq!(why(&p, "debian-12.0.1"), Some("expired"));
         assert_eq!(why(&p, "debian-12.0.3"), Some("excluded"));
@@ -432,7 +543,14 @@ mod tests {
         // A grace period of 5 days brings the expired one back.
         let mut pol = policy();
         pol.grace = Duration::from_secs(5 * 86_400);
-        let p = plan(&images, &[], &remote, &HashMap::new(), &pol);
+        let p = plan(
+            &images,
+            &[],
+            &remote,
+            &HashMap::new(),
+            &HashMap::new(),
+            &pol,
+        );
         assert!(names(&p).contains(&"debian-12.0.1"));
         // probing skips what cannot be planned anyway
         let probe = urls_to_probe(&images, &[], &policy());
@@ -450,7 +568,7 @@ mod tests {
             ),
             (images[1].url.clone(), Some("an-older-md5".to_string())),
         ]);
-        let p = plan(&images, &[], &remote, &stored, &policy());
+        let p = plan(&images, &[], &remote, &HashMap::new(), &stored, &policy());
         let actions: Vec<Action> = p.items.iter().map(|i| i.action).collect();
         assert_eq!(actions, [Action::Keep, Action::Download]);
         assert_eq!(p.download_bytes(), GB);
@@ -484,7 +602,7 @@ mod tests {
             ),
         ]);
         let stored = HashMap::from([(kernel.to_string(), None)]);
-        let p = plan(&[], &boot, &remote, &stored, &policy());
+        let p = plan(&[], &boot, &remote, &HashMap::new(), &stored, &policy());
         assert_eq!(names(&p), ["6.18.38-172", "v0.15.0"]);
         assert_eq!(p.items[0].kind, Kind::Kernel);
         assert_eq!(
@@ -499,7 +617,7 @@ mod tests {
         let mut pol = policy();
         pol.kernels = false;
         pol.boot_images = false;
-        let p = plan(&[], &boot, &remote, &stored, &pol);
+        let p = plan(&[], &boot, &remote, &HashMap::new(), &stored, &pol);
         assert!(p.items.is_empty(), "the switches really turn them off");
     }
 }

@@ -7,36 +7,55 @@ use crate::upstream::{self, Upstream};
 /// A `.md5` sidecar is a line of text; anything bigger is not one.
 const MAX_SIDECAR: usize = 4096;
 
-/// Size from a HEAD; md5 from the sidecar (not for kernels). `None`: the origin does not serve it.
-pub(super) async fn remote(upstream: &Upstream, kind: Kind, url: &str) -> Option<Remote> {
-    let parsed = url::Url::parse(url).ok()?;
-    let mut head = upstream::Request::get(parsed.clone(), "sync");
+/// Why the origin told us nothing about a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Unprobed {
+    /// The origin answered, and does not serve it (404, 403…): the item is skipped.
+    Missing,
+    /// The origin could not be asked (down, unresolvable, timing out): the item fails the run.
+    Unreachable(String),
+    /// The cache will not download it that way (`origin::Refused`): the item fails the run.
+    Refused(String),
+}
+
+/// Size from a HEAD; md5 from the sidecar (not for kernels).
+pub(super) async fn remote(
+    upstream: &Upstream,
+    kind: Kind,
+    url: &url::Url,
+) -> Result<Remote, Unprobed> {
+    let mut head = upstream::Request::get(url.clone(), "sync");
     head.method = upstream::Method::Head;
     let size = match upstream.send(head).await {
         Ok(r) if r.status == 200 => r.content_length().unwrap_or(0),
-        Ok(r) if kind == Kind::Kernel => {
+        Ok(r) if kind == Kind::Kernel && r.status != 404 => {
             tracing::warn!(%url, status = r.status, "kernel HEAD failed; size unknown");
             0
         }
-        Err(e) if kind == Kind::Kernel => {
-            tracing::warn!(%url, error = %e, "kernel HEAD failed; size unknown");
-            0
+        Ok(r) if r.status >= 500 => {
+            tracing::warn!(%url, status = r.status, "origin failing");
+            return Err(Unprobed::Unreachable(format!(
+                "the origin answered {} to {url}",
+                r.status
+            )));
         }
         Ok(r) => {
             tracing::warn!(%url, status = r.status, "not on the origin");
-            return None;
+            return Err(Unprobed::Missing);
         }
         Err(e) => {
             tracing::warn!(%url, error = %e, "origin unreachable");
-            return None;
+            return Err(Unprobed::Unreachable(format!(
+                "the origin of {url} is unreachable: {e}"
+            )));
         }
     };
     let md5 = if kind == Kind::Kernel {
         None
     } else {
-        sidecar_md5(upstream, &parsed).await
+        sidecar_md5(upstream, url).await
     };
-    Some(Remote { size, md5 })
+    Ok(Remote { size, md5 })
 }
 
 async fn sidecar_md5(upstream: &Upstream, url: &url::Url) -> Option<String> {

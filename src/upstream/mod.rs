@@ -6,6 +6,7 @@
 
 pub mod challenge;
 pub mod oci_auth;
+pub mod peer;
 mod redirect;
 pub mod resolve;
 pub mod source;

@@ -45,16 +45,58 @@ pub fn get_kind(
 }
 
 pub fn body_outcome(resp: Response) -> SourceOutcome {
+    let meta = meta_of(&resp);
     SourceOutcome::Body {
-        meta: SourceMeta {
-            content_length: resp.content_length(),
-            content_type: resp.header("content-type").map(str::to_string),
-            etag: resp.header("etag").map(str::to_string),
-            last_modified: resp.header("last-modified").map(str::to_string),
-            digest: None,
-        },
-        body: Box::pin(resp.body.map(|item| item.map_err(body_error))),
+        body: body_of(resp.body, meta.content_length),
+        meta,
     }
+}
+
+/// What a 200 answer's headers tell the store about its body.
+pub fn meta_of(resp: &Response) -> SourceMeta {
+    SourceMeta {
+        content_length: resp.content_length(),
+        content_type: resp.header("content-type").map(str::to_string),
+        etag: resp.header("etag").map(str::to_string),
+        last_modified: resp.header("last-modified").map(str::to_string),
+        digest: None,
+    }
+}
+
+/// A response body as a fill's body, its errors by cause. With a known length, a body that ends before
+/// it is an error here (`Short`), not a clean end: whoever reads it (a fill, a resume) learns at the
+/// point of the cut, and more bytes than announced are refused.
+pub fn body_of(body: super::Body, announced: Option<u64>) -> crate::store::SourceBody {
+    let body = body.map(|item| item.map_err(body_error));
+    let Some(announced) = announced else {
+        return Box::pin(body);
+    };
+    Box::pin(futures_util::stream::unfold(
+        (body, 0u64, false),
+        move |(mut body, got, done)| async move {
+            if done {
+                return None;
+            }
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    let got = got + chunk.len() as u64;
+                    if got > announced {
+                        let e = SourceError::Refused(format!(
+                            "the body is longer than the {announced} bytes announced"
+                        ));
+                        return Some((Err(e), (body, got, true)));
+                    }
+                    Some((Ok(chunk), (body, got, false)))
+                }
+                Some(Err(e)) => Some((Err(e), (body, got, true))),
+                None if got < announced => Some((
+                    Err(SourceError::Short { got, announced }),
+                    (body, got, true),
+                )),
+                None => None,
+            }
+        },
+    ))
 }
 
 /// A request that got no response, by cause.

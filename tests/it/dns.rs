@@ -228,10 +228,14 @@ async fn garbage_never_stops_the_server() {
 }
 
 /// A peer's `/health`, switchable between 200 and 503.
-async fn health_server(ip: &str) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+/// A peer that only answers `/health` (200 while the flag is up), on `ip` and `port` (0: any).
+async fn health_server(
+    ip: &str,
+    port: u16,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind(format!("{ip}:0"))
+    let listener = tokio::net::TcpListener::bind(format!("{ip}:{port}"))
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
@@ -263,7 +267,7 @@ async fn peers_join_answers_after_rising_and_leave_after_falling() {
     use std::sync::atomic::Ordering;
     let env = Env::new().await;
     let up = Upstream::start().await;
-    let (peer, peer_up) = health_server("127.0.0.2").await;
+    let (peer, peer_up) = health_server("127.0.0.2", 0).await;
     let mut c = dns_config(&env, up.addr);
     c.nodes.peers = vec![peer.ip()];
     c.nodes.peer_port = peer.port();
@@ -309,4 +313,71 @@ async fn peers_join_answers_after_rising_and_leave_after_falling() {
         0.0
     );
     svc.stop().await;
+}
+
+/// Successive answers on one node put every healthy node first in turn (`rotate`, the default), over
+/// UDP (replayed answers included) and TCP; `self-first` keeps this node first and rotates the peers.
+#[tokio::test]
+async fn answers_rotate_over_every_healthy_node_or_keep_this_node_first() {
+    use image_cache::config::AnswerOrder;
+    use std::collections::BTreeSet;
+    let env = Env::new().await;
+    let up = Upstream::start().await;
+    let port = common::partition::shared_port(3);
+    let _peers = [
+        health_server("127.0.0.2", port).await,
+        health_server("127.0.0.3", port).await,
+    ];
+    for order in [AnswerOrder::Rotate, AnswerOrder::SelfFirst] {
+        let mut c = dns_config(&env, up.addr);
+        c.state_dir = env.dir.path().join(format!("{order:?}"));
+        c.nodes.peers = vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()];
+        c.nodes.peer_port = port;
+        c.nodes.health_interval = Span(Duration::from_millis(100));
+        c.dns.answer_order = order;
+        let svc = env.start(c).await;
+        let addr = svc.running.as_ref().unwrap().dns_addrs[0];
+        let mut watch = svc.running.as_ref().unwrap().peers.watch();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            watch.wait_for(|h| h.peers.len() == 2),
+        )
+        .await
+        .expect("peers rise")
+        .unwrap();
+        let mut answers = Vec::new();
+        for i in 0..6 {
+            let q = query(&name(), RecordType::A, false);
+            let m = if i % 2 == 0 {
+                dns::udp(addr, &q).await
+            } else {
+                dns::tcp(addr, &q).await
+            };
+            let records = a_records(&m);
+            assert_eq!(
+                records.len(),
+                3,
+                "{order:?}: every healthy node: {records:?}"
+            );
+            answers.push(records);
+        }
+        let firsts: BTreeSet<&str> = answers.iter().map(|a| a[0].as_str()).collect();
+        let seconds: BTreeSet<&str> = answers.iter().map(|a| a[1].as_str()).collect();
+        match order {
+            AnswerOrder::Rotate => {
+                assert_eq!(firsts.len(), 3, "each node leads in turn: {answers:?}");
+                for pair in answers.windows(2) {
+                    assert_ne!(
+                        pair[0][0], pair[1][0],
+                        "the lead moves on every answer: {answers:?}"
+                    );
+                }
+            }
+            AnswerOrder::SelfFirst => {
+                assert_eq!(firsts, BTreeSet::from(["127.0.0.1"]), "{answers:?}");
+                assert_eq!(seconds.len(), 2, "the peers still rotate: {answers:?}");
+            }
+        }
+        svc.stop().await;
+    }
 }

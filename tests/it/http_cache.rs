@@ -496,34 +496,6 @@ async fn revalidation_keeps_copies_current_and_survives_a_dead_origin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peer_requests_are_answered_from_the_local_store_only() {
-    let env = Env::new().await;
-    let svc = env.start(env.config(OnMiss::Fill)).await;
-    let r = svc
-        .get("/file/100/4")
-        .header("x-image-cache-peer", "1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    assert_eq!(env.origin.total_gets(), 0, "a peer miss never fills");
-    svc.get("/file/100/4").fetch().await;
-    svc.settle().await;
-    let r = svc
-        .get("/file/100/4")
-        .header("x-image-cache-peer", "1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(same(
-        r.bytes().await.unwrap().as_ref(),
-        content(4, 100).as_slice()
-    ));
-    svc.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_signed_by_an_unknown_ca_is_refused() {
     let env = Env::new().await;
     let mut config = env.config(OnMiss::Fill);

@@ -13,9 +13,9 @@ use image_cache::store::{FilePath, Key};
 use serde_json::{Value, json};
 use std::time::Duration;
 
-const KEY: &str = "view-secret";
+pub(crate) const KEY: &str = "view-secret";
 
-fn images(origin: &str) -> Value {
+pub(crate) fn images(origin: &str) -> Value {
     json!([
         {"id": "debian-13.0.20260101", "url": format!("{origin}/img/300000/1/img.tar.lz4"),
          "expirationDate": "2099-01-01T00:00:00Z"},
@@ -28,7 +28,7 @@ fn images(origin: &str) -> Value {
     ])
 }
 
-fn partitions(origin: &str) -> Value {
+pub(crate) fn partitions(origin: &str) -> Value {
     json!([
         {"id": "p1", "bootconfig": {
             "kernelurl": format!("{origin}/img/50000/4/metal-kernel"),
@@ -40,6 +40,12 @@ fn partitions(origin: &str) -> Value {
 
 fn config(env: &Env, api: &MetalApi, key: &str) -> Config {
     let mut c = env.config(OnMiss::Fill);
+    configure(env, api, key, &mut c);
+    c
+}
+
+/// The sync's settings against `api`, and the intercepted domain `localhost` its images live on.
+pub(crate) fn configure(env: &Env, api: &MetalApi, key: &str, c: &mut Config) {
     let mut d = DomainConfig::named("localhost");
     d.origin = Some(env.origin.url());
     c.domains.push(d);
@@ -49,7 +55,6 @@ fn config(env: &Env, api: &MetalApi, key: &str) -> Config {
     c.sync.hmac_file = Some(key_file);
     c.sync.concurrency = 2;
     c.sync.min_images_per_name = 1;
-    c
 }
 
 fn key(url_path: &str) -> Key {
@@ -378,6 +383,7 @@ async fn scheduled_v2_sync_runs_at_start_and_pings_metal_apiserver() {
     std::fs::write(&token_file, &token).unwrap();
     let mut c = config(&env, &api, KEY);
     c.sync.enabled = true;
+    c.sync.jitter = Span(Duration::from_millis(500));
     c.sync.api = image_cache::config::MetalApiVersion::V2;
     c.sync.token_file = Some(token_file);
     let svc = env.start(c).await;

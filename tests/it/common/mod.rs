@@ -4,6 +4,7 @@ pub(crate) mod dns;
 pub(crate) mod metal_api;
 pub(crate) mod oci;
 pub(crate) mod origin;
+pub(crate) mod partition;
 
 use image_cache::app::{self, Running};
 use image_cache::config::{Config, DomainConfig, OnMiss, Span};
@@ -113,6 +114,16 @@ impl Service {
             .unwrap_or(0.0)
     }
 
+    /// The sum of every series of `family` whose labels contain `labels` (e.g. `result="fallback"`).
+    pub(crate) async fn metric_sum(&self, family: &str, labels: &str) -> f64 {
+        let text = self.text("/metrics").await;
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next())
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Waits until no fill is running (a client has its last byte slightly before the index commit).
     pub(crate) async fn settle(&self) {
         for _ in 0..200 {
@@ -127,6 +138,13 @@ impl Service {
     pub(crate) async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
+        }
+    }
+
+    /// Stops at once: connections closed, fills aborted, nothing drained (a node dying).
+    pub(crate) async fn stop_now(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown_now().await;
         }
     }
 }
