@@ -54,8 +54,9 @@ fn nodes(h: &mut String, v: &StatusView) {
     let state = |up: bool| if up { "up" } else { "down" };
     let _ = write!(
         h,
-        "<section id=\"nodes\"><h2>Nodes</h2><table><thead><tr><th>node</th><th>role</th><th>state</th></tr>\
-         </thead><tbody><tr class=\"{cls}\"><td>{addr}</td><td>this node, up {uptime}</td><td>{st}{ready}</td></tr>",
+        "<section id=\"nodes\"><h2>Nodes</h2><table><thead><tr><th>node</th><th>role</th><th>state</th>\
+         <th title=\"fills of keys it owns: served by it / went to the origin / cut mid-way\">fills through it</th></tr>\
+         </thead><tbody><tr class=\"{cls}\"><td>{addr}</td><td>this node, up {uptime}</td><td>{st}{ready}</td><td></td></tr>",
         cls = state(v.node.healthy),
         addr = escape(v.node.address.as_deref().unwrap_or("(nodes.self not set)")),
         uptime = duration(v.node.uptime_secs),
@@ -65,8 +66,11 @@ fn nodes(h: &mut String, v: &StatusView) {
     for p in &v.peers {
         let _ = write!(
             h,
-            "<tr class=\"{s}\"><td>{}</td><td>peer</td><td>{s}</td></tr>",
+            "<tr class=\"{s}\"><td>{}</td><td>peer</td><td>{s}</td><td>{} served · {} fell back · {} broken</td></tr>",
             escape(&p.address),
+            p.served,
+            p.fallback,
+            p.broken,
             s = state(p.up)
         );
     }
@@ -279,6 +283,9 @@ mod tests {
             peers: vec![PeerView {
                 address: "10.0.0.2".into(),
                 up: false,
+                served: 7,
+                fallback: 2,
+                broken: 1,
             }],
             store: StoreView {
                 objects: 1,
@@ -359,7 +366,7 @@ mod tests {
             "500 B/s",
             "<td>files</td><td>1</td><td>4</td>",
             "25.0%",
-            "<tr class=\"down\"><td>10.0.0.2</td><td>peer</td><td>down</td></tr>",
+            "<tr class=\"down\"><td>10.0.0.2</td><td>peer</td><td>down</td><td>7 served · 2 fell back · 1 broken</td></tr>",
             "this node, up 1m 1s",
             "<section id=\"largest\">",
             "<section id=\"most-requested\">",

@@ -3,7 +3,7 @@
 
 use crate::http::HttpState;
 use crate::lifecycle::{RunStatus, WorkerInfo};
-use crate::metrics::ratio;
+use crate::metrics::{PeerFillLabels, peer_fill, ratio};
 use crate::store::summary::Summary;
 use crate::store::{FillStatus, ObjectRow};
 use serde::{Deserialize, Serialize};
@@ -76,6 +76,11 @@ pub struct NodeView {
 pub struct PeerView {
     pub address: String,
     pub up: bool,
+    /// Fills of keys this peer owns, by result (`image_cache_peer_fills_total`): served by it,
+    /// fallback to the origin, broken mid-way.
+    pub served: u64,
+    pub fallback: u64,
+    pub broken: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -164,9 +169,24 @@ pub fn peers(state: &HttpState) -> (NodeView, Vec<PeerView>) {
         .peers
         .configured()
         .iter()
-        .map(|ip| PeerView {
-            address: ip.to_string(),
-            up: healthy.peers.contains(ip),
+        .map(|ip| {
+            let count = |result| {
+                state
+                    .metrics
+                    .peer_fills
+                    .get_or_create(&PeerFillLabels {
+                        peer: ip.to_string(),
+                        result,
+                    })
+                    .get()
+            };
+            PeerView {
+                address: ip.to_string(),
+                up: healthy.peers.contains(ip),
+                served: count(peer_fill::SERVED),
+                fallback: count(peer_fill::FALLBACK),
+                broken: count(peer_fill::BROKEN),
+            }
         })
         .collect();
     (node, peers)
