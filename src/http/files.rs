@@ -226,12 +226,13 @@ async fn follow_fill(
                 last_modified: row.last_modified.clone(),
                 digest: None,
             };
-            let resp = stream_fill(req, state, &fill, &meta, origin_url);
+            let etag = format!("\"{}\"", row.digest);
+            let resp = stream_fill(req, state, &fill, &meta, Some(etag), origin_url);
             with_origin_etag(resp, meta.etag.as_deref(), to_peer)
         }
         Phase::Streaming { meta, .. } => {
             state.metrics.request(kind::FILE, result::MISS);
-            let resp = stream_fill(req, state, &fill, &meta, origin_url);
+            let resp = stream_fill(req, state, &fill, &meta, None, origin_url);
             with_origin_etag(resp, meta.etag.as_deref(), to_peer)
         }
         Phase::Connecting => HttpResponse::ServiceUnavailable().body("fill did not start\n"),
@@ -256,19 +257,30 @@ fn serve_stored_again(
     }
 }
 
+/// `etag`: the content digest as an entity tag, once the fill is complete.
 fn stream_fill(
     req: &HttpRequest,
     state: &HttpState,
     fill: &Arc<Fill>,
     meta: &SourceMeta,
+    etag: Option<String>,
     origin_url: url::Url,
 ) -> HttpResponse {
     let resume = Resume {
         upstream: state.upstream.clone(),
         url: origin_url,
         etag: meta.etag.clone(),
+        last_modified: meta.last_modified.clone(),
+        total: meta.content_length,
     };
-    serve::stream_fill(req, &state.metrics, fill, meta, Some(resume))
+    serve::stream_fill(
+        req,
+        &state.metrics,
+        fill,
+        meta,
+        etag.as_deref(),
+        Some(resume),
+    )
 }
 
 fn failure_response(failure: &FillFailure) -> HttpResponse {

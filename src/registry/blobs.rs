@@ -102,10 +102,12 @@ pub(super) async fn get(
         Phase::NotModified | Phase::Connecting => return internal("fill ended without an outcome"),
     };
     count(result::MISS);
+    // The content is verified against the digest it is asked by, so that is its entity tag already.
     // No resume from the registry if the store gives up mid-way: the client sees a cut transfer and
     // retries with a Range, which containerd does.
+    let etag = format!("\"{sha256}\"");
     with_digest(
-        serve::stream_fill(req, &state.metrics, &fill, &meta, None),
+        serve::stream_fill(req, &state.metrics, &fill, &meta, Some(&etag), None),
         digest.as_str(),
     )
 }

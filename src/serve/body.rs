@@ -41,12 +41,19 @@ pub fn file_stream(
     })
 }
 
-/// Where to continue when the store cannot keep a fill: the origin URL and its validator.
+/// Where to continue when the store cannot keep a fill: the origin URL and what identifies the version
+/// being filled. Resuming asks for the rest with `If-Range` and continues only with a 206 of exactly
+/// that version and range; anything else cuts the client's transfer — two versions are never spliced.
 #[derive(Clone)]
 pub struct Resume {
     pub upstream: Upstream,
     pub url: url::Url,
+    /// The origin's entity tag for the version being filled (only a strong one is used).
     pub etag: Option<String>,
+    /// The origin's Last-Modified, used when there is no strong entity tag.
+    pub last_modified: Option<String>,
+    /// The whole object's length, when the origin announced it.
+    pub total: Option<u64>,
 }
 
 /// Follows a fill. If the store gives up (disk full), the rest of the range comes straight from the
@@ -104,61 +111,105 @@ pub fn fill_stream(
     })
 }
 
-/// Requests `[from, end)` from the origin. A 206 continues the body as is; a 200 (origin ignores Range)
-/// is skipped forward to `from`; anything else aborts.
+/// Requests `[from, end)` of the same version from the origin.
 async fn resume_from(
     resume: &Resume,
     from: u64,
     end: Option<u64>,
 ) -> Result<upstream::Body, String> {
+    let strong = resume.etag.as_deref().filter(|e| e.starts_with('"'));
+    let Some(validator) = strong.or(resume.last_modified.as_deref()) else {
+        return Err("the origin gave no validator to resume with; cutting the transfer".into());
+    };
     let range = match end {
         Some(e) => format!("bytes={from}-{}", e.saturating_sub(1)),
         None => format!("bytes={from}-"),
     };
-    let mut req = upstream::Request::get(resume.url.clone(), "file").header("range", range);
-    if let Some(etag) = &resume.etag {
-        req = req.header("if-range", etag.clone());
-    }
+    let req = upstream::Request::get(resume.url.clone(), "file")
+        .header("range", range)
+        .header("if-range", validator);
     let resp = resume.upstream.send(req).await.map_err(|e| e.to_string())?;
     match resp.status {
-        206 => Ok(resp.body),
-        200 => Ok(Box::pin(skip_bytes(resp.body, from, end))),
+        206 => {
+            let same_version = match strong {
+                Some(etag) => resp.header("etag") == Some(etag),
+                None => resp.header("last-modified") == resume.last_modified.as_deref(),
+            };
+            if !same_version {
+                return Err("the origin's 206 is of another version; cutting the transfer".into());
+            }
+            let (start, last, total) = resp
+                .header("content-range")
+                .and_then(content_range)
+                .ok_or("the origin's 206 has no usable Content-Range; cutting the transfer")?;
+            let want_last = match (end, resume.total.or(total)) {
+                (Some(e), _) => e.checked_sub(1),
+                (None, Some(t)) => t.checked_sub(1),
+                (None, None) => Some(last),
+            };
+            let total_agrees = match (resume.total, total) {
+                (Some(ours), Some(theirs)) => ours == theirs,
+                _ => true,
+            };
+            if start != from || Some(last) != want_last || !total_agrees {
+                return Err(format!(
+                    "the origin sent bytes {start}-{last} when {from}-{} were asked for; cutting the transfer",
+                    want_last.map_or("end".to_string(), |l| l.to_string())
+                ));
+            }
+            Ok(Box::pin(exactly(resp.body, last - start + 1)))
+        }
+        200 => Err(format!(
+            "the origin's content changed while byte {from} was being sent (it answered 200 to If-Range); \
+             cutting the transfer rather than splicing two versions"
+        )),
         s => Err(format!("origin answered {s} when resuming at byte {from}")),
     }
 }
 
-fn skip_bytes(
+/// `Content-Range: bytes <first>-<last>/<total or *>`.
+fn content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+    let spec = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = spec.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last): (u64, u64) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    (first <= last).then_some((first, last, total))
+}
+
+/// A body that must be exactly `len` bytes: fewer or more is an error, never a clean end.
+fn exactly(
     body: upstream::Body,
-    skip: u64,
-    end: Option<u64>,
+    len: u64,
 ) -> impl Stream<Item = Result<Bytes, upstream::BodyError>> {
-    let limit = end.map(|e| e - skip);
     futures_util::stream::unfold(
-        (body, skip, limit),
-        |(mut body, mut skip, mut left)| async move {
-            loop {
-                if left == Some(0) {
-                    return None;
+        (body, 0u64, false),
+        move |(mut body, got, done)| async move {
+            if done {
+                return None;
+            }
+            match body.next().await {
+                Some(Ok(chunk)) if got + chunk.len() as u64 <= len => {
+                    let got = got + chunk.len() as u64;
+                    Some((Ok(chunk), (body, got, false)))
                 }
-                let mut chunk = match body.next().await? {
-                    Ok(c) => c,
-                    Err(e) => return Some((Err(e), (body, 0, Some(0)))),
-                };
-                if skip > 0 {
-                    let n = (chunk.len() as u64).min(skip) as usize;
-                    skip -= n as u64;
-                    chunk = chunk.slice(n..);
-                    if chunk.is_empty() {
-                        continue;
-                    }
-                }
-                if let Some(l) = left.as_mut() {
-                    if (chunk.len() as u64) > *l {
-                        chunk = chunk.slice(..*l as usize);
-                    }
-                    *l -= chunk.len() as u64;
-                }
-                return Some((Ok(chunk), (body, skip, left)));
+                Some(Ok(_)) => Some((
+                    Err(upstream::BodyError::Broken(format!(
+                        "the resumed body is longer than {len} bytes"
+                    ))),
+                    (body, got, true),
+                )),
+                Some(Err(e)) => Some((Err(e), (body, got, true))),
+                None if got < len => Some((
+                    Err(upstream::BodyError::Broken(format!(
+                        "the resumed body ended after {got} of {len} bytes"
+                    ))),
+                    (body, got, true),
+                )),
+                None => None,
             }
         },
     )
@@ -173,4 +224,18 @@ pub fn relay(
         item.inspect(|b| metrics.served("upstream", b.len() as u64))
             .map_err(BoxError::from)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(content_range("bytes 0-99/1000"), Some((0, 99, Some(1000))));
+        assert_eq!(content_range("bytes 5-5/*"), Some((5, 5, None)));
+        assert_eq!(content_range("bytes 9-5/10"), None);
+        assert_eq!(content_range("bytes */10"), None);
+        assert_eq!(content_range("items 0-1/2"), None);
+    }
 }

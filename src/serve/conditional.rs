@@ -1,4 +1,6 @@
-//! What to answer for a stored object, given the request's conditional and Range headers. Pure.
+//! What to answer for an object, given the request's conditional and Range headers: a stored one (its
+//! entity tag is its digest) or one being filled (no entity tag yet: only its Last-Modified can match).
+//! Pure.
 
 use actix_web::http::header::{ByteRangeSpec, Range};
 use std::str::FromStr;
@@ -24,16 +26,17 @@ pub struct Request<'a> {
 }
 
 pub struct Object<'a> {
-    /// Quoted strong entity tag, e.g. `"sha256:ab…"`.
-    pub etag: &'a str,
+    /// Quoted strong entity tag, e.g. `"sha256:ab…"`; `None` while the content is not known yet.
+    pub etag: Option<&'a str>,
     pub last_modified: Option<SystemTime>,
-    pub size: u64,
+    /// `None`: the length is not known yet (a Range cannot be answered).
+    pub size: Option<u64>,
 }
 
-fn etag_listed(list: &str, etag: &str) -> bool {
+fn etag_listed(list: &str, etag: Option<&str>) -> bool {
     list.split(',')
         .map(str::trim)
-        .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+        .any(|t| t == "*" || Some(t.trim_start_matches("W/")) == etag)
 }
 
 pub fn decide(req: &Request<'_>, obj: &Object<'_>) -> Decision {
@@ -47,23 +50,25 @@ pub fn decide(req: &Request<'_>, obj: &Object<'_>) -> Decision {
     {
         return Decision::NotModified;
     }
-    let Some(range) = req.range else {
+    let (Some(range), Some(size)) = (req.range, obj.size) else {
         return Decision::Full;
     };
     if let Some(if_range) = req.if_range {
+        // RFC 9110 13.1.5: a strong entity tag, or the exact Last-Modified date, of this very version;
+        // anything else (a weak tag, an older date, a tag not known yet) gets the whole body.
         let matches = if if_range.starts_with('"') || if_range.starts_with("W/") {
-            if_range == obj.etag
+            Some(if_range) == obj.etag
         } else {
             httpdate::parse_http_date(if_range)
                 .ok()
                 .zip(obj.last_modified)
-                .is_some_and(|(d, lm)| lm <= d)
+                .is_some_and(|(d, lm)| lm == d)
         };
         if !matches {
             return Decision::Full;
         }
     }
-    partial(range, obj.size)
+    partial(range, size)
 }
 
 /// A single satisfiable range → Partial; several ranges are answered with the whole body (allowed by RFC
@@ -94,9 +99,9 @@ mod tests {
 
     fn obj(size: u64) -> Object<'static> {
         Object {
-            etag: ETAG,
+            etag: Some(ETAG),
             last_modified: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
-            size,
+            size: Some(size),
         }
     }
 
@@ -118,6 +123,7 @@ mod tests {
     fn table() {
         let later = "Wed, 15 Nov 2023 00:00:00 GMT";
         let earlier = "Mon, 01 Jan 2001 00:00:00 GMT";
+        let exact = "Tue, 14 Nov 2023 22:13:20 GMT";
         let cases: Vec<(Request<'_>, Decision)> = vec![
             (req(None, None, None, None), Decision::Full),
             (req(Some(ETAG), None, None, None), Decision::NotModified),
@@ -169,11 +175,62 @@ mod tests {
             ),
             (
                 req(None, None, Some(later), Some("bytes=0-0")),
+                Decision::Full,
+            ),
+            (
+                req(None, None, Some(exact), Some("bytes=0-0")),
                 Decision::Partial { start: 0, end: 0 },
+            ),
+            (
+                req(None, None, Some("W/\"sha256:abc\""), Some("bytes=0-0")),
+                Decision::Full,
             ),
         ];
         for (i, (r, want)) in cases.iter().enumerate() {
             assert_eq!(decide(r, &obj(100)), *want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn an_object_being_filled_has_no_entity_tag_yet() {
+        let filling = |size| Object {
+            etag: None,
+            last_modified: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            size,
+        };
+        let exact = "Tue, 14 Nov 2023 22:13:20 GMT";
+        let cases: Vec<(Request<'_>, Option<u64>, Decision)> = vec![
+            // A client resuming another version (its tag from an earlier hit) gets the whole body.
+            (
+                req(None, None, Some(ETAG), Some("bytes=10-")),
+                Some(100),
+                Decision::Full,
+            ),
+            (
+                req(None, None, Some(exact), Some("bytes=10-")),
+                Some(100),
+                Decision::Partial { start: 10, end: 99 },
+            ),
+            (req(Some(ETAG), None, None, None), Some(100), Decision::Full),
+            (
+                req(Some("*"), None, None, None),
+                Some(100),
+                Decision::NotModified,
+            ),
+            (
+                req(None, Some(exact), None, None),
+                Some(100),
+                Decision::NotModified,
+            ),
+            // Unknown length: no Range can be answered.
+            (
+                req(None, None, None, Some("bytes=10-")),
+                None,
+                Decision::Full,
+            ),
+        ];
+        for (i, (r, size, want)) in cases.iter().enumerate() {
+            assert_eq!(decide(r, &filling(*size)), *want, "case {i}");
         }
     }
 }

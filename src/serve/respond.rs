@@ -23,18 +23,12 @@ pub fn serve_hit(req: &HttpRequest, metrics: &Metrics, hit: Hit) -> HttpResponse
         .and_then(|lm| httpdate::parse_http_date(lm).ok())
         .unwrap_or(UNIX_EPOCH + Duration::from_secs(row.fetched_at));
     let last_modified_text = httpdate::fmt_http_date(last_modified);
-    let h = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
     let decision = conditional::decide(
-        &conditional::Request {
-            if_none_match: h(header::IF_NONE_MATCH),
-            if_modified_since: h(header::IF_MODIFIED_SINCE),
-            if_range: h(header::IF_RANGE),
-            range: h(header::RANGE),
-        },
+        &conditions(req),
         &conditional::Object {
-            etag: &etag,
+            etag: Some(&etag),
             last_modified: Some(last_modified),
-            size: row.size,
+            size: Some(row.size),
         },
     );
     let mut builder = HttpResponse::Ok();
@@ -73,46 +67,81 @@ pub fn serve_hit(req: &HttpRequest, metrics: &Metrics, hit: Hit) -> HttpResponse
     builder.body(SizedStream::new(end - start, stream))
 }
 
+/// The request's conditional and Range headers.
+fn conditions(req: &HttpRequest) -> conditional::Request<'_> {
+    let h = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+    conditional::Request {
+        if_none_match: h(header::IF_NONE_MATCH),
+        if_modified_since: h(header::IF_MODIFIED_SINCE),
+        if_range: h(header::IF_RANGE),
+        range: h(header::RANGE),
+    }
+}
+
 /// A fill in progress (or just complete), from the first byte or a Range, as its bytes arrive.
-/// `resume` continues from the origin when the store gives up mid-way (disk full).
+/// Conditionals are answered against the version being filled: its `Last-Modified`, and its entity tag
+/// (`etag`, the content digest) only once it is known — a client resuming another version with
+/// `If-Range` gets the whole new body, never a 206 of it. `resume` continues from the origin when the
+/// store gives up mid-way (disk full).
 pub fn stream_fill(
     req: &HttpRequest,
     metrics: &Metrics,
     fill: &Arc<Fill>,
     meta: &SourceMeta,
+    etag: Option<&str>,
     resume: Option<Resume>,
 ) -> HttpResponse {
-    let range_header = req
-        .headers()
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok());
+    let last_modified = meta
+        .last_modified
+        .as_deref()
+        .and_then(|lm| httpdate::parse_http_date(lm).ok());
+    let decision = conditional::decide(
+        &conditions(req),
+        &conditional::Object {
+            etag,
+            last_modified,
+            size: meta.content_length,
+        },
+    );
     let mut builder = HttpResponse::Ok();
     builder.insert_header((header::ACCEPT_RANGES, "bytes"));
+    if let Some(e) = etag {
+        builder.insert_header((header::ETAG, e));
+    }
     content_headers(
         &mut builder,
         meta.content_type.as_deref(),
         meta.last_modified.as_deref(),
     );
     let Some(total) = meta.content_length else {
-        // Unknown length: stream the whole body, chunked. Ranges need a known size.
-        if req.method() == Method::HEAD {
+        if decision == Decision::NotModified {
+            builder.status(StatusCode::NOT_MODIFIED);
             return builder.finish();
+        }
+        // Unknown length: the whole body, chunked. A HEAD says nothing of a length it does not know
+        // (no `Content-Length: 0`).
+        if req.method() == Method::HEAD {
+            return builder.body(actix_web::body::None::new());
         }
         let reader = fill.reader(0, None);
         return builder.streaming(body::fill_stream(reader, None, resume, metrics.clone()));
     };
-    let (status, start, end) = match range_header.map(|r| conditional::partial(r, total)) {
-        Some(Decision::Partial { start, end }) => (StatusCode::PARTIAL_CONTENT, start, end + 1),
-        Some(Decision::Unsatisfiable) => return unsatisfiable(total),
-        _ => (StatusCode::OK, 0, total),
+    let (start, end) = match decision {
+        Decision::NotModified => {
+            builder.status(StatusCode::NOT_MODIFIED);
+            return builder.finish();
+        }
+        Decision::Unsatisfiable => return unsatisfiable(total),
+        Decision::Full => (0, total),
+        Decision::Partial { start, end } => {
+            builder.status(StatusCode::PARTIAL_CONTENT);
+            builder.insert_header((
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{end}/{total}"),
+            ));
+            (start, end + 1)
+        }
     };
-    builder.status(status);
-    if status == StatusCode::PARTIAL_CONTENT {
-        builder.insert_header((
-            header::CONTENT_RANGE,
-            format!("bytes {start}-{}/{total}", end - 1),
-        ));
-    }
     if req.method() == Method::HEAD {
         return head_response(builder, end - start);
     }

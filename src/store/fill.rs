@@ -279,13 +279,24 @@ async fn write_body(
         let digest = row2.digest;
         let orphan = {
             let _stripe = lock(&inner2.stripes[stripe_of(&digest)]);
-            inner2
+            let created = inner2
                 .fs
                 .publish(temp, &digest)
                 .map_err(io_err(format!("publishing {digest}")))?;
-            let orphan = inner2.index.put(&key2, &row2)?;
-            inner2.hot.forget(&key2);
-            orphan
+            match commit_row(&inner2, &key2, &row2) {
+                Ok(orphan) => {
+                    inner2.hot.forget(&key2);
+                    orphan
+                }
+                Err(e) => {
+                    // The row never made it (a full disk refuses redb's commit too): take back the blob
+                    // this fill published, unless another row already uses that content.
+                    if created && matches!(inner2.index.get_blob(&digest), Ok(None)) {
+                        let _ = inner2.fs.remove_blob(&digest);
+                    }
+                    return Err(e);
+                }
+            }
         };
         if let Some(old) = orphan.filter(|o| *o != digest) {
             Store {
@@ -299,6 +310,22 @@ async fn write_body(
     .map_err(FillFailure::Storage)?;
     committed.map_err(|e| FillFailure::Storage(e.to_string()))?;
     Ok(row)
+}
+
+/// The index row of a verified, published fill.
+fn commit_row(
+    inner: &Inner,
+    key: &str,
+    row: &ObjectRow,
+) -> Result<Option<super::Digest>, StoreError> {
+    #[cfg(test)]
+    if inner.fail_commits.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(StoreError::Io {
+            what: "index commit (injected by a test)".into(),
+            source: std::io::Error::other("No space left on device"),
+        });
+    }
+    Ok(inner.index.put(key, row)?)
 }
 
 /// Hands a batch to the hasher, writes it, and lets readers see it. Returns a fresh batch buffer.

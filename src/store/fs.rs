@@ -17,6 +17,9 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub(crate) struct BlobFs {
     root: PathBuf,
+    /// Tests make unlinks slow to prove no lock requests take is held across them.
+    #[cfg(test)]
+    pub(super) unlink_delay: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl BlobFs {
@@ -26,6 +29,8 @@ impl BlobFs {
         fs::create_dir_all(root.join("tmp"))?;
         Ok(BlobFs {
             root: root.to_path_buf(),
+            #[cfg(test)]
+            unlink_delay: Arc::default(),
         })
     }
 
@@ -67,21 +72,30 @@ impl BlobFs {
 
     /// Moves a verified temp file to its content address. If the blob already exists (same content under
     /// another key), the temp file is dropped and the existing blob kept.
-    pub(crate) fn publish(&self, mut temp: TempBlob, digest: &Digest) -> io::Result<()> {
+    /// Returns whether this call created the blob (`false`: it was already there), so a caller whose
+    /// index commit then fails knows whether the file is its own to take back.
+    pub(crate) fn publish(&self, mut temp: TempBlob, digest: &Digest) -> io::Result<bool> {
         let Some(from) = temp.path.take() else {
             return Err(io::Error::other("temp blob already published"));
         };
         let target = self.blob_path(digest);
         if target.is_file() {
             let _ = fs::remove_file(&from);
-            return Ok(());
+            return Ok(false);
         }
         let result = (|| {
             temp.file.sync_all()?;
             let dir = target
                 .parent()
                 .ok_or_else(|| io::Error::other("blob path has no parent"))?;
-            fs::create_dir_all(dir)?;
+            if !dir.is_dir() {
+                // A new fan directory must itself survive a crash: fsync its parent after creating it.
+                fs::create_dir_all(dir)?;
+                let fans = dir
+                    .parent()
+                    .ok_or_else(|| io::Error::other("fan directory has no parent"))?;
+                File::open(fans)?.sync_all()?;
+            }
             #[allow(clippy::disallowed_methods)] // the one sanctioned rename into the store
             fs::rename(&from, &target)?;
             File::open(dir)?.sync_all()
@@ -89,11 +103,15 @@ impl BlobFs {
         if result.is_err() {
             let _ = fs::remove_file(&from);
         }
-        result
+        result.map(|()| true)
     }
 
     /// Unlinks a blob. Readers that hold it open keep reading (Linux keeps the inode alive).
     pub(crate) fn remove_blob(&self, digest: &Digest) -> io::Result<()> {
+        #[cfg(test)]
+        std::thread::sleep(std::time::Duration::from_millis(
+            self.unlink_delay.load(std::sync::atomic::Ordering::SeqCst),
+        ));
         match fs::remove_file(self.blob_path(digest)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,

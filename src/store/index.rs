@@ -184,6 +184,16 @@ impl Index {
         &self,
         keys: &[String],
     ) -> Result<(Vec<ObjectRow>, Vec<Digest>), IndexError> {
+        self.remove_if(keys, |_| true)
+    }
+
+    /// Removes the rows of `keys` that `remove` accepts, decided inside the write transaction (so a pin
+    /// set since the caller read the rows is seen). Returns the removed rows and the orphaned digests.
+    pub(crate) fn remove_if(
+        &self,
+        keys: &[String],
+        remove: impl Fn(&ObjectRow) -> bool,
+    ) -> Result<(Vec<ObjectRow>, Vec<Digest>), IndexError> {
         let txn = self.db.begin_write()?;
         let mut removed = Vec::new();
         let mut orphans = Vec::new();
@@ -192,16 +202,18 @@ impl Index {
             let mut objects = txn.open_table(OBJECTS)?;
             let mut blobs = txn.open_table(BLOBS)?;
             for key in keys {
-                let row: Option<ObjectRow> = match objects.remove(key.as_str())? {
+                let row: Option<ObjectRow> = match objects.get(key.as_str())? {
                     Some(v) => Some(decode(key, v.value())?),
                     None => None,
                 };
-                if let Some(row) = row {
-                    let (freed, gone) = release(&mut blobs, &row.digest)?;
-                    bytes_delta -= freed as i64;
-                    orphans.extend(gone);
-                    removed.push(row);
-                }
+                let Some(row) = row.filter(|r| remove(r)) else {
+                    continue;
+                };
+                objects.remove(key.as_str())?;
+                let (freed, gone) = release(&mut blobs, &row.digest)?;
+                bytes_delta -= freed as i64;
+                orphans.extend(gone);
+                removed.push(row);
             }
         }
         txn.commit()?;

@@ -1,8 +1,9 @@
 //! Single-flight fills and the readers that follow them.
 //!
 //! One fill per key writes the temp file; every client of that key — the first, late joiners, Range
-//! readers — reads the growing file through a shared descriptor as bytes arrive. Readers never see the
-//! last byte before the content is verified, so a fill that fails verification (or breaks) ends every
+//! readers — reads the growing file through a shared descriptor as bytes arrive. No reader sees the last
+//! byte it asked for before the content is verified — the object's last byte for a whole-body reader, the
+//! range's last byte for a Range reader — so a fill that fails verification (or breaks) ends every
 //! reader's response short: the client sees an aborted transfer, never a complete-looking wrong one.
 
 use super::fs;
@@ -349,7 +350,14 @@ impl FillReader {
                 }));
             }
             if let Some(readable) = phase.readable() {
-                let limit = self.end.map_or(readable, |e| e.min(readable));
+                let mut limit = self.end.map_or(readable, |e| e.min(readable));
+                if let Some(end) = self.end
+                    && phase.finished_at().is_none()
+                {
+                    // A range that ends before the object does waits for verification with its own
+                    // last byte: a fill that fails later must cut this reader short too.
+                    limit = limit.min(end.saturating_sub(1));
+                }
                 if self.pos < limit {
                     let Some(file) = self.fill.file.get().cloned() else {
                         return Some(Err(ReadError::Io(std::io::Error::other(

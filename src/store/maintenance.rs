@@ -12,12 +12,10 @@ impl Store {
         self.flush_access()?;
         let rows = self.inner.index.all_objects()?;
         let before = self.inner.index.total_bytes();
-        let evicted = {
-            let inflight = lock(&self.inner.inflight);
-            let busy: HashSet<String> = inflight.keys().cloned().collect();
-            let plan = evict::plan(&rows, before, target, &busy);
-            self.remove_locked(&plan.keys)?
-        };
+        let busy: HashSet<String> = lock(&self.inner.inflight).keys().cloned().collect();
+        let plan = evict::plan(&rows, before, target, &busy);
+        // The rows were read without a lock: a key pinned or filled since is spared at removal.
+        let evicted = self.remove_rows(&plan.keys, |row| !row.pinned, true)?;
         let after = self.inner.index.total_bytes();
         let report = GcReport {
             evicted_keys: evicted as u64,

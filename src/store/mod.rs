@@ -40,6 +40,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 const STRIPES: usize = 64;
+/// Rows removed per index transaction while the in-flight lock is held.
+const REMOVE_BATCH: usize = 256;
 /// Open descriptors kept for repeated hits; small against the file-descriptor limit raised at start.
 const HOT_ENTRIES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(512) {
     Some(n) => n,
@@ -149,6 +151,9 @@ struct Inner {
     hot: HotSet,
     evict_wake: Notify,
     runtime: tokio::runtime::Handle,
+    /// Tests make index commits fail, as on a full disk.
+    #[cfg(test)]
+    fail_commits: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -179,6 +184,8 @@ impl Store {
             hot: HotSet::new(HOT_ENTRIES, HOT_BODY_MAX, HOT_BODY_BUDGET),
             evict_wake: Notify::new(),
             runtime,
+            #[cfg(test)]
+            fail_commits: AtomicBool::new(false),
         };
         let store = Store {
             inner: Arc::new(inner),
@@ -486,28 +493,43 @@ impl Store {
 
     /// Removes keys outright (admin API, sync unpinning is separate). Returns how many existed.
     pub fn remove(&self, keys: &[String]) -> Result<usize, StoreError> {
-        let removed = {
-            let _inflight = lock(&self.inner.inflight);
-            self.remove_locked(keys)?
-        };
+        let removed = self.remove_rows(keys, |_| true, false)?;
         self.refresh_gauges();
         Ok(removed)
     }
 
-    /// Drops rows and unlinks the blobs they were the last users of. The caller holds the in-flight lock,
-    /// so no hit can be between its row lookup and its open.
-    fn remove_locked(&self, keys: &[String]) -> Result<usize, StoreError> {
-        if keys.is_empty() {
-            return Ok(0);
+    /// Drops the rows of `keys` that `remove` accepts and unlinks the blobs they were the last users of.
+    /// The rows go under the in-flight lock — so no hit is between its row lookup and its open, and with
+    /// `spare_busy` no key with a fill running is touched — in batches, so requests wait for one small
+    /// index transaction at most; the unlinks (slow for large files) happen outside every lock requests
+    /// take. An open blob stays readable after its unlink.
+    pub(super) fn remove_rows(
+        &self,
+        keys: &[String],
+        remove: impl Fn(&ObjectRow) -> bool,
+        spare_busy: bool,
+    ) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for batch in keys.chunks(REMOVE_BATCH) {
+            let orphans = {
+                let inflight = lock(&self.inner.inflight);
+                let batch: Vec<String> = batch
+                    .iter()
+                    .filter(|k| !(spare_busy && inflight.contains_key(k.as_str())))
+                    .cloned()
+                    .collect();
+                let (rows, orphans) = self.inner.index.remove_if(&batch, &remove)?;
+                for key in &batch {
+                    self.inner.hot.forget(key);
+                }
+                removed += rows.len();
+                orphans
+            };
+            for digest in orphans {
+                self.unlink_if_unreferenced(&digest)?;
+            }
         }
-        let (removed, orphans) = self.inner.index.remove(keys)?;
-        for key in keys {
-            self.inner.hot.forget(key);
-        }
-        for digest in orphans {
-            self.unlink_if_unreferenced(&digest)?;
-        }
-        Ok(removed.len())
+        Ok(removed)
     }
 
     fn unlink_if_unreferenced(&self, digest: &Digest) -> Result<(), StoreError> {

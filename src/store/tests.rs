@@ -350,3 +350,168 @@ async fn a_source_that_refuses_leaves_no_trace_and_no_running_fill() {
         Access::Skipped
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eviction_unlinks_outside_the_lock_every_request_takes() {
+    let t = open(1 << 30);
+    for i in 0..6u8 {
+        store_whole(&t.store, &key(&format!("old-{i}.img")), content(10_000, i)).await;
+    }
+    let kept = key("kept.img");
+    store_whole(&t.store, &kept, content(10_000, 99)).await;
+    assert!(t.store.set_pinned(&kept, true).unwrap());
+    settle(&t.store).await;
+    // Every unlink now takes 300 ms, as a multi-GB file's can on a busy disk.
+    t.store
+        .inner
+        .fs
+        .unlink_delay
+        .store(300, std::sync::atomic::Ordering::SeqCst);
+    let store = t.store.clone();
+    let gc = tokio::task::spawn_blocking(move || store.evict_to(0));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut slowest = Duration::ZERO;
+    while !gc.is_finished() {
+        let store = t.store.clone();
+        let k = kept.clone();
+        let took = tokio::task::spawn_blocking(move || {
+            let t0 = std::time::Instant::now();
+            assert!(matches!(
+                store.access(&k, |_| Plan::Serve),
+                Ok(Access::Hit(_))
+            ));
+            t0.elapsed()
+        })
+        .await
+        .unwrap();
+        slowest = slowest.max(took);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = gc.await.unwrap().unwrap();
+    assert_eq!(report.evicted_keys, 6);
+    assert!(
+        slowest < Duration::from_millis(150),
+        "a hit waited {slowest:?} on eviction's unlinks"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_set_after_eviction_read_the_rows_is_respected() {
+    let t = open(1 << 30);
+    let k = key("pinned-late.img");
+    store_whole(&t.store, &k, content(5_000, 3)).await;
+    settle(&t.store).await;
+    // What eviction does: read the rows, decide, then remove; a pin arrives in between.
+    let rows = t.store.inner.index.all_objects().unwrap();
+    assert!(!rows[0].1.pinned);
+    assert!(t.store.set_pinned(&k, true).unwrap());
+    let removed = t
+        .store
+        .remove_rows(&[k.as_str().to_string()], |row| !row.pinned, true)
+        .unwrap();
+    assert_eq!(removed, 0);
+    assert!(
+        t.store.get(&k).unwrap().is_some(),
+        "a pinned key was evicted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_index_commit_takes_back_the_published_blob() {
+    let t = open(1 << 30);
+    let k = key("no-room.img");
+    t.store
+        .inner
+        .fail_commits
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let Access::Fill { fill, .. } = t
+        .store
+        .access(&k, |_| {
+            fill_plan(whole(content(50_000, 8)), Expected::default())
+        })
+        .unwrap()
+    else {
+        panic!("expected a fill");
+    };
+    assert!(matches!(
+        fill.finished().await,
+        Phase::Failed(FillFailure::Storage(_))
+    ));
+    let blobs = walk(&t.dir.path().join("blobs"));
+    assert!(blobs.is_empty(), "published blob left behind: {blobs:?}");
+    assert_eq!(t.tmp_files(), 0);
+    assert_eq!(t.store.total_bytes(), 0);
+    t.store
+        .inner
+        .fail_commits
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    settle(&t.store).await;
+    store_whole(&t.store, &k, content(50_000, 8)).await;
+    assert_eq!(walk(&t.dir.path().join("blobs")).len(), 1);
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_that_ends_early_still_waits_for_verification() {
+    let t = open(1 << 30);
+    let data = content(300_000, 5);
+    let (tx, source) = fed(Some(data.len() as u64), Arc::default());
+    let k = key("range.img");
+    let Access::Fill { fill, .. } = t
+        .store
+        .access(&k, |_| {
+            fill_plan(
+                source,
+                Expected {
+                    sha256: Some(Digest::from_bytes([1; 32])),
+                    ..Expected::default()
+                },
+            )
+        })
+        .unwrap()
+    else {
+        panic!("expected a fill");
+    };
+    let reader = {
+        let f = Arc::clone(&fill);
+        tokio::spawn(async move {
+            let mut r = f.reader(0, Some(100));
+            let mut got = 0usize;
+            while let Some(chunk) = r.next_chunk().await {
+                got += chunk?.len();
+            }
+            Ok::<usize, ReadError>(got)
+        })
+    };
+    tx.send(Ok(Bytes::copy_from_slice(&data))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !reader.is_finished(),
+        "the range's last byte waits for the end of the fill"
+    );
+    drop(tx);
+    let got = reader.await.unwrap();
+    assert!(
+        matches!(
+            got,
+            Err(ReadError::Failed {
+                failure: FillFailure::Integrity(_),
+                delivered_to: 99
+            })
+        ),
+        "{got:?}"
+    );
+}

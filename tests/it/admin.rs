@@ -430,10 +430,12 @@ async fn peers_and_a_sync_that_cannot_run() {
     assert_eq!(peers["node"]["ready"], true);
     assert_eq!(
         peers["peers"],
-        serde_json::json!([{ "address": "127.0.0.2", "up": false }])
+        serde_json::json!([{ "address": "127.0.0.2", "up": false, "served": 0, "fallback": 0, "broken": 0 }])
     );
     let html = svc.text("/").await;
-    assert!(html.contains("<tr class=\"down\"><td>127.0.0.2</td><td>peer</td><td>down</td></tr>"));
+    assert!(html.contains(
+        "<tr class=\"down\"><td>127.0.0.2</td><td>peer</td><td>down</td><td>0 served · 0 fell back · 0 broken</td></tr>"
+    ));
 
     // No metal-api is configured: the started run ends with an error the status keeps.
     let (status, started) = json(method(&svc, "POST", "/admin/sync")).await;

@@ -18,3 +18,4 @@ mod peers;
 mod registry;
 mod registry_pull;
 mod sync;
+mod verified;

@@ -337,6 +337,62 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
             .await?;
             Ok(true)
         }
+        // /versioned/<size>/<bump>/<chunked>: content and strong ETag of the version counter
+        // (content(1000 + version, size); the counter starts at 1); Range honoured when If-Range names the current version, else
+        // the whole current version with 200; with bump = 1 a whole-body GET moves the version on once its
+        // headers are sent (the content changes mid-download); chunked = 1 sends no Content-Length.
+        "versioned" => {
+            let (size, bump, chunked) = (seg(path, 2), seg(path, 3), seg(path, 4));
+            let v = st.version.load(Ordering::SeqCst);
+            let etag = format!("\"v{v}\"");
+            let body = content(1000 + v, size);
+            let ranged = headers
+                .get("range")
+                .filter(|_| headers.get("if-range") == Some(&etag))
+                .and_then(|r| parse_range(r, size));
+            let (head, part) = match ranged {
+                Some((start, end)) => (
+                    format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{size}\r\nETag: {etag}\r\n\r\n",
+                        end - start,
+                        end - 1
+                    ),
+                    &body[start as usize..end as usize],
+                ),
+                None if chunked == 1 => (
+                    format!(
+                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: {etag}\r\n\r\n"
+                    ),
+                    &body[..],
+                ),
+                None => (
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nETag: {etag}\r\n\r\n"),
+                    &body[..],
+                ),
+            };
+            io.write_all(head.as_bytes()).await?;
+            if ranged.is_none() && bump == 1 {
+                st.version.fetch_add(1, Ordering::SeqCst);
+            }
+            if head_only {
+                return Ok(true);
+            }
+            if ranged.is_none() && chunked == 1 {
+                for piece in part.chunks(64 * 1024) {
+                    io.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                        .await?;
+                    io.write_all(piece).await?;
+                    io.write_all(b"\r\n").await?;
+                    io.flush().await?;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                io.write_all(b"0\r\n\r\n").await?;
+            } else {
+                io.write_all(part).await?;
+            }
+            io.flush().await?;
+            Ok(true)
+        }
         // /mutable/<name>: content depends on the version counter; ETag too.
         "mutable" => {
             let v = st.version.load(Ordering::SeqCst);
