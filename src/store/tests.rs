@@ -366,7 +366,7 @@ async fn eviction_unlinks_outside_the_lock_every_request_takes() {
         .inner
         .fs
         .unlink_delay
-        .store(300, std::sync::atomic::Ordering::SeqCst);
+        .store(300, Ordering::SeqCst);
     let store = t.store.clone();
     let gc = tokio::task::spawn_blocking(move || store.evict_to(0));
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -423,7 +423,7 @@ async fn a_failed_index_commit_takes_back_the_published_blob() {
     t.store
         .inner
         .fail_commits
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+        .store(true, Ordering::SeqCst);
     let Access::Fill { fill, .. } = t
         .store
         .access(&k, |_| {
@@ -444,7 +444,7 @@ async fn a_failed_index_commit_takes_back_the_published_blob() {
     t.store
         .inner
         .fail_commits
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+        .store(false, Ordering::SeqCst);
     settle(&t.store).await;
     store_whole(&t.store, &k, content(50_000, 8)).await;
     assert_eq!(walk(&t.dir.path().join("blobs")).len(), 1);
