@@ -17,8 +17,10 @@
   sync = {
     nodes.self = "192.168.1.2";
     dns = { listen = [ "192.168.1.2:53" ]; upstreams = [ "192.168.1.1:53" ]; };
-    domains = [ { name = "images.test"; origin = "http://origin.test"; } ];
-    sync = { enabled = true; api = "v1"; url = "http://metal-api:8080/metal"; schedule = "*/5 * * * *"; };
+    # The origin serves HTTPS only: metal-api lists http://images.test/…, which must be fetched from here.
+    domains = [ { name = "images.test"; origin = "https://origin.test"; } ];
+    upstream.ca_file = "/etc/image-cache/test-ca.pem";
+    sync = { enabled = true; api = "v1"; url = "http://metal-api:8080/metal"; schedule = "*/5 * * * *"; jitter = "0s"; };
     passthrough.enabled = false;
   };
   registry = {

@@ -90,6 +90,9 @@ pub struct Running {
     passthrough: Option<Passthrough>,
     server: actix_web::dev::ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Keeps the outbound client's threads alive until fills are drained: they stop when the last
+    /// handle goes, and the HTTP workers' handles go with the HTTP server, first.
+    upstream: Upstream,
 }
 
 /// Per-server routing facts, computed once.
@@ -319,6 +322,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         passthrough,
         server: handle,
         server_task,
+        upstream,
     })
 }
 
@@ -369,6 +373,7 @@ impl Running {
             Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
             Ok(Ok(())) => {}
         }
+        drop(self.upstream);
         tracing::info!("stopped");
     }
 }

@@ -106,6 +106,7 @@ pub async fn handle(
                 source,
                 want_md5: true,
                 peer_wait,
+                pin: false,
             })
         }
         None if domain.on_miss != OnMiss::Fill => Plan::Skip,
@@ -116,6 +117,7 @@ pub async fn handle(
                 source,
                 want_md5: true,
                 peer_wait,
+                pin: false,
             })
         }
     };

@@ -66,6 +66,7 @@ pub(super) async fn get(
                 source,
                 want_md5: false,
                 peer_wait,
+                pin: false,
             })
         }
     };

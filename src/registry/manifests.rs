@@ -62,6 +62,7 @@ pub(super) async fn by_tag(
             ),
             want_md5: false,
             peer_wait: None,
+            pin: false,
         }),
         None if blocked => {
             skip = Some(Skip::RateLimited);
@@ -77,6 +78,7 @@ pub(super) async fn by_tag(
                 source,
                 want_md5: false,
                 peer_wait,
+                pin: false,
             })
         }
     });
@@ -187,6 +189,7 @@ pub(super) async fn by_digest(
                 source,
                 want_md5: false,
                 peer_wait,
+                pin: false,
             })
         }
     });

@@ -100,6 +100,7 @@ pub(super) async fn run(
                 body,
                 spec.expected,
                 spec.want_md5,
+                spec.pin,
             )
             .await
             {
@@ -141,6 +142,7 @@ async fn write_body(
     mut body: SourceBody,
     expected: Expected,
     want_md5: bool,
+    pin: bool,
 ) -> Result<ObjectRow, FillFailure> {
     let integrity = |m: String| Err(FillFailure::Integrity(m));
     if let (Some(cl), Some(size)) = (meta.content_length, expected.size)
@@ -269,7 +271,7 @@ async fn write_body(
         validated_at: now,
         last_access: now,
         hits: 0,
-        pinned: false,
+        pinned: pin,
         operator_pin: false,
     };
     let inner2 = Arc::clone(inner);

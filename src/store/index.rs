@@ -163,7 +163,7 @@ impl Index {
             }
             let row = match &old {
                 Some(o) => &ObjectRow {
-                    pinned: o.pinned,
+                    pinned: o.pinned || row.pinned,
                     operator_pin: o.operator_pin,
                     ..row.clone()
                 },

@@ -107,6 +107,9 @@ pub struct FillSpec {
     /// gives up on the node. A peer asking this node about the key then gets "busy" instead of joining
     /// this fill: two nodes can never wait on each other.
     pub peer_wait: Option<Arc<AtomicBool>>,
+    /// Commit the row pinned: the sync's downloads are pinned from their first moment, so eviction can
+    /// never take them between the commit and the end of the run.
+    pub pin: bool,
 }
 
 // Returned once per request and matched at once: moving 200 bytes is cheaper than boxing a hit.

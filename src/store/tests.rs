@@ -81,6 +81,7 @@ fn fill_plan(source: SourceFuture, expected: Expected) -> Plan {
         source,
         want_md5: false,
         peer_wait: None,
+        pin: false,
     })
 }
 
@@ -362,11 +363,7 @@ async fn eviction_unlinks_outside_the_lock_every_request_takes() {
     assert!(t.store.set_pinned(&kept, true).unwrap());
     settle(&t.store).await;
     // Every unlink now takes 300 ms, as a multi-GB file's can on a busy disk.
-    t.store
-        .inner
-        .fs
-        .unlink_delay
-        .store(300, Ordering::SeqCst);
+    t.store.inner.fs.unlink_delay.store(300, Ordering::SeqCst);
     let store = t.store.clone();
     let gc = tokio::task::spawn_blocking(move || store.evict_to(0));
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -420,10 +417,7 @@ async fn a_pin_set_after_eviction_read_the_rows_is_respected() {
 async fn a_failed_index_commit_takes_back_the_published_blob() {
     let t = open(1 << 30);
     let k = key("no-room.img");
-    t.store
-        .inner
-        .fail_commits
-        .store(true, Ordering::SeqCst);
+    t.store.inner.fail_commits.store(true, Ordering::SeqCst);
     let Access::Fill { fill, .. } = t
         .store
         .access(&k, |_| {
@@ -441,10 +435,7 @@ async fn a_failed_index_commit_takes_back_the_published_blob() {
     assert!(blobs.is_empty(), "published blob left behind: {blobs:?}");
     assert_eq!(t.tmp_files(), 0);
     assert_eq!(t.store.total_bytes(), 0);
-    t.store
-        .inner
-        .fail_commits
-        .store(false, Ordering::SeqCst);
+    t.store.inner.fail_commits.store(false, Ordering::SeqCst);
     settle(&t.store).await;
     store_whole(&t.store, &k, content(50_000, 8)).await;
     assert_eq!(walk(&t.dir.path().join("blobs")).len(), 1);

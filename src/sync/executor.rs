@@ -114,6 +114,7 @@ impl Executor<'_> {
             source,
             want_md5: true,
             peer_wait,
+            pin: true,
         };
         let access = self
             .store
@@ -131,21 +132,39 @@ impl Executor<'_> {
                         row.md5.unwrap_or_default()
                     ))
                 }
-                _ => Ok(()),
+                // A client's fill joined here committed unpinned: pin it now, and make sure it is
+                // still there (it could only be gone if it was evicted between its commit and now).
+                _ => match self.store.set_pinned(key, true) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(
+                        "downloaded, then evicted at once: cache.max_size is too small for what the plan keeps"
+                            .into(),
+                    ),
+                    Err(e) => Err(e.to_string()),
+                },
             },
             Phase::Failed(f) => Err(f.to_string()),
             other => Err(format!("fill ended as {other:?}")),
         }
     }
 
-    /// Pins every planned key that is stored now, with its sidecar (a failed re-download keeps the copy
-    /// it would have replaced pinned); unpins every other pinned file key, so eviction may reclaim what
-    /// metal-api no longer lists. Keys an operator pinned through the admin API stay pinned.
-    pub(super) fn repin(&self, plan: &Plan) -> Result<usize, crate::store::StoreError> {
+    /// Pins every planned key that is stored now, with its sidecar — and the stored copies of what could
+    /// not be asked about (origin down): they are kept, not given up. Returns the keys it pinned. Runs
+    /// before the downloads (so what the plan keeps cannot be evicted to make room for them; the
+    /// downloads themselves commit pinned) and again after them.
+    pub(super) fn pin_planned(
+        &self,
+        plan: &Plan,
+    ) -> Result<HashSet<String>, crate::store::StoreError> {
         let mut keep = HashSet::new();
-        for item in &plan.items {
-            let sidecar = item.md5.as_ref().map(|_| format!("{}.md5", item.url));
-            for url in std::iter::once(&item.url).chain(sidecar.as_ref()) {
+        let listed = plan
+            .items
+            .iter()
+            .map(|i| (&i.url, i.md5.is_some()))
+            .chain(plan.failed.iter().map(|f| (&f.url, true)));
+        for (url, with_sidecar) in listed {
+            let sidecar = with_sidecar.then(|| format!("{url}.md5"));
+            for url in std::iter::once(url).chain(sidecar.as_ref()) {
                 if let Some(key) = key_for(url)
                     && self.store.set_pinned(&key, true)?
                 {
@@ -153,6 +172,13 @@ impl Executor<'_> {
                 }
             }
         }
+        Ok(keep)
+    }
+
+    /// After the run: pins what the plan keeps, then unpins every other key the sync pinned, so
+    /// eviction may reclaim what metal-api no longer lists. Keys an operator pinned stay pinned.
+    pub(super) fn repin(&self, plan: &Plan) -> Result<usize, crate::store::StoreError> {
+        let keep = self.pin_planned(plan)?;
         let mut unpinned = 0;
         let mut cursor: Option<String> = None;
         loop {

@@ -328,6 +328,9 @@ impl Syncer {
             domains: &self.config.domains,
             allow_http: cfg.allow_http_origins,
         };
+        // What the plan keeps is pinned before anything is downloaded: the downloads must make room by
+        // evicting what the plan drops, never what it keeps.
+        executor.pin_planned(&plan)?;
         let concurrency = (cfg.concurrency as usize).max(1);
         let downloads = futures_util::stream::iter(plan.items.clone())
             .map(|item| {

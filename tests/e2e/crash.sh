@@ -64,6 +64,7 @@ origin = "http://files.test:8081"
 enabled = $3
 url = "http://127.0.0.1:8082/metal"
 hmac_file = "$W/hmac"
+jitter = "0s"
 TOML
 }
 start() {

@@ -316,6 +316,48 @@ async fn sigterm_stops_gracefully_and_store_commands_work_afterwards() {
     assert!(out.contains("file:files.test/file/1000/3"), "{out}");
 }
 
+/// SIGTERM while a fill of unknown length (chunked) runs with no client attached: the fill is drained
+/// until the deadline and then dropped, never committed short — after a restart with the origin gone,
+/// the object is not served as if it were complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_never_commits_a_fill_whose_end_was_not_seen() {
+    let env = Env::new().await;
+    let cfg = write_config(env.dir.path(), &serve_config(&env));
+    // 3 MB in 10 kB chunks every 40 ms: twelve seconds, longer than the drain deadline.
+    let path = "/chunked/3000000/23/40";
+    let served = Served::start(Command::new(BIN).args(["serve", "--config", &cfg]));
+    let resp = served.get(path).await;
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(resp); // the client goes away; the fill goes on
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut served = served;
+    served.signal("-TERM");
+    let start = Instant::now();
+    while served.child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(20), "did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        start.elapsed() > Duration::from_secs(5),
+        "stopped after {:?}: the fill was not drained; log:\n{}",
+        start.elapsed(),
+        served.log.lock().unwrap()
+    );
+    drop(served);
+    env.origin.stop();
+    let served = Served::start(Command::new(BIN).args(["serve", "--config", &cfg]));
+    let again = served.get(path).await;
+    assert_ne!(
+        again.status(),
+        200,
+        "a body whose end was never seen was stored and served"
+    );
+    let (code, out, err) = run(&["store", "--config", &cfg, "ls"], &[]);
+    let _ = (code, err);
+    assert!(!out.contains("chunked/3000000"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_commands_act_through_a_running_server_with_a_token() {
     let env = Env::new().await;

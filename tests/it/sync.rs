@@ -407,3 +407,136 @@ async fn scheduled_v2_sync_runs_at_start_and_pings_metal_apiserver() {
     assert_eq!(pings[0]["interval"], "300s");
     svc.stop().await;
 }
+
+/// A store mostly held by the previous run's pins: the new images the plan downloads are pinned from
+/// their commit, so eviction cannot take them; the old ones are unpinned only once the run is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_downloads_survive_a_store_full_of_the_previous_runs_pins() {
+    let env = Env::new().await;
+    let origin = env.origin.url();
+    let list = |a: u64, b: u64| {
+        json!([
+            {"id": "debian-13.0.20260101", "url": format!("{origin}/img/300000/{a}/img.tar.lz4")},
+            {"id": "debian-13.0.20260201", "url": format!("{origin}/img/200000/{b}/img.tar.lz4")},
+        ])
+    };
+    let api = MetalApi::start(KEY, list(31, 32), json!([])).await;
+    let mut c = config(&env, &api, KEY);
+    c.cache.max_size = image_cache::config::ByteSize(700_000);
+    let svc = env.start(c).await;
+    let (status, _) = sync(&svc, false).await;
+    assert_eq!(status, 200);
+    // New builds of both images: the store cannot hold old and new at once.
+    api.set_images(list(33, 34));
+    let (status, report) = sync(&svc, false).await;
+    assert_eq!(status, 200, "{report:#}");
+    for id in ["debian-13.0.20260101", "debian-13.0.20260201"] {
+        assert_eq!(outcome(&report, id)["ok"], true, "{report:#}");
+    }
+    // Give eviction every chance to run, then everything the last plan keeps must be there.
+    let s = svc.store().clone();
+    tokio::task::spawn_blocking(move || s.gc())
+        .await
+        .unwrap()
+        .unwrap();
+    for path in [
+        "/img/300000/33/img.tar.lz4",
+        "/img/300000/33/img.tar.lz4.md5",
+        "/img/200000/34/img.tar.lz4",
+    ] {
+        let row = svc.store().get(&key(path)).unwrap();
+        assert!(
+            row.is_some_and(|r| r.pinned),
+            "{path} was evicted or is not pinned"
+        );
+    }
+    // The previous run's images are unpinned now, so gc could free them.
+    assert!(
+        svc.store()
+            .get(&key("/img/300000/31/img.tar.lz4"))
+            .unwrap()
+            .is_none_or(|r| !r.pinned)
+    );
+    svc.stop().await;
+}
+
+/// metal-api lists the URLs machines use (`http://<intercepted domain>/…`): the sync downloads them from
+/// the domain's HTTPS origin, under the key a client's miss uses; a cleartext URL on a host that is not
+/// intercepted is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_http_urls_are_fetched_from_the_https_origin_and_cleartext_elsewhere_is_refused() {
+    let env = Env::new().await;
+    let images = json!([
+        {"id": "debian-13.0.20260101", "url": "http://localhost/img/300000/1/img.tar.lz4"},
+        {"id": "ubuntu-24.04.20260101", "url": "http://elsewhere.test/img/1000/2/img.tar.lz4"},
+    ]);
+    let api = MetalApi::start(KEY, images, json!([])).await;
+    let svc = env.start(config(&env, &api, KEY)).await;
+    let (status, report) = sync(&svc, false).await;
+    assert_eq!(status, 200, "{report:#}");
+    assert_eq!(
+        outcome(&report, "debian-13.0.20260101")["ok"],
+        true,
+        "{report:#}"
+    );
+    assert_eq!(
+        env.origin.gets("/img/300000/1/img.tar.lz4"),
+        1,
+        "fetched from the HTTPS origin"
+    );
+    assert!(
+        svc.store()
+            .get(&key("/img/300000/1/img.tar.lz4"))
+            .unwrap()
+            .is_some()
+    );
+    let refused = outcome(&report, "ubuntu-24.04.20260101");
+    assert_eq!(refused["ok"], false);
+    assert!(
+        refused["message"].as_str().unwrap().contains("cleartext"),
+        "{refused}"
+    );
+    svc.stop().await;
+}
+
+/// An origin that cannot be reached at all is an outage: the run fails (and says why), it is not an
+/// empty plan that "succeeded", and nothing stored or pinned changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_origin_fails_the_run() {
+    let env = Env::new().await;
+    let origin = env.origin.url();
+    let api = MetalApi::start(KEY, images(&origin), partitions(&origin)).await;
+    let svc = env.start(config(&env, &api, KEY)).await;
+    let (status, _) = sync(&svc, false).await;
+    assert_eq!(status, 200);
+    let before = svc.store().object_count();
+    env.origin.stop();
+    let (status, answer) = sync(&svc, false).await;
+    assert_eq!(status, 502, "{answer:#}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not be reached"),
+        "{answer:#}"
+    );
+    assert_eq!(
+        svc.metric("image_cache_sync_runs_total{result=\"failure\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(svc.store().object_count(), before);
+    assert!(
+        svc.store()
+            .get(&key("/img/300000/1/img.tar.lz4"))
+            .unwrap()
+            .unwrap()
+            .pinned
+    );
+    let page = svc.text("/").await;
+    assert!(
+        page.contains("could not be reached"),
+        "the status page says why"
+    );
+    svc.stop().await;
+}

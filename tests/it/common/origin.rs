@@ -287,9 +287,10 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
             io.flush().await?;
             Ok(true)
         }
-        // /chunked/<size>/<seed>: no Content-Length
+        // /chunked/<size>/<seed>[/<delay ms>]: no Content-Length; 10 000-byte chunks, `delay` apart
         "chunked" => {
             let body = content(seg(path, 3), seg(path, 2));
+            let delay = Duration::from_millis(seg(path, 4));
             io.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
                 .await?;
             for piece in body.chunks(10_000) {
@@ -297,6 +298,10 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
                     .await?;
                 io.write_all(piece).await?;
                 io.write_all(b"\r\n").await?;
+                if !delay.is_zero() {
+                    io.flush().await?;
+                    tokio::time::sleep(delay).await;
+                }
             }
             io.write_all(b"0\r\n\r\n").await?;
             io.flush().await?;
