@@ -92,17 +92,12 @@ pub(super) async fn run(
         }
         SourceOutcome::Unavailable(e) => Phase::Failed(FillFailure::Upstream(e)),
         SourceOutcome::Body { meta, body } => {
-            match write_body(
-                &inner,
-                &fill,
-                &key,
-                meta,
-                body,
-                spec.expected,
-                spec.want_md5,
-                spec.pin,
-            )
-            .await
+            let rules = Rules {
+                expected: spec.expected,
+                want_md5: spec.want_md5,
+                pin: spec.pin,
+            };
+            match write_body(&inner, &fill, &key, meta, body, rules).await
             {
                 Ok(row) => {
                     inner
@@ -134,16 +129,26 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| e.to_string())
 }
 
+/// What a fill's body must match, and how its row is committed (from its `FillSpec`).
+struct Rules {
+    expected: Expected,
+    want_md5: bool,
+    pin: bool,
+}
+
 async fn write_body(
     inner: &Arc<Inner>,
     fill: &Arc<Fill>,
     key: &str,
     meta: SourceMeta,
     mut body: SourceBody,
-    expected: Expected,
-    want_md5: bool,
-    pin: bool,
+    rules: Rules,
 ) -> Result<ObjectRow, FillFailure> {
+    let Rules {
+        expected,
+        want_md5,
+        pin,
+    } = rules;
     let integrity = |m: String| Err(FillFailure::Integrity(m));
     if let (Some(cl), Some(size)) = (meta.content_length, expected.size)
         && cl != size
