@@ -293,9 +293,17 @@ async fn sigterm_stops_gracefully_and_store_commands_work_afterwards() {
     let cli_cfg = env.dir.path().join("cli.toml");
     std::fs::write(&cli_cfg, serve_config(&env).replace("127.0.0.1:0", &addr)).unwrap();
     let cli_cfg = cli_cfg.to_str().unwrap();
-    let (code, out, err) = run(&["store", "--config", cli_cfg, "ls"], &[]);
-    assert_eq!(code, 0, "{err}");
-    assert!(err.contains("a server holds the store"), "{err}");
+    // The client has its last byte once the content is verified; the index commit (fsyncs) follows.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let out = loop {
+        let (code, out, err) = run(&["store", "--config", cli_cfg, "ls"], &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("a server holds the store"), "{err}");
+        if out.contains("file:files.test/file/1000/3") || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(out.contains("file:files.test/file/1000/3"), "{out}");
     served.signal("-TERM");
     let start = Instant::now();
