@@ -164,8 +164,19 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             .map_err(|m| ConfigError::new("http.admin_token_file", m))?,
         None => http::admin::auth::AdminToken::none(),
     };
+    let names = http::admin::access::NodeNames::new(
+        config
+            .http
+            .listen
+            .iter()
+            .chain(&config.http.admin_listen)
+            .map(|a| a.ip())
+            .chain(config.nodes.self_addr),
+        &config.http.admin_hosts,
+    );
     let admin = http::admin::Admin::new(
         token,
+        names,
         Arc::new(sync_admin::SyncAdmin(Arc::clone(&syncer))),
         crate::store::VerifyJob::new(store.clone(), workers.clone()),
         workers.clone(),
@@ -235,11 +246,14 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let maintained = store.clone();
     workers.spawn("store maintenance", move |w| maintained.run_maintenance(w));
     let dns = if config.dns.enabled {
+        let forwarding = NameResolver::for_forwarding(&config.dns).map_err(|e| {
+            ConfigError::new("dns.upstreams", format!("cannot build a resolver: {e}"))
+        })?;
         Some(
             Dns::start(
                 &config,
                 peers.clone(),
-                resolver.clone(),
+                forwarding,
                 metrics.clone(),
                 cpus.clamp(1, 8),
             )
@@ -253,7 +267,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         .map(|d| d.udp_addrs.clone())
         .unwrap_or_default();
     let passthrough = if config.passthrough.enabled {
-        Some(Passthrough::start(&config, resolver.clone()).await?)
+        Some(Passthrough::start(&config, resolver.clone(), metrics.clone()).await?)
     } else {
         None
     };
@@ -276,17 +290,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         tracing::info!("listening admin on {a}");
     }
     if config.http.admin_token_file.is_none() {
-        let admin_on = if admin_addrs.is_empty() {
-            &http_addrs
-        } else {
-            &admin_addrs
-        };
-        if let Some(open) = admin_on.iter().find(|a| !a.ip().is_loopback()) {
-            tracing::warn!(
-                "the admin API (/admin/…: remove, pin, gc, sync) answers anyone who reaches {open}; \
-                 set http.admin_token_file, or http.admin_listen to a management address"
-            );
-        }
+        tracing::warn!("{}", crate::config::ADMIN_WITHOUT_TOKEN);
     }
     if config.sync.enabled {
         let scheduled = Arc::clone(&syncer);

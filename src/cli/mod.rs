@@ -115,6 +115,9 @@ pub fn check_config(arg: &ConfigArg) -> Result<(), AppError> {
         out,
         "# effective config, from {source}; secrets are read from the files named here and never printed"
     );
+    if config.http.admin_token_file.is_none() {
+        let _ = writeln!(out, "# note: {}", config::ADMIN_WITHOUT_TOKEN);
+    }
     let _ = write!(out, "{text}");
     Ok(())
 }

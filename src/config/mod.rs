@@ -18,6 +18,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+/// Said at start-up and by `check-config` when no admin token is configured.
+pub const ADMIN_WITHOUT_TOKEN: &str = "no http.admin_token_file: the admin routes that change state \
+     (remove, pin, gc, verify, sync) answer only clients on this node's loopback; reads (status page, \
+     /metrics, /admin listings) answer any client whose Host names this node";
+
 /// The default config file path of `serve`, `check-config`, `sync` and `store`.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/image-cache/config.toml";
 
@@ -64,8 +69,13 @@ pub struct HttpConfig {
     #[serde(default)]
     pub admin_listen: Vec<SocketAddr>,
     /// Optional bearer token for `/admin`; the file is read at start-up, its content is never logged.
+    /// Without one, routes that change state answer only clients on this node's loopback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
+    /// Host names (besides this node's addresses and `localhost`) under which the status page, `/metrics`
+    /// and `/admin` answer, e.g. `cache-1.mgmt.example`. Any other `Host` is refused (DNS rebinding).
+    #[serde(default)]
+    pub admin_hosts: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -108,6 +118,36 @@ pub struct PassthroughConfig {
     pub max_connections: usize,
     /// A connection with no byte in either direction for this long is closed.
     pub idle_timeout: Span,
+    /// Clients that may use the passthrough; others are closed at accept, nothing sent. `dns.allow` when
+    /// absent (whoever may resolve the intercepted names here may connect to them here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<IpNet>>,
+    /// Connections one client address may hold at once.
+    #[serde(default = "default_max_per_client")]
+    pub max_per_client: usize,
+    /// A client must have sent its ClientHello within this time, or its connection (and slot) goes.
+    #[serde(default = "default_hello_timeout")]
+    pub hello_timeout: Span,
+    /// Addresses a name taken from a client's SNI (a subdomain under `include_subdomains`) may be spliced
+    /// to although they are internal (loopback, link-local, private, the partition's own networks):
+    /// none unless listed here.
+    #[serde(default)]
+    pub allow_targets: Vec<IpNet>,
+}
+
+fn default_max_per_client() -> usize {
+    64
+}
+
+fn default_hello_timeout() -> Span {
+    Span::from_secs(5)
+}
+
+impl PassthroughConfig {
+    /// `allow`, or `dns.allow` when absent.
+    pub fn clients<'a>(&'a self, dns: &'a DnsConfig) -> &'a [IpNet] {
+        self.allow.as_deref().unwrap_or(&dns.allow)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,6 +366,7 @@ impl Config {
                 listen: addrs(&["0.0.0.0:80"]),
                 admin_listen: vec![],
                 admin_token_file: None,
+                admin_hosts: vec![],
             },
             dns: DnsConfig {
                 enabled: true,
@@ -340,6 +381,10 @@ impl Config {
                 listen: addrs(&["0.0.0.0:443"]),
                 max_connections: 4096,
                 idle_timeout: Span::from_secs(300),
+                allow: None,
+                max_per_client: default_max_per_client(),
+                hello_timeout: default_hello_timeout(),
+                allow_targets: vec![],
             },
             domains: vec![
                 DomainConfig::named("images.metal-stack.io"),

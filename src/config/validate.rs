@@ -32,6 +32,18 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
             "needs at least one resolver when dns.enabled",
         ));
     }
+    if c.passthrough.max_per_client == 0 {
+        return Err(ConfigError::new(
+            "passthrough.max_per_client",
+            "must be at least 1",
+        ));
+    }
+    if c.passthrough.hello_timeout.get().is_zero() {
+        return Err(ConfigError::new(
+            "passthrough.hello_timeout",
+            "must be greater than zero",
+        ));
+    }
     if c.passthrough.max_connections == 0 {
         return Err(ConfigError::new(
             "passthrough.max_connections",
@@ -120,6 +132,10 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
                 "required when nodes.peers is set: this node's internal IP, as the peers list it",
             ));
         }
+    }
+    for (i, name) in c.http.admin_hosts.iter_mut().enumerate() {
+        *name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+        check_dns_name(name).map_err(|m| ConfigError::new(format!("http.admin_hosts[{i}]"), m))?;
     }
     if c.nodes.peer_timeout.get().is_zero() {
         return Err(ConfigError::new(

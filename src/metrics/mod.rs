@@ -49,6 +49,21 @@ pub struct PeerFillLabels {
     pub result: &'static str,
 }
 
+/// Results of `image_cache_passthrough_connections_total`.
+pub mod passthrough_result {
+    pub const SPLICED: &str = "spliced";
+    pub const CLIENT: &str = "client";
+    pub const PER_CLIENT: &str = "per_client";
+    pub const LIMIT: &str = "limit";
+    pub const HELLO: &str = "hello";
+    pub const NAME: &str = "name";
+    pub const TARGET: &str = "target";
+    pub const ERROR: &str = "error";
+    pub const ALL: [&str; 8] = [
+        SPLICED, CLIENT, PER_CLIENT, LIMIT, HELLO, NAME, TARGET, ERROR,
+    ];
+}
+
 /// Results of `image_cache_peer_fills_total`: what a fill that asked a key's owner got.
 pub mod peer_fill {
     /// The owner sent the object.
@@ -114,6 +129,7 @@ pub struct Metrics {
     pub sync_images: Family<StateLabels, Gauge>,
     pub peer_up: Family<PeerLabels, Gauge>,
     pub peer_fills: Family<PeerFillLabels, Counter>,
+    pub passthrough: Family<ResultLabels, Counter>,
     pub integrity_failures: Counter,
     pub registry_requests: Family<RegistryRequestLabels, Counter>,
     pub registry_bytes: Family<RegistryLabels, Counter>,
@@ -148,6 +164,7 @@ impl Metrics {
             sync_images: Family::default(),
             peer_up: Family::default(),
             peer_fills: Family::default(),
+            passthrough: Family::default(),
             integrity_failures: Counter::default(),
             registry_requests: Family::default(),
             registry_bytes: Family::default(),
@@ -224,6 +241,16 @@ impl Metrics {
             "1 when the peer's /health answers, after hysteresis",
             m.peer_up.clone(),
         );
+        r.register(
+            "passthrough_connections",
+            "TLS passthrough connections by how they ended: spliced, client (not in passthrough.allow), \
+             per_client (max_per_client reached), limit (max_connections reached), hello (no usable \
+             ClientHello in time), name (not intercepted), target (resolves to an internal address), error",
+            m.passthrough.clone(),
+        );
+        for result in passthrough_result::ALL {
+            let _ = m.passthrough.get_or_create(&ResultLabels { result });
+        }
         r.register(
             "peer_fills",
             "Fills that asked the key's owner (another cache node) first, by node and result: served, \

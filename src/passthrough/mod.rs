@@ -3,23 +3,30 @@
 //! server name and nothing else; a name that is not intercepted gets the connection closed, nothing sent.
 //! The origin is resolved through `dns.upstreams` (never through our own interceptor, which would answer
 //! with ourselves).
+//!
+//! As closed as DNS: only clients of `passthrough.allow` (default `dns.allow`) are served; a name the
+//! client picked (a subdomain under `include_subdomains`, with no `origin` configured) is never spliced to
+//! an internal address — loopback, link-local, private, the partition's own networks — unless listed in
+//! `passthrough.allow_targets`; one client holds at most `max_per_client` connections, and a connection
+//! that has not sent its ClientHello within `hello_timeout` is closed, freeing its slot.
 
 pub mod sni;
 
 use crate::config::{Config, DomainConfig};
-use crate::upstream::NameResolver;
+use crate::metrics::{Metrics, ResultLabels, passthrough_result};
+use crate::upstream::{NameResolver, address};
+use ipnet::IpNet;
 use sni::Sni;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// A client must have sent its ClientHello within this time.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const SPLICE_BUFFER: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +42,59 @@ struct Ctx {
     resolver: NameResolver,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    hello_timeout: Duration,
+    clients: Vec<IpNet>,
+    max_per_client: usize,
+    /// Connections held per client address.
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+    /// Where a client-chosen name must not lead, and the exceptions.
+    own_networks: Vec<IpNet>,
+    allow_targets: Vec<IpNet>,
+    metrics: Metrics,
+}
+
+/// A client's slot in `per_client`, given back on drop.
+struct ClientSlot {
+    ctx: Arc<Ctx>,
+    ip: IpAddr,
+}
+
+impl Ctx {
+    fn count(&self, result: &'static str) {
+        self.metrics
+            .passthrough
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    fn claim(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let mut held = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(ip).or_default();
+        if *n >= self.max_per_client {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            ctx: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut held = self
+            .ctx
+            .per_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
 }
 
 pub struct Passthrough {
@@ -44,12 +104,24 @@ pub struct Passthrough {
 }
 
 impl Passthrough {
-    pub async fn start(config: &Config, resolver: NameResolver) -> Result<Self, BindError> {
+    pub async fn start(
+        config: &Config,
+        resolver: NameResolver,
+        metrics: Metrics,
+    ) -> Result<Self, BindError> {
+        let clients = config.passthrough.clients(&config.dns).to_vec();
         let ctx = Arc::new(Ctx {
             domains: config.domains.clone(),
             resolver,
             connect_timeout: config.upstream.connect_timeout.get(),
             idle_timeout: config.passthrough.idle_timeout.get(),
+            hello_timeout: config.passthrough.hello_timeout.get(),
+            own_networks: clients.clone(),
+            clients,
+            max_per_client: config.passthrough.max_per_client,
+            per_client: Mutex::default(),
+            allow_targets: config.passthrough.allow_targets.clone(),
+            metrics,
         });
         let limit = Arc::new(Semaphore::new(config.passthrough.max_connections));
         let shutdown = CancellationToken::new();
@@ -115,51 +187,102 @@ async fn accept(
             },
             _ = shutdown.cancelled() => break,
         };
+        let ip = canonical(peer.ip());
+        if !ctx.clients.iter().any(|n| n.contains(&ip)) {
+            tracing::debug!(%peer, "passthrough client not in passthrough.allow; closing");
+            ctx.count(passthrough_result::CLIENT);
+            continue;
+        }
+        let Some(slot) = ctx.claim(ip) else {
+            tracing::warn!(%peer, "passthrough.max_per_client reached for this client; closing");
+            ctx.count(passthrough_result::PER_CLIENT);
+            continue;
+        };
         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
             tracing::warn!(%peer, "passthrough connection limit reached; closing");
+            ctx.count(passthrough_result::LIMIT);
             continue;
         };
         let ctx = Arc::clone(&ctx);
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             tokio::select! {
-                r = handle(client, &ctx) => if let Err(why) = r {
-                    tracing::debug!(%peer, %why, "passthrough connection ended");
+                r = handle(client, &ctx) => match r {
+                    Ok(()) => ctx.count(passthrough_result::SPLICED),
+                    Err((result, why)) => {
+                        tracing::debug!(%peer, %why, "passthrough connection ended");
+                        ctx.count(result);
+                    }
                 },
                 _ = shutdown.cancelled() => {}
             }
             drop(permit);
+            drop(slot);
         });
         while connections.try_join_next().is_some() {}
     }
     connections.shutdown().await;
 }
 
-async fn handle(mut client: TcpStream, ctx: &Ctx) -> Result<(), String> {
+/// How a connection ended badly: the `result` label of `image_cache_passthrough_connections_total` and
+/// why.
+type Ended = (&'static str, String);
+
+async fn handle(mut client: TcpStream, ctx: &Ctx) -> Result<(), Ended> {
     let _ = client.set_nodelay(true);
-    let (hello, name) = tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut client))
+    let (hello, name) = tokio::time::timeout(ctx.hello_timeout, read_hello(&mut client))
         .await
-        .map_err(|_| "no ClientHello in time".to_string())??;
+        .map_err(|_| {
+            (
+                passthrough_result::HELLO,
+                "no ClientHello in time".to_string(),
+            )
+        })?
+        .map_err(|why| (passthrough_result::HELLO, why))?;
     let Some(domain) = crate::config::vhost::find(&ctx.domains, &name) else {
-        return Err(format!("{name} is not intercepted; closed"));
+        return Err((
+            passthrough_result::NAME,
+            format!("{name} is not intercepted; closed"),
+        ));
     };
+    let error = |why: String| (passthrough_result::ERROR, why);
     let origin = crate::config::vhost::origin_for(domain, &name);
-    let url = url::Url::parse(&origin).map_err(|e| format!("origin {origin}: {e}"))?;
+    let url = url::Url::parse(&origin).map_err(|e| error(format!("origin {origin}: {e}")))?;
     let host = url
         .host_str()
-        .ok_or_else(|| format!("origin {origin} has no host"))?;
+        .ok_or_else(|| error(format!("origin {origin} has no host")))?;
     let port = url.port().unwrap_or(443);
-    let addrs = ctx
+    let mut addrs = ctx
         .resolver
         .lookup_socket_addrs(host, port)
         .await
-        .map_err(|e| e.to_string())?;
-    let mut server = dial(&addrs, ctx.connect_timeout).await?;
+        .map_err(|e| error(e.to_string()))?;
+    if domain.origin.is_none() {
+        // The client picked this name (its SNI): it may lead only to the public internet.
+        let before = addrs.len();
+        let mut why = String::new();
+        addrs.retain(|a| {
+            address::dialable(canonical(a.ip()), &ctx.own_networks, &ctx.allow_targets)
+                .map_err(|e| why = e)
+                .is_ok()
+        });
+        if addrs.is_empty() && before > 0 {
+            return Err((
+                passthrough_result::TARGET,
+                format!("{name} resolves to {why}; refused"),
+            ));
+        }
+    }
+    let mut server = dial(&addrs, ctx.connect_timeout).await.map_err(error)?;
     server
         .write_all(&hello)
         .await
-        .map_err(|e| format!("writing to {host}: {e}"))?;
-    splice(client, server, ctx.idle_timeout).await
+        .map_err(|e| error(format!("writing to {host}: {e}")))?;
+    // Spliced: however it ends afterwards, it counts as spliced.
+    if let Err(why) = splice(client, server, ctx.idle_timeout).await {
+        tracing::debug!(%why, "spliced connection ended");
+    }
+    Ok(())
 }
 
 /// Reads until the ClientHello's server name is known.
@@ -181,6 +304,14 @@ async fn read_hello(client: &mut TcpStream) -> Result<(Vec<u8>, String), String>
             Sni::Missing => return Err("ClientHello without a server name".into()),
             Sni::NotTls => return Err("not a TLS ClientHello".into()),
         }
+    }
+}
+
+/// IPv4-mapped IPv6 as IPv4, so one rule covers both spellings.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 

@@ -97,8 +97,7 @@ pub(super) async fn run(
                 want_md5: spec.want_md5,
                 pin: spec.pin,
             };
-            match write_body(&inner, &fill, &key, meta, body, rules).await
-            {
+            match write_body(&inner, &fill, &key, meta, body, rules).await {
                 Ok(row) => {
                     inner
                         .metrics

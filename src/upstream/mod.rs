@@ -4,6 +4,7 @@
 //! them over channels. That keeps fronts, workers and the sync job free to run anywhere, and puts every
 //! timeout, redirect rule and metric for outbound traffic in one file.
 
+pub mod address;
 pub mod challenge;
 pub mod oci_auth;
 pub mod peer;

@@ -1,7 +1,9 @@
-//! Name resolution for everything that leaves this node (origins, peers by name, passthrough, DNS
-//! forwarding): always through `dns.upstreams`, never through the system resolver. A cache node whose own
+//! Name resolution for everything that leaves this node (origins, peers by name, passthrough) and for DNS
+//! forwarding: always through `dns.upstreams`, never through the system resolver. A cache node whose own
 //! /etc/resolv.conf points at its interceptor would otherwise resolve an intercepted origin to itself and
-//! fill from itself forever. /etc/hosts is still honoured first, so `localhost` and pinned names work.
+//! fill from itself forever. For the cache's own lookups /etc/hosts is honoured first, so `localhost` and
+//! pinned names work; the forwarder never reads it: partition clients get what the upstreams say, not the
+//! node's private entries (Debian's `127.0.1.1 <hostname>`, pinned internal names).
 
 use crate::config::DnsConfig;
 use hickory_resolver::config::{
@@ -37,8 +39,17 @@ pub struct NameResolver {
 }
 
 impl NameResolver {
-    /// Must be called inside the main tokio runtime.
+    /// For the cache's own outbound names (/etc/hosts first). Must be called inside the main tokio runtime.
     pub fn new(dns: &DnsConfig) -> Result<Self, String> {
+        Self::build(dns, ResolveHosts::Always)
+    }
+
+    /// For answering clients' forwarded queries: the upstreams only, never this node's hosts file.
+    pub fn for_forwarding(dns: &DnsConfig) -> Result<Self, String> {
+        Self::build(dns, ResolveHosts::Never)
+    }
+
+    fn build(dns: &DnsConfig, hosts: ResolveHosts) -> Result<Self, String> {
         let servers = dns
             .upstreams
             .iter()
@@ -51,7 +62,7 @@ impl NameResolver {
         opts.attempts = 1;
         opts.edns0 = true;
         opts.cache_size = CACHE_ENTRIES;
-        opts.use_hosts_file = ResolveHosts::Always;
+        opts.use_hosts_file = hosts;
         opts.ndots = 0;
         opts.recursion_desired = true;
         opts.preserve_intermediates = true;

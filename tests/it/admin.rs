@@ -452,3 +452,92 @@ async fn peers_and_a_sync_that_cannot_run() {
     assert!(done["last_error"].is_string(), "{done}");
     svc.stop().await;
 }
+
+/// DNS rebinding and CSRF: a page on another site, or under a name that now points at this node, can
+/// neither read nor change anything; the node's own names, and requests without an Origin (curl, the
+/// CLI, Prometheus), still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_hosts_and_other_sites_are_refused_on_every_admin_route() {
+    let env = Env::new().await;
+    let mut config = env.config(OnMiss::Fill);
+    config.http.admin_hosts = vec!["cache-1.mgmt.test".into()];
+    let svc = env.start(config).await;
+    fill(&svc, "/file/1000/1").await;
+    let key = "file:files.test/file/1000/1";
+    let routes: Vec<(&str, String)> = vec![
+        ("GET", "/".into()),
+        ("GET", "/status/live".into()),
+        ("GET", "/metrics".into()),
+        ("GET", "/admin/status".into()),
+        ("GET", "/admin/objects".into()),
+        ("GET", "/admin/fills".into()),
+        ("POST", "/admin/store/gc".into()),
+        ("POST", "/admin/store/verify".into()),
+        ("POST", "/admin/sync".into()),
+        ("POST", format!("/admin/objects/pin?key={key}")),
+        ("DELETE", format!("/admin/objects?key={key}")),
+    ];
+    for (m, path) in &routes {
+        // A rebinding page: its own name in Host.
+        let r = method(&svc, m, path)
+            .header("host", "attacker.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 421, "{m} {path} under a foreign Host");
+        // A page elsewhere posting to this node's real address (a "simple" request, no preflight).
+        for origin in ["http://attacker.example", "null"] {
+            let r = method(&svc, m, path)
+                .header("origin", origin)
+                .header("content-type", "text/plain")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 403, "{m} {path} with Origin {origin}");
+        }
+        let r = method(&svc, m, path)
+            .header("sec-fetch-site", "cross-site")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            403,
+            "{m} {path} with Sec-Fetch-Site: cross-site"
+        );
+    }
+    // Nothing changed: the object is still there and unpinned.
+    let row = svc
+        .store()
+        .get(&image_cache::store::Key::parse(key).unwrap())
+        .unwrap();
+    assert!(
+        row.is_some_and(|r| !r.pinned),
+        "a refused request changed the store"
+    );
+    // The node's own names, with or without its own Origin.
+    for host in ["localhost", "127.0.0.1", "cache-1.mgmt.test"] {
+        let r = svc
+            .admin("/admin/status")
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{host}");
+    }
+    let r = method(&svc, "POST", &format!("/admin/objects/pin?key={key}"))
+        .header("origin", svc.base.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the status page's own origin");
+    // Probes answer under any name.
+    let r = svc
+        .admin("/health")
+        .header("host", "lb.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    svc.stop().await;
+}

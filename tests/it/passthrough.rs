@@ -158,3 +158,92 @@ async fn idle_connections_are_closed_and_the_limit_holds() {
     assert_eq!(get(&mut again, "/file/1000/1").await, content(1, 1000));
     svc.stop().await;
 }
+
+/// A client outside `passthrough.allow` is closed at accept: nothing sent, no origin connection.
+#[tokio::test]
+async fn clients_outside_passthrough_allow_are_closed_before_anything_is_dialled() {
+    use std::sync::atomic::Ordering;
+    let env = Env::new().await;
+    let mut c = config(&env);
+    c.passthrough.allow = Some(vec!["10.0.0.0/8".parse().unwrap()]);
+    let svc = env.start(c).await;
+    let addr = svc.running.as_ref().unwrap().passthrough_addrs[0];
+    assert!(tls(&env, addr, "localhost").await.is_err());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(env.origin.state.accepted.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        svc.metric("image_cache_passthrough_connections_total{result=\"client\"}")
+            .await,
+        1.0
+    );
+    svc.stop().await;
+}
+
+/// Under `include_subdomains` the client picks the name: one that resolves to an internal address
+/// (here 127.0.0.1) is refused, never spliced.
+#[tokio::test]
+async fn a_client_picked_subdomain_that_leads_inside_is_refused() {
+    let env = Env::new().await;
+    let up = common::dns::Upstream::start().await;
+    let mut c = config(&env);
+    c.dns.upstreams = vec![up.addr];
+    let mut d = DomainConfig::named("loop.test");
+    d.include_subdomains = true;
+    c.domains.push(d);
+    let svc = env.start(c).await;
+    let addr = svc.running.as_ref().unwrap().passthrough_addrs[0];
+    assert!(tls(&env, addr, "internal.loop.test").await.is_err());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        svc.metric("image_cache_passthrough_connections_total{result=\"target\"}")
+            .await,
+        1.0,
+        "refused for where it leads, not for failing to connect"
+    );
+    svc.stop().await;
+}
+
+/// Slowloris: one client opening many connections and never finishing a ClientHello holds at most
+/// `max_per_client` of them, each only until `hello_timeout`; other clients are served meanwhile.
+#[tokio::test]
+async fn slow_client_hellos_cannot_exhaust_the_slots() {
+    let env = Env::new().await;
+    let mut c = config(&env);
+    c.passthrough.max_per_client = 4;
+    c.passthrough.hello_timeout = Span(Duration::from_secs(1));
+    let svc = env.start(c).await;
+    let addr = svc.running.as_ref().unwrap().passthrough_addrs[0];
+    let mut slow = Vec::new();
+    for _ in 0..12 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&[0x16]).await.unwrap(); // the first byte of a TLS record, then nothing
+        slow.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        svc.metric("image_cache_passthrough_connections_total{result=\"per_client\"}")
+            .await,
+        8.0
+    );
+    // Another machine is served while the slow one holds its four slots.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let tcp = other.connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost".to_string()).unwrap();
+    let mut s = connector(&env)
+        .connect(name, tcp)
+        .await
+        .expect("another client is served");
+    assert_eq!(get(&mut s, "/file/1000/2").await, content(2, 1000));
+    // The slow client's connections are closed at the hello deadline, freeing its slots.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        svc.metric("image_cache_passthrough_connections_total{result=\"hello\"}")
+            .await
+            >= 4.0
+    );
+    let mut again = tls(&env, addr, "localhost").await.expect("slots freed");
+    assert_eq!(get(&mut again, "/file/1000/3").await, content(3, 1000));
+    drop(slow);
+    svc.stop().await;
+}

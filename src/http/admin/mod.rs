@@ -4,6 +4,7 @@
 //!
 //! The page and `/metrics` only read; everything that changes state is under `/admin/`.
 
+pub mod access;
 mod api;
 pub mod auth;
 pub mod fmt;
@@ -52,6 +53,8 @@ pub enum SyncRunError {
 /// The admin routes' own state.
 pub struct Admin {
     pub token: AdminToken,
+    /// The names the admin surface answers for (`access.rs`).
+    pub names: access::NodeNames,
     pub sync: Arc<dyn SyncControl>,
     pub verify: VerifyJob,
     /// Listed on the status page and in `GET /admin/status`.
@@ -62,12 +65,14 @@ pub struct Admin {
 impl Admin {
     pub fn new(
         token: AdminToken,
+        names: access::NodeNames,
         sync: Arc<dyn SyncControl>,
         verify: VerifyJob,
         workers: Workers,
     ) -> Self {
         Admin {
             token,
+            names,
             sync,
             verify,
             workers,
@@ -108,21 +113,11 @@ impl Admin {
 
 pub async fn handle(req: &HttpRequest, state: &HttpState) -> HttpResponse {
     let path = req.path();
-    if path == "/admin" || path.starts_with("/admin/") {
-        let authorization = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes());
-        if !state.admin.token.allows(authorization) {
-            return HttpResponse::Unauthorized()
-                .insert_header((
-                    header::WWW_AUTHENTICATE,
-                    "Bearer realm=\"image-cache admin\"",
-                ))
-                .json(serde_json::json!({
-                    "error": "this route needs `Authorization: Bearer <token>`, the token in http.admin_token_file"
-                }));
-        }
+    let api = path == "/admin" || path.starts_with("/admin/");
+    if let Some(refusal) = refusal(req, state, api) {
+        return refused(refusal);
+    }
+    if api {
         return api::handle(req, state).await;
     }
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -151,6 +146,62 @@ pub async fn handle(req: &HttpRequest, state: &HttpState) -> HttpResponse {
         "/status/style.css" => asset("text/css; charset=utf-8", STYLE),
         _ => HttpResponse::NotFound().body("not found\n"),
     }
+}
+
+/// The access rules of `access.rs` applied to this request.
+fn refusal(req: &HttpRequest, state: &HttpState, api: bool) -> Option<access::Refusal> {
+    let header = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let token = state.admin.token.is_set().then(|| {
+        state.admin.token.allows(
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        )
+    });
+    let facts = access::Facts {
+        // A Host that is not text names nothing.
+        host: req
+            .headers()
+            .get(header::HOST)
+            .map(|v| v.to_str().unwrap_or("\u{0}")),
+        origin: header(header::ORIGIN),
+        fetch_site: header(header::HeaderName::from_static("sec-fetch-site")),
+        peer: req.peer_addr().map(|a| a.ip()),
+        local: req.app_config().local_addr().ip(),
+        probe: matches!(req.path(), "/health" | "/ready"),
+        api,
+        changes_state: !matches!(*req.method(), Method::GET | Method::HEAD),
+        token,
+    };
+    let verdict = access::check(&facts, &state.admin.names);
+    if let Some(r) = verdict {
+        tracing::info!(
+            refusal = ?r,
+            path = req.path(),
+            peer = ?facts.peer,
+            host = ?facts.host,
+            origin = ?facts.origin,
+            "admin request refused"
+        );
+    }
+    verdict
+}
+
+fn refused(r: access::Refusal) -> HttpResponse {
+    let mut b = match r {
+        access::Refusal::Token => {
+            let mut b = HttpResponse::Unauthorized();
+            b.insert_header((
+                header::WWW_AUTHENTICATE,
+                "Bearer realm=\"image-cache admin\"",
+            ));
+            b
+        }
+        access::Refusal::ForeignHost => HttpResponse::MisdirectedRequest(),
+        access::Refusal::CrossSite | access::Refusal::LoopbackOnly => HttpResponse::Forbidden(),
+    };
+    b.insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({ "error": r.message() }))
 }
 
 /// This node's own health: store open and readable, front answering (it is, since this runs).

@@ -86,6 +86,7 @@ pub(crate) fn a_records(m: &Message) -> Vec<String> {
 /// - `big.test.` 30 TXT records of 100 bytes (too big for 512-byte UDP)
 /// - `tcponly.test.` A 192.0.2.9, but over UDP always truncated (TC) so the asker must use TCP
 ///   (UDP answers larger than the asker's EDNS payload, or 512 bytes, are truncated too, as real servers do)
+/// - `<anything>.loop.test.` A 127.0.0.1 (a name that leads inside)
 /// - anything else: NXDOMAIN with an SOA for `test.`
 pub(crate) struct Upstream {
     pub addr: SocketAddr,
@@ -186,6 +187,13 @@ fn answer(q: &Message, counts: &Mutex<HashMap<String, u64>>, proto: &str) -> Mes
                 owner,
                 300,
                 RData::A(A::new(192, 0, 2, 1)),
+            ));
+        }
+        (n, RecordType::A) if n.ends_with(".loop.test.") => {
+            r.add_answer(Record::from_rdata(
+                owner,
+                300,
+                RData::A(A::new(127, 0, 0, 1)),
             ));
         }
         ("tcponly.test.", RecordType::A) => {

@@ -75,6 +75,8 @@ pub(crate) struct OriginState {
     pub version: AtomicU64,
     /// Requests seen with a Range header.
     pub ranged: AtomicU64,
+    /// TCP connections accepted.
+    pub accepted: AtomicU64,
     /// Set by `stop`: open keep-alive connections answer nothing more.
     pub stopped: std::sync::atomic::AtomicBool,
 }
@@ -98,6 +100,7 @@ impl Origin {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
+                st.accepted.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
                 let st = Arc::clone(&st);
                 tokio::spawn(async move {
