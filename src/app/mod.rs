@@ -214,7 +214,13 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let registry = Arc::new(RegistryState::new(
         config.registry.clone(),
         store.clone(),
-        OciAuth::new(upstream.clone(), credentials, metrics.clone()),
+        OciAuth::new(
+            upstream.clone(),
+            credentials,
+            &config.registry.upstreams,
+            &config.registry.token_realms,
+            metrics.clone(),
+        ),
         metrics.clone(),
         peers.clone(),
         upstream.clone(),

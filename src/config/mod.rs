@@ -315,6 +315,14 @@ pub struct RegistryConfig {
     /// every client of the cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<PathBuf>,
+    /// Token realm hosts, besides each registry's own host, that may receive an account of
+    /// `credentials_file` (over HTTPS): Docker Hub's `auth.docker.io` by default.
+    #[serde(default = "default_token_realms")]
+    pub token_realms: Vec<String>,
+}
+
+fn default_token_realms() -> Vec<String> {
+    vec!["auth.docker.io".into()]
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -426,6 +434,7 @@ impl Config {
                 tag_ttl: Span::from_secs(60),
                 negative_ttl: Span::from_secs(30),
                 credentials_file: None,
+                token_realms: default_token_realms(),
                 upstreams: upstreams
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))

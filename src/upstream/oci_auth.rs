@@ -3,6 +3,11 @@
 //! anonymously, or with the account of `registry.credentials_file` — and the request is sent once more.
 //! Tokens are cached per (registry, repository) until shortly before they expire. Client credentials are
 //! never used: the cache's requests are its own.
+//!
+//! The account's credentials stay with their registry: they go only to a realm on the registry's own host
+//! (or a host of `registry.token_realms`), over HTTPS — plain HTTP only when the registry itself is
+//! configured as `http://` (a trusted network) — and never in answer to a 401 that came from anywhere but
+//! the registry (a CDN it redirected to): such a challenge is not answered at all.
 
 use super::challenge::{self, Challenge};
 use super::{Request, Response, Upstream, UpstreamError};
@@ -24,6 +29,10 @@ const MAX_LIFETIME: u64 = 3600;
 pub struct OciAuth {
     upstream: Upstream,
     credentials: RegistryCredentials,
+    /// Each registry's base URL (`registry.upstreams`).
+    bases: HashMap<String, url::Url>,
+    /// Token realm hosts besides the registries' own that may receive an account's credentials.
+    realms: Vec<String>,
     /// `(registry, repository)` → the `Authorization` value that worked, and until when.
     cache: Mutex<HashMap<(String, String), (String, Instant)>>,
     metrics: Metrics,
@@ -37,10 +46,21 @@ struct TokenAnswer {
 }
 
 impl OciAuth {
-    pub fn new(upstream: Upstream, credentials: RegistryCredentials, metrics: Metrics) -> Self {
+    pub fn new(
+        upstream: Upstream,
+        credentials: RegistryCredentials,
+        bases: &std::collections::BTreeMap<String, String>,
+        realms: &[String],
+        metrics: Metrics,
+    ) -> Self {
         OciAuth {
             upstream,
             credentials,
+            bases: bases
+                .iter()
+                .filter_map(|(k, v)| url::Url::parse(v).ok().map(|u| (k.clone(), u)))
+                .collect(),
+            realms: realms.iter().map(|r| r.to_ascii_lowercase()).collect(),
             cache: Mutex::new(HashMap::new()),
             metrics,
         }
@@ -72,21 +92,41 @@ impl OciAuth {
         if cached.is_some() {
             self.lock().remove(&key);
         }
+        let base = self.bases.get(registry);
+        if base.is_none_or(|b| !same_origin(b, &resp.url)) {
+            // A 401 from where the registry redirected to (a CDN): nothing of ours answers it.
+            tracing::warn!(%registry, from = %resp.url, "a 401 from outside the registry; not answered");
+            return Ok(resp);
+        }
         let Some(found) = resp.header("www-authenticate").and_then(challenge::parse) else {
             return Ok(resp);
         };
         let credential = self.credentials.get(registry);
         let (auth, lifetime) = match found {
-            Challenge::Basic => match credential {
-                Some(c) => (basic(c), MAX_LIFETIME),
-                None => return Ok(resp),
-            },
+            Challenge::Basic => {
+                match credential.filter(|_| self.may_receive(registry, &resp.url)) {
+                    Some(c) => (basic(c), MAX_LIFETIME),
+                    None => return Ok(resp),
+                }
+            }
             Challenge::Bearer {
                 realm,
                 service,
                 scope,
             } => {
                 let scope = scope.unwrap_or_else(|| format!("repository:{repository}:pull"));
+                let credential = match (credential, url::Url::parse(&realm)) {
+                    (Some(c), Ok(r)) if self.may_receive(registry, &r) => Some(c),
+                    (Some(_), _) => {
+                        tracing::warn!(
+                            %registry, %realm,
+                            "the token realm is not the registry's host (or registry.token_realms) over \
+                             HTTPS: asking it anonymously, the account stays with the registry"
+                        );
+                        None
+                    }
+                    (None, _) => None,
+                };
                 match self
                     .token(registry, &realm, service.as_deref(), &scope, credential)
                     .await
@@ -107,6 +147,21 @@ impl OciAuth {
             self.lock().insert(key, (auth, until));
         }
         Ok(answer)
+    }
+
+    /// Whether the account of `registry` may be sent to `url`: the registry's own host or a listed
+    /// realm host, over HTTPS, or over HTTP when the registry itself is configured as `http://`.
+    fn may_receive(&self, registry: &str, url: &url::Url) -> bool {
+        let Some(base) = self.bases.get(registry) else {
+            return false;
+        };
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        let host_ok = Some(host.as_str())
+            == base.host_str().map(str::to_ascii_lowercase).as_deref()
+            || self.realms.contains(&host);
+        let scheme_ok =
+            url.scheme() == "https" || (url.scheme() == "http" && base.scheme() == "http");
+        host_ok && scheme_ok
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (String, Instant)>> {
@@ -185,6 +240,13 @@ impl OciAuth {
             .max(1);
         Ok((token, lifetime))
     }
+}
+
+/// Same scheme, host and port.
+fn same_origin(a: &url::Url, b: &url::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str().map(str::to_ascii_lowercase) == b.host_str().map(str::to_ascii_lowercase)
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 fn basic(c: &Credential) -> String {

@@ -578,3 +578,74 @@ async fn blob_head_asks_the_registry_without_downloading() {
     assert_eq!(v["tags"][0], "1");
     svc.stop().await;
 }
+
+/// The account of `registry.credentials_file` stays with its registry: a challenge naming a token realm
+/// on another host gets an anonymous token request (no Basic credentials), and a 401 from the CDN a blob
+/// redirects to is not answered with anything.
+#[tokio::test]
+async fn credentials_never_leave_their_registry() {
+    use base64::Engine;
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let img = reg.push_image("private/app", "1", &layers(1, 1000, 31));
+    // A canary "realm" on another host that records every Authorization it receives.
+    let canary = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let canary_addr = canary.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = canary.accept().await {
+            let mut buf = vec![0u8; 8192];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            log.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).to_string());
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n{\"token\":\"x\"}")
+                .await;
+        }
+    });
+    *reg.state.realm.lock().unwrap() = Some(format!("http://{canary_addr}/token"));
+    let creds = env.dir.path().join("auth.json");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        oci::USER,
+        oci::PASSWORD
+    ));
+    std::fs::write(
+        &creds,
+        format!(r#"{{"auths":{{"fake.test:5000":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    let mut c = config(&env, &reg);
+    c.registry.credentials_file = Some(creds);
+    let svc = env.start(c).await;
+    let r = get(&svc, "private/app", "manifests", "1", RESOLVE_ACCEPT).await;
+    assert_eq!(r.status(), 401, "the canary's token opens nothing");
+    let requests = seen.lock().unwrap().clone();
+    assert!(!requests.is_empty(), "the realm was asked");
+    for request in &requests {
+        assert!(
+            !request.to_ascii_lowercase().contains("authorization"),
+            "credentials sent to another host: {request}"
+        );
+    }
+
+    // The registry's own realm again; a blob whose CDN answers 401.
+    *reg.state.realm.lock().unwrap() = None;
+    let layer = &img.layers[0];
+    reg.fault(
+        &format!("/v2/private/app/blobs/{layer}"),
+        Fault::CdnChallenge,
+    );
+    let r = get(&svc, "private/app", "blobs", layer, "*/*").await;
+    assert_ne!(r.status(), 200);
+    let cdn = reg.state.cdn_log.lock().unwrap().clone();
+    assert!(!cdn.is_empty(), "the CDN was reached");
+    assert!(
+        cdn.iter().all(|l| l.ends_with("auth=false")),
+        "credentials or tokens went to the CDN: {cdn:?}"
+    );
+    svc.stop().await;
+}

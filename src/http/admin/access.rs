@@ -81,7 +81,7 @@ impl NodeNames {
                 || ip.is_loopback()
                 || self.0.iter().any(|n| n.parse::<IpAddr>().ok() == Some(ip));
         }
-        self.0.iter().any(|n| *n == host)
+        self.0.contains(&host)
     }
 }
 

@@ -31,6 +31,8 @@ pub(crate) enum Fault {
     NoDigest,
     /// Send the first half, then wait this long before the rest.
     Slow(Duration),
+    /// The CDN the blob redirects to answers 401 with a Basic challenge.
+    CdnChallenge,
 }
 
 /// (repo, tag or digest) → (media type, bytes).
@@ -51,6 +53,8 @@ pub(crate) struct RegState {
     pub tokens_issued: AtomicU64,
     pub faults: Mutex<HashMap<String, Fault>>,
     pub stopped: AtomicBool,
+    /// When set, 401 challenges name this token realm instead of the registry's own.
+    pub realm: Mutex<Option<String>>,
     port: AtomicU64,
     cdn_port: AtomicU64,
 }
@@ -270,12 +274,20 @@ fn registry_route(req: HttpRequest, s: Arc<RegState>) -> HttpResponse {
         .is_some_and(|v| v.as_bytes() == want.as_bytes());
     if !authorized {
         s.challenges.fetch_add(1, Ordering::SeqCst);
+        let realm = s
+            .realm
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or(format!("http://127.0.0.1:{port}/token"));
         return HttpResponse::Unauthorized()
             .insert_header((
                 header::WWW_AUTHENTICATE,
-                format!(r#"Bearer realm="http://127.0.0.1:{port}/token",service="fake",scope="repository:{repo}:pull""#),
+                format!(r#"Bearer realm="{realm}",service="fake",scope="repository:{repo}:pull""#),
             ))
-            .json(serde_json::json!({"errors":[{"code":"UNAUTHORIZED","message":"token required"}]}));
+            .json(
+                serde_json::json!({"errors":[{"code":"UNAUTHORIZED","message":"token required"}]}),
+            );
     }
     s.log.lock().unwrap().push(line);
     let fault = s.faults.lock().unwrap().get(&path).cloned();
@@ -344,6 +356,7 @@ fn registry_route(req: HttpRequest, s: Arc<RegState>) -> HttpResponse {
                     Fault::WrongBody => "wrong",
                     Fault::Gzip => "gzip",
                     Fault::Slow(_) => "slow",
+                    Fault::CdnChallenge => "challenge",
                     _ => "",
                 };
                 location.push_str("&fault=");
@@ -397,6 +410,11 @@ fn cdn_route(req: HttpRequest, s: Arc<RegState>) -> HttpResponse {
     }
     if !req.query_string().contains("verify=") {
         return HttpResponse::Forbidden().finish();
+    }
+    if req.query_string().contains("fault=challenge") {
+        return HttpResponse::Unauthorized()
+            .insert_header((header::WWW_AUTHENTICATE, r#"Basic realm="cdn""#))
+            .finish();
     }
     let Some(bytes) = s.blobs.lock().unwrap().get(&d).cloned() else {
         return HttpResponse::NotFound().finish();
