@@ -23,3 +23,6 @@ pub mod sync;
 // layer 3
 pub mod app;
 pub mod cli;
+/// Fuzz targets over every parser of untrusted input (`examples/fuzz.rs` drives them).
+#[doc(hidden)]
+pub mod fuzz;

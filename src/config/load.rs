@@ -106,6 +106,19 @@ pub fn load(
     Ok((config, source))
 }
 
+/// A config file's text on the production defaults, validated, without the environment: what `load`
+/// does for a file, for callers that hold the text (the fuzz harness).
+pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+    if let Err(e) = text.parse::<toml::Table>() {
+        return Err(ConfigError::new("", format!("not valid TOML: {e}")));
+    }
+    let config: Config = Figment::from(Serialized::defaults(Config::production_defaults()))
+        .merge(Toml::string(text))
+        .extract()
+        .map_err(from_figment)?;
+    super::validate::validate(config)
+}
+
 fn from_figment(err: figment::Error) -> ConfigError {
     use figment::error::Kind;
     // Report the first error; figment chains the rest, and one fix at a time is clearer.

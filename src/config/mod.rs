@@ -9,7 +9,7 @@ pub mod units;
 mod validate;
 pub mod vhost;
 
-pub use load::{ConfigError, ConfigSource, load};
+pub use load::{ConfigError, ConfigSource, from_toml, load};
 pub use units::{ByteSize, Span};
 
 use ipnet::IpNet;

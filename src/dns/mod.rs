@@ -35,6 +35,8 @@ pub enum DnsError {
     },
     #[error("dns: {0}")]
     Zone(#[from] policy::ZoneError),
+    #[error("dns: cannot build a resolver: {0}")]
+    Resolver(String),
 }
 
 pub struct Dns {
@@ -151,4 +153,57 @@ fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, DnsError> {
     crate::listen::tcp(addr)
         .and_then(tokio::net::TcpListener::from_std)
         .map_err(|e| bind_error(addr, "tcp", e))
+}
+
+/// The UDP path (`udp::process`: replayed answers, parsing, FORMERR, the policy's answer) without
+/// sockets, for the fuzz harness: arbitrary bytes in, from an allowed and from a refused client.
+#[doc(hidden)]
+pub struct FuzzTarget {
+    responder: Responder,
+    templates: fastpath::Templates,
+    healthy: crate::peers::Healthy,
+}
+
+impl FuzzTarget {
+    /// Must be called inside a tokio runtime (the forwarder's resolver is built, never used).
+    pub fn new(config: &Config) -> Result<Self, DnsError> {
+        let domains: Vec<(String, bool)> = config
+            .domains
+            .iter()
+            .map(|d| (d.name.clone(), d.include_subdomains))
+            .collect();
+        let policy = policy::Policy::new(&domains, config.dns.allow.clone(), 30, 1)?;
+        let resolver = NameResolver::for_forwarding(&config.dns).map_err(DnsError::Resolver)?;
+        let peers = Peers::new(&config.nodes);
+        Ok(FuzzTarget {
+            responder: Responder::new(
+                policy,
+                peers,
+                forward::Forwarder::new(resolver),
+                Metrics::new(),
+                config.dns.answer_order,
+            ),
+            templates: fastpath::Templates::default(),
+            healthy: crate::peers::Healthy {
+                this: Some(std::net::Ipv4Addr::new(10, 0, 0, 1).into()),
+                peers: vec![std::net::Ipv4Addr::new(10, 0, 0, 2).into()],
+                generation: 1,
+            },
+        })
+    }
+
+    pub fn packet(&mut self, data: &[u8]) {
+        for src in ["127.0.0.1:5000", "203.0.113.9:5000"] {
+            let Ok(src) = src.parse::<SocketAddr>() else {
+                continue;
+            };
+            let _ = udp::process(
+                data,
+                src,
+                &self.responder,
+                &mut self.templates,
+                &self.healthy,
+            );
+        }
+    }
 }

@@ -7,6 +7,7 @@
 use super::fastpath::{Question, Templates};
 use super::handler::{Outcome, Responder, result};
 use super::policy;
+use crate::peers::Healthy;
 use hickory_proto::op::{Header, Message, MessageType, ResponseCode};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use std::net::SocketAddr;
@@ -42,45 +43,17 @@ pub(super) async fn serve(
             },
             _ = shutdown.cancelled() => return,
         };
-        let packet = &buf[..len];
         if src.port() == 0 {
             continue;
         }
-        // Replay: a plain query we answered before, from an allowed client, with the same healthy set.
         if watch.has_changed().unwrap_or(false) {
             healthy = Arc::clone(&watch.borrow_and_update());
         }
-        let plain = Question::parse(packet).filter(|_| responder.policy.allows(src.ip()));
-        let rotation = responder.next_rotation(&healthy);
-        templates.sync(healthy.generation);
-        let key = plain.as_ref().map(|q| q.key(rotation));
-        if let (Some(q), Some(key)) = (&plain, &key)
-            && let Some(bytes) = templates.get(key).and_then(|t| q.patch(t))
-        {
-            responder.count(result::INTERCEPTED);
-            send(&socket, &bytes, src).await;
-            continue;
-        }
-        let Ok(request) = Message::from_vec(packet) else {
-            if let Some(reply) = formerr(packet, &responder, src) {
-                send(&socket, &reply, src).await;
-            }
-            continue;
-        };
-        match responder.respond_with(src, &request, &healthy, rotation) {
-            Outcome::Drop => {}
-            Outcome::Reply(response) => {
-                if let Some(bytes) = encode(&request, &response) {
-                    // Only intercepted answers are replayed: they depend on nothing but the key.
-                    if response.metadata.authoritative
-                        && let Some(key) = key
-                    {
-                        templates.insert(key, bytes.clone());
-                    }
-                    send(&socket, &bytes, src).await;
-                }
-            }
-            Outcome::Forward(query) => {
+        match process(&buf[..len], src, &responder, &mut templates, &healthy) {
+            Step::Nothing => {}
+            Step::Send(bytes) => send(&socket, &bytes, src).await,
+            Step::Forward(forward) => {
+                let (request, query) = *forward;
                 let Ok(permit) = Arc::clone(&forwards).try_acquire_owned() else {
                     responder.count(result::ERROR);
                     continue;
@@ -96,6 +69,55 @@ pub(super) async fn serve(
                 });
             }
         }
+    }
+}
+
+/// What one datagram calls for.
+pub(super) enum Step {
+    Nothing,
+    Send(Vec<u8>),
+    /// Ask the upstreams (a task of its own: it waits on the network).
+    Forward(Box<(Message, hickory_proto::op::Query)>),
+}
+
+/// Everything a datagram goes through without I/O: the replay of a plain query answered before (from an
+/// allowed client, with the same healthy set), parsing, FORMERR for a broken body, the policy's answer.
+/// The fuzz harness drives this with arbitrary bytes.
+pub(super) fn process(
+    packet: &[u8],
+    src: SocketAddr,
+    responder: &Responder,
+    templates: &mut Templates,
+    healthy: &Healthy,
+) -> Step {
+    let plain = Question::parse(packet).filter(|_| responder.policy.allows(src.ip()));
+    let rotation = responder.next_rotation(healthy);
+    templates.sync(healthy.generation);
+    let key = plain.as_ref().map(|q| q.key(rotation));
+    if let (Some(q), Some(key)) = (&plain, &key)
+        && let Some(bytes) = templates.get(key).and_then(|t| q.patch(t))
+    {
+        responder.count(result::INTERCEPTED);
+        return Step::Send(bytes);
+    }
+    let Ok(request) = Message::from_vec(packet) else {
+        return formerr(packet, responder, src).map_or(Step::Nothing, Step::Send);
+    };
+    match responder.respond_with(src, &request, healthy, rotation) {
+        Outcome::Drop => Step::Nothing,
+        Outcome::Reply(response) => match encode(&request, &response) {
+            Some(bytes) => {
+                // Only intercepted answers are replayed: they depend on nothing but the key.
+                if response.metadata.authoritative
+                    && let Some(key) = key
+                {
+                    templates.insert(key, bytes.clone());
+                }
+                Step::Send(bytes)
+            }
+            None => Step::Nothing,
+        },
+        Outcome::Forward(query) => Step::Forward(Box::new((request, query))),
     }
 }
 

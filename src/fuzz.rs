@@ -1,0 +1,111 @@
+//! Fuzz targets: one function of arbitrary bytes per parser that reads what clients, origins and
+//! operators send — DNS packets (the UDP path: replayed answers, parsing, the policy), TLS ClientHellos,
+//! file paths and their keys, OCI paths and `ns`, config files. None may panic or hang, whatever the
+//! input; where a parser promises something (a path survives its own re-encoding), the target checks it.
+//! `examples/fuzz.rs` drives them on stable Rust; see the README's "Fuzzing".
+
+#![allow(clippy::expect_used)] // a broken promise must panic: that is how the harness finds it
+
+use crate::config::{self, Config};
+use crate::store::{FilePath, Key};
+
+/// The targets `examples/fuzz.rs` knows, by name.
+pub const TARGETS: [&str; 5] = ["dns", "sni", "file-path", "oci-path", "config"];
+
+/// A TLS ClientHello's server name: any answer but a panic; a name found is a plausible host name.
+pub fn sni(data: &[u8]) {
+    if let crate::passthrough::sni::Sni::Found(name) = crate::passthrough::sni::server_name(data) {
+        assert!(
+            !name.is_empty() && name.len() <= 253,
+            "implausible name {name:?}"
+        );
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
+            "unexpected bytes in {name:?}"
+        );
+    }
+}
+
+/// A request path: a path that is accepted makes a key, and survives its own re-encoding for the
+/// origin URL unchanged (what the origin is asked is exactly what was validated).
+pub fn file_path(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(path) = FilePath::from_request(&text) else {
+        return;
+    };
+    let key = Key::file("files.test", &path).expect("a valid path makes a key");
+    assert!(key.as_str().starts_with("file:files.test/"));
+    let again = FilePath::from_request(&path.to_url_path())
+        .unwrap_or_else(|e| panic!("{:?} does not survive re-encoding: {e}", path.as_str()));
+    assert_eq!(again, path, "re-encoding changed the path");
+    assert!(!path.as_str().split('/').any(|s| s == ".." || s == "."));
+}
+
+/// An OCI path and its query's `ns`: what is accepted can become an upstream URL's path as it is — no
+/// segment that a URL would resolve (`.`, `..`), nothing to percent-encode, no empty segment.
+pub fn oci_path(data: &[u8]) {
+    use crate::registry::path::{Reference, Route};
+    let text = String::from_utf8_lossy(data);
+    let (path, query) = text.split_once('?').unwrap_or((&text, ""));
+    if let Ok(route) = crate::registry::path::parse(path) {
+        let (name, reference) = match &route {
+            Route::Base => return,
+            Route::Manifest { name, reference } => (
+                name,
+                match reference {
+                    Reference::Tag(t) => t.clone(),
+                    Reference::Digest(d) => d.as_str().to_string(),
+                },
+            ),
+            Route::Blob { name, digest } => (name, digest.as_str().to_string()),
+            Route::TagsList { name } => (name, "list".to_string()),
+        };
+        for segment in name.split('/').chain([reference.as_str()]) {
+            assert!(
+                !segment.is_empty() && segment != "." && segment != "..",
+                "segment {segment:?} in {route:?}"
+            );
+            assert!(
+                segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b)),
+                "segment {segment:?} needs encoding in {route:?}"
+            );
+        }
+    }
+    let _ = crate::registry::path::ns_param(query);
+}
+
+/// A config file: loads or names the key it refuses; what loads prints and loads again.
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match config::from_toml(&text) {
+        Ok(c) => {
+            let printed = toml::to_string(&c).expect("a loaded config prints");
+            let again: Config = config::from_toml(&printed)
+                .unwrap_or_else(|e| panic!("printed config does not load again: {e}\n{printed}"));
+            assert_eq!(toml::to_string(&again).ok(), Some(printed));
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}
+
+/// The DNS UDP path with its state (replayed answers accumulate across inputs, as in the server).
+pub struct Dns(crate::dns::FuzzTarget);
+
+impl Dns {
+    /// Inside a tokio runtime; intercepts `files.test`, allows 127.0.0.0/8.
+    pub fn new() -> Result<Self, crate::dns::DnsError> {
+        let mut c = Config::laptop_defaults();
+        c.domains[0].name = "files.test".into();
+        c.domains[0].include_subdomains = true;
+        c.dns.allow = vec!["127.0.0.0/8".parse().expect("a literal network")];
+        c.dns.upstreams = vec!["127.0.0.1:9".parse().expect("a literal address")];
+        crate::dns::FuzzTarget::new(&c).map(Dns)
+    }
+
+    pub fn packet(&mut self, data: &[u8]) {
+        self.0.packet(data);
+    }
+}
