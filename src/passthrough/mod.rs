@@ -5,7 +5,7 @@
 //! with ourselves).
 //!
 //! As closed as DNS: only clients of `passthrough.allow` (default `dns.allow`) are served; a name the
-//! client picked (a subdomain under `include_subdomains`, with no `origin` configured) is never spliced to
+//! client picked (a subdomain under `include_subdomains`, dialled by its own name) is never spliced to
 //! an internal address — loopback, link-local, private, the partition's own networks — unless listed in
 //! `passthrough.allow_targets`; one client holds at most `max_per_client` connections, and a connection
 //! that has not sent its ClientHello within `hello_timeout` is closed, freeing its slot.
@@ -257,8 +257,9 @@ async fn handle(mut client: TcpStream, ctx: &Ctx) -> Result<(), Ended> {
         .lookup_socket_addrs(host, port)
         .await
         .map_err(|e| error(e.to_string()))?;
-    if domain.origin.is_none() {
-        // The client picked this name (its SNI): it may lead only to the public internet.
+    if domain.origin.is_none() && name != domain.name {
+        // The client picked this name (a subdomain under `include_subdomains`, dialled by its own name):
+        // it may lead only to the public internet.
         let before = addrs.len();
         let mut why = String::new();
         addrs.retain(|a| {
