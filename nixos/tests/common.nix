@@ -37,6 +37,8 @@ rec {
           "/registry/${addrs.registry}"
           "/metal-api/${addrs.origin}"
           "/fwd.test/192.0.2.7"
+          # Everything else: NXDOMAIN. Without it dnsmasq (no-resolv, no server=) answers REFUSED.
+          "/#/"
         ];
       };
     };

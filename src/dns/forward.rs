@@ -1,6 +1,9 @@
 //! Everything that is not ours goes to `dns.upstreams` through hickory's resolver (shared answer cache,
 //! TCP when an upstream truncates, EDNS). The answer keeps the upstream's rcode: NXDOMAIN stays NXDOMAIN,
 //! NODATA stays NODATA, both with the SOA the upstream gave; only a failure to get any answer is SERVFAIL.
+//! An upstream's REFUSED is never relayed: it would tell the client that *this* server refuses it. The
+//! next upstream is asked instead (see `NameResolver`), and when every upstream declines the client gets
+//! SERVFAIL, as from any recursive resolver that could not find an answer.
 
 use super::policy;
 use crate::upstream::NameResolver;
@@ -26,7 +29,6 @@ impl Forwarder {
     ) -> Result<Message, (Message, String)> {
         let lookup = self
             .resolver
-            .hickory()
             .lookup(query.name().clone(), query.query_type())
             .await;
         match lookup {

@@ -6,11 +6,16 @@
 //! node's private entries (Debian's `127.0.1.1 <hostname>`, pinned internal names).
 
 use crate::config::DnsConfig;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{Name, RecordType};
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
+use hickory_resolver::lookup::Lookup;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::{Resolver, TokioResolver};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,9 +37,15 @@ pub enum ResolveError {
 
 /// Cheap to clone. Lookups run on the runtime the resolver was built on, whoever awaits them (awc's
 /// threads included), so its connections and cache live in one place.
+///
+/// hickory's pool moves on to the next upstream when one times out or cannot be reached, but hands back the
+/// first REFUSED, SERVFAIL or NOTIMP it gets. Those say "not from me" (an upstream that does not recurse
+/// for us, a rate limit, a broken validator), so `each` holds a single-upstream resolver per configured
+/// upstream, asked in order once the pool has been declined (glibc's and dnsmasq's behaviour).
 #[derive(Clone)]
 pub struct NameResolver {
     resolver: Arc<TokioResolver>,
+    each: Arc<[Arc<TokioResolver>]>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -50,33 +61,29 @@ impl NameResolver {
     }
 
     fn build(dns: &DnsConfig, hosts: ResolveHosts) -> Result<Self, String> {
-        let servers = dns
-            .upstreams
-            .iter()
-            .map(|addr| name_server(*addr))
-            .collect();
-        let config = ResolverConfig::from_parts(None, vec![], servers);
-        let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
-        let opts: &mut ResolverOpts = builder.options_mut();
-        opts.timeout = QUERY_TIMEOUT;
-        opts.attempts = 1;
-        opts.edns0 = true;
-        opts.cache_size = CACHE_ENTRIES;
-        opts.use_hosts_file = hosts;
-        opts.ndots = 0;
-        opts.recursion_desired = true;
-        opts.preserve_intermediates = true;
-        opts.try_tcp_on_error = true;
-        let resolver = builder.build().map_err(|e| e.to_string())?;
+        let resolver = Arc::new(build_resolver(&dns.upstreams, hosts)?);
+        let each = if dns.upstreams.len() > 1 {
+            dns.upstreams
+                .iter()
+                .map(|upstream| build_resolver(std::slice::from_ref(upstream), hosts).map(Arc::new))
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
         Ok(NameResolver {
-            resolver: Arc::new(resolver),
+            resolver,
+            each: each.into(),
             runtime: tokio::runtime::Handle::current(),
         })
     }
 
-    /// The underlying resolver, for the DNS front's forwarding.
-    pub fn hickory(&self) -> &TokioResolver {
-        &self.resolver
+    /// Records of one type, for the DNS front's forwarding.
+    pub async fn lookup(&self, name: Name, record_type: RecordType) -> Result<Lookup, NetError> {
+        first_accepted(&self.resolver, &self.each, |r| {
+            let name = name.clone();
+            async move { r.lookup(name, record_type).await }
+        })
+        .await
     }
 
     /// Addresses of `host` (an IP literal is returned as is, without a query).
@@ -86,10 +93,17 @@ impl NameResolver {
             return Ok(vec![ip]);
         }
         let resolver = Arc::clone(&self.resolver);
+        let each = Arc::clone(&self.each);
         let name = host.to_string();
         let lookup = self
             .runtime
-            .spawn(async move { resolver.lookup_ip(name.as_str()).await })
+            .spawn(async move {
+                first_accepted(&resolver, &each, |r| {
+                    let name = name.clone();
+                    async move { r.lookup_ip(name.as_str()).await }
+                })
+                .await
+            })
             .await
             .map_err(|e| ResolveError::Task(e.to_string()))?
             .map_err(|e| ResolveError::Lookup {
@@ -104,7 +118,6 @@ impl NameResolver {
         }
         Ok(ips)
     }
-
     pub async fn lookup_socket_addrs(
         &self,
         host: &str,
@@ -117,6 +130,54 @@ impl NameResolver {
             .map(|ip| SocketAddr::new(ip, port))
             .collect())
     }
+}
+
+fn build_resolver(upstreams: &[SocketAddr], hosts: ResolveHosts) -> Result<TokioResolver, String> {
+    let servers = upstreams.iter().map(|addr| name_server(*addr)).collect();
+    let config = ResolverConfig::from_parts(None, vec![], servers);
+    let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
+    let opts: &mut ResolverOpts = builder.options_mut();
+    opts.timeout = QUERY_TIMEOUT;
+    opts.attempts = 1;
+    opts.edns0 = true;
+    opts.cache_size = CACHE_ENTRIES;
+    opts.use_hosts_file = hosts;
+    opts.ndots = 0;
+    opts.recursion_desired = true;
+    opts.preserve_intermediates = true;
+    opts.try_tcp_on_error = true;
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// The pool's answer, or when the pool was declined, the first upstream's (in configured order) that
+/// does not decline too; the last refusal when every upstream declines.
+async fn first_accepted<T, F, Fut>(
+    pool: &Arc<TokioResolver>,
+    each: &[Arc<TokioResolver>],
+    ask: F,
+) -> Result<T, NetError>
+where
+    F: Fn(Arc<TokioResolver>) -> Fut,
+    Fut: Future<Output = Result<T, NetError>>,
+{
+    let mut outcome = ask(Arc::clone(pool)).await;
+    for upstream in each {
+        match &outcome {
+            Err(e) if declined(e) => outcome = ask(Arc::clone(upstream)).await,
+            _ => break,
+        }
+    }
+    outcome
+}
+
+/// An upstream's "not from me": worth asking the next one, never worth relaying to a client.
+fn declined(e: &NetError) -> bool {
+    matches!(
+        e,
+        NetError::Dns(DnsError::ResponseCode(
+            ResponseCode::Refused | ResponseCode::ServFail | ResponseCode::NotImp
+        ))
+    )
 }
 
 fn name_server(addr: SocketAddr) -> NameServerConfig {

@@ -418,3 +418,44 @@ async fn answers_rotate_over_every_healthy_node_or_keep_this_node_first() {
         svc.stop().await;
     }
 }
+
+/// An upstream that answers REFUSED is that upstream's problem, not the client's: the next upstream is
+/// asked, and when every one refuses the client gets SERVFAIL (as a recursive resolver answers), never a
+/// REFUSED that would read as "this server will not serve you".
+#[tokio::test]
+async fn an_upstream_that_refuses_is_skipped_and_never_relayed() {
+    let env = Env::new().await;
+    let refusing = Upstream::start_refusing().await;
+    let good = Upstream::start().await;
+    let mut c = dns_config(&env, refusing.addr);
+    c.dns.upstreams = vec![refusing.addr, good.addr];
+    let svc = env.start(c).await;
+    let addr = svc.running.as_ref().unwrap().dns_addrs[0];
+    let m = dns::udp(addr, &query("forwarded.test.", RecordType::A, false)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(a_records(&m), ["192.0.2.1"], "the second upstream answered");
+    let m = dns::udp(addr, &query("nosuch.test.", RecordType::A, false)).await;
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::NXDomain,
+        "the good upstream's verdict"
+    );
+    svc.stop().await;
+
+    // The node's own lookups (origins, peers by name) go the same way.
+    let mut c = dns_config(&env, refusing.addr);
+    c.dns.upstreams = vec![refusing.addr, good.addr];
+    let own = image_cache::upstream::NameResolver::new(&c.dns).unwrap();
+    let ips = own.lookup_ip("forwarded.test").await.unwrap();
+    assert_eq!(ips, ["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]);
+
+    let mut c = dns_config(&env, refusing.addr);
+    c.state_dir = env.dir.path().join("only-refusing");
+    let svc = env.start(c).await;
+    let addr = svc.running.as_ref().unwrap().dns_addrs[0];
+    let m = dns::udp(addr, &query("forwarded.test.", RecordType::A, false)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    let m = dns::tcp(addr, &query("forwarded.test.", RecordType::A, false)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    svc.stop().await;
+}

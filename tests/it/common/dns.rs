@@ -95,6 +95,15 @@ pub(crate) struct Upstream {
 
 impl Upstream {
     pub(crate) async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// A resolver that answers REFUSED to everything (a misconfigured or rate-limiting upstream).
+    pub(crate) async fn start_refusing() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(refuse: bool) -> Self {
         let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = udp.local_addr().unwrap();
         let tcp = TcpListener::bind(addr).await.unwrap();
@@ -109,7 +118,7 @@ impl Upstream {
                 let Ok(q) = Message::from_vec(&buf[..n]) else {
                     continue;
                 };
-                let mut r = answer(&q, &c, "udp");
+                let mut r = answer(&q, &c, "udp", refuse);
                 let limit = q
                     .edns
                     .as_ref()
@@ -142,7 +151,7 @@ impl Upstream {
                         let Ok(q) = Message::from_vec(&buf) else {
                             return;
                         };
-                        let bytes = answer(&q, &c, "tcp").to_vec().unwrap();
+                        let bytes = answer(&q, &c, "tcp", refuse).to_vec().unwrap();
                         let _ = s.write_all(&(bytes.len() as u16).to_be_bytes()).await;
                         let _ = s.write_all(&bytes).await;
                     }
@@ -163,7 +172,7 @@ impl Upstream {
     }
 }
 
-fn answer(q: &Message, counts: &Mutex<HashMap<String, u64>>, proto: &str) -> Message {
+fn answer(q: &Message, counts: &Mutex<HashMap<String, u64>>, proto: &str, refuse: bool) -> Message {
     let query = q.queries[0].clone();
     let name = query.name().to_ascii().to_lowercase();
     *counts
@@ -179,6 +188,10 @@ fn answer(q: &Message, counts: &Mutex<HashMap<String, u64>>, proto: &str) -> Mes
         let mut edns = Edns::new();
         edns.set_max_payload(e.max_payload().max(512));
         r.set_edns(edns);
+    }
+    if refuse {
+        r.metadata.response_code = ResponseCode::Refused;
+        return r;
     }
     let owner = query.name().clone();
     match (name.as_str(), query.query_type()) {
