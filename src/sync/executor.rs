@@ -72,7 +72,8 @@ impl Executor<'_> {
     /// Fills a download and waits for the end: from the key's owner when another node owns it (so the
     /// partition downloads it once, however many nodes sync), else from the origin. A client fill
     /// already running for the key is joined; its result is then checked against `md5` here (it was
-    /// only length-checked).
+    /// only length-checked). What is stored by now and matches (a client's or a peer's fill since the
+    /// plan was made) is kept and pinned, not downloaded again.
     async fn fill(
         &self,
         download: &Download,
@@ -109,6 +110,11 @@ impl Executor<'_> {
                 peer_wait = Some(waiting);
             }
         }
+        let size = expected.size;
+        let usable = |row: &crate::store::ObjectRow| match md5 {
+            Some(want) => row.md5.as_deref() == Some(want),
+            None => size.is_none_or(|size| size == row.size),
+        };
         let spec = FillSpec {
             expected,
             source,
@@ -118,10 +124,15 @@ impl Executor<'_> {
         };
         let access = self
             .store
-            .access(key, move |_| StorePlan::Fill(spec))
+            .access(key, move |row| match row {
+                Some(row) if usable(row) => StorePlan::Skip,
+                _ => StorePlan::Fill(spec),
+            })
             .map_err(|e| e.to_string())?;
-        let Access::Fill { fill, .. } = access else {
-            return Err("the store did not start a fill".into());
+        let fill = match access {
+            Access::Fill { fill, .. } => fill,
+            Access::Skipped => return self.keep(key),
+            _ => return Err("the store did not start a fill".into()),
         };
         match fill.finished().await {
             Phase::Complete { row } => match md5 {
@@ -132,19 +143,24 @@ impl Executor<'_> {
                         row.md5.unwrap_or_default()
                     ))
                 }
-                // A client's fill joined here committed unpinned: pin it now, and make sure it is
-                // still there (it could only be gone if it was evicted between its commit and now).
-                _ => match self.store.set_pinned(key, true) {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(
-                        "downloaded, then evicted at once: cache.max_size is too small for what the plan keeps"
-                            .into(),
-                    ),
-                    Err(e) => Err(e.to_string()),
-                },
+                // A client's fill joined here committed unpinned: pin it now.
+                _ => self.keep(key),
             },
             Phase::Failed(f) => Err(f.to_string()),
             other => Err(format!("fill ended as {other:?}")),
+        }
+    }
+
+    /// Pins a stored key, and makes sure it is still there (it could only be gone if it was evicted
+    /// between its commit and now).
+    fn keep(&self, key: &crate::store::Key) -> Result<(), String> {
+        match self.store.set_pinned(key, true) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(
+                "stored, then evicted at once: cache.max_size is too small for what the plan keeps"
+                    .into(),
+            ),
+            Err(e) => Err(e.to_string()),
         }
     }
 

@@ -540,3 +540,59 @@ async fn an_unreachable_origin_fails_the_run() {
     );
     svc.stop().await;
 }
+
+/// A file the plan downloads, filled by a client while the run is busy with another item, is not
+/// downloaded a second time: the run finds it stored, checks it and pins it.
+#[tokio::test]
+async fn a_file_a_client_filled_during_the_run_is_kept_not_downloaded_again() {
+    let env = Env::new().await;
+    let origin = env.origin.url();
+    let slow = "/slowimg/300000/1/1500/img.tar.lz4";
+    let kernel = "/img/50000/4/metal-kernel";
+    let api = MetalApi::start(
+        KEY,
+        json!([{"id": "debian-13.0.20260101", "url": format!("{origin}{slow}")}]),
+        partitions(&origin),
+    )
+    .await;
+    let mut c = config(&env, &api, KEY);
+    c.sync.concurrency = 1; // the plan's order: the image, then the kernel and the boot image
+    let svc = env.start(c).await;
+    let run = sync(&svc, false);
+    let client = async {
+        // The run is inside the slow image's download: the kernel is planned, not yet fetched.
+        while env.origin.gets(slow) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let body = svc
+            .client
+            .get(format!("{}{kernel}", svc.base))
+            .header("host", "localhost")
+            .fetch()
+            .await;
+        assert_eq!(body.as_ref(), content(4, 50_000).as_slice());
+        assert!(env.origin.gets(slow) == 1 && env.origin.gets(kernel) == 1);
+    };
+    let ((status, report), ()) = tokio::join!(run, client);
+    assert_eq!(status, 200, "{report:#}");
+    assert_eq!(
+        env.origin.gets(kernel),
+        1,
+        "the kernel was downloaded again"
+    );
+    let row = svc
+        .store()
+        .get(&key(kernel))
+        .unwrap()
+        .expect("kernel stored");
+    assert!(row.pinned, "the run keeps what a client filled");
+    let kept = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["url"].as_str().is_some_and(|u| u.ends_with(kernel)))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(kept["ok"], true, "{report:#}");
+    svc.stop().await;
+}

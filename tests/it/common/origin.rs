@@ -207,8 +207,9 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
     let kind = path.split('/').nth(1).unwrap_or_default();
     match kind {
         // /img/<size>/<seed>/<name> with `<name>.md5` (md5sum format) next to it; /badimg/… has a sidecar
-        // that does not match; /nomd5/… has none.
-        "img" | "badimg" | "nomd5" if path.ends_with(".md5") => {
+        // that does not match; /nomd5/… has none; /slowimg/<size>/<seed>/<delay ms>/<name> is an /img/
+        // whose body starts `delay` after its headers.
+        "img" | "badimg" | "nomd5" | "slowimg" if path.ends_with(".md5") => {
             use md5::Digest as _;
             let (size, seed) = (seg(path, 2), seg(path, 3));
             if kind == "nomd5" {
@@ -235,13 +236,17 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
             }
             Ok(true)
         }
-        "img" | "badimg" | "nomd5" => {
+        "img" | "badimg" | "nomd5" | "slowimg" => {
             let (size, seed) = (seg(path, 2), seg(path, 3));
             io.write_all(
                 format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nContent-Type: application/octet-stream\r\n\r\n")
                     .as_bytes(),
             )
             .await?;
+            if kind == "slowimg" && !head_only {
+                io.flush().await?;
+                tokio::time::sleep(Duration::from_millis(seg(path, 4))).await;
+            }
             if !head_only {
                 io.write_all(&content(seed, size)).await?;
             }
