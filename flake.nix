@@ -26,13 +26,15 @@
         image-cache = final.callPackage ./nix/package.nix { };
       };
 
-      # Imported functions (not paths): nix 2.8's `flake check` refuses a module given as a path.
+      # Modules import their files by path, so option declarations and errors name nixos/module.nix and
+      # `disabledModules` can find them; the outputs themselves stay modules (nix flake check refuses a
+      # bare path). The package is built from the user's own nixpkgs: one nixpkgs closure, theirs.
       nixosModules = {
         default = { pkgs, lib, ... }: {
-          imports = [ (import ./nixos/module.nix) ];
-          services.imageCache.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+          imports = [ ./nixos/module.nix ];
+          services.imageCache.package = lib.mkDefault (pkgs.callPackage ./nix/package.nix { });
         };
-        containerd-mirror = import ./nixos/containerd-mirror.nix;
+        containerd-mirror = { imports = [ ./nixos/containerd-mirror.nix ]; };
       };
 
       checks = forAll (pkgs: {

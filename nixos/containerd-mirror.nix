@@ -2,12 +2,20 @@
 # /etc/containerd/certs.d/<registry>/hosts.toml (every cache node in order with pull+resolve, so losing one
 # sends containerd to the next; the registry itself stays the last fallback, so pulls keep working when
 # every cache node is down) and sets containerd's config_path.
+#
+# Where config_path goes depends on the version of the config *file*, not of the binary: NixOS writes a
+# version 2 file, whose `plugins."io.containerd.grpc.v1.cri".registry.config_path` containerd 1.x reads
+# and containerd 2.x migrates to its CRI images plugin; a version 3 file (set by the user) needs the key
+# under `io.containerd.cri.v1.images`.
 { config, lib, ... }:
 let
   inherit (lib) mkOption mkIf types;
   cfg = config.services.imageCache.containerdMirror;
   render = import ./render.nix;
-  containerd2 = lib.versionAtLeast (config.virtualisation.containerd.package.version or "2.0") "2";
+  certsDir = "/etc/containerd/certs.d";
+  plugin = render.containerdRegistryPlugin (config.virtualisation.containerd.settings.version or 2);
+  # mkIf on each plugin table, not around `settings`: the condition reads the settings being defined.
+  pointAt = name: mkIf (plugin == name) { registry.config_path = certsDir; };
 in
 {
   options.services.imageCache.containerdMirror = {
@@ -32,18 +40,16 @@ in
 
   config = mkIf cfg.enable {
     environment.etc = lib.listToAttrs (map
-      (r: lib.nameValuePair "containerd/certs.d/${r}/hosts.toml" {
+      (r: lib.nameValuePair "${lib.removePrefix "/etc/" certsDir}/${r}/hosts.toml" {
         text = render.hostsToml {
           mirrors = map (lib.removeSuffix "/") cfg.mirrors;
           inherit (cfg) dialTimeout;
         };
       })
       cfg.registries);
-    virtualisation.containerd.settings =
-      if containerd2 then {
-        plugins."io.containerd.cri.v1.images".registry.config_path = "/etc/containerd/certs.d";
-      } else {
-        plugins."io.containerd.grpc.v1.cri".registry.config_path = "/etc/containerd/certs.d";
-      };
+    virtualisation.containerd.settings.plugins = {
+      "io.containerd.grpc.v1.cri" = pointAt "io.containerd.grpc.v1.cri";
+      "io.containerd.cri.v1.images" = pointAt "io.containerd.cri.v1.images";
+    };
   };
 }

@@ -1,7 +1,8 @@
 # services.imageCache: a hardened image-cache node (DNS interceptor, HTTP file cache, metal-api sync,
 # containerd registry mirror). RFC 42 `settings` (freeform TOML; typed options for the keys set most),
 # secrets as file *paths* handed over with LoadCredential, the rendered config checked at build time.
-# The rendering logic is in ./render.nix (builtins only, tested by nix/tests/render.nix).
+# The rendering logic is in ./render.nix (builtins only, tested by nix/tests/render.nix); the TOML file
+# itself is written by nixpkgs' formats.toml.
 { config, lib, pkgs, ... }:
 let
   inherit (lib) mkOption mkEnableOption mkIf types literalExpression;
@@ -37,13 +38,17 @@ let
   optional = type: description: mkOption { type = types.nullOr type; default = null; inherit description; };
 
   settings = render.finalSettings cfg.settings secrets;
-  # Checked with the binary's own parser at build time; the registry credentials file lives in
-  # /run/credentials, which exists only when the unit runs, so the check sees the config without it.
+  # Checked with the binary's own parser at build time, by a binary that runs on the build machine (a
+  # cross-built package cannot); the registry credentials file lives in /run/credentials, which exists only
+  # when the unit runs, so the check sees the config without it.
+  checker =
+    if pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform then cfg.package
+    else pkgs.buildPackages.callPackage ../nix/package.nix { };
   checkedConfig = pkgs.runCommand "image-cache.toml"
     {
-      nativeBuildInputs = [ cfg.package ];
-      unchecked = pkgs.writeText "image-cache-unchecked.toml" (render.toTOML (render.checkableSettings cfg.settings secrets));
-      final = pkgs.writeText "image-cache.toml" (render.toTOML settings);
+      nativeBuildInputs = [ checker ];
+      unchecked = toml.generate "image-cache-unchecked.toml" (render.dropNulls (render.checkableSettings cfg.settings secrets));
+      final = toml.generate "image-cache.toml" (render.dropNulls settings);
     } ''
     image-cache check-config --config "$unchecked" >/dev/null
     cp "$final" "$out"

@@ -48,7 +48,16 @@ let
     builtins.foldl' (acc: k: if isAttrs acc && acc ? ${k} && acc.${k} != null then acc.${k} else default) attrs path;
 in
 rec {
-  toTOML = settings: (table [ ] settings).body;
+  # The module writes TOML with nixpkgs' `formats.toml`; this builtins-only writer renders the same
+  # settings where nixpkgs cannot be built (CI renders the VM tests' settings with it and runs
+  # `image-cache check-config` on the result).
+  toTOML = settings: (table [ ] (dropNulls settings)).body;
+
+  # Unset typed options are null; TOML has no null, and an absent key takes the binary's default.
+  dropNulls = v:
+    if isTable v then builtins.mapAttrs (_: dropNulls) (builtins.removeAttrs v (filter (n: v.${n} == null) (attrNames v)))
+    else if isList v then map dropNulls (filter (x: x != null) v)
+    else v;
 
   # `b` over `a`, recursively for attribute sets (lists and scalars are replaced, as in the binary's
   # config loading).
@@ -156,6 +165,19 @@ rec {
     + concatStringsSep "" (map
       (m: "\n[host.${toJSON m}]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = ${toJSON dialTimeout}\n")
       mirrors);
+
+  # The CRI plugin whose `registry.config_path` names the hosts.toml folder, by containerd config file
+  # version: 2 (what NixOS writes) is read by containerd 1.x and migrated by 2.x; 3 is containerd 2.x's own.
+  containerdRegistryPlugin = version:
+    if version == 2 then "io.containerd.grpc.v1.cri"
+    else if version == 3 then "io.containerd.cri.v1.images"
+    else throw "services.imageCache.containerdMirror: containerd config version ${toString version} is not 2 or 3";
+
+  # containerd settings of that version pointing the CRI at `dir` (what the mirror module adds).
+  containerdSettings = { version, dir }: {
+    inherit version;
+    plugins.${containerdRegistryPlugin version}.registry.config_path = dir;
+  };
 
   # Impossible combinations, as { assertion; message; } for the module.
   assertions = settings: secrets:

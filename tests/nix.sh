@@ -5,9 +5,23 @@
 #   3. every example config and the TOML rendered for each VM test node pass `image-cache check-config`;
 #   4. the hosts.toml the containerd-mirror module writes equals what `image-cache containerd-hosts` prints;
 #   5. flake.lock has the structure of a v7 lock with a pinned github nixpkgs;
-#   6. with NIXPKGS_LIB pointing at a nixpkgs lib checkout: the real modules under lib.evalModules
-#      (nix/tests/module-eval.nix); skipped, visibly, without it.
-# Building the package and the VM tests need `nix flake check` on a machine with a binary cache and KVM.
+#   6. nix/package.nix: its source fileset builds every cargo target (a copy of exactly those paths is
+#      checked with cargo) and its cargoTestFlags name test targets that exist;
+#   7. the VM tests (nixos/tests/*.nix) without VMs: every node definition names an option of nixpkgs
+#      (nix/tests/nixos-facts.json) or of an imported module of this flake, with the declared type; netboot
+#      and NIC lints; each testScript compiles and calls only test-driver methods and globals that exist,
+#      with parameters they take, and waits for image-cache ports where the node listens; the options the
+#      modules read exist (nix/tests/vm-nodes.nix, nix/tests/vm-scripts.py);
+#   8. vm-dns replayed on 127.0.0.1: the "internet" node's dnsmasq settings and the cache node's settings
+#      answer what dns.nix asserts (nix/tests/vm-dns-replay.py; needs dnsmasq and dig);
+#   9. the containerd settings the mirror module writes make containerd's CRI read certs.d: `config dump`
+#      of Debian's containerd 1.6 and of sid's 2.x (fetched with tests/debian-newer.sh; skipped, visibly,
+#      when the mirror cannot be reached);
+#  10. with NIXPKGS_LIB pointing at a nixpkgs lib checkout: the real modules under lib.evalModules against
+#      option declarations built from nix/tests/nixos-facts.json (nix/tests/module-eval.nix); skipped,
+#      visibly, without it.
+# Building the package and running the VM tests need `nix flake check` on a machine with a binary cache and
+# KVM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v nix-instantiate >/dev/null || {
@@ -68,6 +82,97 @@ o = lock["nodes"]["nixpkgs"]["original"]
 assert o == {"owner": "NixOS", "ref": "nixos-25.11", "repo": "nixpkgs", "type": "github"}
 PY
 
+# --- 6. the package's fileset and test flags -------------------------------------------------------------
+python3 - "$W/pkg" <<'PY' || FAILS=$((FAILS + 1))
+import json, os, re, shutil, subprocess, sys
+dest = sys.argv[1]
+text = open("nix/package.nix").read()
+fileset = re.search(r"unions\s*\[(.*?)\]", text, re.S).group(1)
+paths = re.findall(r"\.\./([A-Za-z0-9_.-]+)", fileset)
+tracked = subprocess.run(["git", "ls-files", "--", *paths], capture_output=True, text=True, check=True).stdout.split()
+for f in tracked:
+    os.makedirs(os.path.join(dest, os.path.dirname(f)), exist_ok=True)
+    shutil.copy2(f, os.path.join(dest, f))
+env = dict(os.environ, CARGO_TARGET_DIR=os.path.abspath("target"))
+r = subprocess.run(["cargo", "check", "--all-targets", "--locked", "--offline", "-q"], cwd=dest, env=env,
+                   capture_output=True, text=True)
+if r.returncode != 0:
+    print("FAIL nix/package.nix: its fileset does not build every cargo target:\n" + r.stderr[-2000:]); sys.exit(1)
+meta = json.loads(subprocess.run(["cargo", "metadata", "--no-deps", "--format-version", "1", "--offline"], cwd=dest,
+                                 capture_output=True, text=True, check=True).stdout)
+tests = {t["name"] for p in meta["packages"] for t in p["targets"] if "test" in t["kind"]}
+flags = re.search(r"cargoTestFlags\s*=\s*\[(.*?)\]", text, re.S).group(1).split()
+named = [flags[i + 1].strip('"') for i, f in enumerate(flags) if f.strip('"') == "--test"]
+missing = [n for n in named if n not in tests]
+if missing:
+    print(f"FAIL nix/package.nix: cargoTestFlags name test targets that do not exist: {missing} (targets: {sorted(tests)})"); sys.exit(1)
+print(f"PASS nix/package.nix: its fileset ({', '.join(paths)}) builds every target; --test {', '.join(named)} exist")
+PY
+
+# --- 7. the VM tests, read without VMs ----------------------------------------------------------------------
+if nix-instantiate --eval --strict --json --read-write-mode nix/tests/vm-nodes.nix --arg dir ./nixos/tests \
+  >"$W/vm-nodes.json" 2>"$W/vm-nodes.err"; then
+  python3 nix/tests/vm-scripts.py "$W/vm-nodes.json" nix/tests/nixos-facts.json nixos/*.nix || FAILS=$((FAILS + 1))
+  # The checker itself: the defects it exists for, in nix/tests/vm-lint-fixtures, must be reported.
+  if nix-instantiate --eval --strict --json --read-write-mode nix/tests/vm-nodes.nix \
+    --arg dir ./nix/tests/vm-lint-fixtures >"$W/fixtures.json" 2>"$W/fixtures.err"; then
+    python3 nix/tests/vm-scripts.py "$W/fixtures.json" nix/tests/nixos-facts.json \
+      nix/tests/vm-lint-fixtures/modules/reads-missing-option.nix >"$W/fixtures.out" || true
+    python3 - "$W/fixtures.out" nix/tests/vm-lint-fixtures/expected.txt <<'PY' || FAILS=$((FAILS + 1))
+import sys
+out, expected = open(sys.argv[1]).read(), [l.strip() for l in open(sys.argv[2]) if l.strip() and not l.startswith("#")]
+missed = [e for e in expected if e not in out]
+if missed:
+    print("FAIL the VM-test checker no longer reports:", *missed, sep="\n  "); print(out); sys.exit(1)
+print(f"PASS the VM-test checker reports all {len(expected)} planted defects (nix/tests/vm-lint-fixtures)")
+PY
+  else
+    fail "vm-nodes.nix on the lint fixtures:"; tail -5 "$W/fixtures.err"
+  fi
+else
+  fail "nix/tests/vm-nodes.nix:"; tail -15 "$W/vm-nodes.err"
+fi
+
+# --- 8. vm-dns replayed on 127.0.0.1 ------------------------------------------------------------------------
+if command -v dnsmasq >/dev/null && command -v dig >/dev/null && [ -s "$W/vm-nodes.json" ]; then
+  python3 nix/tests/vm-dns-replay.py "$W/vm-nodes.json" "$BIN" || FAILS=$((FAILS + 1))
+else
+  echo "SKIPPED vm-dns replay: needs dnsmasq and dig (apt-get install dnsmasq-base dnsutils)"
+fi
+
+# --- 9. containerd reads the config_path the mirror module writes ------------------------------------------
+containerd_sees() { # containerd_sees LABEL BINARY VERSION: the CRI's effective registry.config_path
+  local label=$1 bin=$2 version=$3
+  eval_json --expr "let r = import ./nixos/render.nix; in r.toTOML (r.merge
+      { version = $version; plugins.\"io.containerd.grpc.v1.cri\".cni.bin_dir = \"/opt/cni/bin\"; }
+      (r.containerdSettings { version = $version; dir = \"/etc/containerd/certs.d\"; }))" \
+    | python3 -c 'import json, sys; sys.stdout.write(json.load(sys.stdin))' >"$W/containerd-$label.toml"
+  "$bin" -c "$W/containerd-$label.toml" config dump 2>/dev/null | python3 -c '
+import sys, tomllib
+plugins = tomllib.loads(sys.stdin.read()).get("plugins", {})
+cri = plugins.get("io.containerd.cri.v1.images") or plugins.get("io.containerd.grpc.v1.cri") or {}
+print(cri.get("registry", {}).get("config_path", ""))'
+}
+check_containerd() { # check_containerd LABEL BINARY VERSION
+  local got
+  got=$(containerd_sees "$@")
+  if [ "$got" = /etc/containerd/certs.d ]; then pass "containerd $1 with a version $3 file from the mirror module: CRI config_path = $got"
+  else fail "containerd $1 with a version $3 file from the mirror module: CRI config_path is '$got'"; cat "$W/containerd-$1.toml"; fi
+}
+if command -v containerd >/dev/null; then
+  check_containerd "$(containerd --version | awk '{print $3}')" containerd 2
+else
+  echo "SKIPPED containerd config check with Debian's containerd: not installed"
+fi
+source tests/debian-newer.sh
+if CTD2=$(debian_newer sid containerd); then
+  check_containerd "$("$CTD2/usr/bin/containerd" --version | awk '{print $3}')-v2" "$CTD2/usr/bin/containerd" 2
+  check_containerd "$("$CTD2/usr/bin/containerd" --version | awk '{print $3}')-v3" "$CTD2/usr/bin/containerd" 3
+else
+  echo "SKIPPED containerd 2.x config check: Debian sid's containerd could not be fetched"
+fi
+
+# --- 10. the modules under lib.evalModules ----------------------------------------------------------------
 if [ -n "${NIXPKGS_LIB:-}" ] && [ -d "$NIXPKGS_LIB/lib" ]; then
   out=$(eval_json nix/tests/module-eval.nix)
   if [ "$out" = '{"failures":[]}' ]; then pass "nix/tests/module-eval.nix (lib.evalModules with $NIXPKGS_LIB)"; else fail "module-eval: $out"; fi

@@ -8,6 +8,7 @@ let
   inherit (lib) types mkOption;
   render = import ../../nixos/render.nix;
 
+  userPackage = fakeDrv "image-cache-from-users-pkgs-0.1.0" { pname = "image-cache"; version = "0.1.0"; meta.mainProgram = "image-cache"; };
   flakePackage = fakeDrv "image-cache-from-flake-0.1.0" { pname = "image-cache"; version = "0.1.0"; meta.mainProgram = "image-cache"; };
   # The flake's outputs, called by hand with a stub nixpkgs (nix 2.8 cannot fetch the real one).
   flake = (import ../../flake.nix).outputs {
@@ -27,39 +28,64 @@ let
   fakeDrv = name: extra: { type = "derivation"; inherit name; outPath = "/nix/store/00000000000000000000000000000000-${name}"; } // extra;
   pkgs = {
     stdenv.hostPlatform.system = "x86_64-linux";
+    stdenv.buildPlatform.canExecute = _: true;
+    # The module's default package: built by the user's own nixpkgs, never the flake's.
+    callPackage = _: _: userPackage;
     image-cache = fakeDrv "image-cache-0.1.0" { pname = "image-cache"; version = "0.1.0"; meta.mainProgram = "image-cache"; };
     containerd = fakeDrv "containerd-2.1.4" { version = "2.1.4"; };
     formats.toml = { }: {
       type = types.attrsOf types.anything // { description = "TOML value"; };
-      generate = name: value: builtins.toFile name (render.toTOML value);
+      generate = name: value: fakeDrv name { text = render.toTOML value; };
     };
     writeText = name: text: fakeDrv name { inherit text; };
     writeShellScript = name: text: fakeDrv name { inherit text; };
     runCommand = name: env: script: fakeDrv name { inherit env script; };
   };
 
-  # Just enough of NixOS for the modules to be evaluated.
-  stubs = {
-    options = {
-      assertions = mkOption { type = types.listOf types.unspecified; default = [ ]; };
-      environment.systemPackages = mkOption { type = types.listOf types.unspecified; default = [ ]; };
-      environment.etc = mkOption {
-        type = types.attrsOf (types.submodule {
-          options.text = mkOption { type = types.str; default = ""; };
-          options.source = mkOption { type = types.unspecified; default = null; };
-        });
-        default = { };
-      };
-      networking.firewall.allowedTCPPorts = mkOption { type = types.listOf types.port; default = [ ]; };
-      networking.firewall.allowedUDPPorts = mkOption { type = types.listOf types.port; default = [ ]; };
-      systemd.services = mkOption {
-        type = types.attrsOf (types.submodule { freeformType = types.attrsOf types.anything; });
-        default = { };
-      };
-      virtualisation.containerd.package = mkOption { type = types.unspecified; default = pkgs.containerd; };
-      virtualisation.containerd.settings = mkOption { type = types.attrsOf types.anything; default = { }; };
-    };
-  };
+  # The NixOS options the modules touch, declared from nix/tests/nixos-facts.json (names and types as
+  # nixpkgs declares them), so a definition or a read of an option nixpkgs lacks fails here as on NixOS.
+  facts = builtins.fromJSON (builtins.readFile ./nixos-facts.json);
+  entries = map (k: { path = lib.splitString "." k; type = facts.options.${k}; }) (builtins.attrNames facts.options);
+  hasPrefix = lib.hasPrefix;
+  after = p: t: lib.removePrefix p t;
+  typeOf = t:
+    if hasPrefix "null or " t then types.nullOr (typeOf (after "null or " t))
+    else if t == "boolean" then types.bool
+    else if t == "string" || hasPrefix "(optionally newline-terminated)" t then types.str
+    else if hasPrefix "strings concatenated" t then types.lines
+    else if hasPrefix "16 bit unsigned" t then types.port
+    else if t == "signed integer" || hasPrefix "positive integer" t || hasPrefix "unsigned integer, meaning" t then types.int
+    else if t == "package" then types.package
+    else if t == "path" then types.path
+    else if hasPrefix "list of " t then types.listOf (typeOf (after "list of " t))
+    else if hasPrefix "attribute set of" t || t == "TOML value" then types.attrsOf types.anything
+    else types.anything;
+  defaultOf = t:
+    if hasPrefix "null or " t then { default = null; }
+    else if hasPrefix "list of " t then { default = [ ]; }
+    else if hasPrefix "attribute set of" t || t == "TOML value" || hasPrefix "open submodule" t then { default = { }; }
+    else if t == "boolean" then { default = false; }
+    else { };
+  # Flat entries → nested option declarations; <name> and * become attrsOf/listOf submodules.
+  declare = es:
+    let
+      heads = lib.unique (map (e: builtins.head e.path) es);
+      one = h:
+        let
+          mine = builtins.filter (e: builtins.head e.path == h) es;
+          self = builtins.filter (e: builtins.length e.path == 1) mine;
+          kids = map (e: e // { path = builtins.tail e.path; }) (builtins.filter (e: builtins.length e.path > 1) mine);
+          wild = w: map (e: e // { path = builtins.tail e.path; }) (builtins.filter (e: builtins.head e.path == w) kids);
+          sub = es': types.submodule { freeformType = types.attrsOf types.anything; options = declare es'; };
+        in
+        if self == [ ] then declare kids
+        else if kids == [ ] then mkOption ({ type = typeOf (builtins.head self).type; } // defaultOf (builtins.head self).type)
+        else if wild "<name>" != [ ] then mkOption { type = types.attrsOf (sub (wild "<name>")); default = { }; }
+        else if wild "*" != [ ] then mkOption { type = types.listOf (sub (wild "*")); default = [ ]; }
+        else mkOption { type = sub kids; default = { }; };
+    in
+    lib.genAttrs heads one;
+  stubs.options = declare entries;
 
   eval = config: lib.evalModules {
     modules = [ stubs flake.nixosModules.default flake.nixosModules.containerd-mirror { inherit config; } ];
@@ -92,15 +118,15 @@ let
 
   laptop = cfgOf { services.imageCache = { enable = true; settings = { dns.enabled = false; passthrough.enabled = false; http.listen = [ "127.0.0.1:8080" ]; }; }; };
   mirror = cfgOf { services.imageCache.containerdMirror = { enable = true; mirrors = [ "http://10.0.0.1:80/" "http://10.0.0.2" ]; registries = [ "_default" "ghcr.io" ]; }; };
-  mirror1 = cfgOf {
-    virtualisation.containerd.package = fakeDrv "containerd-1.7.20" { version = "1.7.20"; };
+  mirror3 = cfgOf {
+    virtualisation.containerd.settings.version = 3;
     services.imageCache.containerdMirror = { enable = true; mirrors = [ "http://cache" ]; };
   };
 in
 {
   failures =
     check "the CLI finds the service's config at its default path" (node.environment.etc."image-cache/config.toml".source == node.services.imageCache.configFile)
-    ++ check "ExecStart runs the flake's package with the checked config" (svc.ExecStart == "/nix/store/00000000000000000000000000000000-image-cache-from-flake-0.1.0/bin/image-cache serve --config ${node.services.imageCache.configFile}")
+    ++ check "ExecStart runs the package built from the user's nixpkgs with the checked config" (svc.ExecStart == "${userPackage}/bin/image-cache serve --config ${node.services.imageCache.configFile}")
     ++ check "flake: checks per system, pxe on x86_64 only"
       (flake.checks.x86_64-linux ? vm-pxe && !(flake.checks.aarch64-linux ? vm-pxe)
         && builtins.all (n: flake.checks.aarch64-linux ? ${n}) [ "package" "vm-dns" "vm-http" "vm-sync" "vm-registry" "vm-failover" ])
@@ -131,7 +157,9 @@ in
     ++ check "mirror: hosts.toml per registry"
       (mirror.environment.etc."containerd/certs.d/_default/hosts.toml".text == render.hostsToml { mirrors = [ "http://10.0.0.1:80" "http://10.0.0.2" ]; }
         && mirror.environment.etc ? "containerd/certs.d/ghcr.io/hosts.toml")
-    ++ check "mirror: containerd 2 config path (config v3)" (mirror.virtualisation.containerd.settings.plugins."io.containerd.cri.v1.images".registry.config_path == "/etc/containerd/certs.d")
-    ++ check "mirror: containerd 1.x config path (config v2)" (mirror1.virtualisation.containerd.settings.plugins."io.containerd.grpc.v1.cri".registry.config_path == "/etc/containerd/certs.d")
+    ++ check "mirror: NixOS's version 2 file gets the key containerd 1.x reads and 2.x migrates, and only that"
+      (mirror.virtualisation.containerd.settings.plugins == { "io.containerd.grpc.v1.cri".registry.config_path = "/etc/containerd/certs.d"; })
+    ++ check "mirror: a version 3 file gets containerd 2's own key, and only that"
+      (mirror3.virtualisation.containerd.settings.plugins == { "io.containerd.cri.v1.images".registry.config_path = "/etc/containerd/certs.d"; })
     ++ check "mirror: bad URL refused" (!(builtins.tryEval (builtins.deepSeq (cfgOf { services.imageCache.containerdMirror = { enable = true; mirrors = [ "10.0.0.1" ]; }; }).environment.etc true)).success);
 }

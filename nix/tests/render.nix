@@ -57,6 +57,14 @@ in
     ++ check "assertion: v2 sync needs tokenFile" (asserts { nodes.self = "1.2.3.4"; sync = { enabled = true; api = "v2"; }; } { token = "/k"; } == [ ])
     ++ check "the build-time check keeps required secret keys but not the credentials file"
       (let k = r.checkableSettings { } secrets; in k.sync.hmac_file == final.sync.hmac_file && !(k ? registry))
+    ++ check "unset typed options (null) are dropped, in tables and lists"
+      (r.dropNulls { a = null; b = { c = null; d = 1; }; e = [ null 2 ]; } == { b.d = 1; e = [ 2 ]; })
+    ++ check "containerd: NixOS's version 2 file gets the CRI key 1.x reads and 2.x migrates"
+      (r.containerdSettings { version = 2; dir = "/d"; } == { version = 2; plugins."io.containerd.grpc.v1.cri".registry.config_path = "/d"; })
+    ++ check "containerd: a version 3 file gets the CRI images plugin's key"
+      (r.containerdSettings { version = 3; dir = "/d"; } == { version = 3; plugins."io.containerd.cri.v1.images".registry.config_path = "/d"; })
+    ++ check "containerd: an unknown config version is refused"
+      (!(builtins.tryEval (r.containerdRegistryPlugin 4)).success)
     ++ check "renderer refuses what TOML cannot hold" (!(builtins.tryEval (builtins.deepSeq (r.toTOML { z = (a: a); }) true)).success);
 
   hosts = r.hostsToml { mirrors = [ "http://10.0.0.1" "http://10.0.0.2" "http://10.0.0.3:8080" ]; };

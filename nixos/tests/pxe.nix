@@ -70,16 +70,15 @@ in {
       };
     };
     cache = c.cacheNode { name = "pxe"; addr = c.addrs.cache; };
+    # A diskless VM whose firmware boots from the network: no -kernel/-initrd (directBoot off), no disk,
+    # and no user-mode NIC; its only NIC is the one the test driver puts on VLAN 1, where QEMU's
+    # virtio-net option ROM (iPXE) takes DHCP from `dhcp` and the script from TFTP.
     client = { lib, ... }: {
       virtualisation = {
-        useBootLoader = true;
+        directBoot.enable = false;
         diskImage = null;
         qemu.options = [ "-boot" "order=n" ];
-        # QEMU's own virtio-net option ROM is iPXE.
-        qemu.networkingOptions = lib.mkForce [
-          "-netdev vde,id=n1,sock=\"$QEMU_VDE_SOCKET_1\""
-          "-device virtio-net-pci,netdev=n1,mac=52:54:00:12:01:50,bootindex=1"
-        ];
+        qemu.networkingOptions = lib.mkForce [ ];
       };
     };
   };
@@ -89,8 +88,9 @@ in {
         m.start()
     origin.wait_for_unit("nginx.service")
     dhcp.wait_for_unit("dnsmasq.service")
+    # Type=notify: active means every listener is bound. DNS listens on the internal address only.
     cache.wait_for_unit("image-cache.service")
-    cache.wait_for_open_port(53)
+    cache.wait_for_open_port(53, "${c.addrs.cache}")
 
     client.start(allow_reboot=False)
     client.wait_for_console_text("IMAGE-CACHE-PXE-OK", timeout=900)

@@ -1,5 +1,7 @@
 # containerd pulls through the mirror (nixos/containerd-mirror.nix on the client) from a docker-registry
-# node, then again with the registry stopped; the client cannot resolve the registry's name itself.
+# node, then again with the registry stopped; the client cannot resolve the registry's name itself. The
+# first pull goes through the CRI (crictl), which finds the mirror only through the config_path the
+# module sets; the second through `ctr --hosts-dir` pointed at the module's own directory.
 { self }:
 let c = import ./common.nix { inherit self; };
 in {
@@ -11,13 +13,10 @@ in {
       environment.systemPackages = [ pkgs.skopeo pkgs.python3 ];
       environment.etc."containers/policy.json".text = ''{"default":[{"type":"insecureAcceptAnything"}]}'';
     };
-    cache = c.cacheNode {
-      name = "registry";
-      addr = c.addrs.cache;
-      extra = { networking.hosts.${c.addrs.registry} = [ "registry" ]; };
-    };
+    cache = c.cacheNode { name = "registry"; addr = c.addrs.cache; };
     client = { pkgs, ... }: {
       imports = [ c.clientNode self.nixosModules.containerd-mirror ];
+      environment.systemPackages = [ pkgs.cri-tools ];
       virtualisation.containerd.enable = true;
       services.imageCache.containerdMirror = { enable = true; mirrors = [ "http://${c.addrs.cache}:5000" ]; };
     };
@@ -31,11 +30,13 @@ in {
     cache.wait_for_unit("image-cache.service")
     client.wait_for_unit("containerd.service")
     client.succeed("grep -q 'http://${c.addrs.cache}:5000' /etc/containerd/certs.d/_default/hosts.toml")
-    client.succeed("ctr images pull --hosts-dir /etc/containerd/certs.d registry.test:5000/test/app:1")
-    assert index in client.succeed("ctr images ls"), "pulled digest differs from the pushed index"
-    client.succeed("ctr images rm --sync registry.test:5000/test/app:1")
+    client.succeed("containerd config dump | grep -Eq 'config_path = .?/etc/containerd/certs.d'")
+    crictl = "crictl --runtime-endpoint unix:///run/containerd/containerd.sock --image-endpoint unix:///run/containerd/containerd.sock"
+    client.succeed(f"{crictl} pull registry.test:5000/test/app:1")
+    assert index in client.succeed("ctr -n k8s.io images ls"), "CRI pull: digest differs from the pushed index"
     registry.succeed("systemctl stop docker-registry")
     client.succeed("ctr images pull --hosts-dir /etc/containerd/certs.d registry.test:5000/test/app:1")
+    assert index in client.succeed("ctr images ls"), "ctr pull: digest differs from the pushed index"
     cache.succeed("curl -sf http://127.0.0.1:5000/metrics | grep -E 'image_cache_registry_requests_total\\{registry=\"registry.test:5000\",kind=\"blob\",result=\"hit\"\\} [1-9]'")
   '';
 }

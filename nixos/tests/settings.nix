@@ -27,7 +27,9 @@
     dns.enabled = false;
     passthrough.enabled = false;
     http.listen = [ "0.0.0.0:5000" ];
-    registry = { tag_ttl = "1s"; upstreams."registry.test:5000" = "http://registry:5000"; };
+    # The address, not the node's name: the test driver's /etc/hosts maps node names to the addresses it
+    # would have assigned, not to the static ones of common.nix.
+    registry = { tag_ttl = "1s"; upstreams."registry.test:5000" = "http://192.168.1.5:5000"; };
     upstream.read_timeout = "10s";
   };
   pxe = {
