@@ -117,7 +117,7 @@ pub(super) async fn pass_through(
                 state,
                 &target.registry,
                 object,
-                &fetch::refusal(state, target, &resp),
+                &fetch::refusal_to_this_request(state, target, &resp),
             )
         }
         Err(e) => {

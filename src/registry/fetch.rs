@@ -207,20 +207,30 @@ pub(super) fn refused(state: &RegistryState, target: &Target, resp: &Response) -
 
 /// A registry's non-200 answer: remembered when it is a 404 or a 429, passed on with its status.
 pub(super) fn refusal(state: &RegistryState, target: &Target, resp: &Response) -> FillFailure {
-    match resp.status {
-        404 | 410 => state.negative.insert(&target.key),
-        429 => {
-            let wait = state
-                .backoff
-                .rate_limited(&target.registry, resp.header("retry-after"));
-            tracing::warn!(
-                registry = %target.registry,
-                wait_s = wait.as_secs(),
-                remaining = resp.header("ratelimit-remaining").unwrap_or("?"),
-                "registry rate limit hit; leaving it alone"
-            );
-        }
-        _ => {}
+    if matches!(resp.status, 404 | 410) {
+        state.negative.insert(&target.key);
+    }
+    refusal_to_this_request(state, target, resp)
+}
+
+/// A registry's non-200 answer to one client's own request (a pass-through with its `Accept`): a 429
+/// still backs the registry off, but a 404 may be content negotiation — no representation this client
+/// accepts — and says nothing about whether the tag exists, so it is not remembered.
+pub(super) fn refusal_to_this_request(
+    state: &RegistryState,
+    target: &Target,
+    resp: &Response,
+) -> FillFailure {
+    if resp.status == 429 {
+        let wait = state
+            .backoff
+            .rate_limited(&target.registry, resp.header("retry-after"));
+        tracing::warn!(
+            registry = %target.registry,
+            wait_s = wait.as_secs(),
+            remaining = resp.header("ratelimit-remaining").unwrap_or("?"),
+            "registry rate limit hit; leaving it alone"
+        );
     }
     FillFailure::Upstream(SourceError::Status {
         status: resp.status,

@@ -224,11 +224,14 @@ pub(super) async fn by_digest(
     }
 }
 
+/// Every `Accept` line, joined: Docker and podman send one line per media type.
 fn accept_header(req: &HttpRequest) -> Option<String> {
-    req.headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+    let lines: Vec<&str> = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(", "))
 }
 
 fn accepted(client_accept: Option<&str>, row: &ObjectRow) -> bool {

@@ -649,3 +649,41 @@ async fn credentials_never_leave_their_registry() {
     );
     svc.stop().await;
 }
+
+/// Docker and podman send one `Accept` line per media type. Every line counts; and a registry's 404 to a
+/// narrow client (content negotiation) is that client's answer only: it is not remembered as "no such tag"
+/// for the clients after it.
+#[tokio::test]
+async fn accept_on_several_lines_counts_and_a_negotiation_404_is_not_remembered() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let img = reg.push_image("app", "1", &layers(1, 1000, 4));
+    reg.state
+        .strict_accept
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut c = config(&env, &reg);
+    c.registry.negative_ttl = Span(Duration::from_secs(600));
+    let svc = env.start(c).await;
+
+    // The index on the second line: the stored index is what this client asked for.
+    let r = svc
+        .client
+        .get(url(&svc, "app", "manifests", "1"))
+        .header("accept", DOCKER_V2)
+        .header("accept", INDEX)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "docker-content-digest"), img.index);
+
+    // A client that accepts only a type this registry will not convert to: its 404, not remembered.
+    let r = get(&svc, "app", "manifests", "1", DOCKER_V2).await;
+    assert_eq!(r.status(), 404);
+    for accept in [RESOLVE_ACCEPT, INDEX] {
+        let r = get(&svc, "app", "manifests", "1", accept).await;
+        assert_eq!(r.status(), 200, "{accept}: the tag is not gone");
+        assert_eq!(header(&r, "docker-content-digest"), img.index);
+    }
+    svc.stop().await;
+}

@@ -55,6 +55,9 @@ pub(crate) struct RegState {
     pub stopped: AtomicBool,
     /// When set, 401 challenges name this token realm instead of the registry's own.
     pub realm: Mutex<Option<String>>,
+    /// When set, a tag whose manifest type the request's `Accept` (all lines) does not admit is a 404
+    /// MANIFEST_UNKNOWN, as registries that do not convert answer, instead of Docker Hub's fallback.
+    pub strict_accept: AtomicBool,
     port: AtomicU64,
     cdn_port: AtomicU64,
 }
@@ -235,10 +238,10 @@ fn token_for(repo: &str) -> String {
 fn registry_route(req: HttpRequest, s: Arc<RegState>) -> HttpResponse {
     let accept = req
         .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+        .get_all(header::ACCEPT)
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ");
     let line = format!(
         "{} {}{} {accept}",
         req.method(),
@@ -320,6 +323,14 @@ fn registry_route(req: HttpRequest, s: Arc<RegState>) -> HttpResponse {
             let Some((mut media, mut bytes)) = found else {
                 return HttpResponse::NotFound().json(serde_json::json!({"errors":[{"code":"MANIFEST_UNKNOWN","message":"no such manifest"}]}));
             };
+            if s.strict_accept.load(Ordering::SeqCst)
+                && !reference.starts_with("sha256:")
+                && !accept.is_empty()
+                && !accept.contains(&media)
+                && !accept.contains("*/*")
+            {
+                return HttpResponse::NotFound().json(serde_json::json!({"errors":[{"code":"MANIFEST_UNKNOWN","message":"no manifest of an accepted type"}]}));
+            }
             // Content negotiation by tag, as Docker Hub does: a client that does not accept an index
             // gets the amd64 manifest.
             if !reference.starts_with("sha256:")
