@@ -319,6 +319,24 @@ pub struct RegistryConfig {
     /// `credentials_file` (over HTTPS): Docker Hub's `auth.docker.io` by default.
     #[serde(default = "default_token_realms")]
     pub token_realms: Vec<String>,
+    /// The registry for requests that name none (no `ns`, no registry path prefix): Docker's
+    /// `registry-mirrors`. Unset: `docker.io` when it is in `upstreams`; `""`: such requests get 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_upstream: Option<String>,
+}
+
+impl RegistryConfig {
+    /// The registry a request without `ns` or path prefix goes to, if any.
+    pub fn default_upstream(&self) -> Option<&str> {
+        match self.default_upstream.as_deref() {
+            None => self
+                .upstreams
+                .contains_key("docker.io")
+                .then_some("docker.io"),
+            Some("") => None,
+            Some(name) => Some(name),
+        }
+    }
 }
 
 fn default_token_realms() -> Vec<String> {
@@ -435,6 +453,7 @@ impl Config {
                 negative_ttl: Span::from_secs(30),
                 credentials_file: None,
                 token_realms: default_token_realms(),
+                default_upstream: None,
                 upstreams: upstreams
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))

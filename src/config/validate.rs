@@ -176,6 +176,20 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
         }
         check_origin(url).map_err(|m| ConfigError::new(key, m))?;
     }
+    if let Some(name) = c
+        .registry
+        .default_upstream
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        && !c.registry.upstreams.contains_key(name)
+    {
+        return Err(ConfigError::new(
+            "registry.default_upstream",
+            format!(
+                "{name:?} is not a key of registry.upstreams (\"\" refuses requests that name no registry)"
+            ),
+        ));
+    }
     if let Some(path) = &c.registry.credentials_file {
         super::credentials::load(path, &c.registry.upstreams)
             .map_err(|m| ConfigError::new("registry.credentials_file", m))?;

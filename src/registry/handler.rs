@@ -1,5 +1,5 @@
-//! The `/v2/` front, top to bottom: method, path grammar, `ns` → configured upstream, then the
-//! endpoint. Everything a mirror must refuse is refused here with an OCI error, before any upstream or
+//! The `/v2/` front, top to bottom: method, path grammar, the configured upstream (by `ns`, a registry
+//! path prefix or the default upstream), then the endpoint. Everything a mirror must refuse is refused here with an OCI error, before any upstream or
 //! store is touched.
 
 use super::answer;
@@ -29,34 +29,40 @@ pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpRespon
     if route == Route::Base {
         return base();
     }
-    let ns = path::ns_param(req.query_string());
-    let Some((registry, upstream)) = path::upstream_for(ns.as_deref(), &state.config.upstreams)
-    else {
-        let why = match ns {
-            Some(ns) => format!("registry {ns:?} is not in registry.upstreams"),
-            None => "no ns parameter: configure containerd with a hosts.toml (image-cache containerd-hosts)".into(),
-        };
-        return OciError::NameUnknown(why).response();
+    let requested = match &route {
+        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::TagsList { name } => name,
+        Route::Base => return base(),
     };
+    let ns = path::ns_param(req.query_string());
+    let to = match path::destination(
+        ns.as_deref(),
+        requested,
+        &state.config.upstreams,
+        state.config.default_upstream(),
+    ) {
+        Ok(to) => to,
+        Err(why) => return OciError::NameUnknown(why).response(),
+    };
+    let registry = to.registry;
     // Only the partition's own nodes may ask "from your registry, not from a node".
     let from_peer = req
         .headers()
         .get(PEER_HEADER)
         .is_some_and(|v| v.as_bytes() == b"1")
         && req.peer_addr().is_some_and(|a| state.peers.is_peer(a.ip()));
-    let repo = |name| Repo {
+    let repo = Repo {
         registry,
-        base: upstream,
-        name,
+        base: to.base,
+        name: to.name,
         from_peer,
     };
     let mut response = match &route {
-        Route::Manifest { name, reference } => match reference {
-            Reference::Tag(tag) => manifests::by_tag(req, state, &repo(name), tag).await,
-            Reference::Digest(d) => manifests::by_digest(req, state, &repo(name), d).await,
+        Route::Manifest { reference, .. } => match reference {
+            Reference::Tag(tag) => manifests::by_tag(req, state, &repo, tag).await,
+            Reference::Digest(d) => manifests::by_digest(req, state, &repo, d).await,
         },
-        Route::Blob { name, digest } => blobs::get(req, state, &repo(name), digest).await,
-        Route::TagsList { name } => tags_list(req, state, &repo(name)).await,
+        Route::Blob { digest, .. } => blobs::get(req, state, &repo, digest).await,
+        Route::TagsList { .. } => tags_list(req, state, &repo).await,
         Route::Base => base(),
     };
     if req.method() == Method::GET

@@ -191,6 +191,52 @@ pub fn upstream_for<'a>(
         .map(|(k, v)| (k.as_str(), v.as_str()))
 }
 
+/// Where a request goes: a configured registry (its key and base URL) and the repository name there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Destination<'a, 'n> {
+    pub registry: &'a str,
+    pub base: &'a str,
+    pub name: &'n str,
+}
+
+/// The registry a request is for: `ns` when it is given (containerd's hosts.toml mirrors); else the
+/// first component of the name when it names a configured registry (podman, CRI-O and Harbor-style
+/// path-prefix mirrors: `/v2/ghcr.io/org/app/...`), the rest being the repository; else `default`
+/// (Docker's `registry-mirrors`, which mirror Docker Hub only and send no `ns`). The keys in the store
+/// are the same whichever way a request came, so every runtime shares one copy. `Err` says why none
+/// applies.
+pub fn destination<'a, 'n>(
+    ns: Option<&str>,
+    name: &'n str,
+    upstreams: &'a BTreeMap<String, String>,
+    default: Option<&str>,
+) -> Result<Destination<'a, 'n>, String> {
+    let to = |(registry, base): (&'a str, &'a str), name: &'n str| Destination {
+        registry,
+        base,
+        name,
+    };
+    if let Some(ns) = ns {
+        return upstream_for(Some(ns), upstreams)
+            .map(|up| to(up, name))
+            .ok_or_else(|| format!("registry {ns:?} is not in registry.upstreams"));
+    }
+    if let Some((first, rest)) = name.split_once('/')
+        && let Some(up) = upstream_for(Some(first), upstreams)
+    {
+        return Ok(to(up, rest));
+    }
+    match default.and_then(|d| upstream_for(Some(d), upstreams)) {
+        Some(up) => Ok(to(up, name)),
+        None => Err(
+            "no ns parameter, no configured registry as the name's first component, and no \
+             registry.default_upstream: point containerd at a hosts.toml (image-cache containerd-hosts) \
+             or prefix the name with a registry of registry.upstreams"
+                .into(),
+        ),
+    }
+}
+
 /// The `ns` parameter of a query string (URL-decoded; containerd encodes `:` in `host:port`).
 pub fn ns_param(query: &str) -> Option<String> {
     query
@@ -228,6 +274,61 @@ mod tests {
     use super::*;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn destinations() {
+        let up: BTreeMap<String, String> = [
+            ("docker.io", "https://registry-1.docker.io"),
+            ("ghcr.io", "https://ghcr.io"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let d = |ns: Option<&str>, name, default| {
+            destination(ns, name, &up, default).map(|d| (d.registry, d.name))
+        };
+        // ns wins, name untouched, whatever its first component.
+        assert_eq!(
+            d(Some("ghcr.io"), "docker.io/x", Some("docker.io")),
+            Ok(("ghcr.io", "docker.io/x"))
+        );
+        assert_eq!(
+            d(Some("index.docker.io"), "library/a", None),
+            Ok(("docker.io", "library/a"))
+        );
+        assert!(d(Some("evil.example"), "library/a", Some("docker.io")).is_err());
+        // A configured registry as the first component (aliases too), the rest is the repository.
+        assert_eq!(
+            d(None, "ghcr.io/org/app", Some("docker.io")),
+            Ok(("ghcr.io", "org/app"))
+        );
+        assert_eq!(
+            d(None, "docker.io/library/nginx", None),
+            Ok(("docker.io", "library/nginx"))
+        );
+        assert_eq!(
+            d(None, "registry-1.docker.io/library/nginx", None),
+            Ok(("docker.io", "library/nginx"))
+        );
+        // Otherwise the default upstream, name untouched; an unknown host-like prefix is a Hub name then.
+        assert_eq!(
+            d(None, "library/nginx", Some("docker.io")),
+            Ok(("docker.io", "library/nginx"))
+        );
+        assert_eq!(
+            d(None, "quay.io/org/app", Some("docker.io")),
+            Ok(("docker.io", "quay.io/org/app"))
+        );
+        assert_eq!(
+            d(None, "ghcr.io", Some("docker.io")),
+            Ok(("docker.io", "ghcr.io"))
+        );
+        assert!(d(None, "library/nginx", None).is_err());
+        assert!(
+            d(None, "library/nginx", Some("quay.io")).is_err(),
+            "an unconfigured default dials nothing"
+        );
+    }
 
     #[test]
     fn routes() {

@@ -64,6 +64,11 @@ fn bad_configs_exit_2_and_name_the_key() {
             vec![],
             "registry.upstreams",
         ),
+        (
+            "[registry]\ndefault_upstream = \"nope.example\"\n",
+            vec![],
+            "registry.default_upstream",
+        ),
     ];
     for (body, envs, needle) in cases {
         // Production defaults need this node's address; every case but the one about it sets it.

@@ -44,7 +44,10 @@ const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef01234567
 #[tokio::test]
 async fn base_refusals_and_namespaces() {
     let env = Env::new().await;
-    let svc = env.start(env.config(OnMiss::Fill)).await;
+    let mut c = env.config(OnMiss::Fill);
+    // No default upstream: a request that names no registry is refused like a foreign one.
+    c.registry.default_upstream = Some(String::new());
+    let svc = env.start(c).await;
     let base = svc.base.clone();
 
     let (status, head, body) = raw(&base, "GET", "/v2/").await;
@@ -121,6 +124,15 @@ async fn base_refusals_and_namespaces() {
             assert_eq!(status, 404, "{path}");
             assert_eq!(code(&body), "NAME_UNKNOWN", "{path}");
         }
+    }
+    // A registry-like first component that is not configured is no way in either.
+    for path in [
+        "/v2/evil.example/library/nginx/manifests/1.27".to_string(),
+        format!("/v2/127.0.0.1/x/blobs/{D}"),
+    ] {
+        let (status, _, body) = raw(&base, "GET", &path).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(code(&body), "NAME_UNKNOWN", "{path}");
     }
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);

@@ -687,3 +687,63 @@ async fn accept_on_several_lines_counts_and_a_negotiation_404_is_not_remembered(
     }
     svc.stop().await;
 }
+
+/// One store for every runtime: containerd names the registry with `ns`, podman and CRI-O with a path
+/// prefix (`/v2/<registry>/<name>/...`), Docker with nothing (its `registry-mirrors` mirror the default
+/// upstream). All three reach the same objects: the registry sees each blob once.
+#[tokio::test]
+async fn ns_path_prefix_and_default_upstream_share_one_store() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let img = reg.push_image("team/app", "1", &layers(2, 50_000, 6));
+    let mut c = config(&env, &reg);
+    c.registry
+        .upstreams
+        .insert("reg.test".to_string(), reg.url.clone());
+    c.registry.default_upstream = Some("reg.test".into());
+    let svc = env.start(c).await;
+    let at = |path: &str| format!("{}{path}", svc.base);
+    let fetch = |path: String, accept: &'static str| {
+        let req = svc.client.get(at(&path)).header("accept", accept);
+        async move { req.send().await.unwrap() }
+    };
+    let pulls = [
+        ("containerd", "/v2/team/app/{kind}/{reference}?ns=reg.test"),
+        ("podman", "/v2/reg.test/team/app/{kind}/{reference}"),
+        ("docker", "/v2/team/app/{kind}/{reference}"),
+    ];
+    for (runtime, pattern) in pulls {
+        let path = |kind: &str, reference: &str| {
+            pattern
+                .replace("{kind}", kind)
+                .replace("{reference}", reference)
+        };
+        let r = fetch(path("manifests", "1"), RESOLVE_ACCEPT).await;
+        assert_eq!(r.status(), 200, "{runtime}");
+        assert_eq!(header(&r, "docker-content-digest"), img.index, "{runtime}");
+        assert_eq!(header(&r, "oci-namespace"), "reg.test", "{runtime}");
+        for layer in &img.layers {
+            let r = fetch(path("blobs", layer), "*/*").await;
+            assert_eq!(r.status(), 200, "{runtime}");
+            assert_eq!(oci::digest(&r.bytes().await.unwrap()), *layer, "{runtime}");
+        }
+        svc.settle().await;
+    }
+    let log = reg.state.log.lock().unwrap().clone();
+    for layer in &img.layers {
+        let gets = log
+            .iter()
+            .filter(|l| l.starts_with("GET ") && l.contains(layer.as_str()))
+            .count();
+        assert_eq!(gets, 1, "{layer} fetched {gets} times: {log:#?}");
+    }
+    // `ns` wins over a prefix: this asks fake.test:5000 for a repository named `reg.test/team/app`.
+    let r = fetch(
+        "/v2/reg.test/team/app/manifests/1?ns=fake.test%3A5000".into(),
+        RESOLVE_ACCEPT,
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(header(&r, "oci-namespace"), "fake.test:5000");
+    svc.stop().await;
+}
