@@ -60,9 +60,29 @@ pub fn oci_path(data: &[u8]) {
                     Reference::Digest(d) => d.as_str().to_string(),
                 },
             ),
-            Route::Blob { name, digest } => (name, digest.as_str().to_string()),
+            Route::Blob { name, digest } | Route::Referrers { name, digest } => {
+                (name, digest.as_str().to_string())
+            }
             Route::TagsList { name } => (name, "list".to_string()),
         };
+        // Routed by a path prefix, what is left is still a whole, non-empty repository name.
+        let upstreams: std::collections::BTreeMap<String, String> = [
+            ("docker.io", "https://r.test"),
+            ("ghcr.io", "https://g.test"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let ns = crate::registry::path::ns_param(query);
+        if let Ok(to) =
+            crate::registry::path::destination(ns.as_deref(), name, &upstreams, Some("docker.io"))
+        {
+            assert!(
+                crate::registry::path::name_ok(to.name).is_ok() && name.ends_with(to.name),
+                "{name:?} routed to {:?}",
+                to.name
+            );
+        }
         for segment in name.split('/').chain([reference.as_str()]) {
             assert!(
                 !segment.is_empty() && segment != "." && segment != "..",

@@ -102,6 +102,7 @@ pub mod kind {
     pub const FILE: &str = "file";
     pub const MANIFEST: &str = "manifest";
     pub const BLOB: &str = "blob";
+    pub const REFERRERS: &str = "referrers";
 }
 
 pub mod result {

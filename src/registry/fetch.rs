@@ -114,6 +114,76 @@ pub(super) fn revalidate_tag(
     })
 }
 
+/// The OCI image index media type: what a referrers answer is.
+pub(super) const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// A digest's referrers as a fill source: the registry's referrers API; when it has none (404), the
+/// referrers tag schema (`tag`: the manifest tagged `sha256-<hex>`); when that is missing too, an empty
+/// index, as the distribution spec tells a registry without referrers to answer.
+pub(super) fn referrers(
+    state: Arc<RegistryState>,
+    api: Target,
+    tag: Option<Target>,
+) -> SourceFuture {
+    Box::pin(async move {
+        match send(&state, &api, Method::Get, Some(INDEX.into())).await {
+            Ok(resp) if resp.status == 200 => index_body(resp),
+            Ok(resp) if resp.status == 404 => {
+                let Some(tag) = tag else {
+                    return empty_index();
+                };
+                match send(&state, &tag, Method::Get, Some(INDEX.into())).await {
+                    Ok(resp) if resp.status == 200 => index_body(resp),
+                    Ok(resp) if resp.status == 404 => empty_index(),
+                    Ok(resp) => refused(&state, &tag, &resp),
+                    Err(e) => unreachable(e),
+                }
+            }
+            Ok(resp) => refused(&state, &api, &resp),
+            Err(e) => unreachable(e),
+        }
+    })
+}
+
+/// A referrers answer: an image index, bounded like a manifest. A registry computes it on the fly, so
+/// there is no digest to check; the store names it by what it hashes.
+fn index_body(resp: Response) -> SourceOutcome {
+    match manifest_body(resp) {
+        SourceOutcome::Body { mut meta, body } => {
+            if meta
+                .content_type
+                .as_deref()
+                .is_some_and(|t| t != INDEX && t != "application/json")
+            {
+                return refuse(format!(
+                    "referrers answer of type {} instead of an image index",
+                    meta.content_type.unwrap_or_default()
+                ));
+            }
+            meta.digest = None;
+            meta.content_type = Some(INDEX.into());
+            SourceOutcome::Body { meta, body }
+        }
+        other => other,
+    }
+}
+
+fn empty_index() -> SourceOutcome {
+    let bytes = bytes::Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{INDEX}","manifests":[]}}"#
+    ));
+    SourceOutcome::Body {
+        meta: SourceMeta {
+            content_length: Some(bytes.len() as u64),
+            content_type: Some(INDEX.into()),
+            etag: None,
+            last_modified: None,
+            digest: None,
+        },
+        body: Box::pin(futures_util::stream::once(async move { Ok(bytes) })),
+    }
+}
+
 /// A blob GET as a fill source; redirects to a CDN are followed (without the registry's token).
 pub(super) fn blob(state: Arc<RegistryState>, target: Target) -> SourceFuture {
     Box::pin(async move {

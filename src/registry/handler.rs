@@ -7,7 +7,7 @@ use super::error::{OciError, base};
 use super::fetch::{Repo, target};
 use super::manifests;
 use super::path::{self, Reference, Route};
-use super::{RegistryState, blobs};
+use super::{RegistryState, blobs, referrers};
 use crate::peers::PEER_HEADER;
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::Method;
@@ -30,7 +30,10 @@ pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpRespon
         return base();
     }
     let requested = match &route {
-        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::TagsList { name } => name,
+        Route::Manifest { name, .. }
+        | Route::Blob { name, .. }
+        | Route::TagsList { name }
+        | Route::Referrers { name, .. } => name,
         Route::Base => return base(),
     };
     let ns = path::ns_param(req.query_string());
@@ -63,6 +66,7 @@ pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpRespon
         },
         Route::Blob { digest, .. } => blobs::get(req, state, &repo, digest).await,
         Route::TagsList { .. } => tags_list(req, state, &repo).await,
+        Route::Referrers { digest, .. } => referrers::get(req, state, &repo, digest).await,
         Route::Base => base(),
     };
     if req.method() == Method::GET

@@ -1,7 +1,7 @@
-//! The OCI pull-through mirror for containerd: `handler.rs` reads a request top to bottom (method, path
-//! grammar, `ns` → configured upstream, endpoint); `manifests.rs` and `blobs.rs` decide between the
-//! store and the registry; `fetch.rs` talks to the registry (and links shared content); `answer.rs` writes the OCI answers
-//! both paths share. Pure
+//! The OCI pull-through mirror for containerd, podman/CRI-O and Docker: `handler.rs` reads a request top
+//! to bottom (method, path grammar, configured upstream by `ns`, path prefix or default, endpoint);
+//! `manifests.rs`, `blobs.rs` and `referrers.rs` decide between the store and the registry; `fetch.rs`
+//! talks to the registry (and links shared content); `answer.rs` writes the OCI answers they share. Pure
 //! parts: `path.rs` (names, references, keys), `accept.rs` (content negotiation), `backoff.rs`
 //! (Retry-After). `hosts.rs` prints the containerd configuration that points at the cache.
 
@@ -16,6 +16,7 @@ pub mod hosts;
 mod manifests;
 pub mod negative;
 pub mod path;
+mod referrers;
 
 use crate::config::RegistryConfig;
 use crate::metrics::Metrics;

@@ -63,6 +63,11 @@ pub enum Route {
     TagsList {
         name: String,
     },
+    /// `/v2/<name>/referrers/<digest>`: the artifacts that refer to a manifest (OCI distribution 1.1).
+    Referrers {
+        name: String,
+        digest: OciDigest,
+    },
 }
 
 /// Why a path was refused, as an OCI error code.
@@ -83,6 +88,14 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
     // Percent-encoding has no place in a valid name, tag or digest; refuse rather than decode.
     if rest.contains('%') {
         return Err(PathError::NameInvalid);
+    }
+    // A referrers path ends in a digest; a name may itself hold `referrers` (or `manifests`) segments,
+    // so this is taken only when both halves are valid.
+    if let Some((name, digest)) = rest.rsplit_once("/referrers/")
+        && let Some(digest) = OciDigest::parse(digest)
+        && let Ok(name) = name_ok(name)
+    {
+        return Ok(Route::Referrers { name, digest });
     }
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return Ok(Route::TagsList {
@@ -264,6 +277,18 @@ pub fn manifest_key(registry: &str, name: &str, digest: &OciDigest) -> String {
     format!("oci:{registry}/{name}@{}", digest.as_str())
 }
 
+/// Store key of a referrers index: `oci:<registry>/<name>@referrers:<digest>`.
+pub fn referrers_key(registry: &str, name: &str, digest: &OciDigest) -> String {
+    format!("oci:{registry}/{name}@referrers:{}", digest.as_str())
+}
+
+/// The tag the OCI referrers tag schema keeps a digest's referrers under, for registries without the
+/// referrers API: `sha256-<hex>`. `None` for digests whose tag would exceed the tag grammar (sha512).
+pub fn referrers_tag(digest: &OciDigest) -> Option<String> {
+    let tag = digest.as_str().replacen(':', "-", 1);
+    tag_ok(&tag).then_some(tag)
+}
+
 /// Store key of a blob: `oci:<registry>/<name>@blob:<digest>`. The bytes are one file whatever the key.
 pub fn blob_key(registry: &str, name: &str, digest: &OciDigest) -> String {
     format!("oci:{registry}/{name}@blob:{}", digest.as_str())
@@ -359,6 +384,37 @@ mod tests {
             parse("/v2/a/b/tags/list"),
             Ok(Route::TagsList { name: "a/b".into() })
         );
+        let d = OciDigest::parse(D).unwrap();
+        assert_eq!(
+            parse(&format!("/v2/org/app/referrers/{D}")),
+            Ok(Route::Referrers {
+                name: "org/app".into(),
+                digest: d.clone()
+            })
+        );
+        assert_eq!(
+            parse(&format!("/v2/a/referrers/b/manifests/{D}")),
+            Ok(Route::Manifest {
+                name: "a/referrers/b".into(),
+                reference: Reference::Digest(d.clone())
+            }),
+            "a name may contain `referrers`"
+        );
+        assert_eq!(
+            parse(&format!("/v2/a/manifests/b/referrers/{D}")),
+            Ok(Route::Referrers {
+                name: "a/manifests/b".into(),
+                digest: d.clone()
+            })
+        );
+        assert_eq!(
+            parse("/v2/a/referrers/sha256:xyz"),
+            Err(PathError::NotFound),
+            "not a digest: no endpoint"
+        );
+        assert_eq!(referrers_tag(&d).unwrap(), D.replace(':', "-"));
+        let long = OciDigest::parse(&format!("sha512:{}", "a".repeat(128))).unwrap();
+        assert_eq!(referrers_tag(&long), None);
     }
 
     #[test]

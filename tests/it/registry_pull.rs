@@ -747,3 +747,77 @@ async fn ns_path_prefix_and_default_upstream_share_one_store() {
     assert_eq!(header(&r, "oci-namespace"), "fake.test:5000");
     svc.stop().await;
 }
+
+/// Referrers (signatures, SBOMs, attestations): relayed and kept for `tag_ttl`, filtered by
+/// `artifactType`; a registry without the referrers API is answered from the referrers tag schema, or
+/// with an empty index when there is nothing.
+#[tokio::test]
+async fn referrers_relayed_filtered_from_the_tag_schema_or_empty() {
+    const SIG: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+    const SBOM: &str = "application/spdx+json";
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let img = reg.push_image("app", "1", &layers(1, 1000, 7));
+    let sig = reg.add_referrer("app", &img.index, SIG);
+    let sbom = reg.add_referrer("app", &img.index, SBOM);
+    let mut c = config(&env, &reg);
+    c.registry.tag_ttl = Span(Duration::from_secs(600));
+    let svc = env.start(c).await;
+    let referrers = |subject: &str, query: &str| {
+        let req = svc
+            .client
+            .get(format!(
+                "{}/v2/app/referrers/{subject}?{NS}{query}",
+                svc.base
+            ))
+            .header("accept", INDEX);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let filters = header(&r, "oci-filters-applied");
+            let kind = header(&r, "content-type");
+            let doc: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            let digests: Vec<String> = doc["manifests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["digest"].as_str().unwrap().to_string())
+                .collect();
+            (status, kind, filters, digests)
+        }
+    };
+    let api_calls = || {
+        reg.state
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("/referrers/"))
+            .count()
+    };
+
+    let (status, kind, filters, digests) = referrers(&img.index, "").await;
+    assert_eq!((status, kind.as_str(), filters.as_str()), (200, INDEX, ""));
+    assert_eq!(digests, [sig.clone(), sbom.clone()]);
+    let (_, _, filters, digests) =
+        referrers(&img.index, "&artifactType=application%2Fspdx%2Bjson").await;
+    assert_eq!(filters, "artifactType");
+    assert_eq!(digests, std::slice::from_ref(&sbom));
+    assert_eq!(api_calls(), 1, "the index was kept, and filtered here");
+
+    // A registry without the API: the referrers tag schema, then nothing at all.
+    reg.state
+        .no_referrers_api
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let att = reg.add_referrer("app", &img.amd64, SIG);
+    let (status, _, _, digests) = referrers(&img.amd64, "").await;
+    assert_eq!((status, digests), (200, vec![att]));
+    let (status, kind, _, digests) = referrers(&img.arm64, "").await;
+    assert_eq!((status, kind.as_str()), (200, INDEX));
+    assert!(digests.is_empty());
+    let hits = svc
+        .metric("image_cache_registry_requests_total{registry=\"fake.test:5000\",kind=\"referrers\",result=\"hit\"}")
+        .await;
+    assert_eq!(hits, 1.0);
+    svc.stop().await;
+}

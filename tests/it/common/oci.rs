@@ -55,6 +55,10 @@ pub(crate) struct RegState {
     pub stopped: AtomicBool,
     /// When set, 401 challenges name this token realm instead of the registry's own.
     pub realm: Mutex<Option<String>>,
+    /// (repo, subject digest) → descriptors of the artifacts that refer to it (the referrers API).
+    pub referrers: Mutex<HashMap<(String, String), Vec<serde_json::Value>>>,
+    /// When set, the referrers API is missing (404), as on registries before OCI distribution 1.1.
+    pub no_referrers_api: AtomicBool,
     /// When set, a tag whose manifest type the request's `Accept` (all lines) does not admit is a 404
     /// MANIFEST_UNKNOWN, as registries that do not convert answer, instead of Docker Hub's fallback.
     pub strict_accept: AtomicBool,
@@ -166,6 +170,31 @@ impl FakeRegistry {
         }
     }
 
+    /// An artifact (`artifact_type`) that refers to `subject`: listed by the referrers API, and under the
+    /// referrers tag schema (`sha256-<hex>`) for when the API is switched off.
+    pub(crate) fn add_referrer(&self, repo: &str, subject: &str, artifact_type: &str) -> String {
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{MANIFEST}","artifactType":"{artifact_type}","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2}},"layers":[],"subject":{{"mediaType":"{INDEX}","digest":"{subject}","size":1}}}}"#
+        );
+        let size = manifest.len();
+        let digest = self.put_manifest(repo, None, MANIFEST, manifest.into_bytes());
+        let descriptor = serde_json::json!({
+            "mediaType": MANIFEST, "digest": digest, "size": size, "artifactType": artifact_type,
+        });
+        let list = {
+            let mut all = self.state.referrers.lock().unwrap();
+            let list = all
+                .entry((repo.to_string(), subject.to_string()))
+                .or_default();
+            list.push(descriptor);
+            list.clone()
+        };
+        let index = serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": list});
+        let tag = subject.replacen(':', "-", 1);
+        self.put_manifest(repo, Some(&tag), INDEX, serde_json::to_vec(&index).unwrap());
+        digest
+    }
+
     pub(crate) fn fault(&self, path: &str, f: Fault) {
         self.state.faults.lock().unwrap().insert(path.into(), f);
     }
@@ -266,6 +295,8 @@ fn registry_route(req: HttpRequest, s: Arc<RegState>) -> HttpResponse {
         (r.to_string(), "blobs", x.to_string())
     } else if let Some(r) = rest.strip_suffix("/tags/list") {
         (r.to_string(), "tags", String::new())
+    } else if let Some((r, x)) = rest.rsplit_once("/referrers/") {
+        (r.to_string(), "referrers", x.to_string())
     } else {
         return HttpResponse::NotFound().finish();
     };
@@ -303,6 +334,21 @@ fn registry_route(req: HttpRequest, s: Arc<RegState>) -> HttpResponse {
             .json(serde_json::json!({"errors":[{"code":"TOOMANYREQUESTS","message":"injected"}]}));
     }
     match kind {
+        "referrers" if s.no_referrers_api.load(Ordering::SeqCst) => HttpResponse::NotFound().json(
+            serde_json::json!({"errors":[{"code":"UNSUPPORTED","message":"no referrers API"}]}),
+        ),
+        "referrers" => {
+            let list = s
+                .referrers
+                .lock()
+                .unwrap()
+                .get(&(repo.clone(), reference.clone()))
+                .cloned()
+                .unwrap_or_default();
+            HttpResponse::Ok().content_type(INDEX).json(
+                serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": list}),
+            )
+        }
         "tags" => {
             let m = s.manifests.lock().unwrap();
             let mut tags: Vec<&String> = m
