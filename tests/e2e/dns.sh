@@ -61,7 +61,7 @@ ip netns exec $B openssl s_server -accept 10.99.0.2:8443 -cert "$W/origin.pem" -
   -www -quiet >/dev/null 2>&1 &
 PID[origin]=$!
 
-config() { # name self peer
+config() { # name self peer answer_order
   cat > "$W/$1.toml" <<CONF
 state_dir = "$W/$1"
 [http]
@@ -71,6 +71,7 @@ listen = ["$2:53"]
 upstreams = ["10.99.0.1:5300"]
 allow = ["10.99.0.0/24", "127.0.0.0/8"]
 answer_ttl = "30s"
+answer_order = "$4"
 [nodes]
 self = "$2"
 peers = ["$3"]
@@ -86,8 +87,8 @@ name = "github.com"
 include_subdomains = true
 CONF
 }
-config a 10.99.0.1 10.99.0.2
-config b 10.99.0.2 10.99.0.1
+config a 10.99.0.1 10.99.0.2 rotate
+config b 10.99.0.2 10.99.0.1 self-first
 start() { # node netns
   IMAGE_CACHE_LOG__LEVEL=warn ip netns exec "$2" "$BIN" serve --config "$W/$1.toml" >>"$W/$1.log" 2>&1 &
   PID[$1]=$!
@@ -110,8 +111,13 @@ wait_for() { # seconds expected command...
 # Both nodes up: each rises in the other's view after two good polls.
 if wait_for 15 "10.99.0.1 10.99.0.2" qa images.metal-stack.io A; then pass "UDP A lists both healthy nodes"
 else fail "UDP A: got '$(answers qa images.metal-stack.io A)'"; fi
-first=$(qa images.metal-stack.io A +short | head -1)
-[ "$first" = 10.99.0.1 ] && pass "this node first" || fail "first answer is $first"
+# rotate (the default, node a): every node takes the first place in turn, so a rack spreads over the nodes.
+firsts=$(for _ in 1 2 3 4; do qa images.metal-stack.io A +short | head -1; done | sort -u | tr '\n' ' ')
+[ "$firsts" = "10.99.0.1 10.99.0.2 " ] && pass "rotate: both nodes lead in turn" || fail "rotate: first answers were '$firsts'"
+# self-first (node b): this node always leads, the peers follow.
+wait_for 15 "10.99.0.1 10.99.0.2" qb images.metal-stack.io A || fail "B does not list both nodes"
+firsts=$(for _ in 1 2 3 4; do qb images.metal-stack.io A +short | head -1; done | sort -u | tr '\n' ' ')
+[ "$firsts" = "10.99.0.2 " ] && pass "self-first: this node always first" || fail "self-first: first answers were '$firsts'"
 [ "$(answers qa +tcp images.metal-stack.io A)" = "10.99.0.1 10.99.0.2" ] && pass "TCP A" || fail "TCP A"
 out=$(qa +dnssec images.metal-stack.io A)
 grep -q "status: NOERROR" <<<"$out" && grep -q "EDNS: version: 0" <<<"$out" && grep -q "10.99.0.2" <<<"$out" \
