@@ -125,6 +125,10 @@ in
           };
           registry = section {
             upstreams = optional (types.attrsOf types.str) "`ns` as containerd sends it → registry base URL.";
+            default_upstream = optional types.str "Registry for requests without `ns` or path prefix (Docker's registry-mirrors); `\"\"` refuses them. Default: docker.io when configured.";
+            prefetch = optional (types.listOf types.str) "Container images pulled into the store at start-up and on `prefetch_schedule`, pinned while listed (`ghcr.io/org/app:1.2`, `nginx:1.27`).";
+            prefetch_schedule = optional types.str "When the prefetch runs again (cron, UTC, 5 fields); default `0 */6 * * *`.";
+            prefetch_platforms = optional (types.listOf types.str) "Platforms of an index to prefetch (`linux/amd64`, `linux/arm64/v8`); default: every one.";
           };
         };
       };

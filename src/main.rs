@@ -14,6 +14,10 @@ async fn main() {
             cli::containerd_hosts(mirror, registry.as_deref()).map(|()| 0)
         }
         Command::Store { config, action } => cli::store(config, action).await,
+        Command::Registry {
+            config,
+            action: cli::RegistryAction::Prefetch { images },
+        } => cli::prefetch(config, images).await,
     };
     match outcome {
         Ok(code) => std::process::exit(code),

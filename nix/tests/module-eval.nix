@@ -107,6 +107,8 @@ let
         http.admin_listen = [ "10.0.0.1:9090" ];
         domains = [ { name = "images.test"; on_miss = "fill"; } ];
         registry.upstreams."docker.io" = "https://registry-1.docker.io";
+        registry.prefetch = [ "docker.io/library/nginx:1.27" ];
+        registry.prefetch_platforms = [ "linux/amd64" ];
         sync.enabled = true;
         log.level = "debug";
       };
@@ -139,6 +141,7 @@ in
     ++ check "the config names the credential, not the secret's path" (contains "hmac_file = \"/run/credentials/image-cache.service/hmac\"" rendered && !(contains "/run/secrets" rendered))
     ++ check "check-config sees the required secret keys" (contains "hmac_file" checked && contains "[sync]" checked)
     ++ check "rendered config round-trips" ((builtins.fromTOML rendered).registry.upstreams."docker.io" == "https://registry-1.docker.io" && (builtins.fromTOML rendered).log.level == "debug")
+    ++ check "typed prefetch options render as registry.prefetch*" ((builtins.fromTOML rendered).registry.prefetch == [ "docker.io/library/nginx:1.27" ] && (builtins.fromTOML rendered).registry.prefetch_platforms == [ "linux/amd64" ] && !((builtins.fromTOML rendered).registry ? prefetch_schedule))
     ++ check "openFirewall opens the settings' ports" (node.networking.firewall.allowedTCPPorts == [ 53 80 443 9090 ] && node.networking.firewall.allowedUDPPorts == [ 53 ])
     ++ check "no failed assertion on a complete node" (failedAssertions node == [ ])
     ++ check "firewall closed unless asked" (laptop.networking.firewall.allowedTCPPorts == [ ])

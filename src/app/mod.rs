@@ -2,6 +2,7 @@
 //! server, starts the named workers, and tears everything down in order within one deadline.
 
 mod health;
+pub mod prefetch_admin;
 pub mod sync_admin;
 
 use crate::config::{Config, ConfigError};
@@ -52,6 +53,8 @@ pub enum AppError {
         key: String,
         reason: crate::store::KeyError,
     },
+    #[error("{image:?} is not an image reference ({reason}); write [registry/]name[:tag][@digest]")]
+    BadImage { image: String, reason: String },
     /// The server ran a job it was asked to run, and the job failed.
     #[error("{job} failed on the server: {reason}")]
     JobFailed { job: &'static str, reason: String },
@@ -159,6 +162,28 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         metrics.clone(),
         workers.clone(),
     );
+    let mut listeners = Vec::new();
+    for addr in &config.http.listen {
+        listeners.push(bind(*addr)?);
+    }
+    let mut admin_listeners = Vec::new();
+    for addr in &config.http.admin_listen {
+        admin_listeners.push(bind(*addr)?);
+    }
+    let local = |l: &TcpListener| l.local_addr().map_err(AppError::Server);
+    let http_addrs = listeners.iter().map(local).collect::<Result<Vec<_>, _>>()?;
+    let admin_addrs = admin_listeners
+        .iter()
+        .map(local)
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let prefetcher = crate::registry::prefetch::Prefetcher::new(
+        Arc::clone(&config),
+        store.clone(),
+        upstream.clone(),
+        workers.clone(),
+        own_front(&http_addrs),
+    );
     let token = match &config.http.admin_token_file {
         Some(path) => http::admin::auth::AdminToken::from_file(path)
             .map_err(|m| ConfigError::new("http.admin_token_file", m))?,
@@ -178,6 +203,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         token,
         names,
         Arc::new(sync_admin::SyncAdmin(Arc::clone(&syncer))),
+        Arc::new(prefetch_admin::PrefetchAdmin(Arc::clone(&prefetcher))),
         crate::store::VerifyJob::new(store.clone(), workers.clone()),
         workers.clone(),
     );
@@ -190,21 +216,6 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         peers.clone(),
         admin,
     ));
-
-    let mut listeners = Vec::new();
-    for addr in &config.http.listen {
-        listeners.push(bind(*addr)?);
-    }
-    let mut admin_listeners = Vec::new();
-    for addr in &config.http.admin_listen {
-        admin_listeners.push(bind(*addr)?);
-    }
-    let local = |l: &TcpListener| l.local_addr().map_err(AppError::Server);
-    let http_addrs = listeners.iter().map(local).collect::<Result<Vec<_>, _>>()?;
-    let admin_addrs = admin_listeners
-        .iter()
-        .map(local)
-        .collect::<Result<Vec<_>, _>>()?;
 
     let credentials = match &config.registry.credentials_file {
         Some(path) => crate::config::credentials::load(path, &config.registry.upstreams)
@@ -302,6 +313,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         let scheduled = Arc::clone(&syncer);
         workers.spawn("sync scheduler", move |w| scheduled.run_scheduled(w));
     }
+    if config.registry.enabled && !config.registry.prefetch.is_empty() {
+        workers.spawn("prefetch scheduler", move |w| prefetcher.run_scheduled(w));
+    }
     lifecycle.set_ready();
     peers.set_self_healthy(true);
     let (checked, checker_lifecycle, checked_peers) =
@@ -384,6 +398,16 @@ impl Running {
             Ok(Ok(())) => {}
         }
         drop(self.upstream);
+        // The index closes with the last store handle; connection tasks drop theirs just after the
+        // server stopped: a moment for them, even after a zero grace, but never the whole grace.
+        let moment = left().clamp(Duration::from_millis(200), Duration::from_secs(1));
+        let others = self.store.wait_last_handle(moment).await;
+        if others > 0 {
+            tracing::warn!(
+                handles = others,
+                "the store is still held at the end of shutdown"
+            );
+        }
         tracing::info!("stopped");
     }
 }
@@ -422,4 +446,24 @@ async fn dispatch(req: HttpRequest, routing: web::Data<Routing>) -> HttpResponse
         return HttpResponse::NotFound().body("not found\n");
     }
     http::admin::handle(&req, state).await
+}
+
+/// Where this node's own jobs reach its HTTP front (the prefetch pulls through it): a loopback listener
+/// if there is one, else the first, with a wildcard address replaced by the loopback of its family.
+fn own_front(http: &[SocketAddr]) -> SocketAddr {
+    let pick = http
+        .iter()
+        .find(|a| a.ip().is_loopback())
+        .or_else(|| http.first())
+        .copied()
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 80)));
+    match pick.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, pick.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, pick.port()))
+        }
+        _ => pick,
+    }
 }

@@ -162,6 +162,31 @@ pub(super) struct Started {
     pub run: u64,
 }
 
+/// Follows run `run` of the job whose status is at `path` (`/admin/sync`, `/admin/registry/prefetch`):
+/// draws the server's fills on `bars` every half second until the status says that run finished.
+pub(super) async fn follow<R: DeserializeOwned>(
+    client: &AdminClient,
+    path: &str,
+    run: u64,
+    bars: &super::progress::FillBars,
+) -> Result<crate::lifecycle::RunStatus<R>, AdminClientError> {
+    loop {
+        let status: crate::lifecycle::RunStatus<R> = client.call(Method::Get, path).await?;
+        if status.finished >= run {
+            bars.clear();
+            return Ok(status);
+        }
+        let fills: Vec<crate::http::admin::view::FillView> =
+            client.call(Method::Get, "/admin/fills").await?;
+        let shown: Vec<super::progress::FillProgress<'_>> = fills
+            .iter()
+            .map(super::progress::FillProgress::from)
+            .collect();
+        bars.update(&shown);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 /// `?a=1&b=x` from pairs, values percent-encoded.
 pub(super) fn query(pairs: &[(&str, &str)]) -> String {
     let mut s = url::form_urlencoded::Serializer::new(String::new());

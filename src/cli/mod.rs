@@ -1,13 +1,16 @@
-//! Command line: `serve`, `check-config`, `sync`, `containerd-hosts`, `store ls|verify|gc|pin|unpin|rm`.
+//! Command line: `serve`, `check-config`, `sync`, `containerd-hosts`, `store ls|verify|gc|pin|unpin|rm`,
+//! `registry prefetch`.
 //! `sync` and `store` work on the state dir directly, or through the running server's admin API when a
 //! server holds the store.
 
 mod admin_client;
+mod prefetch;
 mod progress;
 mod store;
 mod sync;
 
 pub use admin_client::AdminClientError;
+pub use prefetch::prefetch;
 pub use store::store;
 pub use sync::sync;
 
@@ -69,6 +72,25 @@ pub enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// The registry mirror's jobs on the running server.
+    Registry {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: RegistryAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RegistryAction {
+    /// Pull container images into the store and pin them: the ones named (pinned until unpinned), or
+    /// `registry.prefetch` (pinned while listed). Runs on the server and follows it there; exit 0 when
+    /// every image is stored, 1 when one failed or no server runs.
+    Prefetch {
+        /// `[registry/]name[:tag][@digest]`, e.g. `nginx:1.27`, `ghcr.io/org/app:1.2`; the registry
+        /// must be a key of registry.upstreams. None: the configured list.
+        images: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,10 +123,13 @@ pub enum StoreAction {
 
 /// Loads the config, or the error that `main` turns into exit 2.
 pub fn load_config(arg: &ConfigArg) -> Result<(Config, ConfigSource), AppError> {
-    Ok(config::load(
+    let (config, source) = config::load(
         arg.config.as_deref(),
         std::path::Path::new(config::DEFAULT_CONFIG_PATH),
-    )?)
+    )?;
+    // What the config layer cannot judge alone: image references, read as the registry reads them.
+    crate::registry::prefetch::check(&config)?;
+    Ok((config, source))
 }
 
 pub fn check_config(arg: &ConfigArg) -> Result<(), AppError> {

@@ -8,14 +8,13 @@ use super::{ConfigArg, load_config};
 use crate::app::AppError;
 use crate::app::sync_admin::{plan_view, run_view};
 use crate::config;
-use crate::http::admin::view::{FillView, SyncRunView};
+use crate::http::admin::view::SyncRunView;
 use crate::lifecycle::{RunStatus, Workers};
 use crate::metrics::Metrics;
 use crate::sync::planner::{Action, Item, Plan};
 use crate::sync::{Outcome, SyncError, Syncer, metal_api::ApiError};
 use crate::upstream::{Method, NameResolver, Upstream};
 use std::io::Write;
-use std::time::Duration;
 
 pub async fn sync(arg: &ConfigArg, dry_run: bool) -> Result<i32, AppError> {
     let (config, _) = load_config(arg)?;
@@ -78,17 +77,8 @@ async fn via_server(client: &AdminClient, dry_run: bool) -> Result<i32, AppError
         )
         .await?;
     let bars = FillBars::default();
-    let status = loop {
-        let status: RunStatus<SyncRunView> = client.call(Method::Get, "/admin/sync").await?;
-        if status.finished >= started.run {
-            break status;
-        }
-        let fills: Vec<FillView> = client.call(Method::Get, "/admin/fills").await?;
-        let shown: Vec<FillProgress<'_>> = fills.iter().map(FillProgress::from).collect();
-        bars.update(&shown);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    bars.clear();
+    let status: RunStatus<SyncRunView> =
+        admin_client::follow(client, "/admin/sync", started.run, &bars).await?;
     match status.last {
         Some(report) if report.run == started.run => {
             print_plan(&report);

@@ -323,6 +323,20 @@ pub struct RegistryConfig {
     /// `registry-mirrors`. Unset: `docker.io` when it is in `upstreams`; `""`: such requests get 404.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_upstream: Option<String>,
+    /// Images pulled into the store at start-up and on `prefetch_schedule`, pinned while listed
+    /// (`ghcr.io/org/app:1.2`, `nginx:1.27`, `registry.k8s.io/pause@sha256:…`).
+    #[serde(default)]
+    pub prefetch: Vec<String>,
+    /// When the prefetch runs again (cron, UTC, 5 fields).
+    #[serde(default = "default_prefetch_schedule")]
+    pub prefetch_schedule: String,
+    /// Platforms of an index to prefetch (`linux/amd64`, `linux/arm64/v8`); empty: every one.
+    #[serde(default)]
+    pub prefetch_platforms: Vec<String>,
+}
+
+fn default_prefetch_schedule() -> String {
+    "0 */6 * * *".into()
 }
 
 impl RegistryConfig {
@@ -454,6 +468,9 @@ impl Config {
                 credentials_file: None,
                 token_realms: default_token_realms(),
                 default_upstream: None,
+                prefetch: vec![],
+                prefetch_schedule: default_prefetch_schedule(),
+                prefetch_platforms: vec![],
                 upstreams: upstreams
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))

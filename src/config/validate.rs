@@ -190,6 +190,22 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    check_schedule("registry.prefetch_schedule", &c.registry.prefetch_schedule)?;
+    for (i, p) in c.registry.prefetch_platforms.iter().enumerate() {
+        let parts: Vec<&str> = p.split('/').collect();
+        if !(2..=3).contains(&parts.len())
+            || parts
+                .iter()
+                .any(|s| s.is_empty() || s.contains(char::is_whitespace))
+        {
+            return Err(ConfigError::new(
+                format!("registry.prefetch_platforms[{i}]"),
+                format!(
+                    "`{p}` is not os/arch or os/arch/variant (like linux/amd64, linux/arm64/v8)"
+                ),
+            ));
+        }
+    }
     if let Some(path) = &c.registry.credentials_file {
         super::credentials::load(path, &c.registry.upstreams)
             .map_err(|m| ConfigError::new("registry.credentials_file", m))?;
@@ -204,30 +220,34 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
     Ok(c)
 }
 
-fn check_sync(c: &Config) -> Result<(), ConfigError> {
-    let s = &c.sync;
-    let fields = s.schedule.split_whitespace().count();
+/// A standard 5-field cron expression, parsed exactly as the scheduler will run it (seconds first).
+fn check_schedule(key: &str, schedule: &str) -> Result<(), ConfigError> {
+    let fields = schedule.split_whitespace().count();
     if fields != 5 {
         return Err(ConfigError::new(
-            "sync.schedule",
+            key,
             format!(
-                "`{}` has {fields} fields; use a standard 5-field cron expression like `*/10 * * * *`",
-                s.schedule
+                "`{schedule}` has {fields} fields; use a standard 5-field cron expression like `*/10 * * * *`"
             ),
         ));
     }
-    // The scheduler wants seconds first; parse exactly what it will run.
-    let with_seconds = format!("0 {}", s.schedule);
+    let with_seconds = format!("0 {schedule}");
     if let Err(e) = croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
         .build()
         .parse(&with_seconds)
     {
         return Err(ConfigError::new(
-            "sync.schedule",
-            format!("`{}` is not a valid cron expression: {e}", s.schedule),
+            key,
+            format!("`{schedule}` is not a valid cron expression: {e}"),
         ));
     }
+    Ok(())
+}
+
+fn check_sync(c: &Config) -> Result<(), ConfigError> {
+    let s = &c.sync;
+    check_schedule("sync.schedule", &s.schedule)?;
     if s.min_images_per_name == 0 {
         return Err(ConfigError::new(
             "sync.min_images_per_name",

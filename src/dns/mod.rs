@@ -82,13 +82,7 @@ impl Dns {
         let mut udp_addrs = Vec::new();
         let mut tcp_addrs = Vec::new();
         for &addr in &config.dns.listen {
-            // Port 0 (tests): the first socket picks a port, the others and TCP share it.
-            let first = bind_udp(addr, workers > 1)?;
-            let addr = first.local_addr().map_err(|e| bind_error(addr, "udp", e))?;
-            let mut sockets = vec![first];
-            for _ in 1..workers {
-                sockets.push(bind_udp(addr, true)?);
-            }
+            let (addr, sockets, listener) = bind_pair(addr, workers)?;
             for socket in sockets {
                 tasks.spawn(udp::serve(
                     Arc::new(socket),
@@ -98,7 +92,6 @@ impl Dns {
                 ));
             }
             udp_addrs.push(addr);
-            let listener = bind_tcp(addr)?;
             tcp_addrs.push(
                 listener
                     .local_addr()
@@ -143,16 +136,45 @@ fn bind_error(addr: SocketAddr, proto: &'static str, source: std::io::Error) -> 
     }
 }
 
+/// The UDP sockets (one per worker) and the TCP listener of one `dns.listen` address. With port 0
+/// (tests) the first UDP socket picks the port and the rest share it; the same TCP port may be taken
+/// by some other connection's local end, and then another port is picked.
+fn bind_pair(
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<
+    (
+        SocketAddr,
+        Vec<tokio::net::UdpSocket>,
+        tokio::net::TcpListener,
+    ),
+    DnsError,
+> {
+    const PICKS: usize = 20;
+    let mut pick = 0;
+    loop {
+        pick += 1;
+        let first = bind_udp(addr, workers > 1)?;
+        let bound = first.local_addr().map_err(|e| bind_error(addr, "udp", e))?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(bind_udp(bound, true)?);
+        }
+        match crate::listen::tcp(bound).and_then(tokio::net::TcpListener::from_std) {
+            Ok(listener) => return Ok((bound, sockets, listener)),
+            Err(e)
+                if addr.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && pick < PICKS => {}
+            Err(e) => return Err(bind_error(bound, "tcp", e)),
+        }
+    }
+}
+
 fn bind_udp(addr: SocketAddr, reuse_port: bool) -> Result<tokio::net::UdpSocket, DnsError> {
     crate::listen::udp(addr, reuse_port)
         .and_then(tokio::net::UdpSocket::from_std)
         .map_err(|e| bind_error(addr, "udp", e))
-}
-
-fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, DnsError> {
-    crate::listen::tcp(addr)
-        .and_then(tokio::net::TcpListener::from_std)
-        .map_err(|e| bind_error(addr, "tcp", e))
 }
 
 /// The UDP path (`udp::process`: replayed answers, parsing, FORMERR, the policy's answer) without

@@ -16,6 +16,7 @@ pub mod hosts;
 mod manifests;
 pub mod negative;
 pub mod path;
+pub mod prefetch;
 mod referrers;
 
 use crate::config::RegistryConfig;

@@ -81,6 +81,20 @@ impl Store {
         }
     }
 
+    /// Waits up to `grace` until this handle is the last one, so the index is closed (and a new
+    /// service may open it) when the caller drops it. Handles held by request handlers and connection
+    /// tasks go a moment after the server stopped. Returns how many other handles are left.
+    pub async fn wait_last_handle(&self, grace: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let others = std::sync::Arc::strong_count(&self.inner) - 1;
+            if others == 0 || tokio::time::Instant::now() >= deadline {
+                return others;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits up to `grace` for running fills to finish; what remains is discarded (temp files are
     /// removed now or by recovery at the next start).
     pub async fn drain_fills(&self, grace: Duration) -> usize {

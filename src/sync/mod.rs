@@ -438,8 +438,13 @@ impl Syncer {
                 return;
             }
         };
-        let me = Arc::clone(&self);
-        let job = tokio_cron_scheduler::Job::new(spec.as_str(), move |_, _| tick(&me));
+        // The scheduler's own tasks may outlive its shutdown: a weak handle lets the store close.
+        let me = Arc::downgrade(&self);
+        let job = tokio_cron_scheduler::Job::new(spec.as_str(), move |_, _| {
+            if let Some(me) = me.upgrade() {
+                tick(&me);
+            }
+        });
         let added = match job {
             Ok(job) => scheduler.add(job).await.map(|_| ()),
             Err(e) => Err(e),

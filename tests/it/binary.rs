@@ -69,6 +69,21 @@ fn bad_configs_exit_2_and_name_the_key() {
             vec![],
             "registry.default_upstream",
         ),
+        (
+            "[registry]\nprefetch = [\"docker.io/library/nginx:1\", \"example.invalid/x/y:1\"]\n",
+            vec![],
+            "registry.prefetch[1]",
+        ),
+        (
+            "[registry]\nprefetch_platforms = [\"linux\"]\n",
+            vec![],
+            "registry.prefetch_platforms",
+        ),
+        (
+            "[registry]\nprefetch_schedule = \"every hour\"\n",
+            vec![],
+            "registry.prefetch_schedule",
+        ),
     ];
     for (body, envs, needle) in cases {
         // Production defaults need this node's address; every case but the one about it sets it.
@@ -602,6 +617,83 @@ async fn sync_command_prints_the_plan_and_its_exit_code_tells_the_outcome() {
     let (code, _, err) = bin(args(&[])).await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("sync"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_prefetch_command_runs_on_the_server_and_its_exit_code_tells_the_outcome() {
+    let env = Env::new().await;
+    let reg = common::oci::FakeRegistry::start().await;
+    let img = reg.push_image("team/app", "1", &[content(41, 100_000)]);
+    let port = common::unused_port("127.0.0.1");
+    let body = format!(
+        "{}[registry.upstreams]\n\"fake.test:5000\" = \"{}\"\n",
+        serve_config(&env).replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+        reg.url
+    );
+    let cfg = write_config(env.dir.path(), &body);
+    let bin = |images: &[&str]| {
+        let mut args = vec!["registry", "prefetch", "--config", &cfg];
+        args.extend(images);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                run(&args, &[])
+            })
+            .await
+            .unwrap()
+        }
+    };
+    const APP: &str = "fake.test:5000/team/app:1";
+
+    // No server: nothing to pull through; said so, exit 1.
+    let (code, _, err) = bin(&[APP]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("image-cache serve"), "{err}");
+    // A reference no registry would take: named, exit 1, nothing asked.
+    let (code, _, err) = bin(&["Team/App"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("\"Team/App\" is not an image reference"),
+        "{err}"
+    );
+
+    let served = Served::start(Command::new(BIN).args(["serve", "--config", &cfg]));
+    let (code, out, err) = bin(&[APP]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("starting the prefetch on the server"), "{err}");
+    assert!(
+        out.contains(&format!("ok {APP}: 3 manifests, 3 blobs")),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 of 1 images stored and pinned, 0 failed"),
+        "{out}"
+    );
+    assert_eq!(reg.cdn_gets(&img.layers[0]), 1);
+    let pinned: serde_json::Value = serde_json::from_slice(
+        &served
+            .admin("/admin/objects?prefix=oci%3Afake.test%3A5000%2Fteam%2Fapp%40blob&pinned=true")
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        pinned["objects"].as_array().map(Vec::len),
+        Some(3),
+        "the config of each platform and the layer, pinned: {pinned}"
+    );
+
+    // An image the registry does not have, and one from a registry the mirror may not dial.
+    let (code, out, err) = bin(&["fake.test:5000/team/gone:1"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("FAILED fake.test:5000/team/gone:1"), "{out}");
+    let (code, _, err) = bin(&["example.invalid/org/app:1"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not in registry.upstreams"), "{err}");
+    drop(served);
 }
 
 #[test]

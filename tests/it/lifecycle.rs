@@ -92,3 +92,51 @@ async fn shutdown_during_a_sync_a_verify_and_a_fill_stops_everything_within_the_
     );
     held.abort();
 }
+
+/// A stopped service lets go of its store: the same state dir opens again at once, even with the sync
+/// and prefetch schedulers running (their cron jobs once kept the store open after shutdown).
+#[tokio::test]
+async fn a_stopped_service_with_schedulers_releases_the_store() {
+    let env = Env::new().await;
+    let api =
+        common::metal_api::MetalApi::start("k3y", serde_json::json!([]), serde_json::json!([]))
+            .await;
+    let reg = common::oci::FakeRegistry::start().await;
+    let mut c = env.config(OnMiss::Fill);
+    c.sync.url = api.url();
+    c.sync.enabled = true;
+    c.sync.jitter = Span(Duration::ZERO);
+    let hmac = env.dir.path().join("hmac");
+    std::fs::write(&hmac, "k3y").unwrap();
+    c.sync.hmac_file = Some(hmac);
+    c.registry.upstreams = [("fake.test:5000".to_string(), reg.url.clone())]
+        .into_iter()
+        .collect();
+    c.registry.prefetch = vec!["fake.test:5000/none/here:1".into()];
+    for round in 0..3 {
+        let svc = env.start(c.clone()).await;
+        // Both schedulers got as far as their cron job.
+        let mut both = false;
+        for _ in 0..500 {
+            let sync: serde_json::Value =
+                serde_json::from_str(&svc.text("/admin/sync").await).unwrap();
+            let prefetch: serde_json::Value =
+                serde_json::from_str(&svc.text("/admin/registry/prefetch").await).unwrap();
+            both = sync["finished"] == 1 && prefetch["finished"] == 1;
+            if both {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(both, "round {round}: the start-up runs did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let workers = svc.running.as_ref().unwrap().lifecycle.workers().running();
+        for name in ["sync scheduler", "prefetch scheduler"] {
+            assert!(
+                workers.iter().any(|w| w == name),
+                "round {round}: {workers:?}"
+            );
+        }
+        svc.stop().await;
+    }
+}

@@ -15,6 +15,7 @@ mod http_cache;
 mod lifecycle;
 mod passthrough;
 mod peers;
+mod prefetch;
 mod registry;
 mod registry_pull;
 mod sync;

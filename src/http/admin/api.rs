@@ -1,9 +1,9 @@
 //! The JSON admin API, top to bottom: route, parse the query strictly, act, answer JSON. Store work
 //! runs on the blocking pool. Errors are `{"error": "..."}` with a status that says whose fault it is.
 
-use super::SyncRunError;
 use super::query::{self, ObjectsQuery};
 use super::view::{self, ObjectView};
+use super::{PrefetchRunError, SyncRunError};
 use crate::http::HttpState;
 use crate::store::{Key, Store, StoreError};
 use actix_web::http::{StatusCode, header};
@@ -22,6 +22,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/admin/fills", "GET"),
     ("/admin/peers", "GET"),
     ("/admin/sync", "GET, POST"),
+    ("/admin/registry/prefetch", "GET, POST"),
     ("/admin/store/gc", "POST"),
     ("/admin/store/verify", "GET, POST"),
 ];
@@ -116,6 +117,13 @@ async fn route(req: &HttpRequest, state: &HttpState, q: &str, post: bool) -> Ans
             Ok(json_ok(&state.admin.sync.status()))
         }
         ("POST", "/admin/sync") => sync(state, query::run(q).map_err(bad)?).await,
+        ("GET", "/admin/registry/prefetch") => {
+            query::none(q).map_err(bad)?;
+            Ok(json_ok(&state.admin.prefetch.status()))
+        }
+        ("POST", "/admin/registry/prefetch") => {
+            prefetch(state, query::prefetch(q).map_err(bad)?).await
+        }
         ("POST", "/admin/store/gc") => {
             query::none(q).map_err(bad)?;
             gc(&state.store).await
@@ -242,4 +250,19 @@ async fn sync(state: &HttpState, run: query::RunQuery) -> Answer {
     }
     let n = state.admin.sync.start(run.dry_run).map_err(failed)?;
     Ok(HttpResponse::Accepted().json(json!({ "started": true, "run": n, "dry_run": run.dry_run })))
+}
+
+/// `POST /admin/registry/prefetch[?image=…][&wait]`: a run of the images named (the configured list
+/// when none is), started (202 with its number) or waited for; 409 while another run is going.
+async fn prefetch(state: &HttpState, q: query::PrefetchQuery) -> Answer {
+    let failed = |e| match e {
+        PrefetchRunError::Busy => AdminError::Busy("prefetch"),
+        PrefetchRunError::Refused(e) => AdminError::BadRequest(e),
+    };
+    if q.wait {
+        let report = state.admin.prefetch.run(&q.images).await.map_err(failed)?;
+        return Ok(json_ok(&report));
+    }
+    let n = state.admin.prefetch.start(&q.images).map_err(failed)?;
+    Ok(HttpResponse::Accepted().json(json!({ "started": true, "run": n })))
 }

@@ -21,7 +21,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use auth::AdminToken;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use view::SyncRunView;
+use view::{PrefetchRunView, SyncRunView};
 
 /// The object lists scan the whole index; a page refreshed every 2 s by many viewers reuses one scan.
 const SUMMARY_MAX_AGE: Duration = Duration::from_secs(10);
@@ -50,12 +50,34 @@ pub enum SyncRunError {
     Failed(String),
 }
 
+/// What the admin API needs from the container image prefetch (a job of the registry front, which this
+/// front may not import); `app` implements it.
+#[async_trait::async_trait]
+pub trait PrefetchControl: Send + Sync {
+    /// `GET /admin/registry/prefetch`, and the page's prefetch block.
+    fn status(&self) -> RunStatus<PrefetchRunView>;
+    /// Starts a run of `images` (the configured list when empty); its number.
+    fn start(&self, images: &[String]) -> Result<u64, PrefetchRunError>;
+    /// Runs and waits for the report.
+    async fn run(&self, images: &[String]) -> Result<PrefetchRunView, PrefetchRunError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrefetchRunError {
+    #[error("a prefetch is already running")]
+    Busy,
+    /// An image reference or a registry the request named is refused.
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// The admin routes' own state.
 pub struct Admin {
     pub token: AdminToken,
     /// The names the admin surface answers for (`access.rs`).
     pub names: access::NodeNames,
     pub sync: Arc<dyn SyncControl>,
+    pub prefetch: Arc<dyn PrefetchControl>,
     pub verify: VerifyJob,
     /// Listed on the status page and in `GET /admin/status`.
     pub workers: Workers,
@@ -67,6 +89,7 @@ impl Admin {
         token: AdminToken,
         names: access::NodeNames,
         sync: Arc<dyn SyncControl>,
+        prefetch: Arc<dyn PrefetchControl>,
         verify: VerifyJob,
         workers: Workers,
     ) -> Self {
@@ -74,6 +97,7 @@ impl Admin {
             token,
             names,
             sync,
+            prefetch,
             verify,
             workers,
             summary: tokio::sync::Mutex::new(None),

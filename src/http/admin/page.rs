@@ -39,6 +39,7 @@ pub fn live(v: &StatusView) -> String {
     hit_ratio(&mut h, v);
     fills(&mut h, &v.fills);
     sync(&mut h, v);
+    prefetch(&mut h, v);
     objects(&mut h, "largest", "Largest objects", &v.objects.largest);
     objects(
         &mut h,
@@ -208,6 +209,64 @@ fn sync(h: &mut String, v: &StatusView) {
     h.push_str("</section>");
 }
 
+fn prefetch(h: &mut String, v: &StatusView) {
+    let s = &v.prefetch;
+    let mut line = match &s.last {
+        None if s.started == 0 => {
+            "no container image prefetch has run (registry.prefetch)".to_string()
+        }
+        None => String::new(),
+        Some(r) => format!(
+            "last run {} finished {}: {} images, {} failed, {} unpinned",
+            r.run,
+            when(r.finished_at),
+            r.images.len(),
+            r.failed,
+            r.unpinned
+        ),
+    };
+    if s.running {
+        let _ = write!(
+            line,
+            "; run {} is in progress ({} of {})",
+            s.started,
+            bytes(s.done),
+            bytes(s.total)
+        );
+    }
+    if let Some(e) = &s.last_error {
+        let _ = write!(line, "; the latest attempt failed: {e}");
+    }
+    let _ = write!(
+        h,
+        "<section id=\"prefetch\"><h2>Container image prefetch</h2><p>{}</p>",
+        escape(&line)
+    );
+    if let Some(r) = s.last.as_ref().filter(|r| !r.images.is_empty()) {
+        h.push_str(
+            "<table><thead><tr><th>image</th><th>manifests</th><th>blobs</th><th>size</th><th>outcome</th>\
+             </tr></thead><tbody>",
+        );
+        for i in &r.images {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&i.image),
+                i.manifests,
+                i.blobs,
+                bytes(i.bytes),
+                escape(&if i.ok {
+                    i.message.clone()
+                } else {
+                    format!("failed: {}", i.message)
+                })
+            );
+        }
+        h.push_str("</tbody></table>");
+    }
+    h.push_str("</section>");
+}
+
 fn workers(h: &mut String, list: &[WorkerInfo]) {
     h.push_str(
         "<section id=\"workers\"><h2>Background work</h2><table><thead><tr><th>worker</th><th>state</th>\
@@ -336,6 +395,25 @@ mod tests {
                     failed: 1,
                 }),
                 last_error: Some(key.to_string()),
+                ..RunStatus::default()
+            },
+            prefetch: RunStatus {
+                last: Some(PrefetchRunView {
+                    run: 2,
+                    started_at: 0,
+                    finished_at: 0,
+                    configured: true,
+                    images: vec![PrefetchImageView {
+                        image: format!("docker.io/library/{key}:1"),
+                        ok: false,
+                        message: format!("manifests/{key}: answered 404"),
+                        manifests: 1,
+                        blobs: 0,
+                        bytes: 0,
+                    }],
+                    unpinned: 0,
+                    failed: 1,
+                }),
                 ..RunStatus::default()
             },
             workers: vec![WorkerInfo {

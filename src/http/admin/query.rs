@@ -101,6 +101,36 @@ pub fn run(query: &str) -> Result<RunQuery, String> {
     })
 }
 
+/// `POST /admin/registry/prefetch`: `image` (repeatable) and `wait`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PrefetchQuery {
+    pub images: Vec<String>,
+    pub wait: bool,
+}
+
+/// How many images one request may name.
+const MAX_IMAGES: usize = 100;
+
+pub fn prefetch(query: &str) -> Result<PrefetchQuery, String> {
+    let mut q = PrefetchQuery::default();
+    let mut wait = None;
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "image" => {
+                if q.images.len() == MAX_IMAGES {
+                    return Err(format!("at most {MAX_IMAGES} images per request"));
+                }
+                q.images.push(text("image", v.into_owned())?);
+            }
+            "wait" if wait.is_none() => wait = flag("wait", Some(v.into_owned()))?,
+            "wait" => return Err("`wait` given twice".into()),
+            other => return Err(format!("unknown parameter `{other}` (image, wait)")),
+        }
+    }
+    q.wait = wait.unwrap_or(false);
+    Ok(q)
+}
+
 /// Routes that take no parameters still refuse them, so a misspelt action is not taken as a different one.
 pub fn none(query: &str) -> Result<(), String> {
     if query.is_empty() {
@@ -113,6 +143,19 @@ pub fn none(query: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefetch_images_and_wait() {
+        assert_eq!(prefetch("").unwrap(), PrefetchQuery::default());
+        let q = prefetch("image=nginx%3A1.27&image=ghcr.io%2Forg%2Fapp%3A1&wait").unwrap();
+        assert_eq!(q.images, ["nginx:1.27", "ghcr.io/org/app:1"]);
+        assert!(q.wait);
+        assert!(prefetch("wait=1&wait=0").is_err());
+        assert!(prefetch("images=x").is_err());
+        assert!(prefetch("image=a%0Ab").is_err());
+        let many = vec!["image=a"; MAX_IMAGES + 1].join("&");
+        assert!(prefetch(&many).is_err());
+    }
 
     #[test]
     fn objects_defaults_bounds_and_strictness() {

@@ -18,6 +18,8 @@ pub struct StatusView {
     pub fills: Vec<FillView>,
     /// `GET /admin/sync`'s answer.
     pub sync: RunStatus<SyncRunView>,
+    /// `GET /admin/registry/prefetch`'s answer.
+    pub prefetch: RunStatus<PrefetchRunView>,
     /// Background work: long-lived workers and the runs going on now.
     pub workers: Vec<WorkerInfo>,
     pub objects: Summary,
@@ -41,6 +43,29 @@ pub struct SyncRunView {
     pub over_budget: Option<String>,
     pub unpinned: usize,
     pub failed: usize,
+}
+
+/// One container image prefetch run, as the API, the page and the CLI show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefetchRunView {
+    pub run: u64,
+    pub started_at: u64,
+    pub finished_at: u64,
+    /// A run of `registry.prefetch` (pins follow the list), not of images an operator named.
+    pub configured: bool,
+    pub images: Vec<PrefetchImageView>,
+    pub unpinned: usize,
+    pub failed: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefetchImageView {
+    pub image: String,
+    pub ok: bool,
+    pub message: String,
+    pub manifests: usize,
+    pub blobs: usize,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +245,7 @@ pub async fn gather(state: &HttpState) -> StatusView {
         },
         fills: fills(state),
         sync: state.admin.sync.status(),
+        prefetch: state.admin.prefetch.status(),
         workers: state.admin.workers.list(),
         objects,
     }

@@ -104,9 +104,14 @@ impl Upstream {
     }
 
     async fn start_with(refuse: bool) -> Self {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
+        // The TCP port of the UDP socket's number may be some connection's local end: pick again.
+        let (udp, addr, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            if let Ok(tcp) = TcpListener::bind(addr).await {
+                break (udp, addr, tcp);
+            }
+        };
         let counts = Arc::new(Mutex::new(HashMap::new()));
         let c = Arc::clone(&counts);
         tokio::spawn(async move {

@@ -351,13 +351,18 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
             Ok(true)
         }
         // /versioned/<size>/<bump>/<chunked>: content and strong ETag of the version counter
-        // (content(1000 + version, size); the counter starts at 1); Range honoured when If-Range names the current version, else
+        // (content(1000 + version, size); the counter starts at 1); If-None-Match of the current version
+        // is a 304 (bump = 0); Range honoured when If-Range names the current version, else
         // the whole current version with 200; with bump = 1 a whole-body GET moves the version on once its
         // headers are sent (the content changes mid-download); chunked = 1 sends no Content-Length.
         "versioned" => {
             let (size, bump, chunked) = (seg(path, 2), seg(path, 3), seg(path, 4));
             let v = st.version.load(Ordering::SeqCst);
             let etag = format!("\"v{v}\"");
+            // A revalidation of the current version is a 304, as real origins answer.
+            if bump == 0 && headers.get("if-none-match") == Some(&etag) {
+                return not_modified(io, &etag).await;
+            }
             let body = content(1000 + v, size);
             let ranged = headers
                 .get("range")
