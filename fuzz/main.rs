@@ -159,6 +159,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
             "/v2/team/app/blobs/sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef?ns=ghcr.io",
             "/v2/a/b/c/d/tags/list?n=10&last=x",
             "/v2/ghcr.io/org/app/manifests/v1.2.3",
+            "/v2/registry.test:5000/team/app/blobs/sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "/v2/UPPER/manifests/x",
             "/v2/a..b/manifests/1",
             "/v2/a/manifests/sha512:00",

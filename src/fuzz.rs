@@ -69,6 +69,7 @@ pub fn oci_path(data: &[u8]) {
         let upstreams: std::collections::BTreeMap<String, String> = [
             ("docker.io", "https://r.test"),
             ("ghcr.io", "https://g.test"),
+            ("registry.test:5000", "https://p.test"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

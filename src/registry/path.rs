@@ -93,13 +93,13 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
     // so this is taken only when both halves are valid.
     if let Some((name, digest)) = rest.rsplit_once("/referrers/")
         && let Some(digest) = OciDigest::parse(digest)
-        && let Ok(name) = name_ok(name)
+        && let Ok(name) = request_name_ok(name)
     {
         return Ok(Route::Referrers { name, digest });
     }
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return Ok(Route::TagsList {
-            name: name_ok(name)?,
+            name: request_name_ok(name)?,
         });
     }
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
@@ -111,14 +111,14 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
             return Err(PathError::TagInvalid);
         };
         return Ok(Route::Manifest {
-            name: name_ok(name)?,
+            name: request_name_ok(name)?,
             reference,
         });
     }
     if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
         let digest = OciDigest::parse(digest).ok_or(PathError::DigestInvalid)?;
         return Ok(Route::Blob {
-            name: name_ok(name)?,
+            name: request_name_ok(name)?,
             digest,
         });
     }
@@ -126,6 +126,42 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
 }
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`, at most 255 bytes.
+/// A name as a request may carry it: a repository name, or one behind a registry `host:port` component
+/// (a path-prefix mirror of a registry with a port: `/v2/registry.example:5000/team/app/...`). Only
+/// `destination` gives such a prefix a meaning; anywhere else it is refused.
+fn request_name_ok(name: &str) -> Result<String, PathError> {
+    match name.split_once('/') {
+        Some((first, rest)) if first.contains(':') => {
+            if !registry_host_ok(first) {
+                return Err(PathError::NameInvalid);
+            }
+            name_ok(rest)?;
+            Ok(name.to_string())
+        }
+        _ => name_ok(name),
+    }
+}
+
+/// `host[:port]` as a registry is named: dot-separated labels of lowercase letters, digits and inner hyphens, and
+/// a port from 1 to 65535.
+pub fn registry_host_ok(registry: &str) -> bool {
+    let (host, port) = match registry.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (registry, None),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    host.len() <= 253
+        && host.split('.').all(label_ok)
+        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
+}
+
 pub fn name_ok(name: &str) -> Result<String, PathError> {
     if name.is_empty() || name.len() > MAX_NAME {
         return Err(PathError::NameInvalid);
@@ -229,7 +265,17 @@ pub fn destination<'a, 'n>(
         base,
         name,
     };
+    // A `host:port` first component is a registry path prefix or nothing: never part of a repository.
+    let port_prefix = name
+        .split_once('/')
+        .map(|(first, _)| first)
+        .filter(|first| first.contains(':'));
     if let Some(ns) = ns {
+        if let Some(first) = port_prefix {
+            return Err(format!(
+                "{first:?} is not a repository name component (with ns={ns:?})"
+            ));
+        }
         return upstream_for(Some(ns), upstreams)
             .map(|up| to(up, name))
             .ok_or_else(|| format!("registry {ns:?} is not in registry.upstreams"));
@@ -238,6 +284,9 @@ pub fn destination<'a, 'n>(
         && let Some(up) = upstream_for(Some(first), upstreams)
     {
         return Ok(to(up, rest));
+    }
+    if let Some(first) = port_prefix {
+        return Err(format!("registry {first:?} is not in registry.upstreams"));
     }
     match default.and_then(|d| upstream_for(Some(d), upstreams)) {
         Some(up) => Ok(to(up, name)),
@@ -305,6 +354,7 @@ mod tests {
         let up: BTreeMap<String, String> = [
             ("docker.io", "https://registry-1.docker.io"),
             ("ghcr.io", "https://ghcr.io"),
+            ("registry.test:5000", "http://10.0.0.9:5000"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -353,6 +403,36 @@ mod tests {
             d(None, "library/nginx", Some("quay.io")).is_err(),
             "an unconfigured default dials nothing"
         );
+        // A registry with a port as the prefix; a port prefix that is not configured, or comes with ns,
+        // is no repository name.
+        assert_eq!(
+            d(None, "registry.test:5000/team/app", Some("docker.io")),
+            Ok(("registry.test:5000", "team/app"))
+        );
+        assert!(d(None, "other.test:5000/team/app", Some("docker.io")).is_err());
+        assert!(d(Some("ghcr.io"), "registry.test:5000/team/app", None).is_err());
+    }
+
+    #[test]
+    fn a_registry_port_is_taken_only_as_the_first_component() {
+        let name = |p: &str| match parse(p) {
+            Ok(Route::Manifest { name, .. }) => Some(name),
+            _ => None,
+        };
+        assert_eq!(
+            name("/v2/registry.test:5000/team/app/manifests/1").as_deref(),
+            Some("registry.test:5000/team/app")
+        );
+        for bad in [
+            "/v2/registry.test:5000/manifests/1",
+            "/v2/team/registry.test:5000/app/manifests/1",
+            "/v2/registry.test:0/team/manifests/1",
+            "/v2/registry.test:x/team/manifests/1",
+            "/v2/Registry.test:5000/team/manifests/1",
+            "/v2/-r.test:5000/team/manifests/1",
+        ] {
+            assert_eq!(name(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -745,6 +745,24 @@ async fn ns_path_prefix_and_default_upstream_share_one_store() {
     .await;
     assert_eq!(r.status(), 404);
     assert_eq!(header(&r, "oci-namespace"), "fake.test:5000");
+    // A registry with a port as the prefix (podman's `location = "cache:80/fake.test:5000"`).
+    let r = fetch(
+        format!("/v2/fake.test:5000/team/app/blobs/{}", img.layers[0]),
+        "*/*",
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "oci-namespace"), "fake.test:5000");
+    assert_eq!(oci::digest(&r.bytes().await.unwrap()), img.layers[0]);
+    // A port prefix that names no configured registry, or comes with ns, is no repository name.
+    for path in [
+        "/v2/other.test:5000/team/app/manifests/1".to_string(),
+        "/v2/fake.test:5000/team/app/manifests/1?ns=reg.test".to_string(),
+    ] {
+        let r = fetch(path.clone(), RESOLVE_ACCEPT).await;
+        assert_eq!(r.status(), 404, "{path}");
+        assert_eq!(code(r).await, "NAME_UNKNOWN", "{path}");
+    }
     svc.stop().await;
 }
 

@@ -46,7 +46,7 @@ pub fn parse(text: &str) -> Result<ImageRef, String> {
         }
         _ => ("docker.io".to_string(), rest.to_string()),
     };
-    if !host_ok(&registry) {
+    if !path::registry_host_ok(&registry) {
         return Err(format!("`{registry}` is not a registry host[:port]"));
     }
     let registry = match registry.as_str() {
@@ -70,24 +70,6 @@ pub fn parse(text: &str) -> Result<ImageRef, String> {
         name,
         reference,
     })
-}
-
-/// `host[:port]`: dot-separated labels of letters, digits and inner hyphens; a numeric port.
-fn host_ok(registry: &str) -> bool {
-    let (host, port) = match registry.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (registry, None),
-    };
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    host.len() <= 253
-        && host.split('.').all(label_ok)
-        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
 }
 
 #[cfg(test)]
