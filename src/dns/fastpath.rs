@@ -6,7 +6,9 @@
 //! (0x20-randomising resolvers compare it). Only plain queries qualify: one question, no answer/authority
 //! records, at most an OPT record without options. Anything else takes the normal path.
 
+use super::replay::Recorded;
 use hashbrown::HashMap;
+use std::time::Instant;
 
 /// Templates kept per receive loop before the table is emptied and rebuilt.
 const MAX_ENTRIES: usize = 4096;
@@ -93,11 +95,17 @@ impl<'a> Question<'a> {
     }
 }
 
-/// The table one receive loop keeps. Emptied whenever the healthy node set changes.
+/// The rotation that keys forwarded answers (intercepted ones use the small numbers of their rotations).
+pub(super) const FORWARDED: usize = u32::MAX as usize;
+
+/// The table one receive loop keeps. Emptied whenever the healthy node set changes (that decides which
+/// names are answered here and which are forwarded).
 #[derive(Default)]
 pub(super) struct Templates {
     generation: u64,
     entries: HashMap<Vec<u8>, Vec<u8>>,
+    /// Forwarded answers and when the upstream gave them.
+    forwarded: HashMap<Vec<u8>, (Instant, Recorded)>,
 }
 
 impl Templates {
@@ -105,8 +113,41 @@ impl Templates {
     pub(super) fn sync(&mut self, generation: u64) {
         if generation != self.generation {
             self.entries.clear();
+            self.forwarded.clear();
             self.generation = generation;
         }
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// A forwarded answer as it stands `now` (its TTLs lowered by the whole seconds begun since it was
+    /// given, so never overstated); expired ones are dropped.
+    pub(super) fn forwarded(&mut self, key: &[u8], now: Instant) -> Option<Vec<u8>> {
+        let (at, recorded) = self.forwarded.get(key)?;
+        let elapsed = now.saturating_duration_since(*at);
+        let secs = elapsed.as_secs() + u64::from(elapsed.subsec_nanos() > 0);
+        let wire = recorded.at(secs);
+        if wire.is_none() {
+            self.forwarded.remove(key);
+        }
+        wire
+    }
+
+    /// Keeps a forwarded answer given at `at` while the healthy set was `generation`; one given under
+    /// another set, or that is not a complete answer with a lifetime, is not kept.
+    pub(super) fn learn(&mut self, generation: u64, key: Vec<u8>, wire: Vec<u8>, at: Instant) {
+        if generation != self.generation {
+            return;
+        }
+        let Some(recorded) = Recorded::new(wire) else {
+            return;
+        };
+        if self.forwarded.len() >= MAX_ENTRIES {
+            self.forwarded.clear();
+        }
+        self.forwarded.insert(key, (at, recorded));
     }
 
     pub(super) fn get(&self, key: &[u8]) -> Option<&[u8]> {

@@ -6,6 +6,7 @@ mod fastpath;
 mod forward;
 mod handler;
 pub mod policy;
+mod replay;
 mod udp;
 
 use crate::config::Config;
@@ -225,7 +226,12 @@ impl FuzzTarget {
                 &self.responder,
                 &mut self.templates,
                 &self.healthy,
+                std::time::Instant::now(),
             );
+        }
+        // The same bytes as an upstream's answer: what the forwarded-answer table would keep of them.
+        if let Some(recorded) = replay::Recorded::new(data.to_vec()) {
+            let _ = recorded.at(1);
         }
     }
 }

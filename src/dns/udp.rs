@@ -4,7 +4,7 @@
 //! retries). hickory-server's generic UDP server spawns a task and crosses a channel for every packet,
 //! which costs several times more per query.
 
-use super::fastpath::{Question, Templates};
+use super::fastpath::{self, Question, Templates};
 use super::handler::{Outcome, Responder, result};
 use super::policy;
 use crate::peers::Healthy;
@@ -12,12 +12,19 @@ use hickory_proto::op::{Header, Message, MessageType, ResponseCode};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Largest datagram we read; anything longer is truncated by the kernel and then fails to parse.
 const MAX_DATAGRAM: usize = 4096;
+/// Forwarded answers on their way back to the loop's table; beyond this many a new one is not kept.
+const LEARN_QUEUE: usize = 256;
+
+/// A forwarded answer for the loop's table: the healthy-set generation it was asked under, the
+/// question's key, the wire answer, when it was given.
+type Learned = (u64, Vec<u8>, Vec<u8>, Instant);
 
 pub(super) async fn serve(
     socket: Arc<UdpSocket>,
@@ -27,6 +34,8 @@ pub(super) async fn serve(
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut templates = Templates::default();
+    // Forwarding tasks hand their answers back here, so the table stays the loop's own (no lock).
+    let (learned_tx, mut learned_rx) = tokio::sync::mpsc::channel::<Learned>(LEARN_QUEUE);
     // This loop's view of the healthy nodes, refreshed only when it changes (a version check per packet
     // instead of a lock and a shared reference count).
     let mut watch = responder.peers.watch();
@@ -41,6 +50,10 @@ pub(super) async fn serve(
                     continue;
                 }
             },
+            Some((generation, key, wire, at)) = learned_rx.recv() => {
+                templates.learn(generation, key, wire, at);
+                continue;
+            }
             _ = shutdown.cancelled() => return,
         };
         if src.port() == 0 {
@@ -49,21 +62,27 @@ pub(super) async fn serve(
         if watch.has_changed().unwrap_or(false) {
             healthy = Arc::clone(&watch.borrow_and_update());
         }
-        match process(&buf[..len], src, &responder, &mut templates, &healthy) {
+        let now = Instant::now();
+        match process(&buf[..len], src, &responder, &mut templates, &healthy, now) {
             Step::Nothing => {}
             Step::Send(bytes) => send(&socket, &bytes, src).await,
             Step::Forward(forward) => {
-                let (request, query) = *forward;
+                let (request, query, key) = *forward;
                 let Ok(permit) = Arc::clone(&forwards).try_acquire_owned() else {
                     responder.count(result::ERROR);
                     continue;
                 };
                 let socket = Arc::clone(&socket);
                 let responder = Arc::clone(&responder);
+                let learned = learned_tx.clone();
+                let generation = templates.generation();
                 tokio::spawn(async move {
                     let response = responder.forward(&request, &query).await;
                     if let Some(bytes) = encode(&request, &response) {
                         send(&socket, &bytes, src).await;
+                        if let Some(key) = key {
+                            let _ = learned.try_send((generation, key, bytes, Instant::now()));
+                        }
                     }
                     drop(permit);
                 });
@@ -76,19 +95,21 @@ pub(super) async fn serve(
 pub(super) enum Step {
     Nothing,
     Send(Vec<u8>),
-    /// Ask the upstreams (a task of its own: it waits on the network).
-    Forward(Box<(Message, hickory_proto::op::Query)>),
+    /// Ask the upstreams (a task of its own: it waits on the network); the key under which the answer
+    /// may be replayed, for a plain query.
+    Forward(Box<(Message, hickory_proto::op::Query, Option<Vec<u8>>)>),
 }
 
 /// Everything a datagram goes through without I/O: the replay of a plain query answered before (from an
-/// allowed client, with the same healthy set), parsing, FORMERR for a broken body, the policy's answer.
-/// The fuzz harness drives this with arbitrary bytes.
+/// allowed client, with the same healthy set; a forwarded answer while its TTLs last), parsing, FORMERR
+/// for a broken body, the policy's answer. The fuzz harness drives this with arbitrary bytes.
 pub(super) fn process(
     packet: &[u8],
     src: SocketAddr,
     responder: &Responder,
     templates: &mut Templates,
     healthy: &Healthy,
+    now: Instant,
 ) -> Step {
     let plain = Question::parse(packet).filter(|_| responder.policy.allows(src.ip()));
     let rotation = responder.next_rotation(healthy);
@@ -98,6 +119,13 @@ pub(super) fn process(
         && let Some(bytes) = templates.get(key).and_then(|t| q.patch(t))
     {
         responder.count(result::INTERCEPTED);
+        return Step::Send(bytes);
+    }
+    let forward_key = plain.as_ref().map(|q| q.key(fastpath::FORWARDED));
+    if let (Some(q), Some(key)) = (&plain, &forward_key)
+        && let Some(bytes) = templates.forwarded(key, now).and_then(|t| q.patch(&t))
+    {
+        responder.count(result::FORWARDED);
         return Step::Send(bytes);
     }
     let Ok(request) = Message::from_vec(packet) else {
@@ -117,7 +145,7 @@ pub(super) fn process(
             }
             None => Step::Nothing,
         },
-        Outcome::Forward(query) => Step::Forward(Box::new((request, query))),
+        Outcome::Forward(query) => Step::Forward(Box::new((request, query, forward_key))),
     }
 }
 

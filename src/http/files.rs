@@ -104,7 +104,8 @@ pub async fn handle(
             Plan::Fill(FillSpec {
                 expected: Expected::default(),
                 source,
-                want_md5: true,
+                // The sync computes an md5 when it needs one (`Store::ensure_md5`); a client waits for none.
+                want_md5: false,
                 peer_wait,
                 pin: false,
             })
@@ -115,7 +116,8 @@ pub async fn handle(
             Plan::Fill(FillSpec {
                 expected: Expected::default(),
                 source,
-                want_md5: true,
+                // The sync computes an md5 when it needs one (`Store::ensure_md5`); a client waits for none.
+                want_md5: false,
                 peer_wait,
                 pin: false,
             })

@@ -2,7 +2,8 @@
 //! batches that readers see as soon as they are on disk, hashes it on its own thread, checks it against
 //! what was expected, and publishes it (rename, then index row). Nothing reaches the index unverified.
 
-use super::fs::{self, TempBlob};
+use super::fs::TempBlob;
+use super::hashing::HashFeed;
 use super::index::ObjectRow;
 use super::inflight::{
     Expected, Fill, FillFailure, Phase, SourceBody, SourceError, SourceMeta, SourceOutcome,
@@ -14,8 +15,8 @@ use std::time::Duration;
 
 /// Body bytes gathered before one write to the temp file.
 const WRITE_BATCH: usize = 256 * 1024;
-/// Batches queued for the hashing thread at most (bounds memory to this many write batches per fill).
-const HASH_QUEUE: usize = 4;
+/// Received chunks gathered before one write at most (a source sending tiny pieces is written sooner).
+const BATCH_CHUNKS: usize = 1024;
 /// Longest a partial batch waits before it is written, so readers of a slow source still see progress.
 const FLUSH_AFTER: Duration = Duration::from_millis(20);
 
@@ -166,16 +167,9 @@ async fn write_body(
         .await
         .map_err(FillFailure::Storage)?
         .map_err(|e| FillFailure::Storage(format!("creating temp file: {e}")))?;
-    // Hashing runs on its own blocking thread, fed in order: a batch is hashed while the next one is
-    // received and written, and readers get each batch as soon as it is on disk.
-    let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(HASH_QUEUE);
-    let hashing = tokio::task::spawn_blocking(move || {
-        let mut hasher = fs::Hasher::new(with_md5);
-        while let Some(chunk) = hash_rx.blocking_recv() {
-            hasher.update(&chunk);
-        }
-        hasher.finish()
-    });
+    // Hashing runs on blocking threads of its own, fed in order: a batch is hashed while the next one
+    // is received and written, and readers get each batch as soon as it is on disk.
+    let hash_tx = HashFeed::start(with_md5);
     fill.set_file(temp.shared_file());
     fill.set_phase(Phase::Streaming {
         meta: Arc::new(meta.clone()),
@@ -183,7 +177,8 @@ async fn write_body(
         verified: false,
     });
 
-    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    // The received chunks themselves, not a copy: written with one vectored write and hashed in place.
+    let mut buf = Batch::default();
     loop {
         let next = if buf.is_empty() {
             body.next().await
@@ -198,13 +193,13 @@ async fn write_body(
         };
         match next {
             Some(Ok(bytes)) => {
-                buf.extend_from_slice(&bytes);
+                buf.push(bytes);
                 if temp.written() + buf.len() as u64 > inner.max_size {
                     return Err(FillFailure::Storage(
                         "object grew past cache.max_size".into(),
                     ));
                 }
-                if buf.len() >= WRITE_BATCH {
+                if buf.len() >= WRITE_BATCH || buf.chunks.len() >= BATCH_CHUNKS {
                     (temp, buf) = flush(fill, temp, buf, &hash_tx).await?;
                 }
             }
@@ -216,10 +211,10 @@ async fn write_body(
         (temp, _) = flush(fill, temp, buf, &hash_tx).await?;
     }
 
-    drop(hash_tx);
-    let hashes = hashing
+    let hashes = hash_tx
+        .finish()
         .await
-        .map_err(|e| FillFailure::Storage(format!("hashing task failed: {e}")))?;
+        .map_err(|e| FillFailure::Storage(e.to_string()))?;
     if hashes.size != temp.written() {
         return Err(FillFailure::Storage(format!(
             "hashed {} bytes but wrote {}",
@@ -338,21 +333,41 @@ fn commit_row(
 async fn flush(
     fill: &Arc<Fill>,
     mut temp: TempBlob,
-    buf: Vec<u8>,
-    hash_tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
-) -> Result<(TempBlob, Vec<u8>), FillFailure> {
-    let batch = bytes::Bytes::from(buf);
+    buf: Batch,
+    hash_tx: &HashFeed,
+) -> Result<(TempBlob, Batch), FillFailure> {
+    let batch: Arc<[bytes::Bytes]> = buf.chunks.into();
     hash_tx
-        .send(batch.clone())
+        .send(&batch)
         .await
-        .map_err(|_| FillFailure::Storage("hashing stopped".into()))?;
+        .map_err(|e| FillFailure::Storage(e.to_string()))?;
     let (temp, result) = blocking(move || {
-        let r = temp.append(&batch);
+        let r = temp.append_chunks(&batch);
         (temp, r)
     })
     .await
     .map_err(FillFailure::Storage)?;
     result.map_err(|e| FillFailure::Storage(format!("writing temp file: {e}")))?;
     fill.advance(temp.written(), false);
-    Ok((temp, Vec::with_capacity(WRITE_BATCH)))
+    Ok((temp, Batch::default()))
+}
+
+/// Received chunks waiting for one write.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<bytes::Bytes>,
+    len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, chunk: bytes::Bytes) {
+        self.len += chunk.len();
+        self.chunks.push(chunk);
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }

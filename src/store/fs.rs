@@ -231,11 +231,20 @@ impl TempBlob {
         self.written
     }
 
-    /// Appends. Blocking: call from a blocking thread.
-    pub(crate) fn append(&mut self, data: &[u8]) -> io::Result<()> {
+    /// Appends the chunks in order with vectored writes. Blocking: call from a blocking thread.
+    pub(crate) fn append_chunks(&mut self, chunks: &[bytes::Bytes]) -> io::Result<()> {
+        let mut slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
+        let mut rest = &mut slices[..];
         let mut file: &File = &self.file;
-        file.write_all(data)?;
-        self.written += data.len() as u64;
+        while !rest.is_empty() {
+            // writev takes at most IOV_MAX (1024 on Linux) slices per call.
+            let n = file.write_vectored(&rest[..rest.len().min(1024)])?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "wrote no bytes"));
+            }
+            self.written += n as u64;
+            io::IoSlice::advance_slices(&mut rest, n);
+        }
         Ok(())
     }
 }
@@ -333,7 +342,8 @@ mod tests {
         let mut t = fs_.create_temp().unwrap();
         let mut hasher = Hasher::new(true);
         for part in [&b"hello "[..], b"world"] {
-            t.append(part).unwrap();
+            t.append_chunks(&[bytes::Bytes::copy_from_slice(part)])
+                .unwrap();
             hasher.update(part);
         }
         assert_eq!(t.written(), 11);
@@ -352,7 +362,12 @@ mod tests {
         assert_eq!(fs::read_dir(fs_.tmp_dir()).unwrap().count(), 0);
 
         let mut again = fs_.create_temp().unwrap();
-        again.append(b"hello world").unwrap();
+        again
+            .append_chunks(&[
+                bytes::Bytes::from_static(b"hello "),
+                bytes::Bytes::from_static(b"world"),
+            ])
+            .unwrap();
         fs_.publish(again, &h.sha256).unwrap();
         assert_eq!(fs::read_dir(fs_.tmp_dir()).unwrap().count(), 0);
         let listed = fs_.list_blobs().unwrap();
@@ -361,11 +376,30 @@ mod tests {
     }
 
     #[test]
+    fn more_chunks_than_one_writev_takes_are_written_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs_ = BlobFs::open(dir.path()).unwrap();
+        let mut t = fs_.create_temp().unwrap();
+        let chunks: Vec<bytes::Bytes> = (0..3000u32)
+            .map(|i| bytes::Bytes::from(i.to_be_bytes()[1..].to_vec()))
+            .collect();
+        t.append_chunks(&chunks).unwrap();
+        assert_eq!(t.written(), 9000);
+        let mut hasher = Hasher::new(false);
+        let whole: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+        hasher.update(&whole);
+        let digest = hasher.finish().sha256;
+        fs_.publish(t, &digest).unwrap();
+        assert_eq!(fs::read(fs_.blob_path(&digest)).unwrap(), whole);
+    }
+
+    #[test]
     fn dropped_temp_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let fs_ = BlobFs::open(dir.path()).unwrap();
         let mut t = fs_.create_temp().unwrap();
-        t.append(b"partial").unwrap();
+        t.append_chunks(&[bytes::Bytes::from_static(b"partial")])
+            .unwrap();
         assert_eq!(fs::read_dir(fs_.tmp_dir()).unwrap().count(), 1);
         drop(t);
         assert_eq!(fs::read_dir(fs_.tmp_dir()).unwrap().count(), 0);

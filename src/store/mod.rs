@@ -7,6 +7,7 @@
 mod evict;
 mod fill;
 pub(crate) mod fs;
+mod hashing;
 mod hot;
 pub(crate) mod index;
 pub mod inflight;
@@ -101,7 +102,8 @@ pub enum Plan {
 pub struct FillSpec {
     pub expected: Expected,
     pub source: SourceFuture,
-    /// Compute md5 while writing (kept in the row for `.md5` sidecars).
+    /// Compute md5 while writing (kept in the row, for comparing with `.md5` sidecars). Fills that
+    /// skip it get one from `ensure_md5` when the sync needs it.
     pub want_md5: bool,
     /// Set while the source waits on another cache node (the key's owner); the source clears it when it
     /// gives up on the node. A peer asking this node about the key then gets "busy" instead of joining

@@ -506,3 +506,34 @@ async fn a_range_that_ends_early_still_waits_for_verification() {
         "{got:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_md5_is_computed_once_when_asked_and_never_for_a_corrupt_blob() {
+    use md5::Digest as _;
+    let t = open(1 << 30);
+    let data = content(300_000, 9);
+    let k = key("img.tar.lz4");
+    let row = store_whole(&t.store, &k, data.clone()).await;
+    settle(&t.store).await;
+    assert_eq!(row.md5, None, "a fill that did not want one computes none");
+    let want = hex::encode(md5::Md5::digest(&data));
+    assert_eq!(t.store.ensure_md5(&k).await.unwrap(), Some(want.clone()));
+    assert_eq!(
+        t.store.get(&k).unwrap().unwrap().md5,
+        Some(want.clone()),
+        "recorded"
+    );
+    assert_eq!(t.store.ensure_md5(&key("absent")).await.unwrap(), None);
+
+    // A second object whose blob is damaged on disk: an error, and no md5 recorded.
+    let k2 = key("other.img");
+    let row2 = store_whole(&t.store, &k2, content(200_000, 3)).await;
+    settle(&t.store).await;
+    let hex = row2.digest.hex();
+    let blob = t.dir.path().join("blobs/sha256").join(&hex[..2]).join(&hex);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    assert!(t.store.ensure_md5(&k2).await.is_err());
+    assert_eq!(t.store.get(&k2).unwrap().unwrap().md5, None);
+}

@@ -9,6 +9,49 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 impl Store {
+    /// The md5 of a stored key's content, computed from its blob and recorded in its row when the fill
+    /// that stored it did not compute one: a client's fill hashes SHA-256 only (MD5 alone cost a cold
+    /// fill a fifth of its time), and the sync needs md5 only to compare with metal-api's `.md5`
+    /// sidecars, once per object. The blob is checked against its name on the way: a blob that no longer
+    /// matches gives an error, never an md5. `None` when the key is not stored.
+    pub async fn ensure_md5(&self, key: &super::Key) -> Result<Option<String>, StoreError> {
+        let Some(row) = self.get(key)? else {
+            return Ok(None);
+        };
+        if let Some(md5) = row.md5 {
+            return Ok(Some(md5));
+        }
+        let digest = row.digest;
+        let store = self.clone();
+        let hashes = tokio::task::spawn_blocking(move || {
+            let file = store.inner.fs.open_blob(&digest)?;
+            fs::hash_file(&file, &|| false)
+        })
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))?
+        .map_err(super::io_err(format!("blob {digest}")))?;
+        let md5 = match hashes.md5 {
+            Some(m) if hashes.sha256 == digest && hashes.size == row.size => hex::encode(m),
+            _ => {
+                return Err(StoreError::Io {
+                    what: format!("blob {digest}"),
+                    source: std::io::Error::other(
+                        "its content no longer matches its digest; `image-cache store verify` removes it",
+                    ),
+                });
+            }
+        };
+        self.inner.hot.forget(key.as_str());
+        self.inner.index.update(key.as_str(), |r| {
+            let fill_in = r.digest == digest && r.md5.is_none();
+            if fill_in {
+                r.md5 = Some(md5.clone());
+            }
+            fill_in
+        })?;
+        Ok(Some(md5))
+    }
+
     /// Re-hashes every blob; rows of a blob whose content no longer matches its name are removed.
     /// Blocking. `progress` gets (bytes done, bytes total); once `stop` is cancelled the run ends with
     /// `StoreError::Stopped` before the next blob (what was found so far is not acted on).

@@ -110,6 +110,12 @@ impl Executor<'_> {
                 peer_wait = Some(waiting);
             }
         }
+        // A copy a client stored since the plan was made carries no md5 yet: give it one to compare.
+        if md5.is_some()
+            && let Err(e) = self.store.ensure_md5(key).await
+        {
+            tracing::warn!(key = %key, error = %e, "cannot read a stored copy's md5");
+        }
         let size = expected.size;
         let usable = |row: &crate::store::ObjectRow| match md5 {
             Some(want) => row.md5.as_deref() == Some(want),
@@ -136,6 +142,18 @@ impl Executor<'_> {
         };
         match fill.finished().await {
             Phase::Complete { row } => match md5 {
+                // A client's fill joined here computed no md5.
+                Some(want) if row.md5.is_none() => match self.store.ensure_md5(key).await {
+                    Ok(Some(got)) if got == want => self.keep(key),
+                    Ok(got) => {
+                        let _ = self.store.remove(&[key.as_str().to_string()]);
+                        Err(format!(
+                            "md5 mismatch: sidecar says {want}, content is {}",
+                            got.unwrap_or_default()
+                        ))
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
                 Some(want) if row.md5.as_deref() != Some(want) => {
                     let _ = self.store.remove(&[key.as_str().to_string()]);
                     Err(format!(

@@ -283,10 +283,19 @@ impl Syncer {
         }
         let mut stored = HashMap::new();
         for (_, url) in &probes {
-            if let Some(key) = key_for(url)
-                && let Some(row) = self.store.get(&key)?
-            {
-                stored.insert(url.clone(), row.md5);
+            let Some(key) = key_for(url) else {
+                continue;
+            };
+            // A copy a client filled has no md5 yet: computed once here, so it can be kept.
+            match self.store.ensure_md5(&key).await {
+                Ok(Some(md5)) => {
+                    stored.insert(url.clone(), Some(md5));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "cannot read a stored copy's md5; downloading it again");
+                    stored.insert(url.clone(), None);
+                }
             }
         }
         let plan = planner::plan(&images, &boot, &remote, &unavailable, &stored, &policy);

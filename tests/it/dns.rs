@@ -113,6 +113,48 @@ async fn other_names_are_forwarded_cached_and_keep_their_rcode() {
     svc.stop().await;
 }
 
+/// Repeated forwarded questions are answered from the receive loop's table: each client's own ID and
+/// spelling, TTLs counting down from the upstream's, and asked upstream again once a record expired.
+#[tokio::test]
+async fn forwarded_answers_replay_with_ttls_counting_down_until_they_expire() {
+    let env = Env::new().await;
+    let up = Upstream::start().await;
+    let svc = env.start(dns_config(&env, up.addr)).await;
+    let addr = svc.running.as_ref().unwrap().dns_addrs[0];
+
+    let first = dns::udp(addr, &query("short.test.", RecordType::A, true)).await;
+    assert_eq!(a_records(&first), ["192.0.2.2"]);
+    assert!(first.answers[0].ttl <= 2);
+    let mut seen_ttls = Vec::new();
+    for spelling in ["SHORT.test.", "short.TEST.", "ShOrT.test."] {
+        let q = query(spelling, RecordType::A, true);
+        let m = dns::udp(addr, &q).await;
+        assert_eq!(m.metadata.id, q.metadata.id);
+        assert_eq!(
+            m.queries[0].name().to_ascii(),
+            spelling,
+            "0x20 spelling echoed"
+        );
+        assert_eq!(a_records(&m), ["192.0.2.2"]);
+        assert!(m.answers[0].ttl <= 2, "never longer than the upstream said");
+        seen_ttls.push(m.answers[0].ttl);
+    }
+    assert_eq!(up.count("short.test.", "udp"), 1, "{seen_ttls:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let m = dns::udp(addr, &query("short.test.", RecordType::A, true)).await;
+    assert!(
+        m.answers[0].ttl <= 1,
+        "a second later: {:?}",
+        m.answers[0].ttl
+    );
+    // Past the record's TTL the upstream is asked again.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let m = dns::udp(addr, &query("short.test.", RecordType::A, true)).await;
+    assert_eq!(a_records(&m), ["192.0.2.2"]);
+    assert_eq!(up.count("short.test.", "udp"), 2);
+    svc.stop().await;
+}
+
 #[tokio::test]
 async fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
     let env = Env::new().await;

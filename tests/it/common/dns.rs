@@ -207,6 +207,9 @@ fn answer(q: &Message, counts: &Mutex<HashMap<String, u64>>, proto: &str, refuse
                 RData::A(A::new(192, 0, 2, 1)),
             ));
         }
+        ("short.test.", RecordType::A) => {
+            r.add_answer(Record::from_rdata(owner, 2, RData::A(A::new(192, 0, 2, 2))));
+        }
         (n, RecordType::A) if n.ends_with(".loop.test.") => {
             r.add_answer(Record::from_rdata(
                 owner,
