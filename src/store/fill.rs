@@ -1,6 +1,7 @@
 //! The fill writer: one task per running fill takes the source's body, writes it to a temp file in
-//! batches that readers see as soon as they are on disk, hashes it beside the writes (`hashing.rs`), checks it against
-//! what was expected, and publishes it (rename, then index row). Nothing reaches the index unverified.
+//! batches that readers see as soon as they are on disk, hashes it beside the writes (`hashing.rs`),
+//! checks it against what was expected, and publishes it (rename, then index row). Nothing reaches the
+//! index unverified.
 
 use super::fs::TempBlob;
 use super::hashing::HashFeed;
