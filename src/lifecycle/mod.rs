@@ -1,6 +1,7 @@
 //! Shutdown signal, readiness and the registry of named background work, shared by every component.
 
 pub mod runs;
+pub mod schedule;
 pub mod workers;
 
 pub use runs::{Busy, RunStatus, RunTicket, Runs};

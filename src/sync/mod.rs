@@ -438,34 +438,8 @@ impl Syncer {
         let dry_run = self.config.sync.dry_run;
         let tick = move |me: &Arc<Self>| me.start_scheduled(dry_run);
         tick(&self);
-        let spec = format!("0 {}", self.config.sync.schedule);
-        let scheduler = match tokio_cron_scheduler::JobScheduler::new().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the sync scheduler");
-                worker.finished(Err(format!("cannot start the sync scheduler: {e}")));
-                return;
-            }
-        };
-        // The scheduler's own tasks may outlive its shutdown: a weak handle lets the store close.
-        let me = Arc::downgrade(&self);
-        let job = tokio_cron_scheduler::Job::new(spec.as_str(), move |_, _| {
-            if let Some(me) = me.upgrade() {
-                tick(&me);
-            }
-        });
-        let added = match job {
-            Ok(job) => scheduler.add(job).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = added.and(scheduler.start().await) {
-            tracing::error!(error = %e, schedule = %self.config.sync.schedule, "cannot schedule the sync");
-            worker.finished(Err(format!("cannot schedule the sync: {e}")));
-            return;
-        }
-        worker.shutdown().cancelled().await;
-        let mut scheduler = scheduler;
-        let _ = scheduler.shutdown().await;
+        let schedule = self.config.sync.schedule.clone();
+        crate::lifecycle::schedule::on_schedule(worker, "sync", &schedule, &self, tick).await;
     }
 }
 

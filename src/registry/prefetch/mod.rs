@@ -28,10 +28,6 @@ use std::time::Duration;
 const MANIFEST_MAX: usize = 4 * 1024 * 1024;
 /// How long a fully read object may take to show up in the index (its commit follows its last byte).
 const COMMIT_WAIT: Duration = Duration::from_secs(10);
-const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-    application/vnd.docker.distribution.manifest.list.v2+json, \
-    application/vnd.oci.image.manifest.v1+json, \
-    application/vnd.docker.distribution.manifest.v2+json";
 
 /// One image of a run.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -262,32 +258,8 @@ impl Prefetcher {
             Err(e) => tracing::error!(error = %e, "prefetch not started"),
         };
         tick(&self);
-        let spec = format!("0 {}", self.config.registry.prefetch_schedule);
-        let scheduler = match tokio_cron_scheduler::JobScheduler::new().await {
-            Ok(s) => s,
-            Err(e) => {
-                worker.finished(Err(format!("cannot start the prefetch scheduler: {e}")));
-                return;
-            }
-        };
-        // The scheduler's own tasks may outlive its shutdown: a weak handle lets the store close.
-        let me = Arc::downgrade(&self);
-        let job = move |_, _| {
-            if let Some(me) = me.upgrade() {
-                tick(&me);
-            }
-        };
-        let added = match tokio_cron_scheduler::Job::new(spec.as_str(), job) {
-            Ok(job) => scheduler.add(job).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = added.and(scheduler.start().await) {
-            worker.finished(Err(format!("cannot schedule the prefetch: {e}")));
-            return;
-        }
-        worker.shutdown().cancelled().await;
-        let mut scheduler = scheduler;
-        let _ = scheduler.shutdown().await;
+        let schedule = self.config.registry.prefetch_schedule.clone();
+        crate::lifecycle::schedule::on_schedule(worker, "prefetch", &schedule, &self, tick).await;
     }
 }
 
@@ -408,7 +380,9 @@ impl Pull<'_> {
 
     async fn get(&self, endpoint: &str, reference: &str) -> Result<upstream::Response, String> {
         let url = self.url(endpoint, reference)?;
-        let request = Request::get(url, "prefetch").header("accept", MANIFEST_ACCEPT);
+        // Every manifest type, as the front itself asks the registry: the tag's index is what is stored.
+        let accept = super::accept::MANIFEST_TYPES.join(", ");
+        let request = Request::get(url, "prefetch").header("accept", accept);
         let resp = self
             .me
             .upstream
