@@ -75,9 +75,13 @@ pub fn oci_path(data: &[u8]) {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let ns = crate::registry::path::ns_param(query);
-        if let Ok(to) =
-            crate::registry::path::destination(ns.as_deref(), name, &upstreams, Some("docker.io"))
-        {
+        if let Ok(to) = crate::registry::path::destination(
+            ns.as_deref(),
+            name,
+            &upstreams,
+            Some("docker.io"),
+            true,
+        ) {
             assert!(
                 crate::registry::path::name_ok(to.name).is_ok() && name.ends_with(to.name),
                 "{name:?} routed to {:?}",

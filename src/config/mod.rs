@@ -333,6 +333,28 @@ pub struct RegistryConfig {
     /// Platforms of an index to prefetch (`linux/amd64`, `linux/arm64/v8`); empty: every one.
     #[serde(default)]
     pub prefetch_platforms: Vec<String>,
+    /// Serve registries that are not in `upstreams` too (`https://<ns>`), when the name is a public
+    /// host name on an `open_ports` port, every address it resolves to is public (checked on each
+    /// connection and redirect), and it is not on `deny`. Off: such requests get NAME_UNKNOWN.
+    #[serde(default)]
+    pub open: bool,
+    /// Ports an unlisted registry may be dialled on (its name's port, 443 when it names none).
+    #[serde(default = "default_open_ports")]
+    pub open_ports: Vec<u16>,
+    /// Registries never served when unlisted: `host` exactly, or `*.domain` for every name under it.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Requests per second the cache sends to one unlisted registry (bursts of as many).
+    #[serde(default = "default_open_rate_limit")]
+    pub open_rate_limit: u32,
+}
+
+fn default_open_ports() -> Vec<u16> {
+    vec![443]
+}
+
+fn default_open_rate_limit() -> u32 {
+    20
 }
 
 fn default_prefetch_schedule() -> String {
@@ -471,6 +493,10 @@ impl Config {
                 prefetch: vec![],
                 prefetch_schedule: default_prefetch_schedule(),
                 prefetch_platforms: vec![],
+                open: false,
+                open_ports: default_open_ports(),
+                deny: vec![],
+                open_rate_limit: default_open_rate_limit(),
                 upstreams: upstreams
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -190,6 +190,7 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    check_open(&c.registry)?;
     check_schedule("registry.prefetch_schedule", &c.registry.prefetch_schedule)?;
     for (i, p) in c.registry.prefetch_platforms.iter().enumerate() {
         let parts: Vec<&str> = p.split('/').collect();
@@ -332,6 +333,41 @@ fn check_origin(origin: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `registry.open`'s limits: checked whether or not it is on, so turning it on later cannot fail.
+fn check_open(r: &super::RegistryConfig) -> Result<(), ConfigError> {
+    if r.open && r.open_ports.is_empty() {
+        return Err(ConfigError::new(
+            "registry.open_ports",
+            "registry.open needs at least one port (443 is the registries' own)",
+        ));
+    }
+    if r.open_ports.contains(&0) {
+        return Err(ConfigError::new("registry.open_ports", "0 is not a port"));
+    }
+    if r.open_rate_limit == 0 {
+        return Err(ConfigError::new(
+            "registry.open_rate_limit",
+            "must be at least 1 request per second (turn registry.open off to refuse unlisted registries)",
+        ));
+    }
+    for (i, rule) in r.deny.iter().enumerate() {
+        let name = rule.strip_prefix("*.").unwrap_or(rule);
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        if !name.split('.').all(label_ok) {
+            return Err(ConfigError::new(
+                format!("registry.deny[{i}]"),
+                format!("`{rule}` is not a lowercase host name or `*.domain`"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +423,39 @@ mod tests {
         let c = Config::production_defaults();
         let err = validate(c).err().map(|e| e.key);
         assert_eq!(err.as_deref(), Some("nodes.self"));
+    }
+
+    #[test]
+    fn open_registry_limits_are_checked_and_named() {
+        let key = |f: &dyn Fn(&mut Config)| {
+            let mut c = Config::laptop_defaults();
+            f(&mut c);
+            validate(c).err().map(|e| e.key)
+        };
+        assert_eq!(key(&|c| c.registry.open = true), None);
+        assert_eq!(
+            key(&|c| {
+                c.registry.open = true;
+                c.registry.open_ports.clear();
+            }),
+            Some("registry.open_ports".into())
+        );
+        assert_eq!(
+            key(&|c| c.registry.open_ports = vec![443, 0]),
+            Some("registry.open_ports".into())
+        );
+        assert_eq!(
+            key(&|c| c.registry.open_rate_limit = 0),
+            Some("registry.open_rate_limit".into())
+        );
+        assert_eq!(
+            key(&|c| c.registry.deny = vec!["*.corp.example".into(), "Bad Name".into()]),
+            Some("registry.deny[1]".into())
+        );
+        assert_eq!(
+            key(&|c| c.registry.deny = vec!["*.corp.example".into(), "quay.io".into()]),
+            None
+        );
     }
 
     #[test]

@@ -137,7 +137,13 @@ pub struct Metrics {
     pub registry_upstream: Family<RegistryStatusLabels, Counter>,
     /// The status page's hit ratio over the last hour, sampled from `requests`.
     pub hit_ratio: Arc<ratio::HitRatio>,
+    /// Registries with series of their own (`registry.upstreams`); any other (an unlisted registry
+    /// under `registry.open`) counts as `other`, so clients cannot grow the series without bound.
+    listed_registries: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
 }
+
+/// The `registry` label of every registry that is not in `registry.upstreams`.
+pub const OTHER_REGISTRY: &str = "other";
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -171,6 +177,7 @@ impl Metrics {
             registry_bytes: Family::default(),
             registry_upstream: Family::default(),
             hit_ratio: Arc::default(),
+            listed_registries: Arc::default(),
         };
         r.register(
             "requests",
@@ -329,6 +336,10 @@ impl Metrics {
 
     /// The per-registry series of one configured upstream registry, at zero.
     pub fn initialise_registry(&self, registry: &str) {
+        self.listed_registries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(registry.to_string());
         for kind in [kind::MANIFEST, kind::BLOB] {
             for result in [result::HIT, result::MISS, result::STALE, result::ERROR] {
                 let _ = self
@@ -366,12 +377,26 @@ impl Metrics {
             .inc();
     }
 
+    /// `registry` when it has series of its own, else [`OTHER_REGISTRY`].
+    fn registry_label(&self, registry: &str) -> String {
+        let listed = self
+            .listed_registries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(registry);
+        if listed {
+            registry.to_string()
+        } else {
+            OTHER_REGISTRY.to_string()
+        }
+    }
+
     /// A registry mirror request: counted in `requests_total` and per registry.
     pub fn registry_request(&self, registry: &str, kind: &'static str, result: &'static str) {
         self.request(kind, result);
         self.registry_requests
             .get_or_create(&RegistryRequestLabels {
-                registry: registry.to_string(),
+                registry: self.registry_label(registry),
                 kind,
                 result,
             })
@@ -381,7 +406,7 @@ impl Metrics {
     pub fn registry_served(&self, registry: &str, bytes: u64) {
         self.registry_bytes
             .get_or_create(&RegistryLabels {
-                registry: registry.to_string(),
+                registry: self.registry_label(registry),
             })
             .inc_by(bytes);
     }
@@ -389,7 +414,7 @@ impl Metrics {
     pub fn registry_upstream(&self, registry: &str, status: impl Into<String>) {
         self.registry_upstream
             .get_or_create(&RegistryStatusLabels {
-                registry: registry.to_string(),
+                registry: self.registry_label(registry),
                 status: status.into(),
             })
             .inc();

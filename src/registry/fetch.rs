@@ -11,6 +11,7 @@ use crate::store::{
     Access, Digest, FillFailure, Hit, Key, ObjectRow, Plan, SourceError, SourceFuture, SourceMeta,
     SourceOutcome, StoreError, now_secs,
 };
+use crate::upstream::guard::DialGuard;
 use crate::upstream::peer::PeerAsk;
 use crate::upstream::{self, Method, Request, Response, UpstreamError};
 use std::sync::Arc;
@@ -26,6 +27,8 @@ pub(super) struct Repo<'a> {
     pub name: &'a str,
     /// Asked by another cache node: fill from the registry, never from a node.
     pub from_peer: bool,
+    /// An unlisted registry (`registry.open`): dialled under this guard and rate-limited.
+    pub guard: Option<DialGuard>,
 }
 
 /// One upstream object: which registry, which repository, which URL.
@@ -36,6 +39,7 @@ pub(super) struct Target {
     pub url: url::Url,
     /// The store key whose 404 is remembered.
     pub key: String,
+    pub guard: Option<DialGuard>,
 }
 
 /// `<base>/v2/<name>/<endpoint>/<reference>`. Name and reference were validated by `path`, so nothing
@@ -63,8 +67,22 @@ pub(super) async fn send(
     } else {
         "manifest"
     };
+    if target.guard.is_some()
+        && let Some(unlisted) = &state.unlisted
+        && let Err(wait) = unlisted.may_send(&target.registry)
+    {
+        // Counted like the registry's own 429: the next requests get the stored copy or a 503 with
+        // the wait, and none of them dials.
+        let secs = wait.as_secs().max(1).to_string();
+        state.backoff.rate_limited(&target.registry, Some(&secs));
+        return Err(UpstreamError::Forbidden(format!(
+            "registry.open_rate_limit: {} is asked at most {} times a second",
+            target.registry, state.config.open_rate_limit
+        )));
+    }
     let mut request = Request::get(target.url.clone(), kind);
     request.method = method;
+    request.guard = target.guard.clone();
     if let Some(a) = accept {
         request = request.header("accept", a);
     }
@@ -333,6 +351,7 @@ pub(super) fn target(
             name: repo.name.to_string(),
             url,
             key: key_text,
+            guard: repo.guard.clone(),
         },
     ))
 }

@@ -1,5 +1,5 @@
 //! The `/v2/` front, top to bottom: method, path grammar, the configured upstream (by `ns`, a registry
-//! path prefix or the default upstream), then the endpoint. Everything a mirror must refuse is refused here with an OCI error, before any upstream or
+//! path prefix or the default upstream) or an unlisted one `registry.open` admits, then the endpoint. Everything a mirror must refuse is refused here with an OCI error, before any upstream or
 //! store is touched.
 
 use super::answer;
@@ -37,28 +37,40 @@ pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpRespon
         Route::Base => return base(),
     };
     let ns = path::ns_param(req.query_string());
-    let to = match path::destination(
+    let open = state.unlisted.as_ref();
+    let admitted;
+    let repo = match path::destination(
         ns.as_deref(),
         requested,
         &state.config.upstreams,
         state.config.default_upstream(),
+        open.is_some(),
     ) {
-        Ok(to) => to,
-        Err(why) => return OciError::NameUnknown(why).response(),
+        Ok(to) => Repo {
+            registry: to.registry,
+            base: to.base,
+            name: to.name,
+            from_peer: from_peer(req, state),
+            guard: None,
+        },
+        Err(no) => {
+            let (Some(unlisted), Some((registry, name))) = (open, no.unlisted) else {
+                return OciError::NameUnknown(no.why).response();
+            };
+            admitted = match unlisted.admit(&registry) {
+                Ok(a) => a,
+                Err(why) => return OciError::Denied(why).response(),
+            };
+            Repo {
+                registry: &admitted.registry,
+                base: &admitted.base,
+                name,
+                from_peer: from_peer(req, state),
+                guard: Some(unlisted.guard()),
+            }
+        }
     };
-    let registry = to.registry;
-    // Only the partition's own nodes may ask "from your registry, not from a node".
-    let from_peer = req
-        .headers()
-        .get(PEER_HEADER)
-        .is_some_and(|v| v.as_bytes() == b"1")
-        && req.peer_addr().is_some_and(|a| state.peers.is_peer(a.ip()));
-    let repo = Repo {
-        registry,
-        base: to.base,
-        name: to.name,
-        from_peer,
-    };
+    let registry = repo.registry;
     let mut response = match &route {
         Route::Manifest { reference, .. } => match reference {
             Reference::Tag(tag) => manifests::by_tag(req, state, &repo, tag).await,
@@ -81,6 +93,14 @@ pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpRespon
             .insert(HeaderName::from_static("oci-namespace"), v);
     }
     response
+}
+
+/// Only the partition's own nodes may ask "from your registry, not from a node".
+fn from_peer(req: &HttpRequest, state: &RegistryState) -> bool {
+    req.headers()
+        .get(PEER_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1")
+        && req.peer_addr().is_some_and(|a| state.peers.is_peer(a.ip()))
 }
 
 /// `tags/list` is relayed uncached (listings change, and containerd never asks for them); only the

@@ -3,7 +3,8 @@
 //! `manifests.rs`, `blobs.rs` and `referrers.rs` decide between the store and the registry; `fetch.rs`
 //! talks to the registry (and links shared content); `answer.rs` writes the OCI answers they share. Pure
 //! parts: `path.rs` (names, references, keys), `accept.rs` (content negotiation), `backoff.rs`
-//! (Retry-After). `hosts.rs` prints the containerd configuration that points at the cache.
+//! (Retry-After), `open.rs` (which unlisted registry names `registry.open` admits; `unlisted.rs` holds
+//! its guard and rate limit). `hosts.rs` prints the containerd configuration that points at the cache.
 
 pub mod accept;
 mod answer;
@@ -15,9 +16,11 @@ pub mod handler;
 pub mod hosts;
 mod manifests;
 pub mod negative;
+pub mod open;
 pub mod path;
 pub mod prefetch;
 mod referrers;
+pub mod unlisted;
 
 use crate::config::RegistryConfig;
 use crate::metrics::Metrics;
@@ -38,6 +41,8 @@ pub struct RegistryState {
     pub peers: Peers,
     /// For requests to other nodes (registries are asked through `auth`).
     pub upstream: Upstream,
+    /// Registries not in `upstreams`, when `registry.open` admits them.
+    pub unlisted: Option<unlisted::Unlisted>,
 }
 
 impl RegistryState {
@@ -54,6 +59,7 @@ impl RegistryState {
             metrics.initialise_registry(registry);
         }
         RegistryState {
+            unlisted: unlisted::Unlisted::new(&config),
             config,
             store,
             auth,

@@ -248,23 +248,40 @@ pub struct Destination<'a, 'n> {
     pub name: &'n str,
 }
 
+/// Why a request has no configured registry; `unlisted` is the registry it named, with the repository
+/// there, when it named one (what `registry.open` may admit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoUpstream<'n> {
+    pub why: String,
+    pub unlisted: Option<(String, &'n str)>,
+}
+
+impl std::fmt::Display for NoUpstream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
 /// The registry a request is for: `ns` when it is given (containerd's hosts.toml mirrors); else the
 /// first component of the name when it names a configured registry (podman, CRI-O and Harbor-style
 /// path-prefix mirrors: `/v2/ghcr.io/org/app/...`), the rest being the repository; else `default`
 /// (Docker's `registry-mirrors`, which mirror Docker Hub only and send no `ns`). The keys in the store
-/// are the same whichever way a request came, so every runtime shares one copy. `Err` says why none
-/// applies.
+/// are the same whichever way a request came, so every runtime shares one copy. With `open`, a first
+/// component that looks like a registry host (a `.` or a `:` in it, as in Docker's reference grammar)
+/// is a registry prefix even when it is not configured, never a repository of the default registry.
 pub fn destination<'a, 'n>(
     ns: Option<&str>,
     name: &'n str,
     upstreams: &'a BTreeMap<String, String>,
     default: Option<&str>,
-) -> Result<Destination<'a, 'n>, String> {
+    open: bool,
+) -> Result<Destination<'a, 'n>, NoUpstream<'n>> {
     let to = |(registry, base): (&'a str, &'a str), name: &'n str| Destination {
         registry,
         base,
         name,
     };
+    let refuse = |why: String, unlisted: Option<(String, &'n str)>| NoUpstream { why, unlisted };
     // A `host:port` first component is a registry path prefix or nothing: never part of a repository.
     let port_prefix = name
         .split_once('/')
@@ -272,30 +289,40 @@ pub fn destination<'a, 'n>(
         .filter(|first| first.contains(':'));
     if let Some(ns) = ns {
         if let Some(first) = port_prefix {
-            return Err(format!(
-                "{first:?} is not a repository name component (with ns={ns:?})"
+            return Err(refuse(
+                format!("{first:?} is not a repository name component (with ns={ns:?})"),
+                None,
             ));
         }
         return upstream_for(Some(ns), upstreams)
             .map(|up| to(up, name))
-            .ok_or_else(|| format!("registry {ns:?} is not in registry.upstreams"));
+            .ok_or_else(|| {
+                refuse(
+                    format!("registry {ns:?} is not in registry.upstreams"),
+                    Some((ns.trim().to_ascii_lowercase(), name)),
+                )
+            });
     }
-    if let Some((first, rest)) = name.split_once('/')
-        && let Some(up) = upstream_for(Some(first), upstreams)
-    {
-        return Ok(to(up, rest));
-    }
-    if let Some(first) = port_prefix {
-        return Err(format!("registry {first:?} is not in registry.upstreams"));
+    if let Some((first, rest)) = name.split_once('/') {
+        if let Some(up) = upstream_for(Some(first), upstreams) {
+            return Ok(to(up, rest));
+        }
+        if first.contains(':') || (open && first.contains('.')) {
+            return Err(refuse(
+                format!("registry {first:?} is not in registry.upstreams"),
+                Some((first.to_string(), rest)),
+            ));
+        }
     }
     match default.and_then(|d| upstream_for(Some(d), upstreams)) {
         Some(up) => Ok(to(up, name)),
-        None => Err(
+        None => Err(refuse(
             "no ns parameter, no configured registry as the name's first component, and no \
              registry.default_upstream: point containerd at a hosts.toml (image-cache containerd-hosts) \
              or prefix the name with a registry of registry.upstreams"
                 .into(),
-        ),
+            None,
+        )),
     }
 }
 
@@ -360,7 +387,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let d = |ns: Option<&str>, name, default| {
-            destination(ns, name, &up, default).map(|d| (d.registry, d.name))
+            destination(ns, name, &up, default, false).map(|d| (d.registry, d.name))
         };
         // ns wins, name untouched, whatever its first component.
         assert_eq!(
@@ -411,6 +438,45 @@ mod tests {
         );
         assert!(d(None, "other.test:5000/team/app", Some("docker.io")).is_err());
         assert!(d(Some("ghcr.io"), "registry.test:5000/team/app", None).is_err());
+    }
+
+    /// What `registry.open` is offered: the registry a request named that is not configured, and the
+    /// repository there; a dotted first component is such a registry only when the cache is open.
+    #[test]
+    fn unlisted_registries_are_named_for_the_open_mirror() {
+        let up: BTreeMap<String, String> = [("docker.io", "https://registry-1.docker.io")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let unlisted = |ns: Option<&str>, name, open| {
+            destination(ns, name, &up, Some("docker.io"), open)
+                .err()
+                .and_then(|e| e.unlisted)
+        };
+        assert_eq!(
+            unlisted(Some("Quay.io"), "org/app", false),
+            Some(("quay.io".into(), "org/app"))
+        );
+        assert_eq!(
+            unlisted(None, "quay.io/org/app", true),
+            Some(("quay.io".into(), "org/app"))
+        );
+        assert_eq!(
+            unlisted(None, "quay.io:5000/org/app", false),
+            Some(("quay.io:5000".into(), "org/app"))
+        );
+        // Closed, a dotted component is a Docker Hub repository as before.
+        assert_eq!(
+            destination(None, "quay.io/org/app", &up, Some("docker.io"), false)
+                .map(|d| (d.registry, d.name)),
+            Ok(("docker.io", "quay.io/org/app"))
+        );
+        // An undotted first component is a Docker Hub namespace either way.
+        assert_eq!(
+            destination(None, "library/nginx", &up, Some("docker.io"), true)
+                .map(|d| (d.registry, d.name)),
+            Ok(("docker.io", "library/nginx"))
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod address;
 pub mod challenge;
+pub mod guard;
 pub mod oci_auth;
 pub mod peer;
 mod redirect;
@@ -51,6 +52,9 @@ pub struct Request {
     pub follow_redirects: bool,
     /// A request body (small JSON for API calls; never streamed).
     pub body: Option<Bytes>,
+    /// Set when a client chose the host (an unlisted registry): every hop is checked, and connections
+    /// go through a client of their own that dials public addresses only.
+    pub guard: Option<guard::DialGuard>,
 }
 
 impl Request {
@@ -62,6 +66,7 @@ impl Request {
             kind,
             follow_redirects: true,
             body: None,
+            guard: None,
         }
     }
 
@@ -74,6 +79,7 @@ impl Request {
             kind,
             follow_redirects: false,
             body: Some(body),
+            guard: None,
         }
     }
 
@@ -132,6 +138,9 @@ pub enum UpstreamError {
     Protocol(String),
     #[error("redirect refused: {0}")]
     Redirect(String),
+    /// A guarded request's target is not one the cache may dial.
+    #[error("refused to dial: {0}")]
+    Forbidden(String),
     #[error("upstream client is shut down")]
     Closed,
 }
@@ -219,29 +228,14 @@ pub async fn read_body(mut body: Body, limit: usize) -> Result<Vec<u8>, BodyErro
 }
 
 async fn serve_jobs(mut rx: mpsc::UnboundedReceiver<Job>, settings: Settings) {
-    let tcp = actix_tls::connect::Connector::new(actix_tls::connect::Resolver::custom(
-        resolve::AwcResolve(settings.resolver.clone()),
-    ))
-    .service();
-    let connector = awc::Connector::new()
-        .connector(tcp)
-        .rustls_0_23(Arc::clone(&settings.tls))
-        .timeout(settings.connect_timeout);
-    // HTTP/1.1 only: the ALPN list in the TLS config says so. (Connector::max_http_version would rebuild the
-    // TLS connector and drop our trust roots.)
-    #[allow(clippy::disallowed_methods)] // the one place that builds an outbound client
-    let client = awc::Client::builder()
-        .connector(connector)
-        .timeout(settings.read_timeout)
-        .disable_redirects()
-        .no_default_headers()
-        .add_default_header((
-            "user-agent",
-            concat!("image-cache/", env!("CARGO_PKG_VERSION")),
-        ))
-        .finish();
+    let open = build_client(&settings, false);
+    // Its own client, so its pool never hands a guarded request a connection made without the check.
+    let guarded = build_client(&settings, true);
     while let Some(job) = rx.recv().await {
-        let client = client.clone();
+        let client = match job.request.guard {
+            Some(_) => guarded.clone(),
+            None => open.clone(),
+        };
         let settings = settings.clone();
         actix_rt::spawn(async move {
             let kind = job.request.kind;
@@ -257,6 +251,33 @@ async fn serve_jobs(mut rx: mpsc::UnboundedReceiver<Job>, settings: Settings) {
     }
 }
 
+fn build_client(settings: &Settings, public_only: bool) -> awc::Client {
+    let tcp = actix_tls::connect::Connector::new(actix_tls::connect::Resolver::custom(
+        resolve::AwcResolve {
+            resolver: settings.resolver.clone(),
+            public_only,
+        },
+    ))
+    .service();
+    let connector = awc::Connector::new()
+        .connector(tcp)
+        .rustls_0_23(Arc::clone(&settings.tls))
+        .timeout(settings.connect_timeout);
+    // HTTP/1.1 only: the ALPN list in the TLS config says so. (Connector::max_http_version would rebuild the
+    // TLS connector and drop our trust roots.)
+    #[allow(clippy::disallowed_methods)] // the one place that builds an outbound client
+    awc::Client::builder()
+        .connector(connector)
+        .timeout(settings.read_timeout)
+        .disable_redirects()
+        .no_default_headers()
+        .add_default_header((
+            "user-agent",
+            concat!("image-cache/", env!("CARGO_PKG_VERSION")),
+        ))
+        .finish()
+}
+
 async fn execute(
     client: &awc::Client,
     mut request: Request,
@@ -264,6 +285,9 @@ async fn execute(
 ) -> Result<Response, UpstreamError> {
     let mut hops = 0;
     loop {
+        if let Some(guard) = &request.guard {
+            guard.url(&request.url).map_err(UpstreamError::Forbidden)?;
+        }
         let method = match request.method {
             Method::Get => awc::http::Method::GET,
             Method::Head => awc::http::Method::HEAD,

@@ -38,6 +38,15 @@ pub struct OciAuth {
     metrics: Metrics,
 }
 
+/// What one token request asks of a realm.
+struct TokenRequest<'a> {
+    realm: &'a str,
+    service: Option<&'a str>,
+    scope: &'a str,
+    credential: Option<&'a Credential>,
+    guard: Option<super::guard::DialGuard>,
+}
+
 #[derive(serde::Deserialize)]
 struct TokenAnswer {
     token: Option<String>,
@@ -92,8 +101,13 @@ impl OciAuth {
         if cached.is_some() {
             self.lock().remove(&key);
         }
-        let base = self.bases.get(registry);
-        if base.is_none_or(|b| !same_origin(b, &resp.url)) {
+        // An unlisted registry (a guarded request) is its own first URL's origin.
+        let base = match (self.bases.get(registry), &request.guard) {
+            (Some(b), _) => Some(b.clone()),
+            (None, Some(_)) => Some(request.url.clone()),
+            (None, None) => None,
+        };
+        if base.is_none_or(|b| !same_origin(&b, &resp.url)) {
             // A 401 from where the registry redirected to (a CDN): nothing of ours answers it.
             tracing::warn!(%registry, from = %resp.url, "a 401 from outside the registry; not answered");
             return Ok(resp);
@@ -127,10 +141,14 @@ impl OciAuth {
                     }
                     (None, _) => None,
                 };
-                match self
-                    .token(registry, &realm, service.as_deref(), &scope, credential)
-                    .await
-                {
+                let asked = TokenRequest {
+                    realm: &realm,
+                    service: service.as_deref(),
+                    scope: &scope,
+                    credential,
+                    guard: request.guard.clone(),
+                };
+                match self.token(registry, asked).await {
                     Ok((token, lifetime)) => (format!("Bearer {token}"), lifetime),
                     Err(why) => {
                         tracing::warn!(%registry, %realm, %why, "no token from the registry's auth realm");
@@ -192,14 +210,19 @@ impl OciAuth {
     }
 
     /// GET `realm?service=…&scope=…` (Basic auth with the account, if any) → (token, seconds to keep it).
+    /// The realm of an unlisted registry is dialled under the same guard as the registry itself.
     async fn token(
         &self,
         registry: &str,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-        credential: Option<&Credential>,
+        asked: TokenRequest<'_>,
     ) -> Result<(String, u64), String> {
+        let TokenRequest {
+            realm,
+            service,
+            scope,
+            credential,
+            guard,
+        } = asked;
         let mut url = url::Url::parse(realm).map_err(|e| format!("realm `{realm}`: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("realm `{realm}` is not an HTTP URL"));
@@ -212,6 +235,7 @@ impl OciAuth {
             q.append_pair("scope", scope);
         }
         let mut request = Request::get(url, "token");
+        request.guard = guard;
         if let Some(c) = credential {
             request = request.header("authorization", basic(c));
         }

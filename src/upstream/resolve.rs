@@ -188,8 +188,13 @@ fn name_server(addr: SocketAddr) -> NameServerConfig {
     NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
 }
 
-/// awc's hook: its connector asks this for the addresses of an origin.
-pub struct AwcResolve(pub NameResolver);
+/// awc's hook: its connector asks this for the addresses of an origin. With `public_only` (the client
+/// of guarded requests) an answer with any internal address is refused, so the connector has nothing
+/// to dial: the check is on the very addresses the connection is made to.
+pub struct AwcResolve {
+    pub resolver: NameResolver,
+    pub public_only: bool,
+}
 
 impl actix_tls::connect::Resolve for AwcResolve {
     fn lookup<'a>(
@@ -199,10 +204,18 @@ impl actix_tls::connect::Resolve for AwcResolve {
     ) -> futures_util::future::LocalBoxFuture<'a, Result<Vec<SocketAddr>, Box<dyn std::error::Error>>>
     {
         Box::pin(async move {
-            self.0
+            let addrs = self
+                .resolver
                 .lookup_socket_addrs(host, port)
                 .await
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error>)?;
+            if self.public_only {
+                super::guard::addresses(host, &addrs).map_err(|why| {
+                    tracing::warn!(%host, %why, "refused to dial a client-named registry");
+                    Box::<dyn std::error::Error>::from(why)
+                })?;
+            }
+            Ok(addrs)
         })
     }
 }

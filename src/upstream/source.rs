@@ -105,9 +105,9 @@ pub fn source_error(e: UpstreamError) -> SourceError {
         UpstreamError::Timeout(m) => SourceError::Timeout(m),
         UpstreamError::Connect(m) => SourceError::Unreachable(m),
         UpstreamError::Closed => SourceError::Abandoned("the upstream client is shut down".into()),
-        e @ (UpstreamError::Protocol(_) | UpstreamError::Redirect(_)) => {
-            SourceError::Refused(e.to_string())
-        }
+        e @ (UpstreamError::Protocol(_)
+        | UpstreamError::Redirect(_)
+        | UpstreamError::Forbidden(_)) => SourceError::Refused(e.to_string()),
     }
 }
 

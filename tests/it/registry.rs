@@ -146,6 +146,71 @@ async fn base_refusals_and_namespaces() {
     svc.stop().await;
 }
 
+/// `registry.open`: unlisted registries are admitted by name, but a name that leads inside (loopback,
+/// a private IPv6 address) is refused where it is dialled, an address or a denied name is refused at
+/// the front, and the per-registry series stay bounded (`other`). A canary on the port the loopback
+/// name points at never sees a connection.
+#[tokio::test]
+async fn an_open_registry_never_dials_an_internal_address() {
+    let env = Env::new().await;
+    let dns = common::dns::Upstream::start().await;
+    let canary = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = canary.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = hits.clone();
+    tokio::spawn(async move {
+        while canary.accept().await.is_ok() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let mut c = env.config(OnMiss::Fill);
+    c.dns.upstreams = vec![dns.addr];
+    c.registry.open = true;
+    c.registry.open_ports = vec![443, port];
+    c.registry.deny = vec!["*.denied.example.org".into()];
+    let svc = env.start(c).await;
+    let base = svc.base.clone();
+
+    // Admitted by name, refused by address: the answer says where the name leads.
+    for path in [
+        format!("/v2/library/app/manifests/1.0?ns=reg-loop.example.net:{port}"),
+        format!("/v2/reg-loop.example.net:{port}/library/app/manifests/1.0"),
+        format!("/v2/library/app/blobs/{D}?ns=reg-loop.example.net%3A{port}"),
+        "/v2/library/app/manifests/1.0?ns=reg-ula.example.net".to_string(),
+        "/v2/reg-ula.example.net/library/app/manifests/1.0".to_string(),
+    ] {
+        let (status, _, body) = raw(&base, "GET", &path).await;
+        assert!(status >= 500, "{path}: {status} {body}");
+        assert!(
+            body.contains("loopback") || body.contains("private"),
+            "{path}: the refusal names the address class: {body}"
+        );
+    }
+    // Refused by name before any lookup: addresses, special-use names, ports not opened, deny.
+    for (ns, why) in [
+        (format!("127.0.0.1:{port}"), "address"),
+        ("169.254.169.254".to_string(), "address"),
+        ("registry.localhost".into(), "special-use"),
+        ("quay.io:8443".into(), "open_ports"),
+        ("a.denied.example.org".into(), "registry.deny"),
+    ] {
+        let (status, _, body) = raw(&base, "GET", &format!("/v2/x/manifests/1?ns={ns}")).await;
+        assert_eq!(status, 403, "{ns}: {body}");
+        assert_eq!(code(&body), "DENIED", "{ns}");
+        assert!(body.contains(why), "{ns}: {body}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "dialled");
+
+    let metrics = svc.admin("/metrics").fetch_text().await;
+    assert!(
+        metrics.contains("registry=\"other\""),
+        "unlisted registries count as other:\n{metrics}"
+    );
+    assert!(!metrics.contains("reg-loop"), "{metrics}");
+    svc.stop().await;
+}
+
 #[tokio::test]
 async fn registry_off_leaves_v2_to_the_admin_routes() {
     let env = Env::new().await;

@@ -2,7 +2,7 @@
 //! also send garbage or bind a chosen source address) and a small upstream resolver to forward to.
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::{A, SOA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -217,6 +217,22 @@ fn answer(q: &Message, counts: &Mutex<HashMap<String, u64>>, proto: &str, refuse
                 RData::A(A::new(127, 0, 0, 1)),
             ));
         }
+        // Public-looking names of registries that lead inside: what `registry.open` must refuse.
+        ("reg-loop.example.net.", RecordType::A) => {
+            r.add_answer(Record::from_rdata(
+                owner,
+                300,
+                RData::A(A::new(127, 0, 0, 1)),
+            ));
+        }
+        ("reg-ula.example.net.", RecordType::AAAA) => {
+            r.add_answer(Record::from_rdata(
+                owner,
+                300,
+                RData::AAAA(AAAA::new(0xfd7a, 1, 2, 0, 0, 0, 0, 5)),
+            ));
+        }
+        ("reg-loop.example.net." | "reg-ula.example.net.", _) => {}
         ("tcponly.test.", RecordType::A) => {
             r.add_answer(Record::from_rdata(
                 owner,
