@@ -4,6 +4,8 @@
 //! and redirect (`upstream::address::public_only`), so a name that resolves elsewhere by the time the
 //! cache connects (DNS rebinding) still never reaches an internal address.
 
+use super::path::host_label_ok;
+
 /// What an operator allows unlisted registries (`registry.open_ports`, `registry.deny`).
 #[derive(Debug, Clone)]
 pub struct OpenPolicy {
@@ -71,16 +73,8 @@ pub fn admit(name: &str, policy: &OpenPolicy) -> Result<Admitted, String> {
 /// A public DNS name: at least two labels of letters, digits and inner hyphens, a top-level domain
 /// that starts with a letter (so no IP address in any notation passes), none of the special-use ones.
 fn host_name_ok(host: &str) -> Result<(), String> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
     let labels: Vec<&str> = host.split('.').collect();
-    if host.len() > 253 || labels.len() < 2 || !labels.iter().all(|l| label_ok(l)) {
+    if host.len() > 253 || labels.len() < 2 || !labels.iter().all(|l| host_label_ok(l)) {
         return Err(format!("{host:?} is not a registry host name"));
     }
     let tld = labels[labels.len() - 1];

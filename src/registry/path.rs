@@ -149,17 +149,19 @@ pub fn registry_host_ok(registry: &str) -> bool {
         Some((h, p)) => (h, Some(p)),
         None => (registry, None),
     };
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
     host.len() <= 253
-        && host.split('.').all(label_ok)
+        && host.split('.').all(host_label_ok)
         && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
+}
+
+/// One label of a host name: lowercase letters, digits and inner hyphens, 1 to 63 of them.
+pub fn host_label_ok(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && l.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !l.starts_with('-')
+        && !l.ends_with('-')
 }
 
 pub fn name_ok(name: &str) -> Result<String, PathError> {
