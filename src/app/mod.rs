@@ -293,10 +293,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         .map(|p| p.addrs.clone())
         .unwrap_or_default();
     let interval = config.nodes.health_interval.get();
-    if !peers.configured().is_empty() {
+    if peers.is_partition() {
         let (polled, client, peer_metrics) = (peers.clone(), upstream.clone(), metrics.clone());
+        let names = resolver.clone();
         workers.spawn("peer health", move |w| {
-            polled.run(client, interval, peer_metrics, w)
+            polled.run(client, names, interval, peer_metrics, w)
         });
     }
 

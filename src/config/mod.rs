@@ -86,7 +86,8 @@ pub struct DnsConfig {
     /// UDP and TCP listeners (each address serves both).
     pub listen: Vec<SocketAddr>,
     /// Resolvers every name that is not intercepted is forwarded to, and that the cache itself resolves
-    /// origins, registries and peers with (never its own listener).
+    /// origins, registries and peers with (never its own listener). Empty (only with `enabled = false`):
+    /// the system's /etc/resolv.conf, as in a container.
     pub upstreams: Vec<SocketAddr>,
     /// Clients that may ask; others get REFUSED. Never an open resolver.
     pub allow: Vec<IpNet>,
@@ -217,6 +218,10 @@ pub struct NodesConfig {
     pub self_addr: Option<IpAddr>,
     /// The other cache nodes of the partition, by internal address.
     pub peers: Vec<IpAddr>,
+    /// A name whose addresses are the partition's nodes (a Kubernetes headless Service), resolved
+    /// again every `health_interval`; this node's own address (`self`) is left out. Adds to `peers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers_from: Option<String>,
     /// The HTTP port the peers serve on (their `/health` and their store).
     pub peer_port: u16,
     /// How often every peer's `/health` is polled (up after 2 good polls, down after 3 bad ones).
@@ -455,6 +460,7 @@ impl Config {
             nodes: NodesConfig {
                 self_addr: None,
                 peers: vec![],
+                peers_from: None,
                 peer_port: 80,
                 health_interval: Span::from_secs(2),
                 peer_timeout: default_peer_timeout(),

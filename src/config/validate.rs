@@ -117,7 +117,11 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
             ));
         }
     }
-    if c.nodes.self_addr.is_none() && !c.nodes.peers.is_empty() {
+    if let Some(name) = &mut c.nodes.peers_from {
+        *name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+        check_dns_name(name).map_err(|m| ConfigError::new("nodes.peers_from", m))?;
+    }
+    if c.nodes.self_addr.is_none() && (!c.nodes.peers.is_empty() || c.nodes.peers_from.is_some()) {
         // Every node names the partition's nodes the same way for key ownership: this node needs its
         // own address too. A specific HTTP address is the one peers reach it on.
         c.nodes.self_addr = c
@@ -129,7 +133,7 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
         if c.nodes.self_addr.is_none() {
             return Err(ConfigError::new(
                 "nodes.self",
-                "required when nodes.peers is set: this node's internal IP, as the peers list it",
+                "required when nodes.peers or nodes.peers_from is set: this node's internal IP, as the peers list it (in Kubernetes: IMAGE_CACHE_NODES__SELF from status.podIP)",
             ));
         }
     }

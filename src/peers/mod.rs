@@ -1,7 +1,9 @@
 //! The partition's cache nodes and which of them are healthy right now.
 //!
 //! A worker polls every peer's `/health` each `nodes.health_interval`; hysteresis (rise 2, fall 3) decides
-//! when a peer counts as up. This node's own health is set from inside (store answers, listeners bound),
+//! when a peer counts as up. With `nodes.peers_from` (a Kubernetes headless Service) the same worker
+//! resolves that name first on every round: nodes that appear start down and must rise like any peer,
+//! nodes that are gone leave the set. This node's own health is set from inside (store answers, listeners bound),
 //! never by asking itself over the network. Readers get a cheap snapshot: DNS answers it on every query.
 
 mod hysteresis;
@@ -29,9 +31,10 @@ pub enum Owner {
 use crate::config::NodesConfig;
 use crate::lifecycle::Worker;
 use crate::metrics::Metrics;
-use crate::upstream::{self, Upstream};
+use crate::upstream::{self, NameResolver, Upstream};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -55,7 +58,12 @@ impl Healthy {
 #[derive(Clone)]
 pub struct Peers {
     self_addr: Option<IpAddr>,
-    peers: Arc<Vec<IpAddr>>,
+    /// `nodes.peers`.
+    fixed: Arc<[IpAddr]>,
+    /// `nodes.peers_from`.
+    peers_from: Option<String>,
+    /// `fixed` and what `peers_from` resolved to last, without this node.
+    peers: Arc<RwLock<Arc<[IpAddr]>>>,
     peer_port: u16,
     peer_timeout: Duration,
     tx: Arc<watch::Sender<Arc<Healthy>>>,
@@ -65,9 +73,12 @@ pub struct Peers {
 impl Peers {
     pub fn new(config: &NodesConfig) -> Self {
         let (tx, rx) = watch::channel(Arc::new(Healthy::default()));
+        let fixed: Arc<[IpAddr]> = config.peers.clone().into();
         Peers {
             self_addr: config.self_addr,
-            peers: Arc::new(config.peers.clone()),
+            peers: Arc::new(RwLock::new(Arc::clone(&fixed))),
+            fixed,
+            peers_from: config.peers_from.clone(),
             peer_port: config.peer_port,
             peer_timeout: config.peer_timeout.get(),
             tx: Arc::new(tx),
@@ -93,8 +104,14 @@ impl Peers {
             .collect()
     }
 
-    pub fn configured(&self) -> &[IpAddr] {
-        &self.peers
+    /// The partition's other nodes as known now (configured, and discovered through `peers_from`).
+    pub fn configured(&self) -> Arc<[IpAddr]> {
+        Arc::clone(&self.peers.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether this node has, or may discover, other nodes (the health worker runs then).
+    pub fn is_partition(&self) -> bool {
+        !self.fixed.is_empty() || self.peers_from.is_some()
     }
 
     /// How long a fill waits for an owner's headers before going to the origin.
@@ -108,7 +125,7 @@ impl Peers {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
             v4 => v4,
         };
-        self.peers.contains(&addr)
+        self.configured().contains(&addr)
     }
 
     /// The owner of `key` among this node and the healthy peers (`owner.rs`). This node always counts
@@ -159,22 +176,48 @@ impl Peers {
         });
     }
 
+    /// The peers for this round: `nodes.peers` and the addresses `peers_from` resolves to now, without
+    /// this node. A failed lookup keeps the last set (a DNS hiccup must not empty the partition).
+    async fn discover(&self, resolver: &NameResolver) -> Arc<[IpAddr]> {
+        let current = self.configured();
+        let Some(name) = &self.peers_from else {
+            return current;
+        };
+        let found = match resolver.lookup_ip(name).await {
+            Ok(ips) => ips,
+            Err(e) => {
+                tracing::warn!(%name, error = %e, "nodes.peers_from did not resolve; keeping the last peers");
+                return current;
+            }
+        };
+        let mut all: Vec<IpAddr> = self.fixed.to_vec();
+        for ip in found {
+            if Some(ip) != self.self_addr && !all.contains(&ip) {
+                all.push(ip);
+            }
+        }
+        all.sort();
+        let all: Arc<[IpAddr]> = all.into();
+        if all != current {
+            tracing::info!(peers = ?all, "partition nodes changed");
+            *self.peers.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&all);
+        }
+        all
+    }
+
     /// Polls every peer until `shutdown`. Each probe is bounded by the interval (at least one second).
     pub async fn run(
         self,
         upstream: Upstream,
+        resolver: NameResolver,
         interval: Duration,
         metrics: Metrics,
         worker: Worker,
     ) {
-        if self.peers.is_empty() {
+        if !self.is_partition() {
             return;
         }
-        let mut states = vec![Health::default(); self.peers.len()];
-        for peer in self.peers.iter() {
-            metrics.peer_up.get_or_create(&peer_label(*peer)).set(0);
-            metrics.initialise_peer(&peer.to_string());
-        }
+        let mut states: HashMap<IpAddr, Health> = HashMap::new();
         let probe_timeout = interval.max(Duration::from_secs(1));
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -184,7 +227,22 @@ impl Peers {
                 _ = worker.shutdown().cancelled() => return,
             }
             worker.busy();
-            let probes = self.peers.iter().map(|ip| {
+            let peers = self.discover(&resolver).await;
+            states.retain(|ip, _| {
+                let kept = peers.contains(ip);
+                if !kept {
+                    metrics.peer_up.get_or_create(&peer_label(*ip)).set(0);
+                }
+                kept
+            });
+            for ip in peers.iter() {
+                states.entry(*ip).or_insert_with(|| {
+                    metrics.peer_up.get_or_create(&peer_label(*ip)).set(0);
+                    metrics.initialise_peer(&ip.to_string());
+                    Health::default()
+                });
+            }
+            let probes = peers.iter().map(|ip| {
                 probe(
                     &upstream,
                     SocketAddr::new(*ip, self.peer_port),
@@ -192,7 +250,10 @@ impl Peers {
                 )
             });
             let results = futures_util::future::join_all(probes).await;
-            for ((state, ok), ip) in states.iter_mut().zip(results).zip(self.peers.iter()) {
+            for (ip, ok) in peers.iter().zip(results) {
+                let Some(state) = states.get_mut(ip) else {
+                    continue;
+                };
                 if let Some(up) = state.observe(ok) {
                     tracing::info!(peer = %ip, up, "peer health changed");
                     metrics
@@ -201,19 +262,17 @@ impl Peers {
                         .set(i64::from(up));
                 }
             }
-            let up = self
-                .peers
+            let up = peers
                 .iter()
-                .zip(&states)
-                .filter(|(_, s)| s.is_up())
-                .map(|(ip, _)| *ip)
+                .filter(|ip| states.get(ip).is_some_and(Health::is_up))
+                .copied()
                 .collect();
-            let down = states.iter().filter(|s| !s.is_up()).count();
+            let down = peers.len() - states.values().filter(|s| s.is_up()).count();
             self.set_peers(up);
             worker.finished(if down == 0 {
                 Ok(())
             } else {
-                Err(format!("{down} of {} peers down", self.peers.len()))
+                Err(format!("{down} of {} peers down", peers.len()))
             });
         }
     }

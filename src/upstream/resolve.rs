@@ -1,5 +1,6 @@
 //! Name resolution for everything that leaves this node (origins, peers by name, passthrough) and for DNS
-//! forwarding: always through `dns.upstreams`, never through the system resolver. A cache node whose own
+//! forwarding: always through `dns.upstreams`, never through the system resolver while this node serves
+//! DNS (with the DNS front off, `dns.upstreams = []` means /etc/resolv.conf: a container in a cluster). A cache node whose own
 //! /etc/resolv.conf points at its interceptor would otherwise resolve an intercepted origin to itself and
 //! fill from itself forever. For the cache's own lookups /etc/hosts is honoured first, so `localhost` and
 //! pinned names work; the forwarder never reads it: partition clients get what the upstreams say, not the
@@ -61,6 +62,9 @@ impl NameResolver {
     }
 
     fn build(dns: &DnsConfig, hosts: ResolveHosts) -> Result<Self, String> {
+        if dns.upstreams.is_empty() {
+            return Self::system(hosts);
+        }
         let resolver = Arc::new(build_resolver(&dns.upstreams, hosts)?);
         let each = if dns.upstreams.len() > 1 {
             dns.upstreams
@@ -73,6 +77,26 @@ impl NameResolver {
         Ok(NameResolver {
             resolver,
             each: each.into(),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// `dns.upstreams = []` (allowed only without the DNS front, so the system resolver cannot be this
+    /// node's interceptor): the nameservers, search list and `ndots` of /etc/resolv.conf — a container's
+    /// cluster DNS, whose address the image cannot know in advance.
+    fn system(hosts: ResolveHosts) -> Result<Self, String> {
+        let (config, mut opts) = hickory_resolver::system_conf::read_system_conf()
+            .map_err(|e| format!("dns.upstreams is empty and /etc/resolv.conf is unusable: {e}"))?;
+        opts.timeout = QUERY_TIMEOUT;
+        opts.cache_size = CACHE_ENTRIES;
+        opts.use_hosts_file = hosts;
+        opts.try_tcp_on_error = true;
+        let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
+        *builder.options_mut() = opts;
+        let resolver = builder.build().map_err(|e| e.to_string())?;
+        Ok(NameResolver {
+            resolver: Arc::new(resolver),
+            each: Vec::new().into(),
             runtime: tokio::runtime::Handle::current(),
         })
     }

@@ -378,3 +378,39 @@ async fn three_nodes_syncing_at_once_fetch_each_image_once() {
     }
     p.stop().await;
 }
+
+/// `nodes.peers_from`: nodes that know each other only by a name (a Kubernetes headless Service whose
+/// addresses include their own) find each other, leave themselves out, and partition keys among
+/// themselves: a miss on one node is filled through the key's owner, one origin GET in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_found_through_a_headless_service_name_form_one_partition() {
+    let env = Env::new().await;
+    let dns = common::dns::Upstream::start().await;
+    let p = Partition::start(&env, 3, |_, c| {
+        c.dns.upstreams = vec![dns.addr];
+        c.nodes.peers = vec![];
+        c.nodes.peers_from = Some("nodes.partition.test".into());
+    })
+    .await;
+    for (i, node) in p.nodes.iter().enumerate() {
+        let healthy = node.running.as_ref().unwrap().peers.healthy();
+        assert!(
+            !healthy.peers.contains(&node_ip(i)),
+            "node {i} lists itself"
+        );
+        assert_eq!(healthy.peers.len(), 2, "node {i}: {healthy:?}");
+    }
+    let path = "/file/70000/5";
+    let owner = p.owner_of(&key(path));
+    let asker = (owner + 1) % 3;
+    let body = get_from(&p.nodes[asker], path).await.unwrap();
+    assert_eq!(body.as_ref(), content(5, 70_000).as_slice());
+    assert_eq!(env.origin.gets(path), 1);
+    assert_eq!(
+        p.nodes[owner]
+            .metric("image_cache_requests_total{kind=\"file\",result=\"miss\"}")
+            .await,
+        1.0,
+        "the owner filled it"
+    );
+}

@@ -217,6 +217,16 @@ fn answer(q: &Message, counts: &Mutex<HashMap<String, u64>>, proto: &str, refuse
                 RData::A(A::new(127, 0, 0, 1)),
             ));
         }
+        // A headless Service of three cache nodes (`nodes.peers_from`).
+        ("nodes.partition.test.", RecordType::A) => {
+            for i in 1..=3 {
+                r.add_answer(Record::from_rdata(
+                    owner.clone(),
+                    5,
+                    RData::A(A::new(127, 0, 0, i)),
+                ));
+            }
+        }
         // Public-looking names of registries that lead inside: what `registry.open` must refuse.
         ("reg-loop.example.net.", RecordType::A) => {
             r.add_answer(Record::from_rdata(
