@@ -1,7 +1,8 @@
 # tests/e2e/oci-scene.sh — sourced by tests/e2e/containerd.sh and bench/registry.sh: a private network
 # namespace with docker-registry on 127.0.0.1:5000 holding test/app:1 (a two-platform image written by
 # oci-image.py, layer sizes in KiB from $LAYERS_KIB), image-cache on 127.0.0.1:8080 with that registry as
-# "registry.test:5000", and a standalone containerd. Expects BIN (the image-cache binary); sets W, NS,
+# "registry.test:5000" (not started with OCI_SCENE_NO_CACHE=1: the caller runs its own, as the container
+# test does), and a standalone containerd. Expects BIN (the image-cache binary); sets W, NS,
 # SOCK, INDEX, SNAP, PID[] and the helpers below; installs an EXIT trap that cleans everything up.
 
 W=$(mktemp -d /tmp/ic-ctd.XXXXXX)
@@ -78,7 +79,7 @@ start_cache() {
   PID[cache]=$!
   wait_for 20 in_ns curl -sf http://127.0.0.1:8080/health
 }
-start_cache
+[ -n "${OCI_SCENE_NO_CACHE:-}" ] || start_cache
 
 # --- containerd -------------------------------------------------------------------------------------
 mkdir -p "$W/ctd"
