@@ -13,6 +13,10 @@
       packages = forAll (pkgs: {
         image-cache = pkgs.callPackage ./nix/package.nix { };
         default = self.packages.${pkgs.stdenv.hostPlatform.system}.image-cache;
+        # The OCI image for Kubernetes (contrib/kubernetes); contrib/container/build.sh makes the same without Nix.
+        container = pkgs.callPackage ./nix/container.nix {
+          image-cache = self.packages.${pkgs.stdenv.hostPlatform.system}.image-cache;
+        };
       });
 
       apps = forAll (pkgs: {

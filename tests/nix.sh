@@ -18,8 +18,9 @@
 #      of Debian's containerd 1.6 and of sid's 2.x (fetched with tests/debian-newer.sh; skipped, visibly,
 #      when the mirror cannot be reached);
 #  10. with NIXPKGS_LIB pointing at a nixpkgs lib checkout: the real modules under lib.evalModules against
-#      option declarations built from nix/tests/nixos-facts.json (nix/tests/module-eval.nix); skipped,
-#      visibly, without it.
+#      option declarations built from nix/tests/nixos-facts.json (nix/tests/module-eval.nix), and
+#      nix/container.nix against the image contrib/container/build.sh makes (nix/tests/container-eval.nix);
+#      skipped, visibly, without it.
 # Building the package and running the VM tests need `nix flake check` on a machine with a binary cache and
 # KVM.
 set -euo pipefail
@@ -176,6 +177,18 @@ fi
 if [ -n "${NIXPKGS_LIB:-}" ] && [ -d "$NIXPKGS_LIB/lib" ]; then
   out=$(eval_json nix/tests/module-eval.nix)
   if [ "$out" = '{"failures":[]}' ]; then pass "nix/tests/module-eval.nix (lib.evalModules with $NIXPKGS_LIB)"; else fail "module-eval: $out"; fi
+  # nix/container.nix against the image contrib/container/build.sh makes (with this debug binary).
+  IMAGE_CACHE_BIN=$BIN bash contrib/container/build.sh "$W/oci" nix-check >/dev/null
+  python3 - "$W/oci" >"$W/container-config.json" <<'PY'
+import json, os, sys
+d = sys.argv[1]
+blob = lambda digest: os.path.join(d, "blobs", *digest.split(":"))
+index = json.load(open(os.path.join(d, "index.json")))
+manifest = json.load(open(blob(index["manifests"][0]["digest"])))
+sys.stdout.write(open(blob(manifest["config"]["digest"])).read())
+PY
+  out=$(CONTAINER_CONFIG=$W/container-config.json eval_json nix/tests/container-eval.nix)
+  if [ "$out" = '{"failures":[]}' ]; then pass "nix/container.nix matches contrib/container/build.sh's image"; else fail "container-eval: $out"; fi
 else
   echo "SKIPPED nix/tests/module-eval.nix: NIXPKGS_LIB does not point at a nixpkgs lib checkout (module evaluation with lib.evalModules not run)"
 fi
