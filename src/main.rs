@@ -10,9 +10,21 @@ async fn main() {
         Command::Serve(arg) => cli::serve(arg).await.map(|()| 0),
         Command::CheckConfig(arg) => cli::check_config(arg).map(|()| 0),
         Command::Sync { config, dry_run } => cli::sync(config, *dry_run).await,
-        Command::ContainerdHosts { mirror, registry } => {
-            cli::containerd_hosts(mirror, registry.as_deref()).map(|()| 0)
-        }
+        Command::ContainerdHosts {
+            mirror,
+            mirrors_from,
+            registry,
+            write,
+            every,
+        } => cli::containerd_hosts(cli::HostsArgs {
+            mirror,
+            mirrors_from: mirrors_from.as_deref(),
+            registry: registry.as_deref(),
+            write: write.as_deref(),
+            every: *every,
+        })
+        .await
+        .map(|()| 0),
         Command::Store { config, action } => cli::store(config, action).await,
         Command::Registry {
             config,

@@ -4,12 +4,14 @@
 //! server holds the store.
 
 mod admin_client;
+mod hosts;
 mod prefetch;
 mod progress;
 mod store;
 mod sync;
 
 pub use admin_client::AdminClientError;
+pub use hosts::{HostsArgs, containerd_hosts};
 pub use prefetch::prefetch;
 pub use store::store;
 pub use sync::sync;
@@ -59,11 +61,21 @@ pub enum Command {
     ContainerdHosts {
         /// A cache node's base URL as containerd reaches it, e.g. http://10.0.0.1 or http://cache:8080.
         /// Give it once per node of the partition, in the order containerd should try them.
-        #[arg(long, required = true)]
+        #[arg(long)]
         mirror: Vec<String>,
+        /// NAME:PORT whose addresses are the cache's replicas (a Kubernetes headless Service), listed
+        /// first, in address order, as http://ADDRESS:PORT; resolved through /etc/resolv.conf.
+        #[arg(long)]
+        mirrors_from: Option<String>,
         /// A file for one registry (docker.io, ghcr.io, myreg.io:5000) instead of `_default`.
         #[arg(long)]
         registry: Option<String>,
+        /// Write the file here (atomically, only when it changes) instead of printing it.
+        #[arg(long)]
+        write: Option<PathBuf>,
+        /// Keep going: resolve and rewrite every this long (`30s`) until SIGTERM. Needs --write.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        every: Option<std::time::Duration>,
     },
     /// Inspect and maintain the store: directly, or through the admin API of the server that holds it.
     Store {
@@ -152,12 +164,4 @@ pub async fn serve(arg: &ConfigArg) -> Result<(), AppError> {
     crate::telemetry::init(&config.log);
     tracing::info!(config = %source, version = env!("CARGO_PKG_VERSION"), "starting image-cache");
     app::serve(config).await
-}
-
-/// `containerd-hosts`: prints the file; a bad `--mirror` is a usage error (exit 2).
-pub fn containerd_hosts(mirror: &[String], registry: Option<&str>) -> Result<(), AppError> {
-    let text = crate::registry::hosts::hosts_toml(mirror, registry)
-        .map_err(|e| AppError::Config(config::ConfigError::new("--mirror", e)))?;
-    print!("{text}");
-    Ok(())
 }

@@ -718,4 +718,35 @@ fn containerd_hosts_prints_a_hosts_toml_and_refuses_a_bad_mirror() {
     let (code, _, err) = run(&["containerd-hosts", "--mirror", "cache:8080"], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("--mirror"), "{err}");
+    let (code, _, err) = run(&["containerd-hosts"], &[]);
+    assert_eq!(code, 2, "no node named at all");
+    assert!(err.contains("--mirrors-from"), "{err}");
+}
+
+/// `--mirrors-from`: every address the name resolves to (here `localhost`, from /etc/hosts through the
+/// system resolver) is a replica, listed before the fixed `--mirror`; `--write` puts the file in place.
+#[test]
+fn containerd_hosts_lists_the_replicas_a_name_resolves_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("certs.d/_default/hosts.toml");
+    let (code, _, err) = run(
+        &[
+            "containerd-hosts",
+            "--mirrors-from",
+            "localhost:8080",
+            "--mirror",
+            "http://10.0.0.9:8080",
+            "--write",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let replica = text.find("[host.\"http://127.0.0.1:8080\"]");
+    let fixed = text.find("[host.\"http://10.0.0.9:8080\"]");
+    assert!(
+        replica.is_some() && fixed.is_some() && replica < fixed,
+        "{text}"
+    );
 }
