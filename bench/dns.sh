@@ -69,7 +69,7 @@ IMAGE_CACHE_LOG__LEVEL=warn "$BIN" serve --config "$W/ic.toml" & ICPID=$!; PIDS+
   echo "  name: \".\""
   echo "  forward-addr: ${UP%:*}@${UP#*:}"
 } > "$W/unbound.conf"
-unbound -d -c "$W/unbound.conf" & PIDS+=($!)
+unbound -d -c "$W/unbound.conf" & UBPID=$!; PIDS+=($UBPID)
 sleep 1.5
 
 for d in "${DOMAINS[@]}"; do echo "$d A"; done > "$W/intercepted.txt"
@@ -81,17 +81,23 @@ for port in $IC $UB; do
   dnsperf -s 127.0.0.1 -p "$port" -d "$W/forwarded.txt" -n 1 >/dev/null
 done
 
-qps() { # port file → queries per second (prints 0 when dnsperf fails)
-  dnsperf -s 127.0.0.1 -p "$1" -d "$2" -l "$DUR" -c 20 -q 500 2>/dev/null \
-    | awk '/Queries per second/ {print $4; found=1} END {if (!found) print 0}'
+HZ=$(getconf CLK_TCK)
+ticks() { local s; read -ra s < "/proc/$1/stat"; echo $((s[13] + s[14])); }
+qps() { # port file pid → "queries_per_second server_cpu_seconds_per_100k_queries" (0 0 when dnsperf fails)
+  local c0 c1 out
+  c0=$(ticks "$3")
+  out=$(dnsperf -s 127.0.0.1 -p "$1" -d "$2" -l "$DUR" -c 20 -q 500 2>/dev/null \
+    | awk '/Queries completed/ {done=$3} /Queries per second/ {q=$4} END {print (q ? q : 0), (done ? done : 0)}')
+  c1=$(ticks "$3")
+  echo "$out" | awk -v t=$((c1 - c0)) -v hz="$HZ" '{print $1, ($2 ? t / hz / $2 * 100000 : 0)}'
 }
 lost() { dnsperf -s 127.0.0.1 -p "$1" -d "$2" -l 2 -c 20 -q 500 2>/dev/null | awk '/Queries lost/ {print $3}'; }
 
 : > "$W/pairs"
 for i in $(seq "$REPEAT"); do
   for case in intercepted forwarded; do
-    if (( i % 2 )); then a=$(qps $IC "$W/$case.txt"); b=$(qps $UB "$W/$case.txt")
-    else b=$(qps $UB "$W/$case.txt"); a=$(qps $IC "$W/$case.txt"); fi
+    if (( i % 2 )); then a=$(qps $IC "$W/$case.txt" "$ICPID"); b=$(qps $UB "$W/$case.txt" "$UBPID")
+    else b=$(qps $UB "$W/$case.txt" "$UBPID"); a=$(qps $IC "$W/$case.txt" "$ICPID"); fi
     echo "$case $a $b" >> "$W/pairs"
   done
 done
@@ -101,13 +107,16 @@ python3 - "$W/pairs" <<PY
 import statistics as st, sys
 rows = {}
 for line in open(sys.argv[1]):
-    name, a, b = line.split()
-    rows.setdefault(name, []).append((float(a), float(b)))
+    name, a, acpu, b, bcpu = line.split()
+    rows.setdefault(name, []).append((float(a), float(b), float(acpu), float(bcpu)))
 print(f"machine: $(nproc) cores, $(uname -r); unbound $(unbound -V | awk 'NR==1 {print $2}'); dnsperf -c 20 -q 500; medians of $REPEAT pairs of {int($DUR)} s runs")
 for name in ("intercepted", "forwarded"):
     r = rows[name]
-    ic = st.median(a for a, _ in r); ub = st.median(b for _, b in r)
-    ratio = st.median(a / b for a, b in r if b)
+    ic = st.median(x[0] for x in r); ub = st.median(x[1] for x in r)
+    ratio = st.median(x[0] / x[1] for x in r if x[1])
     print(f"{name:12s} image-cache {ic:9.0f} qps   unbound {ub:9.0f} qps   ratio {ratio:.2f}")
+    icc = st.median(x[2] for x in r); ubc = st.median(x[3] for x in r)
+    cr = st.median(x[2] / x[3] for x in r if x[3])
+    print(f"{'':12s} server CPU s per 100k queries: image-cache {icc:.3f}   unbound {ubc:.3f}   ratio {cr:.2f}")
 print(f"image-cache peak RSS: {$ic_rss_kb/1024:.1f} MiB")
 PY

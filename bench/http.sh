@@ -108,5 +108,6 @@ print(f"machine: $(nproc) cores, $(uname -r); nginx $(nginx -v 2>&1 | sed 's/.*\
 print(f"large file (1 GiB, 4 conns):   image-cache {med('large',0)/1e6:8.0f} MB/s   nginx {med('large',3)/1e6:8.0f} MB/s   ratio {ratio('large',0,3):.2f}")
 print(f"server CPU s per GB:           image-cache {med('large',2):8.3f}        nginx {med('large',5):8.3f}        ratio {ratio('large',2,5):.2f}")
 print(f"small file (100 KB, 50 conns): image-cache {med('small',1):8.0f} req/s nginx {med('small',4):8.0f} req/s ratio {ratio('small',1,4):.2f}")
+print(f"server CPU s per GB (100 KB):  image-cache {med('small',2):8.3f}        nginx {med('small',5):8.3f}        ratio {ratio('small',2,5):.2f}")
 print(f"image-cache peak RSS after 100 concurrent 1 GiB downloads: {$ic_rss_kb/1024:.1f} MiB")
 PY
