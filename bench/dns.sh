@@ -42,7 +42,7 @@ DOMAINS=(images.metal-stack.io github.com objects.githubusercontent.com releases
   echo "[nodes]"; echo "self = \"127.0.0.1\""
   for d in "${DOMAINS[@]}"; do echo "[[domains]]"; echo "name = \"$d\""; done
 } > "$W/ic.toml"
-IMAGE_CACHE_LOG__LEVEL=warn "$BIN" serve --config "$W/ic.toml" & ICPID=$!; PIDS+=($ICPID)
+IMAGE_CACHE_LOG__LEVEL=error "$BIN" serve --config "$W/ic.toml" 2>>"$W/ic.log" & ICPID=$!; PIDS+=($ICPID)
 
 {
   echo "server:"

@@ -51,7 +51,7 @@ enabled = false
 name = "bench.test"
 origin = "http://127.0.0.1:18081"
 CONF
-IMAGE_CACHE_LOG__LEVEL=warn "$BIN" serve --config "$W/ic.toml" & IC=$!; PIDS+=($IC)
+IMAGE_CACHE_LOG__LEVEL=error "$BIN" serve --config "$W/ic.toml" 2>>"$W/ic.log" & IC=$!; PIDS+=($IC)
 sleep 1
 for f in big.bin small.bin; do curl -sf -H 'Host: bench.test' "http://127.0.0.1:18080/$f" -o /dev/null; done
 sleep 1
