@@ -17,7 +17,7 @@ pub mod tls;
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,8 +28,12 @@ use url::Url;
 pub use redirect::MAX_REDIRECTS;
 pub use resolve::{NameResolver, ResolveError};
 
-/// Body chunks in flight between the client thread and the consumer; bounds memory per response.
+/// Batches of body chunks in flight between the client thread and the consumer; with `BATCH_BYTES`,
+/// bounds memory per response.
 const BODY_CHANNEL: usize = 16;
+/// A batch closes at this many bytes: chunks already decoded travel together, so a fast body costs one
+/// cross-thread wake-up per batch instead of one per TLS record (which was a fifth of a fill's CPU).
+const BATCH_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -361,7 +365,8 @@ async fn execute(
 /// that closes without it (the client thread stopped, at shutdown or in a panic) reads as a broken body,
 /// never as a complete one — a fill must not commit a body whose end it did not see.
 enum Piece {
-    Data(Bytes),
+    /// Chunks in order, never empty.
+    Data(Vec<Bytes>),
     End,
     Failed(BodyError),
 }
@@ -374,15 +379,47 @@ where
 {
     let (tx, rx) = mpsc::channel::<Piece>(BODY_CHANNEL);
     actix_rt::spawn(async move {
+        // What ended the body, seen while a batch was still being gathered: sent right after it.
+        let mut ending: Option<Piece> = None;
         loop {
-            let piece = match tokio::time::timeout(idle, response.next()).await {
-                Ok(Some(Ok(chunk))) => Piece::Data(chunk),
-                Ok(Some(Err(e))) => Piece::Failed(BodyError::Broken(e.to_string())),
-                Ok(None) => Piece::End,
-                Err(_) => Piece::Failed(BodyError::Idle(idle.as_secs())),
+            if let Some(end) = ending.take() {
+                let _ = tx.send(end).await;
+                break;
+            }
+            let end = match tokio::time::timeout(idle, response.next()).await {
+                Ok(Some(Ok(chunk))) => Err(chunk),
+                Ok(Some(Err(e))) => Ok(Piece::Failed(BodyError::Broken(e.to_string()))),
+                Ok(None) => Ok(Piece::End),
+                Err(_) => Ok(Piece::Failed(BodyError::Idle(idle.as_secs()))),
             };
-            let last = !matches!(piece, Piece::Data(_));
-            if tx.send(piece).await.is_err() || last {
+            let first = match end {
+                Err(chunk) => chunk,
+                Ok(end) => {
+                    let _ = tx.send(end).await;
+                    break;
+                }
+            };
+            let mut size = first.len();
+            let mut batch = vec![first];
+            // Whatever is decoded already joins the batch, without waiting for more.
+            while size < BATCH_BYTES {
+                match response.next().now_or_never() {
+                    Some(Some(Ok(chunk))) => {
+                        size += chunk.len();
+                        batch.push(chunk);
+                    }
+                    Some(Some(Err(e))) => {
+                        ending = Some(Piece::Failed(BodyError::Broken(e.to_string())));
+                        break;
+                    }
+                    Some(None) => {
+                        ending = Some(Piece::End);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if tx.send(Piece::Data(batch)).await.is_err() {
                 break;
             }
         }
@@ -391,18 +428,30 @@ where
 }
 
 fn pieces(rx: mpsc::Receiver<Piece>) -> impl Stream<Item = Result<Bytes, BodyError>> {
-    futures_util::stream::unfold(Some(rx), |rx| async move {
+    let start = (Some(rx), std::collections::VecDeque::<Bytes>::new());
+    futures_util::stream::unfold(start, |(rx, mut ready)| async move {
+        if let Some(chunk) = ready.pop_front() {
+            return Some((Ok(chunk), (rx, ready)));
+        }
         let mut rx = rx?;
-        match rx.recv().await {
-            Some(Piece::Data(chunk)) => Some((Ok(chunk), Some(rx))),
-            Some(Piece::End) => None,
-            Some(Piece::Failed(e)) => Some((Err(e), None)),
-            None => Some((
-                Err(BodyError::Broken(
-                    "the upstream client stopped before the end of the body".into(),
+        loop {
+            return match rx.recv().await {
+                Some(Piece::Data(batch)) => {
+                    ready.extend(batch);
+                    match ready.pop_front() {
+                        Some(chunk) => Some((Ok(chunk), (Some(rx), ready))),
+                        None => continue,
+                    }
+                }
+                Some(Piece::End) => None,
+                Some(Piece::Failed(e)) => Some((Err(e), (None, ready))),
+                None => Some((
+                    Err(BodyError::Broken(
+                        "the upstream client stopped before the end of the body".into(),
+                    )),
+                    (None, ready),
                 )),
-                None,
-            )),
+            };
         }
     })
 }
@@ -414,5 +463,56 @@ fn classify(url: &Url, e: awc::error::SendRequestError) -> UpstreamError {
         E::Connect(ConnectError::Timeout) => UpstreamError::Timeout(format!("connecting to {url}")),
         E::Connect(c) => UpstreamError::Connect(format!("{url}: {c}")),
         other => UpstreamError::Protocol(format!("{url}: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn collect(pieces_sent: Vec<Piece>, close: bool) -> Vec<Result<Bytes, BodyError>> {
+        let (tx, rx) = mpsc::channel(BODY_CHANNEL);
+        for p in pieces_sent {
+            tx.send(p).await.unwrap();
+        }
+        if close {
+            drop(tx);
+        } else {
+            // Keep the sender alive until the consumer is done: the end must come from a Piece.
+            std::mem::forget(tx);
+        }
+        pieces(rx).collect().await
+    }
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    /// Batches come apart in order, and a failure after data is reported after that data.
+    #[tokio::test]
+    async fn batches_are_delivered_in_order_and_end_as_they_were_told() {
+        let got = collect(
+            vec![
+                Piece::Data(vec![b("a"), b("b")]),
+                Piece::Data(vec![b("c")]),
+                Piece::Failed(BodyError::Idle(3)),
+            ],
+            false,
+        )
+        .await;
+        assert_eq!(
+            got,
+            vec![Ok(b("a")), Ok(b("b")), Ok(b("c")), Err(BodyError::Idle(3))]
+        );
+        let got = collect(vec![Piece::Data(vec![b("a")]), Piece::End], false).await;
+        assert_eq!(got, vec![Ok(b("a"))]);
+    }
+
+    /// A client thread that goes away without saying "end" leaves a broken body, never a complete one.
+    #[tokio::test]
+    async fn a_channel_closed_without_an_end_is_a_broken_body() {
+        let got = collect(vec![Piece::Data(vec![b("a"), b("b")])], true).await;
+        assert_eq!(got.len(), 3);
+        assert!(matches!(got[2], Err(BodyError::Broken(_))), "{got:?}");
     }
 }
