@@ -28,11 +28,12 @@ use url::Url;
 pub use redirect::MAX_REDIRECTS;
 pub use resolve::{NameResolver, ResolveError};
 
-/// Batches of body chunks in flight between the client thread and the consumer; with `BATCH_BYTES`,
-/// bounds memory per response.
-const BODY_CHANNEL: usize = 16;
+/// Batches of body chunks in flight between the client thread and the consumer: with `BATCH_BYTES`,
+/// about 1 MiB per response at most, however slow the consumer.
+const BODY_CHANNEL: usize = 4;
 /// A batch closes at this many bytes: chunks already decoded travel together, so a fast body costs one
-/// cross-thread wake-up per batch instead of one per TLS record (which was a fifth of a fill's CPU).
+/// cross-thread wake-up per batch instead of one per TLS record (the scheduler was a sixth of a fill's
+/// CPU samples, bench/out/fill-512m.txt).
 const BATCH_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
