@@ -32,26 +32,9 @@ OCI=/tmp/ic-e2e-container-oci.$$
 
 # --- the image, loaded into a private podman ---------------------------------------------------------
 bash contrib/container/build.sh "$OCI" e2e
-mkdir -p "$W/podman"
-cat >"$W/podman/containers.conf" <<TOML
-[engine]
-lock_type = "file"
-events_logger = "none"
-cgroup_manager = "cgroupfs"
-TOML
-cat >"$W/podman/storage.conf" <<TOML
-[storage]
-driver = "vfs"
-graphroot = "$W/podman/root"
-runroot = "$W/podman/run"
-TOML
-echo '{"auths":{}}' >"$W/podman/auth.json"
-podman_() {
-  unshare -m --propagation private env CONTAINERS_CONF="$W/podman/containers.conf" \
-    CONTAINERS_STORAGE_CONF="$W/podman/storage.conf" REGISTRY_AUTH_FILE="$W/podman/auth.json" sh -c '
-      mkdir -p /var/lib/containers && mount -t tmpfs none /var/lib/containers
-      exec podman --root "$0/root" --runroot "$0/run" --tmpdir "$0/tmp" "$@"' "$W/podman" "$@"
-}
+source tests/e2e/podman.sh
+podman_private_setup "$W/podman"
+podman_() { podman_private "$W/podman" "$@"; }
 podman_stop() { podman_ stop -t 10 ic >/dev/null 2>&1 || true; podman_ rm -f ic >/dev/null 2>&1 || true; }
 trap 'podman_stop; rm -rf "$OCI"; cleanup' EXIT
 IMAGE=$(podman_ pull -q "oci:$OCI:e2e")
@@ -113,22 +96,8 @@ server = "http://127.0.0.1:1"
   capabilities = ["pull", "resolve"]
 TOML
 REF=registry.test:5000/test/app:1
-pull() { # pull LABEL
-  local t0=$(date +%s.%N) got
-  if ctr_ images pull "${SNAP[@]}" --hosts-dir "$W/hosts" "$REF" >"$W/pull.log" 2>&1; then
-    got=$(ctr_ images ls | awk -v r="$REF" '$1 == r {print $3}')
-    if [ "$got" = "$INDEX" ]; then
-      pass "$1 ($(printf '%.2f' "$(echo "$(date +%s.%N) - $t0" | bc)") s)"
-    else
-      fail "$1: digest '$got', pushed $INDEX"
-    fi
-  else
-    fail "$1: ctr pull failed"; tail -5 "$W/pull.log"
-  fi
-  ctr_ images rm --sync "$REF" >/dev/null 2>&1 || true
-}
-pull "cold pull through the container"
-pull "warm pull through the container"
+pulled "cold pull through the container" "$W/hosts" "$REF"
+pulled "warm pull through the container" "$W/hosts" "$REF"
 BLOBS=$(grep -o '"GET /v2/test/app/blobs/sha256:[0-9a-f]*' "$W/reg/log" | sort | uniq -c)
 if [ -n "$BLOBS" ] && ! echo "$BLOBS" | awk '$1 != 1 {bad=1} END {exit !bad}'; then
   pass "the registry served each blob once: $(echo "$BLOBS" | wc -l) blobs"

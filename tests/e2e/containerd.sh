@@ -37,26 +37,10 @@ server = "http://127.0.0.1:1"
 TOML
 REF=registry.test:5000/test/app:1
 
-pull() { # pull LABEL HOSTS REF [extra ctr args]
-  local label=$1 hosts=$2 ref=$3; shift 3
-  local t0=$(date +%s.%N)
-  if ctr_ images pull "${SNAP[@]}" "$@" --hosts-dir "$hosts" "$ref" >"$W/pull.log" 2>&1; then
-    local got
-    got=$(ctr_ images ls | awk -v r="$ref" '$1 == r {print $3}')
-    if [ "$got" = "$INDEX" ]; then
-      pass "$label ($(printf '%.2f' "$(echo "$(date +%s.%N) - $t0" | bc)") s, digest $got)"
-    else
-      fail "$label: image digest '$got', pushed $INDEX"
-    fi
-  else
-    fail "$label: ctr pull failed"; tail -5 "$W/pull.log"
-  fi
-  ctr_ images rm --sync "$ref" >/dev/null 2>&1 || true
-}
 command -v bc >/dev/null || { apt-get install -y -qq bc >/dev/null 2>&1 || true; }
 
-pull "cold pull through the mirror" "$W/hosts" "$REF"
-pull "warm pull through the mirror" "$W/hosts" "$REF"
+pulled "cold pull through the mirror" "$W/hosts" "$REF"
+pulled "warm pull through the mirror" "$W/hosts" "$REF"
 
 # Every blob of the amd64 image was fetched from the registry exactly once over both pulls.
 BLOBS=$(grep -o '"GET /v2/test/app/blobs/sha256:[0-9a-f]*' "$W/reg/log" | sort | uniq -c)
@@ -76,7 +60,7 @@ if [ "${HITS:-0}" -ge 4 ] 2>/dev/null; then pass "blob hits counted: $HITS"; els
 # The registry goes away: the cache still has everything.
 kill "${PID[registry]}"; wait "${PID[registry]}" 2>/dev/null || true; unset 'PID[registry]'
 sleep 1.1 # past tag_ttl: the tag must be revalidated, fail, and be served stale
-pull "pull with docker-registry stopped (served stale by the cache)" "$W/hosts" "$REF"
+pulled "pull with docker-registry stopped (served stale by the cache)" "$W/hosts" "$REF"
 
 # The cache goes away: containerd falls back to the registry (cache first, registry second).
 start_registry
@@ -85,7 +69,7 @@ if in_ns curl -s -o /dev/null http://127.0.0.1:8080/health; then fail "image-cac
 "$BIN" containerd-hosts --mirror http://127.0.0.1:8080 >"$W/hosts-fallback/hosts.toml.default"
 mkdir -p "$W/hosts-fallback/_default"
 mv "$W/hosts-fallback/hosts.toml.default" "$W/hosts-fallback/_default/hosts.toml"
-pull "pull with image-cache stopped falls back to the registry" "$W/hosts-fallback" 127.0.0.1:5000/test/app:1 --plain-http
+pulled "pull with image-cache stopped falls back to the registry" "$W/hosts-fallback" 127.0.0.1:5000/test/app:1 --plain-http
 
 echo "containerd e2e: $FAILS failure(s)"
 [ "$FAILS" = 0 ] || { echo "--- image-cache log"; tail -30 "$W/ic.log"; exit 1; }

@@ -2,8 +2,8 @@
 # namespace with docker-registry on 127.0.0.1:5000 holding test/app:1 (a two-platform image written by
 # oci-image.py, layer sizes in KiB from $LAYERS_KIB), image-cache on 127.0.0.1:8080 with that registry as
 # "registry.test:5000" (not started with OCI_SCENE_NO_CACHE=1: the caller runs its own, as the container
-# test does), and a standalone containerd. Expects BIN (the image-cache binary); sets W, NS,
-# SOCK, INDEX, SNAP, PID[] and the helpers below; installs an EXIT trap that cleans everything up.
+# test does), and a standalone containerd. Expects BIN (the image-cache binary); sets W, NS, SOCK, INDEX,
+# SNAP, PID[] and the helpers below (ctr_, pulled); installs an EXIT trap that cleans everything up.
 
 W=$(mktemp -d /tmp/ic-ctd.XXXXXX)
 NS=${NS:-ic-e2e-ctd}
@@ -102,4 +102,20 @@ wait_for 20 in_ns ctr --address "$SOCK" version
 SNAP=()
 in_ns ctr --address "$SOCK" plugins ls | grep -q 'overlayfs.*ok' || SNAP=(--snapshotter native)
 ctr_() { in_ns ctr --address "$SOCK" "$@"; }
+pulled() { # pulled LABEL HOSTS REF [ctr args]: PASS when ctr pulls the pushed index digest; the image is removed after
+  local label=$1 hosts=$2 ref=$3; shift 3
+  local t0=$(date +%s.%N)
+  if ctr_ images pull "${SNAP[@]}" "$@" --hosts-dir "$hosts" "$ref" >"$W/pull.log" 2>&1; then
+    local got
+    got=$(ctr_ images ls | awk -v r="$ref" '$1 == r {print $3}')
+    if [ "$got" = "$INDEX" ]; then
+      pass "$label ($(printf '%.2f' "$(echo "$(date +%s.%N) - $t0" | bc)") s, digest $got)"
+    else
+      fail "$label: image digest '$got', pushed $INDEX"
+    fi
+  else
+    fail "$label: ctr pull failed"; tail -5 "$W/pull.log"
+  fi
+  ctr_ images rm --sync "$ref" >/dev/null 2>&1 || true
+}
 

@@ -160,26 +160,9 @@ location = "registry.test"
 location = "127.0.0.1:8080/registry.test"
 insecure = true
 TOML
-cat >"$W/podman/containers.conf" <<TOML
-[engine]
-lock_type = "file"
-events_logger = "none"
-cgroup_manager = "cgroupfs"
-TOML
-cat >"$W/podman/storage.conf" <<TOML
-[storage]
-driver = "vfs"
-graphroot = "$W/podman/root"
-runroot = "$W/podman/run"
-TOML
-echo '{"auths":{}}' >"$W/podman/auth.json"
-podman_() {
-  in_net unshare -m --propagation private env CONTAINERS_REGISTRIES_CONF="$W/podman/registries.conf" \
-    CONTAINERS_CONF="$W/podman/containers.conf" CONTAINERS_STORAGE_CONF="$W/podman/storage.conf" \
-    REGISTRY_AUTH_FILE="$W/podman/auth.json" sh -c '
-      mkdir -p /var/lib/containers && mount -t tmpfs none /var/lib/containers
-      exec podman --root "$0/root" --runroot "$0/run" --tmpdir "$0/tmp" "$@"' "$W/podman" "$@"
-}
+source tests/e2e/podman.sh
+podman_private_setup "$W/podman"
+podman_() { PODMAN_WRAP=in_net podman_private "$W/podman" "$@"; }
 podman_get() { # podman_get REF [ARGS...]
   local ref=$1 rc=0; shift
   podman_ pull -q "$@" "$ref" >"$W/podman/pull.log" 2>&1 || rc=$?

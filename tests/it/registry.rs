@@ -94,15 +94,8 @@ async fn base_refusals_and_namespaces() {
 
     // The host to dial only ever comes from registry.upstreams: a canary listener never sees a
     // connection, whatever `ns` says.
-    let canary = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let canary_port = canary.local_addr().unwrap().port();
-    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let seen = hits.clone();
-    tokio::spawn(async move {
-        while canary.accept().await.is_ok() {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    });
+    let canary = common::Canary::start().await;
+    let canary_port = canary.port;
     let long = format!("?ns={}", "a".repeat(5000));
     for ns in [
         "?ns=evil.example".to_string(),
@@ -135,7 +128,7 @@ async fn base_refusals_and_namespaces() {
         assert_eq!(code(&body), "NAME_UNKNOWN", "{path}");
     }
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(canary.connections(), 0);
 
     // Nothing above may have reached any upstream.
     let metrics = svc.admin("/metrics").fetch_text().await;
@@ -154,15 +147,8 @@ async fn base_refusals_and_namespaces() {
 async fn an_open_registry_never_dials_an_internal_address() {
     let env = Env::new().await;
     let dns = common::dns::Upstream::start().await;
-    let canary = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = canary.local_addr().unwrap().port();
-    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let seen = hits.clone();
-    tokio::spawn(async move {
-        while canary.accept().await.is_ok() {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    });
+    let canary = common::Canary::start().await;
+    let port = canary.port;
     let mut c = env.config(OnMiss::Fill);
     c.dns.upstreams = vec![dns.addr];
     c.registry.open = true;
@@ -200,7 +186,7 @@ async fn an_open_registry_never_dials_an_internal_address() {
         assert!(body.contains(why), "{ns}: {body}");
     }
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "dialled");
+    assert_eq!(canary.connections(), 0, "dialled");
 
     let metrics = svc.admin("/metrics").fetch_text().await;
     assert!(

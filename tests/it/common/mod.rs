@@ -159,6 +159,31 @@ pub(crate) fn unused_port(ip: &str) -> u16 {
 }
 
 /// The files under `dir`, recursively (to check that nothing was written outside the state dir).
+/// A listener that only counts the connections made to it: the proof that nothing was dialled.
+pub(crate) struct Canary {
+    pub(crate) port: u16,
+    connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Canary {
+    pub(crate) async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = connections.clone();
+        tokio::spawn(async move {
+            while listener.accept().await.is_ok() {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        Canary { port, connections }
+    }
+
+    pub(crate) fn connections(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 pub(crate) fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
