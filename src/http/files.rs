@@ -9,7 +9,7 @@ use crate::peers::{ORIGIN_ETAG_HEADER, Owner, PEER_HEADER};
 use crate::serve::{self, body::Resume};
 use crate::store::{
     Access, Expected, FilePath, Fill, FillFailure, FillSpec, Key, ObjectRow, Phase, Plan,
-    SourceError, SourceMeta, now_secs,
+    SourceError, SourceMeta, now_millis,
 };
 use crate::upstream;
 use actix_web::http::{Method, StatusCode, header};
@@ -51,7 +51,7 @@ pub async fn handle(
         Ok(u) => u,
         Err(e) => return bad_request(&state, &format!("cannot build origin URL: {e}")),
     };
-    let revalidate_after = domain.revalidate_after.get().as_secs();
+    let revalidate_after = domain.revalidate_after.get();
     let may_fill = domain.on_miss != OnMiss::Redirect;
     // A request from a node is filled here from the origin, whoever owns the key: never passed on.
     let owner = if from_peer {
@@ -92,9 +92,7 @@ pub async fn handle(
         }
     };
     let decide = |row: Option<&ObjectRow>| match row {
-        Some(r) if !may_fill || now_secs().saturating_sub(r.validated_at) < revalidate_after => {
-            Plan::Serve
-        }
+        Some(r) if !may_fill || r.fresh_at(now_millis(), revalidate_after) => Plan::Serve,
         Some(r) => {
             let (source, peer_wait) = source(
                 r.etag.clone(),

@@ -392,7 +392,7 @@ pub(super) async fn adopt(
         etag: None,
         last_modified: None,
         fetched_at: now,
-        validated_at: now,
+        validated_ms: crate::store::now_millis(),
         last_access: now,
         hits: 0,
         pinned: false,

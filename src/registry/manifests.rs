@@ -10,7 +10,7 @@ use super::fetch::{self, Repo, adopt, target};
 use super::path::{OciDigest, manifest_key, tag_key};
 use super::{RegistryState, accept};
 use crate::metrics::{kind, result};
-use crate::store::{Access, Expected, FillSpec, Key, ObjectRow, Phase, Plan, now_secs};
+use crate::store::{Access, Expected, FillSpec, Key, ObjectRow, Phase, Plan, now_millis};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
 use std::sync::Arc;
@@ -39,7 +39,7 @@ pub(super) async fn by_tag(
         return answer::remembered_missing(state, repo.registry, kind::MANIFEST);
     }
     let blocked = state.backoff.remaining(repo.registry).is_some();
-    let tag_ttl = state.config.tag_ttl.get().as_secs();
+    let tag_ttl = state.config.tag_ttl.get();
     let mut skip = None;
     let mut stale = false;
     let access = fetch::store_access(state, repo, &key, |row| match row {
@@ -47,7 +47,7 @@ pub(super) async fn by_tag(
             skip = Some(Skip::Narrow);
             Plan::Skip
         }
-        Some(r) if now_secs().saturating_sub(r.validated_at) < tag_ttl => Plan::Serve,
+        Some(r) if r.fresh_at(now_millis(), tag_ttl) => Plan::Serve,
         Some(_) if blocked => {
             stale = true;
             Plan::Serve

@@ -10,7 +10,7 @@ use super::error::Object;
 use super::fetch::{self, INDEX, Repo, target};
 use super::path::{OciDigest, referrers_key, referrers_tag};
 use crate::metrics::{kind, result};
-use crate::store::{Access, Expected, FillSpec, Hit, Phase, Plan, now_secs};
+use crate::store::{Access, Expected, FillSpec, Hit, Phase, Plan, now_millis};
 use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse};
 use std::sync::Arc;
@@ -35,9 +35,9 @@ pub(super) async fn get(
             .metrics
             .registry_request(repo.registry, kind::REFERRERS, res)
     };
-    let tag_ttl = state.config.tag_ttl.get().as_secs();
+    let tag_ttl = state.config.tag_ttl.get();
     let access = state.store.access(&key, |row| match row {
-        Some(r) if now_secs().saturating_sub(r.validated_at) < tag_ttl => Plan::Serve,
+        Some(r) if r.fresh_at(now_millis(), tag_ttl) => Plan::Serve,
         _ => Plan::Fill(FillSpec {
             expected: Expected::default(),
             source: fetch::referrers(Arc::clone(state), api, tag),

@@ -9,7 +9,7 @@ use super::index::ObjectRow;
 use super::inflight::{
     Expected, Fill, FillFailure, Phase, SourceBody, SourceError, SourceMeta, SourceOutcome,
 };
-use super::{FillSpec, Inner, Store, StoreError, io_err, lock, now_secs, stripe_of};
+use super::{FillSpec, Inner, Store, StoreError, io_err, lock, now_millis, now_secs, stripe_of};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,12 +72,12 @@ pub(super) async fn run(
     let key = fill.key().to_string();
     let phase = match spec.source.await {
         SourceOutcome::NotModified => {
-            let now = now_secs();
+            let now = now_millis();
             let index_inner = Arc::clone(&inner);
             let k = key.clone();
             let updated = tokio::task::spawn_blocking(move || {
                 let updated = index_inner.index.update(&k, |row| {
-                    row.validated_at = now;
+                    row.validated_ms = now;
                     true
                 });
                 index_inner.hot.forget(&k);
@@ -268,7 +268,7 @@ async fn write_body(
         etag: meta.etag.clone(),
         last_modified: meta.last_modified.clone(),
         fetched_at: now,
-        validated_at: now,
+        validated_ms: now_millis(),
         last_access: now,
         hits: 0,
         pinned: pin,

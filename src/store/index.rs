@@ -467,7 +467,7 @@ mod tests {
     fn row(d: u8, size: u64) -> ObjectRow {
         ObjectRow {
             fetched_at: 1,
-            validated_at: 1,
+            validated_ms: 1000,
             last_access: 1,
             ..ObjectRow::sample(d, size)
         }

@@ -82,6 +82,14 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the epoch, for freshness windows that must hold to the configured second.
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// A stored object opened for reading.
 pub struct Hit {
     pub row: ObjectRow,

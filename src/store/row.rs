@@ -20,7 +20,12 @@ pub struct ObjectRow {
     #[serde(default)]
     pub last_modified: Option<String>,
     pub fetched_at: u64,
-    pub validated_at: u64,
+    /// When the origin last confirmed this content, in milliseconds since the epoch. Whole seconds made a
+    /// freshness window of N seconds last anywhere between N-1 and N (a copy validated at x.99 s was stale
+    /// at x+1.01 s under a 1 s window). Rows written before carry `validated_at` in seconds, which is
+    /// ignored: they read as 0, are revalidated once with their validators and then carry this field.
+    #[serde(default)]
+    pub validated_ms: u64,
     pub last_access: u64,
     pub hits: u64,
     /// Eviction never removes a pinned key. Sync pins what its plan keeps and unpins the rest,
@@ -31,6 +36,11 @@ pub struct ObjectRow {
 }
 
 impl ObjectRow {
+    /// Whether the copy is still inside its freshness window `ttl` at `now_ms`, without asking the origin.
+    pub fn fresh_at(&self, now_ms: u64, ttl: std::time::Duration) -> bool {
+        u128::from(now_ms.saturating_sub(self.validated_ms)) < ttl.as_millis()
+    }
+
     /// Who holds the pin: `operator` (admin API, kept across syncs), `sync`, or nobody.
     pub fn pinned_by(&self) -> Option<&'static str> {
         match (self.pinned, self.operator_pin) {
@@ -52,7 +62,7 @@ impl ObjectRow {
             etag: None,
             last_modified: None,
             fetched_at: 0,
-            validated_at: 0,
+            validated_ms: 0,
             last_access: 0,
             hits: 0,
             pinned: false,
@@ -81,4 +91,39 @@ pub(crate) struct AccessUpdate {
     pub key: String,
     pub hits: u64,
     pub last_access: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_window_lasts_its_whole_length_whatever_the_millisecond_of_validation() {
+        let row = ObjectRow {
+            validated_ms: 100_999,
+            ..ObjectRow::sample(1, 1)
+        };
+        let window = Duration::from_secs(1);
+        assert!(row.fresh_at(100_999, window));
+        assert!(row.fresh_at(101_001, window), "2 ms old in a 1 s window");
+        assert!(row.fresh_at(101_998, window));
+        assert!(!row.fresh_at(101_999, window));
+        assert!(!row.fresh_at(200_000, window));
+        assert!(!row.fresh_at(101_001, Duration::ZERO));
+        assert!(row.fresh_at(0, window), "a clock set back keeps the copy");
+    }
+
+    #[test]
+    fn a_row_from_the_release_before_reads_and_is_revalidated_once() {
+        let old = r#"{"digest":"0101010101010101010101010101010101010101010101010101010101010101",
+            "size":5,"fetched_at":1764700000,"validated_at":1764700000,"last_access":1764700000,
+            "hits":3,"pinned":false}"#;
+        let row: ObjectRow = match serde_json::from_str(old) {
+            Ok(r) => r,
+            Err(e) => panic!("the previous release's row must still read: {e}"),
+        };
+        assert_eq!((row.size, row.hits, row.validated_ms), (5, 3, 0));
+        assert!(!row.fresh_at(1_764_700_000_500, Duration::from_secs(3600)));
+    }
 }

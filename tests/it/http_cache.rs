@@ -451,6 +451,16 @@ async fn on_miss_redirect_and_proxy() {
     svc.stop().await;
 }
 
+/// Sleeps until the wall clock's millisecond within its second is `ms` (at most one second).
+async fn sleep_until_millisecond(ms: u32) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_millis();
+    let wait = (1000 + ms - now) % 1000;
+    tokio::time::sleep(Duration::from_millis(u64::from(wait))).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revalidation_keeps_copies_current_and_survives_a_dead_origin() {
     let env = Env::new().await;
@@ -465,7 +475,11 @@ async fn revalidation_keeps_copies_current_and_survives_a_dead_origin() {
             t
         }};
     }
+    // Filled late in one wall-clock second and asked again early in the next: 0.2 s old in a 1 s window.
+    // (With whole-second timestamps this copy counted as 1 s old, stale, and was revalidated.)
+    sleep_until_millisecond(850).await;
     assert_eq!(fetch!(), "version 1\n");
+    sleep_until_millisecond(50).await;
     assert_eq!(fetch!(), "version 1\n");
     assert_eq!(
         env.origin.gets("/mutable/a"),
