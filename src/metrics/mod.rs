@@ -362,6 +362,14 @@ impl Metrics {
             .inc();
     }
 
+    /// The counter of bytes served from `source`, for a body stream to bump per chunk: one atomic add,
+    /// where `served` also takes the family's lock (and a cloned `Metrics` costs an `Arc` per family).
+    pub fn served_counter(&self, source: &'static str) -> Counter {
+        self.bytes_served
+            .get_or_create(&SourceLabels { source })
+            .clone()
+    }
+
     pub fn served(&self, source: &'static str, bytes: u64) {
         self.bytes_served
             .get_or_create(&SourceLabels { source })

@@ -20,9 +20,10 @@ pub fn file_stream(
     end: u64,
     metrics: Metrics,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + 'static {
+    let served = metrics.served_counter("cache");
     futures_util::stream::try_unfold(start, move |pos| {
         let file = Arc::clone(&file);
-        let metrics = metrics.clone();
+        let served = served.clone();
         async move {
             if pos >= end {
                 return Ok(None);
@@ -34,9 +35,9 @@ pub fn file_stream(
                     "stored blob is shorter than its index row",
                 ));
             }
-            metrics.served("cache", buf.len() as u64);
+            served.inc_by(buf.len() as u64);
             let next = pos + buf.len() as u64;
-            Ok(Some((Bytes::from(buf), next)))
+            Ok(Some((buf.into_bytes(), next)))
         }
     })
 }
@@ -69,9 +70,10 @@ pub fn fill_stream(
         Origin(upstream::Body),
         Done,
     }
+    let served = metrics.served_counter("upstream");
     futures_util::stream::unfold(State::Fill(reader), move |mut state| {
         let resume = resume.clone();
-        let metrics = metrics.clone();
+        let served = served.clone();
         async move {
             loop {
                 let item = match &mut state {
@@ -100,7 +102,7 @@ pub fn fill_stream(
                 };
                 return match item {
                     Some(Ok(chunk)) => {
-                        metrics.served("upstream", chunk.len() as u64);
+                        served.inc_by(chunk.len() as u64);
                         Some((Ok(chunk), state))
                     }
                     Some(Err(e)) => Some((Err(e), State::Done)),
@@ -220,9 +222,12 @@ pub fn relay(
     body: upstream::Body,
     metrics: Metrics,
 ) -> impl Stream<Item = Result<Bytes, BoxError>> + 'static {
+    let served = metrics.served_counter("upstream");
     body.map(move |item| {
-        item.inspect(|b| metrics.served("upstream", b.len() as u64))
-            .map_err(BoxError::from)
+        item.inspect(|b| {
+            served.inc_by(b.len() as u64);
+        })
+        .map_err(BoxError::from)
     })
 }
 

@@ -6,6 +6,7 @@
 //! start-up recovery empties.
 
 use super::key::Digest;
+use super::read_buffers::ReadBuffer;
 use md5::Md5;
 use sha2::{Digest as _, Sha256};
 use std::fs::{self, File, OpenOptions};
@@ -260,34 +261,42 @@ impl Drop for TempBlob {
 /// Reads up to `len` bytes at `offset` without blocking the async worker: straight from the page cache
 /// when the bytes are there (`preadv2(RWF_NOWAIT)`, the common case for a hot cache and for a fill's
 /// fresh bytes), otherwise on the blocking pool. Returns an empty buffer only at end of file.
-pub(crate) async fn read_chunk(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    if let Some(buf) = read_cached(file, offset, len)? {
+pub(crate) async fn read_chunk(
+    file: &Arc<File>,
+    offset: u64,
+    len: usize,
+) -> io::Result<ReadBuffer> {
+    let mut buf = ReadBuffer::take(len);
+    if read_cached(file, offset, &mut buf)? {
         return Ok(buf);
     }
     let file = Arc::clone(file);
-    tokio::task::spawn_blocking(move || read_at(&file, offset, len))
-        .await
-        .map_err(io::Error::other)?
+    tokio::task::spawn_blocking(move || {
+        let n = fill_at(&file, offset, buf.space())?;
+        buf.set_filled(n);
+        Ok(buf)
+    })
+    .await
+    .map_err(io::Error::other)?
 }
 
-/// `Ok(None)` when reading would wait for the disk (or the kernel cannot tell us).
-fn read_cached(file: &File, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+/// `Ok(false)` when reading would wait for the disk (or the kernel cannot tell us).
+fn read_cached(file: &File, offset: u64, buf: &mut ReadBuffer) -> io::Result<bool> {
     use rustix::io::{Errno, ReadWriteFlags, preadv2};
-    let mut buf = vec![0u8; len];
     loop {
-        let mut slices = [io::IoSliceMut::new(&mut buf)];
+        let mut slices = [io::IoSliceMut::new(buf.space())];
         return match preadv2(file, &mut slices, offset, ReadWriteFlags::NOWAIT) {
-            Ok(0) if len > 0 => {
+            Ok(0) if !slices[0].is_empty() => {
                 // EOF, or a buffered-read NOWAIT that found nothing cached on some filesystems:
                 // let the blocking read decide.
-                Ok(None)
+                Ok(false)
             }
             Ok(n) => {
-                buf.truncate(n);
-                Ok(Some(buf))
+                buf.set_filled(n);
+                Ok(true)
             }
             Err(Errno::INTR) => continue,
-            Err(Errno::AGAIN | Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => Ok(None),
+            Err(Errno::AGAIN | Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => Ok(false),
             Err(e) => Err(e.into()),
         };
     }
@@ -296,8 +305,15 @@ fn read_cached(file: &File, offset: u64, len: usize) -> io::Result<Option<Vec<u8
 /// Reads `len` bytes at `offset` (fewer at end of file). Blocking.
 pub(crate) fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
+    let filled = fill_at(file, offset, &mut buf)?;
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// Fills `buf` from `offset` (less at end of file) and says how much. Blocking.
+fn fill_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
-    while filled < len {
+    while filled < buf.len() {
         match file.read_at(&mut buf[filled..], offset + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
@@ -305,8 +321,7 @@ pub(crate) fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8
             Err(e) => return Err(e),
         }
     }
-    buf.truncate(filled);
-    Ok(buf)
+    Ok(filled)
 }
 
 /// Streams a whole file through sha256 (and md5). Blocking; used by `store verify`, which may `stop`

@@ -369,7 +369,7 @@ impl FillReader {
                     return match fs::read_chunk(&file, pos, len).await {
                         Ok(buf) if !buf.is_empty() => {
                             self.pos += buf.len() as u64;
-                            Some(Ok(Bytes::from(buf)))
+                            Some(Ok(buf.into_bytes()))
                         }
                         Ok(_) => Some(Err(ReadError::Io(std::io::Error::other(
                             "temp file shorter than written",

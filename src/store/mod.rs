@@ -13,6 +13,7 @@ pub(crate) mod index;
 pub mod inflight;
 pub mod key;
 mod maintenance;
+mod read_buffers;
 mod recover;
 mod row;
 pub mod summary;

@@ -55,6 +55,18 @@ async fn cold_then_warm_with_one_origin_fetch() {
     );
     assert_eq!(svc.metric("image_cache_store_objects").await, 1.0);
     assert_eq!(svc.metric("image_cache_store_bytes").await, 300_000.0);
+    assert_eq!(
+        svc.metric("image_cache_bytes_served_total{source=\"upstream\"}")
+            .await,
+        300_000.0,
+        "the miss, streamed while it filled"
+    );
+    assert_eq!(
+        svc.metric("image_cache_bytes_served_total{source=\"cache\"}")
+            .await,
+        600_000.0,
+        "two hits"
+    );
     svc.stop().await;
 }
 
