@@ -1,10 +1,11 @@
 //! Buffers for reading stored files into response bodies, reused instead of allocated per chunk.
 //!
-//! A fresh `vec![0u8; len]` per 128 KiB chunk made zeroing memory 6.5% of a 1 GiB hit's CPU
-//! (`bench/out/hits-1g.txt`): `preadv2` takes initialised slices only, and `unsafe` is forbidden. A
-//! buffer handed out here is initialised once and then refilled by every read; when the body's `Bytes`
-//! is dropped (actix-web copies it into its write buffer and drops it at once) the buffer goes back to
-//! the free list of the thread that dropped it. Hits are read and written on the same worker thread,
+//! A fresh `vec![0u8; len]` per 128 KiB chunk made zeroing memory 6.5% of a 1 GiB hit's CPU (the
+//! profile of `bench/profile-hits.sh` before this module; README, "Where a hit's time goes"):
+//! `preadv2` takes initialised slices only, and `unsafe` is forbidden. A buffer handed out here is
+//! initialised once and then refilled by every read; when the body's `Bytes` is dropped (actix-web
+//! copies it into its write buffer and drops it at once) the buffer goes back to the free list of the
+//! thread that dropped it. Hits are read and written on the same worker thread,
 //! so a worker keeps reusing the same few buffers; reads on the blocking pool take a buffer with them
 //! and hand it back to the worker.
 //!
