@@ -2,23 +2,20 @@
 { lib, rustPlatform }:
 let
   cargo = builtins.fromTOML (builtins.readFile ../Cargo.toml);
+  # Only git-tracked files: a build from a checkout must not pick up target/ or other ignored output. In a
+  # flake, or a source fetched without .git, the tree already is exactly what git tracks.
+  tracked = if builtins.pathExists ../.git then lib.fileset.gitTracked ../. else ../.;
 in
 rustPlatform.buildRustPackage {
   pname = cargo.package.name;
   version = cargo.package.version;
   src = lib.fileset.toSource {
     root = ../.;
-    # What cargo needs to build and test every target: the fuzz driver is a declared example, the tests
-    # read examples/ and contrib/. tests/nix.sh builds a copy of exactly these paths.
-    fileset = lib.fileset.unions [
-      ../Cargo.toml ../Cargo.lock ../clippy.toml ../src ../tests ../fuzz ../examples ../contrib
-    ];
+    fileset = lib.fileset.intersection tracked (lib.fileset.unions (import ./source-paths.nix));
   };
   cargoLock.lockFile = ../Cargo.lock;
-  # The unit tests and the one integration target (tests/it): servers on loopback addresses only. Tests
-  # that need root or unshare(1) skip themselves with a message; the end-to-end scenarios (network
-  # namespaces, QEMU) run in the project's CI (.ci/run), not in the build sandbox.
-  cargoTestFlags = [ "--lib" "--test" "it" ];
+  # What the check phase runs (nix/tests/sandbox-check.sh runs exactly this in a replayed build sandbox).
+  inherit (import ./cargo-test.nix) cargoTestFlags checkFlags;
   meta = {
     description = cargo.package.description;
     license = lib.licenses.mit;

@@ -21,6 +21,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
 /// Per-query timeout towards the upstream resolvers: a client (5 s by default) gets SERVFAIL before it gives up.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Answers kept in the shared cache (forwarded DNS answers and our own lookups alike).
@@ -85,8 +87,10 @@ impl NameResolver {
     /// node's interceptor): the nameservers, search list and `ndots` of /etc/resolv.conf — a container's
     /// cluster DNS, whose address the image cannot know in advance.
     fn system(hosts: ResolveHosts) -> Result<Self, String> {
-        let (config, mut opts) = hickory_resolver::system_conf::read_system_conf()
-            .map_err(|e| format!("dns.upstreams is empty and /etc/resolv.conf is unusable: {e}"))?;
+        let text = resolv_conf_or_local(std::fs::read(RESOLV_CONF))
+            .map_err(|e| format!("dns.upstreams is empty and {RESOLV_CONF} is unreadable: {e}"))?;
+        let (config, mut opts) = hickory_resolver::system_conf::parse_resolv_conf(text)
+            .map_err(|e| format!("dns.upstreams is empty and {RESOLV_CONF} is unusable: {e}"))?;
         opts.timeout = QUERY_TIMEOUT;
         opts.cache_size = CACHE_ENTRIES;
         opts.use_hosts_file = hosts;
@@ -154,6 +158,24 @@ impl NameResolver {
             .map(|ip| SocketAddr::new(ip, port))
             .collect())
     }
+}
+
+/// /etc/resolv.conf as glibc reads it (resolv.conf(5)): a missing file, or one without a `nameserver`
+/// line, means the name server on this machine. A build sandbox or a minimal container has no such file,
+/// and names from /etc/hosts (`localhost`) must resolve there as they do for every other program.
+fn resolv_conf_or_local(read: std::io::Result<Vec<u8>>) -> std::io::Result<Vec<u8>> {
+    let mut text = match read {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let names_a_server = text
+        .split(|b| *b == b'\n')
+        .any(|line| line.split(u8::is_ascii_whitespace).next() == Some(b"nameserver".as_slice()));
+    if !names_a_server {
+        text.extend_from_slice(b"\nnameserver 127.0.0.1\n");
+    }
+    Ok(text)
 }
 
 fn build_resolver(upstreams: &[SocketAddr], hosts: ResolveHosts) -> Result<TokioResolver, String> {
@@ -241,5 +263,52 @@ impl actix_tls::connect::Resolve for AwcResolve {
             }
             Ok(addrs)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn resolv_conf_falls_back_to_the_local_name_server_as_glibc_does() {
+        let local = "\nnameserver 127.0.0.1\n";
+        let table: Vec<(std::io::Result<Vec<u8>>, Option<String>)> = vec![
+            // No file at all (a Nix build sandbox, a distroless container): this machine's server.
+            (Err(ErrorKind::NotFound.into()), Some(local.into())),
+            // A file without a server line: the same.
+            (
+                Ok(b"search example.org\n".to_vec()),
+                Some(format!("search example.org\n{local}")),
+            ),
+            (
+                Ok(b"# nameserver 10.0.0.1\n".to_vec()),
+                Some(format!("# nameserver 10.0.0.1\n{local}")),
+            ),
+            // A file that names servers is taken as it is.
+            (
+                Ok(b"nameserver 10.0.0.1\n".to_vec()),
+                Some("nameserver 10.0.0.1\n".into()),
+            ),
+            (
+                Ok(b"nameserver\t10.0.0.2".to_vec()),
+                Some("nameserver\t10.0.0.2".into()),
+            ),
+            // A file that exists but cannot be read is an error, not a silent fallback.
+            (Err(Error::from(ErrorKind::PermissionDenied)), None),
+        ];
+        for (read, want) in table {
+            let got = resolv_conf_or_local(read)
+                .ok()
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            assert_eq!(got, want);
+        }
+        let (config, _) = hickory_resolver::system_conf::parse_resolv_conf(
+            resolv_conf_or_local(Err(ErrorKind::NotFound.into())).unwrap_or_default(),
+        )
+        .expect("the fallback parses");
+        let servers: Vec<IpAddr> = config.name_servers.iter().map(|s| s.ip).collect();
+        assert_eq!(servers, vec![IpAddr::from([127, 0, 0, 1])]);
     }
 }

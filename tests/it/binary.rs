@@ -228,11 +228,10 @@ impl Served {
             .unwrap()
     }
 
-    fn signal(&self, sig: &str) {
-        Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
+    /// Through the system call, not kill(1): a Nix build sandbox has no kill on its PATH.
+    fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
     }
 }
 
@@ -266,7 +265,7 @@ async fn kill_9_during_a_fill_never_leaves_a_partial_object() {
         !common::files_under(&env.state_dir().join("tmp")).is_empty(),
         "a fill was in progress"
     );
-    served.signal("-9");
+    served.signal(rustix::process::Signal::KILL);
     drop(served);
     assert!(
         resp.bytes().await.is_err(),
@@ -289,7 +288,7 @@ async fn kill_9_during_a_fill_never_leaves_a_partial_object() {
         2,
         "the partial copy was never served"
     );
-    served.signal("-TERM");
+    served.signal(rustix::process::Signal::TERM);
     drop(served);
 
     let (code, out, err) = run(&["store", "--config", &cfg, "verify"], &[]);
@@ -325,7 +324,7 @@ async fn sigterm_stops_gracefully_and_store_commands_work_afterwards() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(out.contains("file:files.test/file/1000/3"), "{out}");
-    served.signal("-TERM");
+    served.signal(rustix::process::Signal::TERM);
     let start = Instant::now();
     let status = loop {
         if let Some(s) = served.child.try_wait().unwrap() {
@@ -360,7 +359,7 @@ async fn sigterm_never_commits_a_fill_whose_end_was_not_seen() {
     drop(resp); // the client goes away; the fill goes on
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut served = served;
-    served.signal("-TERM");
+    served.signal(rustix::process::Signal::TERM);
     let start = Instant::now();
     while served.child.try_wait().unwrap().is_none() {
         assert!(start.elapsed() < Duration::from_secs(20), "did not stop");
@@ -484,11 +483,7 @@ async fn store_commands_act_through_a_running_server_with_a_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_still_serves_the_client_by_pass_through() {
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
+    let is_root = rustix::process::geteuid().is_root();
     let has_unshare = Command::new("unshare").arg("--version").output().is_ok();
     if !is_root || !has_unshare {
         eprintln!(
