@@ -97,18 +97,18 @@ in
             description = "Managed by systemd (StateDirectory).";
           };
           http = section {
-            listen = listen [ "0.0.0.0:80" ] "HTTP listeners (file cache, registry mirror, health, metrics).";
-            admin_listen = listen [ ] "When set, `/health`, `/ready`, `/metrics` and `/admin` only here.";
+            listen = listen render.moduleDefaults.http.listen "HTTP listeners (file cache, registry mirror, health, metrics).";
+            admin_listen = listen render.moduleDefaults.http.admin_listen "When set, `/health`, `/ready`, `/metrics` and `/admin` only here.";
           };
           dns = section {
-            enabled = mkOption { type = types.bool; default = true; description = "Run the DNS interceptor."; };
-            listen = listen [ "0.0.0.0:53" ] "DNS listeners (UDP and TCP).";
+            enabled = mkOption { type = types.bool; default = render.moduleDefaults.dns.enabled; description = "Run the DNS interceptor."; };
+            listen = listen render.moduleDefaults.dns.listen "DNS listeners (UDP and TCP).";
             upstreams = optional (types.listOf types.str) "Resolvers for forwarded names (`ip:port`); the service's default is 8.8.8.8 and 1.1.1.1.";
             allow = optional (types.listOf types.str) "Client networks (CIDR) answered; others get REFUSED. Default: loopback, RFC 1918, ULA.";
           };
           passthrough = section {
-            enabled = mkOption { type = types.bool; default = true; description = "TLS passthrough for intercepted names."; };
-            listen = listen [ "0.0.0.0:443" ] "Passthrough listeners.";
+            enabled = mkOption { type = types.bool; default = render.moduleDefaults.passthrough.enabled; description = "TLS passthrough for intercepted names."; };
+            listen = listen render.moduleDefaults.passthrough.listen "Passthrough listeners.";
           };
           nodes = section {
             self = optional types.str "This node's internal address (in DNS answers); required when DNS listens on a wildcard address.";
@@ -119,7 +119,7 @@ in
             options.name = mkOption { type = types.str; description = "Intercepted domain."; };
           })) "Intercepted domains (`name`, `origin`, `on_miss`, …); the service's default is images.metal-stack.io and github.com.";
           sync = section {
-            enabled = mkOption { type = types.bool; default = false; description = "Sync with metal-api on `sync.schedule`."; };
+            enabled = mkOption { type = types.bool; default = render.moduleDefaults.sync.enabled; description = "Sync with metal-api on `sync.schedule`."; };
             api = optional (types.enum [ "v1" "v2" ]) "metal-api flavour: v1 (REST + HMAC) or v2 (Connect + token).";
             url = optional types.str "metal-api base URL, base path included.";
           };

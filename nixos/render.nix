@@ -64,6 +64,19 @@ rec {
   merge = a: b:
     a // builtins.mapAttrs (n: v: if isTable v && isTable (a.${n} or null) then merge a.${n} v else v) b;
 
+  # The defaults of the module's typed options (nixos/module.nix declares them from here): what the unit
+  # listens on when the user's settings leave it out.
+  moduleDefaults = {
+    http = { listen = [ "0.0.0.0:80" ]; admin_listen = [ ]; };
+    dns = { enabled = true; listen = [ "0.0.0.0:53" ]; };
+    passthrough = { enabled = true; listen = [ "0.0.0.0:443" ]; };
+    sync.enabled = false;
+  };
+
+  # The settings as the module's option tree holds them: the user's over the typed options' defaults (a
+  # list the user sets replaces the default, as a definition replaces an option's default).
+  moduleSettings = settings: merge moduleDefaults settings;
+
   # What the module writes: the user's settings, the state directory systemd manages, and the config keys
   # of the secrets that are set.
   finalSettings = settings: secrets:

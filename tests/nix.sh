@@ -5,24 +5,28 @@
 #   3. every example config and the TOML rendered for each VM test node pass `image-cache check-config`;
 #   4. the hosts.toml the containerd-mirror module writes equals what `image-cache containerd-hosts` prints;
 #   5. flake.lock has the structure of a v7 lock with a pinned github nixpkgs;
-#   6. nix/package.nix: its source fileset builds every cargo target (a copy of exactly those paths is
-#      checked with cargo) and its cargoTestFlags name test targets that exist;
+#   6. nix/package.nix: its source fileset (nix/source-paths.nix) builds every cargo target (a copy of exactly
+#      those git-tracked paths is checked with cargo) and its cargoTestFlags (nix/cargo-test.nix) name test
+#      targets that exist;
 #   7. the VM tests (nixos/tests/*.nix) without VMs: every node definition names an option of nixpkgs
 #      (nix/tests/nixos-facts.json) or of an imported module of this flake, with the declared type; netboot
 #      and NIC lints; each testScript compiles and calls only test-driver methods and globals that exist,
 #      with parameters they take, and waits for image-cache ports where the node listens; the options the
 #      modules read exist (nix/tests/vm-nodes.nix, nix/tests/vm-scripts.py);
-#   8. vm-dns replayed on 127.0.0.1: the "internet" node's dnsmasq settings and the cache node's settings
-#      answer what dns.nix asserts (nix/tests/vm-dns-replay.py; needs dnsmasq and dig);
+#   8. every VM test's testScript run against the real programs each node runs, every node in namespaces of
+#      its own on the test's VLAN, by a stand-in for the NixOS test driver, every expected value mutated
+#      (nix/tests/vm-replay.py; root; skipped, visibly, without network namespaces);
 #   9. the containerd settings the mirror module writes make containerd's CRI read certs.d: `config dump`
 #      of Debian's containerd 1.6 and of sid's 2.x (fetched with tests/debian-newer.sh; skipped, visibly,
 #      when the mirror cannot be reached);
 #  10. with NIXPKGS_LIB pointing at a nixpkgs lib checkout: the real modules under lib.evalModules against
 #      option declarations built from nix/tests/nixos-facts.json (nix/tests/module-eval.nix), and
 #      nix/container.nix against the image contrib/container/build.sh makes (nix/tests/container-eval.nix);
-#      skipped, visibly, without it.
-# Building the package and running the VM tests need `nix flake check` on a machine with a binary cache and
-# KVM.
+#      skipped, visibly, without it;
+#  11. nix/package.nix's check phase in a replayed Nix build sandbox (nix/tests/sandbox-check.sh; root), and
+#      the replay's canary (it must withhold what Nix withholds).
+# Building the package and running the VM tests in VMs need `nix flake check` on a machine with a binary
+# cache and KVM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v nix-instantiate >/dev/null || {
@@ -87,9 +91,11 @@ PY
 python3 - "$W/pkg" <<'PY' || FAILS=$((FAILS + 1))
 import json, os, re, shutil, subprocess, sys
 dest = sys.argv[1]
-text = open("nix/package.nix").read()
-fileset = re.search(r"unions\s*\[(.*?)\]", text, re.S).group(1)
-paths = re.findall(r"\.\./([A-Za-z0-9_.-]+)", fileset)
+def nix_eval(expr):
+    out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "--expr", expr], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout)
+paths = nix_eval("map (p: baseNameOf (toString p)) (import ./nix/source-paths.nix)")
 tracked = subprocess.run(["git", "ls-files", "--", *paths], capture_output=True, text=True, check=True).stdout.split()
 for f in tracked:
     os.makedirs(os.path.join(dest, os.path.dirname(f)), exist_ok=True)
@@ -102,12 +108,12 @@ if r.returncode != 0:
 meta = json.loads(subprocess.run(["cargo", "metadata", "--no-deps", "--format-version", "1", "--offline"], cwd=dest,
                                  capture_output=True, text=True, check=True).stdout)
 tests = {t["name"] for p in meta["packages"] for t in p["targets"] if "test" in t["kind"]}
-flags = re.search(r"cargoTestFlags\s*=\s*\[(.*?)\]", text, re.S).group(1).split()
-named = [flags[i + 1].strip('"') for i, f in enumerate(flags) if f.strip('"') == "--test"]
+flags = nix_eval("(import ./nix/cargo-test.nix).cargoTestFlags")
+named = [flags[i + 1] for i, f in enumerate(flags) if f == "--test"]
 missing = [n for n in named if n not in tests]
 if missing:
-    print(f"FAIL nix/package.nix: cargoTestFlags name test targets that do not exist: {missing} (targets: {sorted(tests)})"); sys.exit(1)
-print(f"PASS nix/package.nix: its fileset ({', '.join(paths)}) builds every target; --test {', '.join(named)} exist")
+    print(f"FAIL nix/cargo-test.nix: cargoTestFlags name test targets that do not exist: {missing} (targets: {sorted(tests)})"); sys.exit(1)
+print(f"PASS nix/package.nix: its fileset (nix/source-paths.nix: {', '.join(paths)}) builds every target; --test {', '.join(named)} exist")
 PY
 
 # --- 7. the VM tests, read without VMs ----------------------------------------------------------------------
@@ -134,11 +140,34 @@ else
   fail "nix/tests/vm-nodes.nix:"; tail -15 "$W/vm-nodes.err"
 fi
 
-# --- 8. vm-dns replayed on 127.0.0.1 ------------------------------------------------------------------------
-if command -v dnsmasq >/dev/null && command -v dig >/dev/null && [ -s "$W/vm-nodes.json" ]; then
-  python3 nix/tests/vm-dns-replay.py "$W/vm-nodes.json" "$BIN" || FAILS=$((FAILS + 1))
+# The facts' provenance: each source names its file, commit and standing at the pin (with NIXPKGS_GIT, a
+# nixpkgs clone, each commit is also checked to be an ancestor of the pin).
+bash nix/tests/nixos-facts-check.sh || FAILS=$((FAILS + 1))
+
+# --- 8. every VM test's script, run against real programs in namespaces ------------------------------------
+# Each node a set of namespaces with its services (image-cache configured by the module's render.nix, dnsmasq,
+# nginx, docker-registry, containerd 2.x from sid, QEMU + iPXE for the netbooting client), the testScript run
+# by a stand-in for the test driver, every expected value mutated (nix/tests/vm-replay.py).
+source tests/debian-newer.sh
+if [ "$(id -u)" = 0 ] && ip netns add ic-nix-probe 2>/dev/null; then
+  ip netns del ic-nix-probe
+  if ! CTD=$(debian_newer sid containerd) || ! KERNEL=$(debian_kernel); then
+    fail "vm-replay: Debian's mirror is needed for containerd 2.x (sid) and the kernel package"
+  else
+    cargo build --release --locked -q
+    export VM_REPLAY_KERNEL=$KERNEL VM_REPLAY_CONTAINERD=$CTD/usr/bin IMAGE_CACHE_BIN=$PWD/target/release/image-cache
+    python3 nix/tests/vm-replay.py || FAILS=$((FAILS + 1))
+    # The replay's own checks: a wrong expected value fails, a vacuous assertion is caught by its mutant, a
+    # systemctl query it cannot mean is refused.
+    python3 nix/tests/vm-replay.py --dir nix/tests/vm-replay-fixtures >"$W/fixtures-replay.out" 2>&1 || true
+    for want in "FAIL vm-replay wrong-value.nix (assertion failed)" \
+      "FAIL vm-replay vacuous.nix (a mutated assertion passed)" "FAIL vm-replay systemctl-show.nix (not replayed)"; do
+      grep -qF "$want" "$W/fixtures-replay.out" || { fail "the VM-test replay no longer reports: $want"; tail -20 "$W/fixtures-replay.out"; }
+    done
+    pass "the VM-test replay fails a wrong expected value, a vacuous assertion and a systemctl query it cannot mean"
+  fi
 else
-  echo "SKIPPED vm-dns replay: needs dnsmasq and dig (apt-get install dnsmasq-base dnsutils)"
+  echo "SKIPPED VM-test replay: needs root and network namespaces"
 fi
 
 # --- 9. containerd reads the config_path the mirror module writes ------------------------------------------
@@ -165,7 +194,6 @@ if command -v containerd >/dev/null; then
 else
   echo "SKIPPED containerd config check with Debian's containerd: not installed"
 fi
-source tests/debian-newer.sh
 if CTD2=$(debian_newer sid containerd); then
   check_containerd "$("$CTD2/usr/bin/containerd" --version | awk '{print $3}')-v2" "$CTD2/usr/bin/containerd" 2
   check_containerd "$("$CTD2/usr/bin/containerd" --version | awk '{print $3}')-v3" "$CTD2/usr/bin/containerd" 3
@@ -192,6 +220,10 @@ PY
 else
   echo "SKIPPED nix/tests/module-eval.nix: NIXPKGS_LIB does not point at a nixpkgs lib checkout (module evaluation with lib.evalModules not run)"
 fi
-echo "SKIPPED (need a Nix binary cache and KVM): nix build, nix flake check, the VM tests in nixos/tests/"
+# --- 11. the package's check phase in a replayed Nix build sandbox ----------------------------------------
+bash nix/tests/sandbox-check.sh --canary || FAILS=$((FAILS + 1))
+bash nix/tests/sandbox-check.sh || FAILS=$((FAILS + 1))
+
+echo "SKIPPED (need a Nix binary cache and KVM): nix build, nix flake check, the VM tests in real VMs"
 echo "nix checks: $FAILS failure(s)"
 [ "$FAILS" = 0 ]

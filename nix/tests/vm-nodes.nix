@@ -4,7 +4,10 @@
 # test: its nodes' errors and the facts tests/vm-scripts.py checks the test script against, and the
 # script itself.
 #   nix-instantiate --eval --strict --json --read-write-mode nix/tests/vm-nodes.nix --arg dir ./nixos/tests
-{ dir }:
+# With `replayPkgs` (nix/tests/vm-replay-pkgs.nix) the nodes are evaluated with packages that build for real,
+# each node also carries what nix/tests/vm-replay.py needs to run it (services, files, addresses, packages),
+# and `drvs` lists the derivations to build first.
+{ dir, replayPkgs ? null, only ? null }:
 let
   inherit (builtins)
     attrNames concatMap elem filter foldl' functionArgs genList head intersectAttrs isAttrs isBool
@@ -34,7 +37,8 @@ let
     mkAfter = property "order" { };
   };
   fakeDrv = name: { type = "derivation"; inherit name; outPath = "/nix/store/00000000000000000000000000000000-${name}"; };
-  pkgs = listToAttrs (map (n: { name = n; value = fakeDrv n; })
+  pkgs = if replayPkgs != null then replayPkgs else fakePkgs;
+  fakePkgs = listToAttrs (map (n: { name = n; value = fakeDrv n; })
     [ "curl" "dnsutils" "python3" "skopeo" "cri-tools" "openssl" "containerd" ]) // {
     writeText = n: _: fakeDrv n;
     writeTextDir = n: _: fakeDrv n;
@@ -115,17 +119,25 @@ let
     ++ map (d: "${show d.path}: ${typeOf d.value} where nixpkgs declares `${d.type}`")
       (filter (d: d ? type && !(d ? error) && !(typeOk d.type d.value)) defs);
 
-  # The merged value of one option: highest priority wins, lists concatenate, attrsets merge shallowly.
+  # The merged value of one option: highest priority wins, lists concatenate, attribute sets merge
+  # member by member, each member resolved where another module defines it too (a `mkForce` on one
+  # member of a set beats the member in the set's plain definition, as in the module system).
   valueOf = defs: path: default:
     let
       here = filter (d: !(d ? error) && d.path == path) defs;
       best = foldl' (m: d: if d.priority < m then d.priority else m) 10000 here;
       top = map (d: d.value) (filter (d: d.priority == best) here);
+      isSet = v: isAttrs v && !(v ? outPath) && !(v ? _type);
+      # Members some definition reaches below this path (e.g. `virtualHosts.<name>.addSSL`).
+      under = n: builtins.any (d: !(d ? error) && length d.path > length path
+        && builtins.elemAt d.path (length path) == n && take (length path) d.path == path) defs;
+      vals = if top == [ ] then [ default ] else top;
     in
-    if top == [ ] then default
-    else if builtins.all isList top then builtins.concatLists top
-    else if builtins.all isAttrs top then foldl' (a: b: a // b) { } top
-    else head top;
+    if top == [ ] && !(isSet default) then default
+    else if builtins.all isList vals then builtins.concatLists vals
+    else if builtins.all isSet vals then
+      mapAttrs (n: v: if under n then valueOf defs (path ++ [ n ]) v else v) (foldl' (a: b: a // b) { } vals)
+    else head vals;
 
   node = name: module:
     let
@@ -140,13 +152,86 @@ let
       useBootLoader = valueOf defs [ "virtualisation" "useBootLoader" ] false;
       directBoot = valueOf defs [ "virtualisation" "directBoot" "enable" ] null;
       diskImage = valueOf defs [ "virtualisation" "diskImage" ] "default";
-      imageCache = (valueOf defs [ "services" "imageCache" ] { }).settings or null;
+      # The settings as the module holds them (its typed options' defaults under the node's values).
+      imageCache = let ic = valueOf defs [ "services" "imageCache" ] { };
+        in if ic ? settings then (import ../../nixos/render.nix).moduleSettings ic.settings else null;
       dnsmasq = valueOf defs [ "services" "dnsmasq" "settings" ] null;
+    } // (if replayPkgs == null then { } else replayFacts defs c.own);
+
+  # What the replay runs: each service's definitions as the node makes them (nixpkgs' modules are replayed
+  # by vm-replay.py; this flake's by nixos/render.nix, as the module uses it).
+  replayFacts = defs: own:
+    let
+      v = valueOf defs;
+      imageCache = v [ "services" "imageCache" ] { };
+      mirror = v [ "services" "imageCache" "containerdMirror" ] (imageCache.containerdMirror or { enable = false; });
+      render = import ../../nixos/render.nix;
+      secrets = {
+        hmac = imageCache.hmacFile or null;
+        token = imageCache.tokenFile or null;
+        "registry-credentials" = imageCache.registryCredentialsFile or null;
+        "admin-token" = imageCache.adminTokenFile or null;
+      };
+      settings = render.moduleSettings (imageCache.settings or { });
+      ownEnabled = builtins.elem "default" own && (imageCache.enable or false);
+      ctdSettings = v [ "virtualisation" "containerd" "settings" ] { };
+      ctdVersion = ctdSettings.version or 2;
+    in {
+      addresses = v [ "networking" "interfaces" "eth1" "ipv4" "addresses" ] null;
+      nameservers = v [ "networking" "nameservers" ] [ ];
+      firewall = {
+        enable = v [ "networking" "firewall" "enable" ] true;
+        tcp = v [ "networking" "firewall" "allowedTCPPorts" ] [ ]
+          ++ (if ownEnabled && (imageCache.openFirewall or false) then (render.firewall settings).allowedTCPPorts else [ ])
+          ++ (if v [ "services" "dockerRegistry" "openFirewall" ] false then [ (v [ "services" "dockerRegistry" "port" ] 5000) ] else [ ]);
+        udp = v [ "networking" "firewall" "allowedUDPPorts" ] [ ]
+          ++ (if ownEnabled && (imageCache.openFirewall or false) then (render.firewall settings).allowedUDPPorts else [ ]);
+      };
+      etc = builtins.mapAttrs (_: e: { text = e.text or null; source = if e ? source then "${e.source}" else null; })
+        (v [ "environment" "etc" ] { })
+        // (if mirror.enable then listToAttrs (map (r: {
+          name = "containerd/certs.d/${r}/hosts.toml";
+          value = { text = render.hostsToml { mirrors = map (m: let x = match "(.*[^/])/?" m; in head x) mirror.mirrors; dialTimeout = mirror.dialTimeout or "5s"; }; source = null; };
+        }) (mirror.registries or [ "_default" ])) else { });
+      systemPackages = map (p: "${p}") (v [ "environment" "systemPackages" ] [ ]);
+      units = builtins.mapAttrs (_: u: {
+        execStart = u.serviceConfig.ExecStart or null;
+        script = u.script or null;
+        wantedBy = u.wantedBy or [ ];
+      }) (v [ "systemd" "services" ] { });
+      dnsmasqOn = v [ "services" "dnsmasq" "enable" ] false;
+      dnsmasqResolveLocal = v [ "services" "dnsmasq" "resolveLocalQueries" ] true;
+      nginx = if v [ "services" "nginx" "enable" ] false then {
+        virtualHosts = builtins.mapAttrs (_: h: h // {
+          root = if h ? root then "${h.root}" else null;
+          sslCertificate = if h ? sslCertificate then "${h.sslCertificate}" else null;
+          sslCertificateKey = if h ? sslCertificateKey then "${h.sslCertificateKey}" else null;
+        }) (v [ "services" "nginx" "virtualHosts" ] { });
+        appendHttpConfig = v [ "services" "nginx" "appendHttpConfig" ] "";
+      } else null;
+      dockerRegistry = if v [ "services" "dockerRegistry" "enable" ] false then {
+        listenAddress = v [ "services" "dockerRegistry" "listenAddress" ] "127.0.0.1";
+        port = v [ "services" "dockerRegistry" "port" ] 5000;
+      } else null;
+      containerd = if v [ "virtualisation" "containerd" "enable" ] false then {
+        settings = if mirror.enable then render.merge ctdSettings
+          (render.containerdSettings { version = ctdVersion; dir = "/etc/containerd/certs.d"; }) else ctdSettings;
+      } else null;
+      imageCacheUnit = if ownEnabled then {
+        config = render.toTOML (render.finalSettings settings secrets);
+        credentials = render.credentials secrets;
+        serviceConfig = render.serviceConfig { exe = "image-cache"; configFile = "/etc/image-cache/config.toml"; inherit secrets; };
+        assertions = map (a: a.message) (filter (a: !a.assertion) (render.assertions settings secrets));
+      } else null;
+      virtualisation = {
+        qemuOptions = v [ "virtualisation" "qemu" "options" ] [ ];
+        memorySize = v [ "virtualisation" "memorySize" ] 1024;
+      };
     };
 
   entries = readDir dir;
-  testFiles = filter (f: entries.${f} == "regular" && f != "common.nix" && f != "settings.nix" && match ".*[.]nix" f != null)
-    (attrNames entries);
+  testFiles = filter (f: entries.${f} == "regular" && f != "common.nix" && f != "settings.nix" && match ".*[.]nix" f != null
+    && (only == null || f == only)) (attrNames entries);
   test = f:
     let t = import (dir + "/${f}") { self = fakeSelf; };
     in {
@@ -154,5 +239,7 @@ let
       nodes = mapAttrs node t.nodes;
       testScript = if isFunction t.testScript then t.testScript { nodes = { }; } else t.testScript;
     };
+  result = listToAttrs (map (f: { name = f; value = test f; }) testFiles);
 in
-listToAttrs (map (f: { name = f; value = test f; }) testFiles)
+if replayPkgs == null then result
+else result // { drvs = attrNames (builtins.getContext (builtins.toJSON result)); }

@@ -21,8 +21,6 @@ import sys
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 WILDCARD = {"0.0.0.0", "::"}
-# Defaults of the NixOS module's typed options (nixos/module.nix) where the settings leave them out.
-MODULE_DEFAULTS = {"http.listen": ["0.0.0.0:80"], "dns.listen": ["0.0.0.0:53"], "passthrough.listen": ["0.0.0.0:443"]}
 
 
 def pythonize(name):
@@ -45,10 +43,8 @@ def listeners(settings):
         sec, field = key.split(".")
         if sec in ("dns", "passthrough") and section(sec).get("enabled", True) is False:
             continue
-        addrs = section(sec).get(field)
-        if addrs is None:
-            addrs = MODULE_DEFAULTS.get(key, [])
-        out += [split_addr(a) for a in addrs]
+        # The settings come with the module's defaults already in (render.moduleSettings).
+        out += [split_addr(a) for a in section(sec).get(field) or []]
     return out
 
 
@@ -72,6 +68,7 @@ class ScriptChecker(ast.NodeVisitor):
         self.test = test
         self.nodes = nodes
         self.methods = facts["driver"]["machine_methods"]
+        self.facts = facts
         self.globals = set(facts["driver"]["globals"])
         self.machines = {pythonize(n): n for n in nodes}
         self.machine_vars = dict(self.machines)
@@ -126,7 +123,10 @@ class ScriptChecker(ast.NodeVisitor):
             self.check_method(node, f.value.id, f.attr)
         elif isinstance(f, ast.Name):
             known = self.globals | self.defined | set(self.machines) | set(dir(builtins))
-            if f.id not in known:
+            unsure = {**self.facts["driver"].get("globals_not_at_pin", {}), **self.facts["driver"].get("globals_unverified", {})}
+            if f.id in unsure and f.id not in self.defined:
+                self.err(node, f"`{f.id}` cannot be relied on at the pinned nixpkgs: {unsure[f.id]}")
+            elif f.id not in known:
                 self.err(node, f"`{f.id}` is neither a test-driver global nor defined in the script")
         self.generic_visit(node)
 

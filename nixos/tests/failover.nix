@@ -28,6 +28,8 @@ in {
 
     start_all()
     origin.wait_for_unit("nginx.service")
+    # The cache resolves the origin through the "internet" resolver: it must answer before the first fill.
+    internet.wait_for_unit("dnsmasq.service")
     a.wait_for_unit("image-cache.service")
     b.wait_for_unit("image-cache.service")
     both = {"${c.addrs.cache}", "${c.addrs.cacheB}"}

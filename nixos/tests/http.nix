@@ -18,6 +18,8 @@ in {
   testScript = ''
     start_all()
     origin.wait_for_unit("nginx.service")
+    # The cache resolves the origin through the "internet" resolver: it must answer before the first fill.
+    internet.wait_for_unit("dnsmasq.service")
     cache.wait_for_unit("image-cache.service")
     client.wait_until_succeeds("dig +short images.test | grep -x ${c.addrs.cache}")
     client.succeed("curl -sf http://images.test/os/img.tar.lz4 -o /tmp/cold")

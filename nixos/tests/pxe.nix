@@ -59,9 +59,11 @@ in {
           dhcp-range = "192.168.1.100,192.168.1.150,1h";
           dhcp-option = [ "option:dns-server,${c.addrs.cache}" ];
           enable-tftp = true;
+          # `quiet`: the test driver reads the serial console one line a second, so a full kernel log
+          # would spend minutes of the timeout before the marker.
           tftp-root = "${pkgs.writeTextDir "boot.ipxe" ''
             #!ipxe
-            kernel http://boot.test/kernel console=ttyS0 panic=-1
+            kernel http://boot.test/kernel console=ttyS0 quiet panic=-1
             initrd http://boot.test/initrd
             boot
           ''}";
@@ -87,6 +89,8 @@ in {
     for m in servers:
         m.start()
     origin.wait_for_unit("nginx.service")
+    # The cache resolves the origin through the "internet" resolver: it must answer before the first fill.
+    internet.wait_for_unit("dnsmasq.service")
     dhcp.wait_for_unit("dnsmasq.service")
     # Type=notify: active means every listener is bound. DNS listens on the internal address only.
     cache.wait_for_unit("image-cache.service")

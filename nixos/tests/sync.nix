@@ -49,10 +49,15 @@ in {
   testScript = ''
     start_all()
     origin.wait_for_unit("nginx.service")
+    # The cache resolves the origin through the "internet" resolver: it must answer before the first fill.
+    internet.wait_for_unit("dnsmasq.service")
     origin.wait_for_unit("metal-api-stub.service")
     origin.wait_for_open_port(8080)
     cache.wait_for_unit("image-cache.service")
-    cache.succeed("systemctl show -p LoadCredential image-cache | grep -q hmac:/etc/image-cache-test/hmac")
+    # The key reaches the service as a credential: the config names the credential file, the key itself is
+    # nowhere in the config (the stub's HMAC-OK below proves the service signed with it).
+    cache.succeed("grep -x 'hmac_file = \"/run/credentials/image-cache.service/hmac\"' /etc/image-cache/config.toml")
+    cache.fail("grep -rq test-view-key /etc/image-cache/")
     # The start-up run may still hold the sync (409): either way a run must succeed.
     cache.succeed("curl -s -X POST 'http://127.0.0.1/admin/sync?wait=true' || true")
     cache.wait_until_succeeds("curl -sf http://127.0.0.1/metrics | grep -E 'image_cache_sync_runs_total\\{result=\"success\"\\} [1-9]'")

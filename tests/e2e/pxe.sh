@@ -28,14 +28,10 @@ in_ns() { ip netns exec $NS "$@"; }
 metric() { in_ns curl -s http://10.99.0.2/metrics | awk -v k="$1" '$1 == k {print $2}'; }
 
 # --- a real kernel, extracted from Debian's package (cached between runs) ---------------------------
-KCACHE=/var/tmp/ic-e2e-kernel
-pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-if [ ! -d "$KCACHE/$pkg/boot" ]; then
-  mkdir -p "$KCACHE/dl" && chmod 777 "$KCACHE/dl"
-  (cd "$KCACHE/dl" && rm -f ./*.deb && apt-get download "$pkg" >/dev/null 2>&1 && dpkg -x ./*.deb "$KCACHE/$pkg" && rm -f ./*.deb)
-fi
-VMLINUZ=$(ls "$KCACHE/$pkg"/boot/vmlinuz-*)
-MODDIR=$(ls -d "$KCACHE/$pkg"/lib/modules/*)
+source tests/debian-newer.sh
+KERNEL=$(debian_kernel) || { echo "cannot download Debian's kernel package"; exit 1; }
+VMLINUZ=$(ls "$KERNEL"/boot/vmlinuz-*)
+MODDIR=$(ls -d "$KERNEL"/lib/modules/*)
 
 # --- the initrd: busybox, the virtio-net modules, an init that checks the OS image ---------------------
 R=$W/initrd
