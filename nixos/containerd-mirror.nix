@@ -39,6 +39,7 @@ in
   };
 
   config = mkIf cfg.enable {
+    assertions = render.containerdMirrorAssertions { containerdEnabled = config.virtualisation.containerd.enable; };
     environment.etc = lib.listToAttrs (map
       (r: lib.nameValuePair "${lib.removePrefix "/etc/" certsDir}/${r}/hosts.toml" {
         text = render.hostsToml {

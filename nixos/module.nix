@@ -143,7 +143,7 @@ in
   };
 
   config = mkIf cfg.enable {
-    assertions = render.assertions cfg.settings secrets;
+    assertions = render.assertions cfg.settings secrets { resolvedStub = config.services.resolved.enable; };
 
     networking.firewall = mkIf cfg.openFirewall (render.firewall cfg.settings);
 

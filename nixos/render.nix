@@ -192,8 +192,9 @@ rec {
     plugins.${containerdRegistryPlugin version}.registry.config_path = dir;
   };
 
-  # Impossible combinations, as { assertion; message; } for the module.
-  assertions = settings: secrets:
+  # Impossible combinations, as { assertion; message; } for the module. `host`: what else the system
+  # runs that matters (`resolvedStub`: systemd-resolved's stub listener holds 127.0.0.53:53).
+  assertions = settings: secrets: host:
     let
       dnsOn = get settings [ "dns" "enabled" ] true;
       dnsListen = get settings [ "dns" "listen" ] [ "0.0.0.0:53" ];
@@ -214,5 +215,17 @@ rec {
         assertion = !(syncOn && api == "v2") || has "token";
         message = "services.imageCache: sync with metal-api v2 needs services.imageCache.tokenFile.";
       }
+      {
+        assertion = !((host.resolvedStub or false) && dnsOn && any (a: match "(0[.]0[.]0[.]0|[[]::[]]):53" a != null) dnsListen);
+        message = "services.imageCache: DNS would listen on a wildcard address on port 53, where systemd-resolved's stub listener (127.0.0.53:53) already is: list this node's own addresses in services.imageCache.settings.dns.listen (e.g. [ \"10.0.0.1:53\" ]), or disable services.resolved.";
+      }
     ];
+
+  # The containerd-mirror module writes hosts.toml files for NixOS's containerd; without it they do nothing.
+  containerdMirrorAssertions = { containerdEnabled }: [
+    {
+      assertion = containerdEnabled;
+      message = "services.imageCache.containerdMirror: virtualisation.containerd.enable is off, so nothing reads the hosts.toml files this writes (k3s and RKE2 run a containerd of their own: point their registries.yaml at the cache nodes instead).";
+    }
+  ];
 }

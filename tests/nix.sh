@@ -88,6 +88,8 @@ assert o == {"owner": "NixOS", "ref": "nixos-25.11", "repo": "nixpkgs", "type": 
 PY
 
 # --- 6. the package's fileset and test flags -------------------------------------------------------------
+out=$(eval_json nix/tests/package-eval.nix)
+if [ "$out" = '{"failures":[]}' ]; then pass "nix/package.nix: git-tracked files under nix/source-paths.nix, flags from nix/cargo-test.nix"; else fail "package-eval: $out"; fi
 python3 - "$W/pkg" <<'PY' || FAILS=$((FAILS + 1))
 import json, os, re, shutil, subprocess, sys
 dest = sys.argv[1]

@@ -164,5 +164,12 @@ in
       (mirror.virtualisation.containerd.settings.plugins == { "io.containerd.grpc.v1.cri".registry.config_path = "/etc/containerd/certs.d"; })
     ++ check "mirror: a version 3 file gets containerd 2's own key, and only that"
       (mirror3.virtualisation.containerd.settings.plugins == { "io.containerd.cri.v1.images".registry.config_path = "/etc/containerd/certs.d"; })
+    ++ check "assertion: wildcard :53 beside systemd-resolved's stub listener"
+      (builtins.any (m: contains "systemd-resolved" m)
+        (failedAssertions (cfgOf { services.resolved.enable = true; services.imageCache = { enable = true; settings.nodes.self = "10.0.0.1"; }; })))
+    ++ check "assertion: containerd-mirror without NixOS's containerd"
+      (builtins.any (m: contains "virtualisation.containerd.enable" m) (failedAssertions mirror))
+    ++ check "assertion: containerd-mirror with NixOS's containerd"
+      (failedAssertions (cfgOf { virtualisation.containerd.enable = true; services.imageCache.containerdMirror = { enable = true; mirrors = [ "http://c" ]; }; }) == [ ])
     ++ check "mirror: bad URL refused" (!(builtins.tryEval (builtins.deepSeq (cfgOf { services.imageCache.containerdMirror = { enable = true; mirrors = [ "10.0.0.1" ]; }; }).environment.etc true)).success);
 }

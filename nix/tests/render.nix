@@ -29,7 +29,8 @@ let
   fwDefaults = r.firewall { };
   final = r.finalSettings { dns.listen = [ "10.0.0.1:53" ]; } secrets;
   nodeSecrets.sync.hmac = "/etc/image-cache-test/hmac";
-  asserts = s: sec: builtins.filter (a: !a.assertion) (r.assertions s sec);
+  asserts = s: sec: builtins.filter (a: !a.assertion) (r.assertions s sec { });
+  assertsResolved = s: builtins.filter (a: !a.assertion) (r.assertions s { } { resolvedStub = true; });
 in
 {
   failures =
@@ -55,6 +56,15 @@ in
     ++ check "assertion: satisfied with nodes.self" (asserts { nodes.self = "10.0.0.1"; } { } == [ ])
     ++ check "assertion: v1 sync needs hmacFile" (builtins.length (asserts { nodes.self = "1.2.3.4"; sync.enabled = true; } { }) == 1)
     ++ check "assertion: v2 sync needs tokenFile" (asserts { nodes.self = "1.2.3.4"; sync = { enabled = true; api = "v2"; }; } { token = "/k"; } == [ ])
+    ++ check "assertion: wildcard :53 collides with systemd-resolved's stub listener"
+      (builtins.length (assertsResolved { nodes.self = "10.0.0.1"; }) == 1
+        && builtins.length (assertsResolved { nodes.self = "10.0.0.1"; dns.listen = [ "[::]:53" ]; }) == 1)
+    ++ check "assertion: resolved is fine with the node's own addresses or DNS off"
+      (assertsResolved { dns.listen = [ "10.0.0.1:53" ]; } == [ ] && assertsResolved { dns.enabled = false; } == [ ]
+        && asserts { nodes.self = "10.0.0.1"; } { } == [ ])
+    ++ check "assertion: containerd-mirror without NixOS's containerd"
+      (builtins.length (builtins.filter (a: !a.assertion) (r.containerdMirrorAssertions { containerdEnabled = false; })) == 1
+        && builtins.filter (a: !a.assertion) (r.containerdMirrorAssertions { containerdEnabled = true; }) == [ ])
     ++ check "the build-time check keeps required secret keys but not the credentials file"
       (let k = r.checkableSettings { } secrets; in k.sync.hmac_file == final.sync.hmac_file && !(k ? registry))
     ++ check "unset typed options (null) are dropped, in tables and lists"

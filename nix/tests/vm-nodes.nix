@@ -213,6 +213,11 @@ let
         listenAddress = v [ "services" "dockerRegistry" "listenAddress" ] "127.0.0.1";
         port = v [ "services" "dockerRegistry" "port" ] 5000;
       } else null;
+      # The modules' assertions, as a NixOS build would stop on them.
+      assertions = (if ownEnabled then map (a: a.message) (filter (a: !a.assertion) (render.assertions settings secrets
+          { resolvedStub = v [ "services" "resolved" "enable" ] false; })) else [ ])
+        ++ (if mirror.enable then map (a: a.message) (filter (a: !a.assertion) (render.containerdMirrorAssertions
+          { containerdEnabled = v [ "virtualisation" "containerd" "enable" ] false; })) else [ ]);
       containerd = if v [ "virtualisation" "containerd" "enable" ] false then {
         settings = if mirror.enable then render.merge ctdSettings
           (render.containerdSettings { version = ctdVersion; dir = "/etc/containerd/certs.d"; }) else ctdSettings;
@@ -221,9 +226,11 @@ let
         config = render.toTOML (render.finalSettings settings secrets);
         credentials = render.credentials secrets;
         serviceConfig = render.serviceConfig { exe = "image-cache"; configFile = "/etc/image-cache/config.toml"; inherit secrets; };
-        assertions = map (a: a.message) (filter (a: !a.assertion) (render.assertions settings secrets));
       } else null;
+      fileSystems = builtins.mapAttrs (_: f: { device = f.device or null; fsType = f.fsType or "auto"; autoFormat = f.autoFormat or false; })
+        (v [ "fileSystems" ] { });
       virtualisation = {
+        emptyDiskImages = v [ "virtualisation" "emptyDiskImages" ] [ ];
         qemuOptions = v [ "virtualisation" "qemu" "options" ] [ ];
         memorySize = v [ "virtualisation" "memorySize" ] 1024;
       };

@@ -282,6 +282,7 @@ exec sleep infinity
                 break
             time.sleep(0.05)
         self.replay.wire(self)
+        self._disks()
         self._firewall()
         self._units()
         self.booted = True
@@ -344,6 +345,28 @@ exec sleep infinity
             (bin_ / shim).symlink_to(self.replay.work / "shim")
         self.path = f"/run/wrappers/bin:{bin_}"
 
+    def _disks(self):
+        """virtualisation.emptyDiskImages as loop devices (the VM's /dev/vdb, /dev/vdc, …) and the node's
+        fileSystems on them, formatted when autoFormat asks, mounted before any unit starts (local-fs)."""
+        self.loops = []
+        devices = {}
+        for i, mib in enumerate(self.facts["virtualisation"]["emptyDiskImages"]):
+            image = self.dir / f"disk{i}.img"
+            with open(image, "wb") as f:
+                f.truncate(mib << 20)
+            loop = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+            self.loops.append(loop)
+            devices[f"/dev/vd{chr(ord('b') + i)}"] = loop
+        for mountpoint, fs in sorted(self.facts["fileSystems"].items()):
+            dev = devices.get(fs["device"])
+            if dev is None:
+                raise NotReplayed(f"{self.name}: fileSystems.{mountpoint}: device {fs['device']} is not an empty disk "
+                                  "image of this node (virtualisation.emptyDiskImages)")
+            if fs["autoFormat"]:
+                run(f"mkfs.{fs['fsType']}", "-q", dev, stdout=subprocess.DEVNULL)
+            run(*self.enter(), "sh", "-c", f"mkdir -p {mountpoint} && mount {dev} {mountpoint}")
+
     def _firewall(self):
         fw = self.facts["firewall"]
         if not fw["enable"]:
@@ -360,6 +383,8 @@ exec sleep infinity
             run(*ipt, "-P", "INPUT", "DROP")
 
     def _units(self):
+        if self.facts["assertions"]:
+            raise AssertionFailed(f"{self.name}: the system would not build: {'; '.join(self.facts['assertions'])}")
         services = self.replay.services
         for make in (services.image_cache, services.dnsmasq, services.nginx, services.docker_registry,
                      services.containerd, services.custom):
@@ -381,6 +406,8 @@ exec sleep infinity
         if self.holder and self.holder.poll() is None:
             os.killpg(self.holder.pid, signal.SIGKILL)
             self.holder.wait()
+        for loop in getattr(self, "loops", []):
+            run("losetup", "-d", loop, check=False)
 
     # --- the driver's Machine API --------------------------------------------------------------------------
     def start(self, allow_reboot=False):
@@ -610,8 +637,6 @@ class Services:
         u = node.facts["imageCacheUnit"]
         if not u:
             return []
-        if u["assertions"]:
-            raise AssertionFailed(f"{node.name}: the module's assertions fail: {u['assertions']}")
         sc = u["serviceConfig"]
         conf = node.dir / "etc" / "image-cache" / "config.toml"
         conf.parent.mkdir(parents=True, exist_ok=True)

@@ -251,6 +251,31 @@ fn serve_config(env: &Env) -> String {
     )
 }
 
+/// A listen address no interface has yet (a DHCP lease that arrives after the service started) is bound
+/// anyway, with a warning naming it, instead of failing the start and leaving the unit to systemd's restart
+/// limit. 192.0.2.10 (TEST-NET-1) is on no interface here; nothing is ever sent to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_address_no_interface_has_yet_is_bound_and_reported() {
+    let env = Env::new().await;
+    let body = serve_config(&env).replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\", \"192.0.2.10:18080\"]",
+    );
+    let cfg = write_config(env.dir.path(), &body);
+    let served = Served::start(Command::new(BIN).args(["serve", "--config", &cfg]));
+    assert_eq!(served.admin("/health").await.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !served.log.lock().unwrap().contains("192.0.2.10:18080") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = served.log.lock().unwrap().clone();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("no interface has this address yet") && l.contains("192.0.2.10:18080")),
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_fill_never_leaves_a_partial_object() {
     let env = Env::new().await;
