@@ -271,7 +271,8 @@ async fn a_listen_address_no_interface_has_yet_is_bound_and_reported() {
     let log = served.log.lock().unwrap().clone();
     assert!(
         log.lines()
-            .any(|l| l.contains("no interface has this address yet") && l.contains("192.0.2.10:18080")),
+            .any(|l| l.contains("no interface has this address yet")
+                && l.contains("192.0.2.10:18080")),
         "{log}"
     );
 }
