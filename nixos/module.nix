@@ -33,7 +33,7 @@ let
   section = options: mkOption {
     default = { };
     type = types.submodule { freeformType = toml.type; inherit options; };
-    description = "See the README's configuration table; unknown keys are refused by the service.";
+    description = "See docs/configuration.md; unknown keys are refused by the service.";
   };
   optional = type: description: mkOption { type = types.nullOr type; default = null; inherit description; };
 
@@ -74,7 +74,7 @@ in
     settings = mkOption {
       default = { };
       description = ''
-        image-cache's configuration (TOML), as in the README's configuration table. Keys not declared here
+        image-cache's configuration (TOML), as in docs/configuration.md. Keys not declared here
         pass through as they are; the service refuses unknown keys, and the rendered file is checked with
         `image-cache check-config` when the system is built.
       '';

@@ -2,14 +2,14 @@
 //! operators send — DNS packets (the UDP path: replayed answers, parsing, the policy), TLS ClientHellos,
 //! file paths and their keys, OCI paths and `ns`, config files. None may panic or hang, whatever the
 //! input; where a parser promises something (a path survives its own re-encoding), the target checks it.
-//! `examples/fuzz.rs` drives them on stable Rust; see the README's "Fuzzing".
+//! `fuzz/main.rs` (the `fuzz` example) drives them on stable Rust; see docs/security.md, "Fuzzing".
 
 #![allow(clippy::expect_used)] // a broken promise must panic: that is how the harness finds it
 
 use crate::config::{self, Config};
 use crate::store::{FilePath, Key};
 
-/// The targets `examples/fuzz.rs` knows, by name.
+/// The targets the fuzz driver (`fuzz/main.rs`) knows, by name.
 pub const TARGETS: [&str; 5] = ["dns", "sni", "file-path", "oci-path", "config"];
 
 /// A TLS ClientHello's server name: any answer but a panic; a name found is a plausible host name

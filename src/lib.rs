@@ -1,7 +1,8 @@
 //! image-cache: DNS interceptor, PXE image cache and OCI pull-through mirror in one process.
-//! Module layering: DESIGN.md §2 (leaves → core → fronts → wiring).
+//! Module layering: ARCHITECTURE.md, "Layers" (leaves → core → fronts → wiring).
 
 // layer 0
+pub mod clock;
 pub mod config;
 pub mod lifecycle;
 pub mod listen;
@@ -23,6 +24,8 @@ pub mod sync;
 // layer 3
 pub mod app;
 pub mod cli;
-/// Fuzz targets over every parser of untrusted input (`examples/fuzz.rs` drives them).
+/// Fuzz targets over every parser of untrusted input (`fuzz/main.rs` drives them); compiled only with the
+/// `fuzz` feature, never into the service.
+#[cfg(feature = "fuzz")]
 #[doc(hidden)]
 pub mod fuzz;

@@ -46,20 +46,6 @@ pub enum AppError {
     /// A blocking or background task ended without an answer (it panicked or was cancelled).
     #[error("{what} failed: {reason}")]
     Task { what: &'static str, reason: String },
-    #[error(transparent)]
-    Admin(#[from] crate::cli::AdminClientError),
-    #[error("{key:?} is not a store key ({reason}); `image-cache store ls` lists them")]
-    BadKey {
-        key: String,
-        reason: crate::store::KeyError,
-    },
-    #[error("{image:?} is not an image reference ({reason}); write [registry/]name[:tag][@digest]")]
-    BadImage { image: String, reason: String },
-    /// The server ran a job it was asked to run, and the job failed.
-    #[error("{job} failed on the server: {reason}")]
-    JobFailed { job: &'static str, reason: String },
-    #[error("cannot print the effective config: {0}")]
-    PrintConfig(#[from] toml::ser::Error),
 }
 
 impl AppError {
@@ -272,6 +258,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
                 peers.clone(),
                 forwarding,
                 metrics.clone(),
+                store.clock(),
                 cpus.clamp(1, 8),
             )
             .await?,

@@ -1,7 +1,7 @@
 //! The CLI's client for a running server's admin API: where the server listens (from the same config),
 //! the bearer token (from the same file), and JSON in and out. Used when the server holds the store.
 
-use crate::app::AppError;
+use super::CliError;
 use crate::config::{Config, ConfigError};
 use crate::http::admin::auth::AdminToken;
 use crate::upstream::{Method, Request, Upstream};
@@ -62,7 +62,7 @@ pub(super) struct AdminClient {
 
 impl AdminClient {
     /// The first `http.admin_listen` address, else the first `http.listen` one; a wildcard becomes loopback.
-    pub(super) fn new(config: &Config, upstream: Upstream) -> Result<Self, AppError> {
+    pub(super) fn new(config: &Config, upstream: Upstream) -> Result<Self, CliError> {
         let addr = config
             .http
             .admin_listen
@@ -198,9 +198,9 @@ pub(super) fn query(pairs: &[(&str, &str)]) -> String {
 }
 
 /// A client on its own small outbound pool (the admin API is on loopback; the resolver is never asked).
-pub(super) fn connect(config: &Config) -> Result<AdminClient, AppError> {
+pub(super) fn connect(config: &Config) -> Result<AdminClient, CliError> {
     let resolver = crate::upstream::NameResolver::new(&config.dns).map_err(|e| {
-        AppError::Config(ConfigError::new(
+        CliError::Config(ConfigError::new(
             "dns.upstreams",
             format!("cannot build a resolver: {e}"),
         ))

@@ -3,7 +3,7 @@
 //! resolves to (`--mirrors-from`, `--write`, `--every`). A failed lookup keeps the last file: containerd
 //! then still has the replicas it knew, and the registry itself as the fallback.
 
-use crate::app::AppError;
+use super::CliError;
 use crate::config::{Config, ConfigError};
 use crate::upstream::NameResolver;
 use std::net::{IpAddr, SocketAddr};
@@ -19,11 +19,11 @@ pub struct HostsArgs<'a> {
     pub every: Option<Duration>,
 }
 
-fn usage(key: &str, message: impl Into<String>) -> AppError {
-    AppError::Config(ConfigError::new(key, message))
+fn usage(key: &str, message: impl Into<String>) -> CliError {
+    CliError::Config(ConfigError::new(key, message))
 }
 
-pub async fn containerd_hosts(args: HostsArgs<'_>) -> Result<(), AppError> {
+pub async fn containerd_hosts(args: HostsArgs<'_>) -> Result<(), CliError> {
     if args.mirror.is_empty() && args.mirrors_from.is_none() {
         return Err(usage(
             "--mirror",
@@ -96,7 +96,7 @@ async fn terminated() {
 }
 
 /// `NAME:PORT` of `--mirrors-from`.
-fn parse_from(text: &str) -> Result<(String, u16), AppError> {
+fn parse_from(text: &str) -> Result<(String, u16), CliError> {
     text.rsplit_once(':')
         .and_then(|(name, port)| {
             let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
@@ -121,7 +121,7 @@ fn replica_urls(ips: &[IpAddr], port: u16) -> Vec<String> {
 }
 
 /// A temporary file beside `path`, renamed over it: containerd never reads half a file.
-fn write_atomically(path: &Path, text: &str) -> Result<(), AppError> {
+fn write_atomically(path: &Path, text: &str) -> Result<(), CliError> {
     let fail = |e: std::io::Error| usage("--write", format!("{}: {e}", path.display()));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(fail)?;

@@ -4,6 +4,7 @@
 //! server holds the store.
 
 mod admin_client;
+mod error;
 mod hosts;
 mod prefetch;
 mod progress;
@@ -11,12 +12,13 @@ mod store;
 mod sync;
 
 pub use admin_client::AdminClientError;
+pub use error::CliError;
 pub use hosts::{HostsArgs, containerd_hosts};
 pub use prefetch::prefetch;
 pub use store::store;
 pub use sync::sync;
 
-use crate::app::{self, AppError};
+use crate::app;
 use crate::config::{self, Config, ConfigSource};
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -134,7 +136,7 @@ pub enum StoreAction {
 }
 
 /// Loads the config, or the error that `main` turns into exit 2.
-pub fn load_config(arg: &ConfigArg) -> Result<(Config, ConfigSource), AppError> {
+pub fn load_config(arg: &ConfigArg) -> Result<(Config, ConfigSource), CliError> {
     let (config, source) = config::load(
         arg.config.as_deref(),
         std::path::Path::new(config::DEFAULT_CONFIG_PATH),
@@ -144,7 +146,7 @@ pub fn load_config(arg: &ConfigArg) -> Result<(Config, ConfigSource), AppError> 
     Ok((config, source))
 }
 
-pub fn check_config(arg: &ConfigArg) -> Result<(), AppError> {
+pub fn check_config(arg: &ConfigArg) -> Result<(), CliError> {
     let (config, source) = load_config(arg)?;
     let text = toml::to_string_pretty(&config)?;
     let mut out = std::io::stdout().lock();
@@ -152,6 +154,9 @@ pub fn check_config(arg: &ConfigArg) -> Result<(), AppError> {
         out,
         "# effective config, from {source}; secrets are read from the files named here and never printed"
     );
+    for line in config::profile::summary(&config, &source) {
+        let _ = writeln!(out, "# {line}");
+    }
     if config.http.admin_token_file.is_none() {
         let _ = writeln!(out, "# note: {}", config::ADMIN_WITHOUT_TOKEN);
     }
@@ -159,9 +164,12 @@ pub fn check_config(arg: &ConfigArg) -> Result<(), AppError> {
     Ok(())
 }
 
-pub async fn serve(arg: &ConfigArg) -> Result<(), AppError> {
+pub async fn serve(arg: &ConfigArg) -> Result<(), CliError> {
     let (config, source) = load_config(arg)?;
     crate::telemetry::init(&config.log);
     tracing::info!(config = %source, version = env!("CARGO_PKG_VERSION"), "starting image-cache");
-    app::serve(config).await
+    for line in config::profile::summary(&config, &source) {
+        tracing::info!("{line}");
+    }
+    Ok(app::serve(config).await?)
 }

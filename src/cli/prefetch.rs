@@ -2,23 +2,23 @@
 //! prefetch pulls through the server's own registry front, so it needs one), followed there with a bar
 //! per download, then one line per image.
 
+use super::CliError;
 use super::admin_client::{self, AdminClient, Started, query};
 use super::progress::FillBars;
 use super::store::{Opened, open};
 use super::{ConfigArg, load_config};
-use crate::app::AppError;
 use crate::http::admin::view::PrefetchRunView;
 use crate::lifecycle::RunStatus;
 use crate::metrics::Metrics;
 use crate::upstream::Method;
 
 /// Exit 0 when every image is stored and pinned, 1 when one failed or no server runs, 2 on config errors.
-pub async fn prefetch(arg: &ConfigArg, images: &[String]) -> Result<i32, AppError> {
+pub async fn prefetch(arg: &ConfigArg, images: &[String]) -> Result<i32, CliError> {
     let (config, _) = load_config(arg)?;
     // Checked here for a clear message; the server checks them again against registry.upstreams.
     for image in images {
         crate::registry::prefetch::reference::parse(image).map_err(|reason| {
-            AppError::BadImage {
+            CliError::BadImage {
                 image: image.clone(),
                 reason,
             }
@@ -38,7 +38,7 @@ pub async fn prefetch(arg: &ConfigArg, images: &[String]) -> Result<i32, AppErro
     via_server(&client, images).await
 }
 
-async fn via_server(client: &AdminClient, images: &[String]) -> Result<i32, AppError> {
+async fn via_server(client: &AdminClient, images: &[String]) -> Result<i32, CliError> {
     let pairs: Vec<(&str, &str)> = images.iter().map(|i| ("image", i.as_str())).collect();
     let started: Started = client
         .call(

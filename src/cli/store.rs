@@ -1,10 +1,10 @@
 //! `image-cache store …`: on the state dir when no server runs, else through the server's admin API
 //! (redb lets one process open the index; the lock says whether a server holds it).
 
+use super::CliError;
 use super::admin_client::{self, AdminClient, Started, query};
 use super::progress;
 use super::{ConfigArg, StoreAction, load_config};
-use crate::app::AppError;
 use crate::config::Config;
 use crate::http::admin::fmt;
 use crate::http::admin::view::ObjectView;
@@ -22,13 +22,13 @@ pub(super) enum Opened {
     Locked,
 }
 
-pub(super) async fn open(config: &Config, metrics: Metrics) -> Result<Opened, AppError> {
+pub(super) async fn open(config: &Config, metrics: Metrics) -> Result<Opened, CliError> {
     let runtime = tokio::runtime::Handle::current();
     let dir = config.state_dir.clone();
     let max = config.cache.max_size.bytes();
     let opened = tokio::task::spawn_blocking(move || Store::open(&dir, max, metrics, runtime))
         .await
-        .map_err(|e| AppError::Task {
+        .map_err(|e| CliError::Task {
             what: "opening the store",
             reason: e.to_string(),
         })?;
@@ -46,7 +46,7 @@ struct Page {
 }
 
 /// Runs a store action. Returns the exit code.
-pub async fn store(arg: &ConfigArg, action: &StoreAction) -> Result<i32, AppError> {
+pub async fn store(arg: &ConfigArg, action: &StoreAction) -> Result<i32, CliError> {
     let (config, _) = load_config(arg)?;
     match open(&config, Metrics::new()).await? {
         Opened::Store(store) => local(store, action).await,
@@ -58,8 +58,8 @@ pub async fn store(arg: &ConfigArg, action: &StoreAction) -> Result<i32, AppErro
     }
 }
 
-fn parse_key(key: &str) -> Result<Key, AppError> {
-    Key::parse(key).map_err(|reason| AppError::BadKey {
+fn parse_key(key: &str) -> Result<Key, CliError> {
+    Key::parse(key).map_err(|reason| CliError::BadKey {
         key: key.to_string(),
         reason,
     })
@@ -67,16 +67,16 @@ fn parse_key(key: &str) -> Result<Key, AppError> {
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, AppError> {
+) -> Result<T, CliError> {
     Ok(tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| AppError::Task {
+        .map_err(|e| CliError::Task {
             what: "the store command",
             reason: e.to_string(),
         })??)
 }
 
-async fn local(store: Store, action: &StoreAction) -> Result<i32, AppError> {
+async fn local(store: Store, action: &StoreAction) -> Result<i32, CliError> {
     match action {
         StoreAction::Ls {
             prefix,
@@ -140,7 +140,7 @@ async fn local(store: Store, action: &StoreAction) -> Result<i32, AppError> {
     }
 }
 
-async fn remote(client: &AdminClient, action: &StoreAction) -> Result<i32, AppError> {
+async fn remote(client: &AdminClient, action: &StoreAction) -> Result<i32, CliError> {
     match action {
         StoreAction::Ls {
             prefix,
@@ -187,12 +187,12 @@ async fn remote(client: &AdminClient, action: &StoreAction) -> Result<i32, AppEr
             };
             bar.finish_and_clear();
             match (status.last, status.last_error) {
-                (_, Some(reason)) => Err(AppError::JobFailed {
+                (_, Some(reason)) => Err(CliError::JobFailed {
                     job: "verify",
                     reason,
                 }),
                 (Some(report), None) => Ok(print_verify(&report)),
-                (None, None) => Err(AppError::JobFailed {
+                (None, None) => Err(CliError::JobFailed {
                     job: "verify",
                     reason: "the server kept no report".into(),
                 }),

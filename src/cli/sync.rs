@@ -1,11 +1,11 @@
 //! `image-cache sync`: one metal-api sync run with a plan table and a bar per download; on the state dir
 //! directly, or started on the running server through the admin API and followed there.
 
+use super::CliError;
 use super::admin_client::{self, AdminClient, Started, query};
 use super::progress::{FillBars, FillProgress};
 use super::store::{Opened, open};
 use super::{ConfigArg, load_config};
-use crate::app::AppError;
 use crate::app::sync_admin::{plan_view, run_view};
 use crate::config;
 use crate::http::admin::view::SyncRunView;
@@ -16,7 +16,7 @@ use crate::sync::{Outcome, SyncError, Syncer, metal_api::ApiError};
 use crate::upstream::{Method, NameResolver, Upstream};
 use std::io::Write;
 
-pub async fn sync(arg: &ConfigArg, dry_run: bool) -> Result<i32, AppError> {
+pub async fn sync(arg: &ConfigArg, dry_run: bool) -> Result<i32, CliError> {
     let (config, _) = load_config(arg)?;
     let metrics = Metrics::new();
     let store = match open(&config, metrics.clone()).await? {
@@ -31,7 +31,7 @@ pub async fn sync(arg: &ConfigArg, dry_run: bool) -> Result<i32, AppError> {
         }
     };
     let resolver = NameResolver::new(&config.dns).map_err(|e| {
-        AppError::Config(config::ConfigError::new(
+        CliError::Config(config::ConfigError::new(
             "dns.upstreams",
             format!("cannot build a resolver: {e}"),
         ))
@@ -55,7 +55,7 @@ pub async fn sync(arg: &ConfigArg, dry_run: bool) -> Result<i32, AppError> {
         Ok(report) => Ok(print_report(&run_view(&report))),
         Err(SyncError::Api(
             e @ (ApiError::KeyFile { .. } | ApiError::EmptyKey(_) | ApiError::EmptyToken(_)),
-        )) => Err(AppError::Config(config::ConfigError::new(
+        )) => Err(CliError::Config(config::ConfigError::new(
             "sync",
             e.to_string(),
         ))),
@@ -68,7 +68,7 @@ pub async fn sync(arg: &ConfigArg, dry_run: bool) -> Result<i32, AppError> {
 
 /// Starts the run on the server, draws its downloads from `GET /admin/fills` until `GET /admin/sync`
 /// says that run finished, then prints its plan and outcome.
-async fn via_server(client: &AdminClient, dry_run: bool) -> Result<i32, AppError> {
+async fn via_server(client: &AdminClient, dry_run: bool) -> Result<i32, CliError> {
     let flag = dry_run.to_string();
     let started: Started = client
         .call(

@@ -5,6 +5,7 @@
 
 pub mod credentials;
 mod load;
+pub mod profile;
 pub mod units;
 mod validate;
 pub mod vhost;
@@ -408,7 +409,7 @@ fn addrs(list: &[&str]) -> Vec<SocketAddr> {
 }
 
 impl Config {
-    /// The production defaults of DESIGN.md §3, used when a config file exists.
+    /// The partition profile (docs/configuration.md), used when a config file exists.
     pub fn production_defaults() -> Self {
         let nets = [
             "127.0.0.0/8",

@@ -55,6 +55,7 @@ impl Dns {
         peers: Peers,
         resolver: NameResolver,
         metrics: Metrics,
+        clock: &crate::clock::Clock,
         workers: usize,
     ) -> Result<Self, DnsError> {
         let domains: Vec<(String, bool)> = config
@@ -63,7 +64,8 @@ impl Dns {
             .map(|d| (d.name.clone(), d.include_subdomains))
             .collect();
         let ttl = u32::try_from(config.dns.answer_ttl.get().as_secs()).unwrap_or(u32::MAX);
-        let serial = u32::try_from(crate::store::now_secs() % (1 << 32)).unwrap_or(0);
+        // The zone's serial is the start time (it changes when the answers may have).
+        let serial = u32::try_from(clock.now_secs() % (1 << 32)).unwrap_or(0);
         let policy = policy::Policy::new(&domains, config.dns.allow.clone(), ttl, serial)?;
         let responder = Arc::new(Responder::new(
             policy,

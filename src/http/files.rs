@@ -5,17 +5,16 @@
 use super::HttpState;
 use crate::config::{DomainConfig, OnMiss};
 use crate::metrics::{kind, result};
-use crate::peers::{ORIGIN_ETAG_HEADER, Owner, PEER_HEADER};
+use crate::peers::{Asker, ORIGIN_ETAG_HEADER, PEER_HEADER, PeerAsk};
 use crate::serve::{self, body::Resume};
 use crate::store::{
     Access, Expected, FilePath, Fill, FillFailure, FillSpec, Key, ObjectRow, Phase, Plan,
-    SourceError, SourceMeta, now_millis,
+    SourceError, SourceMeta,
 };
 use crate::upstream;
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 pub async fn handle(
     req: HttpRequest,
@@ -36,13 +35,8 @@ pub async fn handle(
         Ok(k) => k,
         Err(e) => return bad_request(&state, &e.to_string()),
     };
-    // Only the partition's own nodes may ask "from your origin, not from a node" (a tenant machine
-    // sending the header is an ordinary client).
-    let from_peer = req
-        .headers()
-        .get(PEER_HEADER)
-        .is_some_and(|v| v.as_bytes() == b"1")
-        && req.peer_addr().is_some_and(|a| state.peers.is_peer(a.ip()));
+    let asker = serve::asker(&state.peers, &req);
+    let from_peer = asker == Asker::Node;
     let origin_url = match url::Url::parse(&format!(
         "{}{}",
         crate::config::vhost::origin_for(domain, &host),
@@ -53,12 +47,7 @@ pub async fn handle(
     };
     let revalidate_after = domain.revalidate_after.get();
     let may_fill = domain.on_miss != OnMiss::Redirect;
-    // A request from a node is filled here from the origin, whoever owns the key: never passed on.
-    let owner = if from_peer {
-        Owner::This
-    } else {
-        state.peers.owner(key.as_str())
-    };
+    // The partition's rule (`peers::route`): through the key's owner, or from the origin here.
     let source = |etag: Option<String>, last_modified: Option<String>, ours: Option<String>| {
         let origin = upstream::source::get(
             state.upstream.clone(),
@@ -66,33 +55,28 @@ pub async fn handle(
             etag,
             last_modified,
         );
-        match owner {
-            Owner::This => (origin, None),
-            Owner::Peer(peer) => {
-                let waiting = Arc::new(AtomicBool::new(true));
-                let ask = upstream::peer::PeerAsk::file(
+        state.peers.source(
+            &state.upstream,
+            &state.metrics,
+            asker,
+            key.as_str(),
+            origin,
+            |peer, waiting| {
+                PeerAsk::file(
                     peer,
                     &host,
                     &path.to_url_path(),
                     ours,
                     state.peers.timeout(),
-                    Arc::clone(&waiting),
-                );
-                let source = match ask {
-                    Some(ask) => upstream::peer::peer_first(
-                        state.upstream.clone(),
-                        state.metrics.clone(),
-                        ask,
-                        origin,
-                    ),
-                    None => origin,
-                };
-                (source, Some(waiting))
-            }
-        }
+                    waiting,
+                )
+            },
+        )
     };
     let decide = |row: Option<&ObjectRow>| match row {
-        Some(r) if !may_fill || r.fresh_at(now_millis(), revalidate_after) => Plan::Serve,
+        Some(r) if !may_fill || r.fresh_at(state.store.clock().now_millis(), revalidate_after) => {
+            Plan::Serve
+        }
         Some(r) => {
             let (source, peer_wait) = source(
                 r.etag.clone(),

@@ -1,5 +1,5 @@
 //! Every metric family, in one place, passed around as a handle (no globals). Names are public interface
-//! (DESIGN.md §3): dashboards and alerts depend on them.
+//! (docs/operations.md, "Metrics"): dashboards and alerts depend on them.
 
 pub mod ratio;
 

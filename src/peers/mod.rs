@@ -6,10 +6,14 @@
 //! nodes that are gone leave the set. This node's own health is set from inside (store answers, listeners bound),
 //! never by asking itself over the network. Readers get a cheap snapshot: DNS answers it on every query.
 
+mod fill;
 mod hysteresis;
 pub mod owner;
+mod route;
 
+pub use fill::PeerAsk;
 pub use hysteresis::{FALL, Health, RISE};
+pub use route::Asker;
 
 /// Marks a request from another cache node: "fill this from the origin yourself, never from a node".
 /// A request carrying it is never passed on to a node, so a request crosses at most one hop between

@@ -2,6 +2,7 @@
 //! clients get the cached copy or `503` with the remaining wait, so neither the cache nor containerd
 //! (which retries a 429 five times at once) spends more of the node's quota.
 
+use crate::clock::Clock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -13,14 +14,22 @@ pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 #[derive(Default)]
 pub struct Backoff {
+    clock: Clock,
     until: Mutex<HashMap<String, Instant>>,
 }
 
 impl Backoff {
+    pub fn new(clock: Clock) -> Self {
+        Backoff {
+            clock,
+            until: Mutex::default(),
+        }
+    }
+
     /// The wait left for `registry`, if it is backed off.
     pub fn remaining(&self, registry: &str) -> Option<Duration> {
         let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
+        let now = self.clock.instant();
         match until.get(registry) {
             Some(t) if *t > now => Some(*t - now),
             Some(_) => {
@@ -38,7 +47,7 @@ impl Backoff {
             .unwrap_or(DEFAULT_WAIT)
             .clamp(Duration::from_secs(1), MAX_WAIT);
         let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        let t = Instant::now() + wait;
+        let t = self.clock.instant() + wait;
         let entry = until.entry(registry.to_string()).or_insert(t);
         *entry = (*entry).max(t);
         wait

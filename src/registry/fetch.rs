@@ -6,16 +6,14 @@
 
 use super::RegistryState;
 use super::accept;
-use crate::peers::Owner;
+use crate::peers::{Asker, PeerAsk};
 use crate::store::{
-    Access, Digest, FillFailure, Hit, Key, ObjectRow, Plan, SourceError, SourceFuture, SourceMeta,
-    SourceOutcome, StoreError, now_secs,
+    Access, Digest, FillFailure, Hit, Key, ObjectRow, PeerWait, Plan, SourceError, SourceFuture,
+    SourceMeta, SourceOutcome, StoreError,
 };
 use crate::upstream::guard::DialGuard;
-use crate::upstream::peer::PeerAsk;
 use crate::upstream::{self, Method, Request, Response, UpstreamError};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 /// containerd refuses manifests above 4·1048·1048 bytes; the cache refuses to store larger ones too.
 pub(super) const MANIFEST_MAX: u64 = 4 * 1048 * 1048;
@@ -383,7 +381,8 @@ pub(super) async fn adopt(
     let content_type = content_type
         .map(str::to_string)
         .or_else(|| resp.header("content-type").map(str::to_string));
-    let now = now_secs();
+    let now_ms = state.store.clock().now_millis();
+    let now = now_ms / 1000;
     let row = ObjectRow {
         digest,
         size,
@@ -392,7 +391,7 @@ pub(super) async fn adopt(
         etag: None,
         last_modified: None,
         fetched_at: now,
-        validated_ms: crate::store::now_millis(),
+        validated_ms: now_ms,
         last_access: now,
         hits: 0,
         pinned: false,
@@ -411,10 +410,9 @@ pub(super) async fn adopt(
     }
 }
 
-/// A source that asks the key's owner (another cache node) before the registry, and the flag that
-/// says whether the fill still waits on that node (`store::FillSpec::peer_wait`). A request from a node,
-/// or a key this node owns, goes to the registry directly. What the owner sends is verified against the
-/// digest like anything from the registry.
+/// A source that asks the key's owner (another cache node) before the registry, and the flag that says
+/// whether the fill still waits on that node: the partition's rule is `peers::route`'s. What the owner sends
+/// is verified against the digest like anything from the registry.
 pub(super) fn via_owner(
     state: &Arc<RegistryState>,
     repo: &Repo<'_>,
@@ -422,51 +420,54 @@ pub(super) fn via_owner(
     endpoint: &str,
     reference: &str,
     fallback: SourceFuture,
-) -> (SourceFuture, Option<Arc<AtomicBool>>) {
-    if repo.from_peer {
-        return (fallback, None);
-    }
-    let Owner::Peer(peer) = state.peers.owner(key.as_str()) else {
-        return (fallback, None);
-    };
-    let Ok(mut url) = url::Url::parse(&format!(
-        "http://{peer}/v2/{}/{endpoint}/{reference}",
-        repo.name
-    )) else {
-        return (fallback, None);
-    };
-    url.query_pairs_mut().append_pair("ns", repo.registry);
-    let manifest = endpoint == "manifests";
-    let headers = if manifest {
-        vec![("accept".to_string(), accept::upstream_accept(None))]
+) -> (SourceFuture, Option<PeerWait>) {
+    let asker = if repo.from_peer {
+        Asker::Node
     } else {
-        Vec::new()
+        Asker::Client
     };
-    let waiting = Arc::new(AtomicBool::new(true));
-    let ask = PeerAsk {
-        peer,
-        url,
-        headers,
-        timeout: state.peers.timeout(),
-        final_statuses: &[],
-        waiting: Arc::clone(&waiting),
-        adapt: if manifest {
-            |resp, meta| {
-                meta.content_type = manifest_type(resp);
-                meta.digest = content_digest(resp);
-                meta.last_modified = None;
-            }
-        } else {
-            |resp, meta| {
-                meta.content_type = Some("application/octet-stream".into());
-                meta.digest = content_digest(resp);
-                meta.last_modified = None;
-            }
+    state.peers.source(
+        &state.upstream,
+        &state.metrics,
+        asker,
+        key.as_str(),
+        fallback,
+        |peer, waiting| {
+            let mut url = url::Url::parse(&format!(
+                "http://{peer}/v2/{}/{endpoint}/{reference}",
+                repo.name
+            ))
+            .ok()?;
+            url.query_pairs_mut().append_pair("ns", repo.registry);
+            let manifest = endpoint == "manifests";
+            let headers = if manifest {
+                vec![("accept".to_string(), accept::upstream_accept(None))]
+            } else {
+                Vec::new()
+            };
+            Some(PeerAsk {
+                peer,
+                url,
+                headers,
+                timeout: state.peers.timeout(),
+                final_statuses: &[],
+                waiting,
+                adapt: if manifest {
+                    |resp, meta| {
+                        meta.content_type = manifest_type(resp);
+                        meta.digest = content_digest(resp);
+                        meta.last_modified = None;
+                    }
+                } else {
+                    |resp, meta| {
+                        meta.content_type = Some("application/octet-stream".into());
+                        meta.digest = content_digest(resp);
+                        meta.last_modified = None;
+                    }
+                },
+            })
         },
-    };
-    let source =
-        upstream::peer::peer_first(state.upstream.clone(), state.metrics.clone(), ask, fallback);
-    (source, Some(waiting))
+    )
 }
 
 /// A manifest's media type, without parameters.

@@ -8,7 +8,7 @@ use super::fetch::{Repo, target};
 use super::manifests;
 use super::path::{self, Reference, Route};
 use super::{RegistryState, blobs, referrers};
-use crate::peers::PEER_HEADER;
+use crate::peers::Asker;
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -50,7 +50,7 @@ pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpRespon
             registry: to.registry,
             base: to.base,
             name: to.name,
-            from_peer: from_peer(req, state),
+            from_peer: crate::serve::asker(&state.peers, req) == Asker::Node,
             guard: None,
         },
         Err(no) => {
@@ -65,7 +65,7 @@ pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpRespon
                 registry: &admitted.registry,
                 base: &admitted.base,
                 name,
-                from_peer: from_peer(req, state),
+                from_peer: crate::serve::asker(&state.peers, req) == Asker::Node,
                 guard: Some(unlisted.guard()),
             }
         }
@@ -93,14 +93,6 @@ pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpRespon
             .insert(HeaderName::from_static("oci-namespace"), v);
     }
     response
-}
-
-/// Only the partition's own nodes may ask "from your registry, not from a node".
-fn from_peer(req: &HttpRequest, state: &RegistryState) -> bool {
-    req.headers()
-        .get(PEER_HEADER)
-        .is_some_and(|v| v.as_bytes() == b"1")
-        && req.peer_addr().is_some_and(|a| state.peers.is_peer(a.ip()))
 }
 
 /// `tags/list` is relayed uncached (listings change, and containerd never asks for them); only the

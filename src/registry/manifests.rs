@@ -10,7 +10,7 @@ use super::fetch::{self, Repo, adopt, target};
 use super::path::{OciDigest, manifest_key, tag_key};
 use super::{RegistryState, accept};
 use crate::metrics::{kind, result};
-use crate::store::{Access, Expected, FillSpec, Key, ObjectRow, Phase, Plan, now_millis};
+use crate::store::{Access, Expected, FillSpec, Key, ObjectRow, Phase, Plan};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
 use std::sync::Arc;
@@ -47,7 +47,7 @@ pub(super) async fn by_tag(
             skip = Some(Skip::Narrow);
             Plan::Skip
         }
-        Some(r) if r.fresh_at(now_millis(), tag_ttl) => Plan::Serve,
+        Some(r) if r.fresh_at(state.store.clock().now_millis(), tag_ttl) => Plan::Serve,
         Some(_) if blocked => {
             stale = true;
             Plan::Serve

@@ -54,7 +54,8 @@ impl RegistryState {
         peers: Peers,
         upstream: Upstream,
     ) -> Self {
-        let negative = negative::NegativeCache::new(config.negative_ttl.get());
+        let clock = store.clock().clone();
+        let negative = negative::NegativeCache::new(config.negative_ttl.get(), clock.clone());
         for registry in config.upstreams.keys() {
             metrics.initialise_registry(registry);
         }
@@ -64,7 +65,7 @@ impl RegistryState {
             store,
             auth,
             metrics,
-            backoff: backoff::Backoff::default(),
+            backoff: backoff::Backoff::new(clock),
             negative,
             peers,
             upstream,

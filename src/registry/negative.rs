@@ -1,6 +1,7 @@
 //! Upstream 404s remembered for `registry.negative_ttl`, so a node retrying a missing tag (a typo in a
 //! pod spec, a deleted image) does not spend the registry's rate limit on every attempt.
 
+use crate::clock::Clock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -10,13 +11,15 @@ const CAPACITY: usize = 10_000;
 
 pub struct NegativeCache {
     ttl: Duration,
+    clock: Clock,
     entries: Mutex<HashMap<String, Instant>>,
 }
 
 impl NegativeCache {
-    pub fn new(ttl: Duration) -> Self {
+    pub fn new(ttl: Duration, clock: Clock) -> Self {
         NegativeCache {
             ttl,
+            clock,
             entries: Mutex::new(HashMap::new()),
         }
     }
@@ -26,7 +29,7 @@ impl NegativeCache {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
+        let now = self.clock.instant();
         if entries.len() >= CAPACITY {
             entries.retain(|_, until| *until > now);
             if entries.len() >= CAPACITY {
@@ -39,7 +42,7 @@ impl NegativeCache {
     pub fn contains(&self, key: &str) -> bool {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         match entries.get(key) {
-            Some(until) if *until > Instant::now() => true,
+            Some(until) if *until > self.clock.instant() => true,
             Some(_) => {
                 entries.remove(key);
                 false
@@ -62,19 +65,22 @@ mod tests {
 
     #[test]
     fn remembers_for_the_ttl_only() {
-        let n = NegativeCache::new(Duration::from_millis(50));
+        let clock = Clock::system();
+        let n = NegativeCache::new(Duration::from_secs(30), clock.clone());
         n.insert("a");
         assert!(n.contains("a") && !n.contains("b"));
-        std::thread::sleep(Duration::from_millis(60));
+        clock.advance(Duration::from_secs(29));
+        assert!(n.contains("a"));
+        clock.advance(Duration::from_secs(2));
         assert!(!n.contains("a"));
-        let off = NegativeCache::new(Duration::ZERO);
+        let off = NegativeCache::new(Duration::ZERO, Clock::system());
         off.insert("a");
         assert!(!off.contains("a"));
     }
 
     #[test]
     fn stays_bounded() {
-        let n = NegativeCache::new(Duration::from_secs(60));
+        let n = NegativeCache::new(Duration::from_secs(60), Clock::system());
         for i in 0..CAPACITY + 5 {
             n.insert(&i.to_string());
         }

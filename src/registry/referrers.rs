@@ -10,7 +10,7 @@ use super::error::Object;
 use super::fetch::{self, INDEX, Repo, target};
 use super::path::{OciDigest, referrers_key, referrers_tag};
 use crate::metrics::{kind, result};
-use crate::store::{Access, Expected, FillSpec, Hit, Phase, Plan, now_millis};
+use crate::store::{Access, Expected, FillSpec, Hit, Phase, Plan};
 use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse};
 use std::sync::Arc;
@@ -37,7 +37,7 @@ pub(super) async fn get(
     };
     let tag_ttl = state.config.tag_ttl.get();
     let access = state.store.access(&key, |row| match row {
-        Some(r) if r.fresh_at(now_millis(), tag_ttl) => Plan::Serve,
+        Some(r) if r.fresh_at(state.store.clock().now_millis(), tag_ttl) => Plan::Serve,
         _ => Plan::Fill(FillSpec {
             expected: Expected::default(),
             source: fetch::referrers(Arc::clone(state), api, tag),

@@ -9,7 +9,7 @@ use super::index::ObjectRow;
 use super::inflight::{
     Expected, Fill, FillFailure, Phase, SourceBody, SourceError, SourceMeta, SourceOutcome,
 };
-use super::{FillSpec, Inner, Store, StoreError, io_err, lock, now_millis, now_secs, stripe_of};
+use super::{FillSpec, Inner, Store, StoreError, io_err, lock, stripe_of};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,7 +72,7 @@ pub(super) async fn run(
     let key = fill.key().to_string();
     let phase = match spec.source.await {
         SourceOutcome::NotModified => {
-            let now = now_millis();
+            let now = inner.clock.now_millis();
             let index_inner = Arc::clone(&inner);
             let k = key.clone();
             let updated = tokio::task::spawn_blocking(move || {
@@ -259,7 +259,8 @@ async fn write_body(
     }
     fill.advance(hashes.size, true);
 
-    let now = now_secs();
+    let now_ms = inner.clock.now_millis();
+    let now = now_ms / 1000;
     let row = ObjectRow {
         digest: hashes.sha256,
         size: hashes.size,
@@ -268,7 +269,7 @@ async fn write_body(
         etag: meta.etag.clone(),
         last_modified: meta.last_modified.clone(),
         fetched_at: now,
-        validated_ms: now_millis(),
+        validated_ms: now_ms,
         last_access: now,
         hits: 0,
         pinned: pin,

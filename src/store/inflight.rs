@@ -175,7 +175,35 @@ pub struct Fill {
     /// The task writing it, so shutdown can stop it once the drain deadline has passed.
     task: OnceLock<tokio::task::AbortHandle>,
     /// Set while its source waits on another cache node (see `FillSpec::peer_wait`).
-    peer_wait: Option<Arc<std::sync::atomic::AtomicBool>>,
+    peer_wait: Option<PeerWait>,
+}
+
+/// "This fill waits on another cache node": set while a fill's source waits on the key's owner, cleared by
+/// the source when it gives up on the node. A node asking about the key meanwhile is told "busy" instead of
+/// joining the fill, so two nodes can never wait on each other.
+#[derive(Debug, Clone)]
+pub struct PeerWait(Arc<std::sync::atomic::AtomicBool>);
+
+impl PeerWait {
+    /// Waiting, from the start.
+    pub fn new() -> Self {
+        PeerWait(Arc::new(std::sync::atomic::AtomicBool::new(true)))
+    }
+
+    /// The source stopped waiting on the node (it goes to the origin).
+    pub fn stop(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+
+    pub fn waiting(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl Default for PeerWait {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A snapshot for the admin API and status page.
@@ -189,10 +217,7 @@ pub struct FillStatus {
 }
 
 impl Fill {
-    pub(super) fn new(
-        key: String,
-        peer_wait: Option<Arc<std::sync::atomic::AtomicBool>>,
-    ) -> Arc<Self> {
+    pub(super) fn new(key: String, peer_wait: Option<PeerWait>) -> Arc<Self> {
         let (tx, _) = watch::channel(Phase::Connecting);
         Arc::new(Fill {
             key,
@@ -215,9 +240,7 @@ impl Fill {
 
     /// Whether the source is waiting on another cache node right now.
     pub fn waits_on_peer(&self) -> bool {
-        self.peer_wait
-            .as_ref()
-            .is_some_and(|w| w.load(Ordering::SeqCst))
+        self.peer_wait.as_ref().is_some_and(PeerWait::waiting)
     }
 
     pub(super) fn set_task(&self, task: tokio::task::AbortHandle) {

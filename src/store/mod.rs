@@ -23,22 +23,21 @@ mod verify;
 
 pub use index::{Found, ObjectRow};
 pub use inflight::{
-    Expected, Fill, FillFailure, FillReader, FillStatus, Phase, ReadError, SourceBody, SourceError,
-    SourceFuture, SourceMeta, SourceOutcome,
+    Expected, Fill, FillFailure, FillReader, FillStatus, PeerWait, Phase, ReadError, SourceBody,
+    SourceError, SourceFuture, SourceMeta, SourceOutcome,
 };
 pub use key::{Digest, FilePath, Key, KeyError};
 pub use recover::RecoveryReport;
 pub use verify::VerifyJob;
 
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use fs::BlobFs;
 use hot::{HotEntry, HotSet};
 use index::{AccessUpdate, Index, IndexError};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 const STRIPES: usize = 64;
@@ -76,21 +75,6 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError 
     move |source| StoreError::Io { what, source }
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Milliseconds since the epoch, for freshness windows that must hold to the configured second.
-pub fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// A stored object opened for reading.
 pub struct Hit {
     pub row: ObjectRow,
@@ -114,10 +98,8 @@ pub struct FillSpec {
     /// Compute md5 while writing (kept in the row, for comparing with `.md5` sidecars). Fills that
     /// skip it get one from `ensure_md5` when the sync needs it.
     pub want_md5: bool,
-    /// Set while the source waits on another cache node (the key's owner); the source clears it when it
-    /// gives up on the node. A peer asking this node about the key then gets "busy" instead of joining
-    /// this fill: two nodes can never wait on each other.
-    pub peer_wait: Option<Arc<AtomicBool>>,
+    /// Set while the source waits on another cache node (the key's owner; `peers::Peers::source`).
+    pub peer_wait: Option<PeerWait>,
     /// Commit the row pinned: the sync's downloads are pinned from their first moment, so eviction can
     /// never take them between the commit and the end of the run.
     pub pin: bool,
@@ -165,9 +147,11 @@ struct Inner {
     hot: HotSet,
     evict_wake: Notify,
     runtime: tokio::runtime::Handle,
+    /// The service's clock: rows' fetch, validation and access times.
+    clock: Clock,
     /// Tests make index commits fail, as on a full disk.
     #[cfg(test)]
-    fail_commits: AtomicBool,
+    fail_commits: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -198,8 +182,9 @@ impl Store {
             hot: HotSet::new(HOT_ENTRIES, HOT_BODY_MAX, HOT_BODY_BUDGET),
             evict_wake: Notify::new(),
             runtime,
+            clock: Clock::system(),
             #[cfg(test)]
-            fail_commits: AtomicBool::new(false),
+            fail_commits: std::sync::atomic::AtomicBool::new(false),
         };
         let store = Store {
             inner: Arc::new(inner),
@@ -214,6 +199,11 @@ impl Store {
 
     pub fn max_size(&self) -> u64 {
         self.inner.max_size
+    }
+
+    /// The service's clock (`crate::clock`): every part that ages things reads this one.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -483,7 +473,7 @@ impl Store {
         let mut access = lock(&self.inner.access);
         let entry = access.entry(key.to_string()).or_insert((0, 0));
         entry.0 += 1;
-        entry.1 = now_secs();
+        entry.1 = self.inner.clock.now_secs();
     }
 
     /// Writes batched hit counts to the index.

@@ -1,7 +1,7 @@
 //! Buffers for reading stored files into response bodies, reused instead of allocated per chunk.
 //!
 //! A fresh `vec![0u8; len]` per 128 KiB chunk made zeroing memory 6.5% of a 1 GiB hit's CPU (the
-//! profile of `bench/profile-hits.sh` before this module; README, "Where a hit's time goes"):
+//! profile of `bench/profile-hits.sh` before this module; docs/performance.md, "Hits"):
 //! `preadv2` takes initialised slices only, and `unsafe` is forbidden. A buffer handed out here is
 //! initialised once and then refilled by every read; when the body's `Bytes` is dropped (actix-web
 //! copies it into its write buffer and drops it at once) the buffer goes back to the free list of the

@@ -7,12 +7,10 @@ use super::planner::{Action, Item, Plan};
 use super::{Outcome, key_for};
 use crate::config::DomainConfig;
 use crate::metrics::Metrics;
-use crate::peers::{Owner, Peers};
+use crate::peers::{Asker, PeerAsk, Peers};
 use crate::store::{Access, Expected, FillSpec, Phase, Plan as StorePlan, Store};
 use crate::upstream::{self, Upstream};
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 /// The store, the origins and the partition's nodes, as the executor uses them.
 pub(super) struct Executor<'a> {
@@ -81,35 +79,36 @@ impl Executor<'_> {
         md5: Option<&str>,
     ) -> Result<(), String> {
         let key = &download.key;
-        let mut source = upstream::source::get_kind(
+        let origin = upstream::source::get_kind(
             self.upstream.clone(),
             download.url.clone(),
             "sync",
             None,
             None,
         );
-        let mut peer_wait = None;
-        if download.intercepted
-            && let Owner::Peer(peer) = self.peers.owner(key.as_str())
-        {
-            let waiting = Arc::new(AtomicBool::new(true));
-            if let Some(ask) = upstream::peer::PeerAsk::file(
-                peer,
-                &download.host,
-                &download.path.to_url_path(),
-                None,
-                self.peers.timeout(),
-                Arc::clone(&waiting),
-            ) {
-                source = upstream::peer::peer_first(
-                    self.upstream.clone(),
-                    self.metrics.clone(),
-                    ask,
-                    source,
-                );
-                peer_wait = Some(waiting);
-            }
-        }
+        // Through the key's owner like a client's miss (`peers::route`), when the URL is an intercepted
+        // domain's: a file the sync and the machines both want is downloaded once per partition.
+        let (source, peer_wait) = if download.intercepted {
+            self.peers.source(
+                self.upstream,
+                self.metrics,
+                Asker::Client,
+                key.as_str(),
+                origin,
+                |peer, waiting| {
+                    PeerAsk::file(
+                        peer,
+                        &download.host,
+                        &download.path.to_url_path(),
+                        None,
+                        self.peers.timeout(),
+                        waiting,
+                    )
+                },
+            )
+        } else {
+            (origin, None)
+        };
         // A copy a client stored since the plan was made carries no md5 yet: give it one to compare.
         if md5.is_some()
             && let Err(e) = self.store.ensure_md5(key).await

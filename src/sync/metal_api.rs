@@ -253,7 +253,8 @@ impl MetalApi {
             return Ok(());
         };
         let current = token.lock().await.clone();
-        let now = crate::store::now_secs();
+        // The token's own times are real time, never a test's clock.
+        let now = crate::clock::Clock::system().now_secs();
         let Some((iat, exp)) = jwt_times(&current) else {
             return Ok(());
         };

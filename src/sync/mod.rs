@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::lifecycle::{RunStatus, RunTicket, Runs, Worker, Workers};
 use crate::metrics::{Metrics, ResultLabels, StateLabels};
 use crate::peers::Peers;
-use crate::store::{FilePath, Key, Store, now_secs};
+use crate::store::{FilePath, Key, Store};
 use crate::upstream::Upstream;
 use executor::Executor;
 use futures_util::StreamExt;
@@ -207,7 +207,9 @@ impl Syncer {
                 .get_or_create(&ResultLabels { result: label })
                 .inc();
             if matches!(&result, Ok(r) if r.failed() == 0) {
-                self.metrics.sync_last_success.set(now_secs() as f64);
+                self.metrics
+                    .sync_last_success
+                    .set(self.store.clock().now_secs() as f64);
             }
         }
         ticket.finish(
@@ -220,7 +222,7 @@ impl Syncer {
     }
 
     async fn run_plan(&self, dry_run: bool, progress: &dyn Progress) -> Result<Report, SyncError> {
-        let started_at = now_secs();
+        let started_at = self.store.clock().now_secs();
         let cfg = &self.config.sync;
         let api = MetalApi::new(cfg, self.upstream.clone())?;
         let images = api.images().await?;
@@ -326,7 +328,7 @@ impl Syncer {
             unpinned: 0,
         };
         if dry_run {
-            report.finished_at = now_secs();
+            report.finished_at = self.store.clock().now_secs();
             return Ok(report);
         }
         let executor = Executor {
@@ -370,7 +372,7 @@ impl Syncer {
             message: f.reason.clone(),
         }));
         report.unpinned = executor.repin(&plan)?;
-        report.finished_at = now_secs();
+        report.finished_at = self.store.clock().now_secs();
         for o in report.outcomes.iter().filter(|o| !o.ok) {
             tracing::warn!(name = %o.name, url = %o.url, error = %o.message, "sync item failed");
         }

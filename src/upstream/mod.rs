@@ -8,7 +8,6 @@ pub mod address;
 pub mod challenge;
 pub mod guard;
 pub mod oci_auth;
-pub mod peer;
 mod redirect;
 pub mod resolve;
 pub mod source;

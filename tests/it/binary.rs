@@ -143,6 +143,36 @@ fn every_command_takes_config_after_the_subcommand() {
     }
 }
 
+/// Which defaults apply never surprises: `check-config` names the profile and what it intercepts and passes
+/// through (the same lines open the service's log).
+#[test]
+fn check_config_names_the_profile_and_what_it_intercepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[nodes]\nself = \"10.0.0.1\"\n");
+    let (code, out, err) = run(&["check-config", "--config", &cfg], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "# profile: partition defaults (config file {cfg})"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("# intercepts images.metal-stack.io, github.com: DNS on 0.0.0.0:53"),
+        "{out}"
+    );
+    assert!(out.contains("# passes TLS for images.metal-stack.io, github.com through to their origins on 0.0.0.0:443"), "{out}");
+    if !std::path::Path::new("/etc/image-cache/config.toml").exists() {
+        let (code, out, err) = run(&["check-config"], &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("# profile: laptop defaults (no config file)"),
+            "{out}"
+        );
+        assert!(out.contains("# no TLS passthrough"), "{out}");
+    }
+}
+
 #[test]
 fn check_config_prints_an_effective_config_that_loads_again() {
     let dir = tempfile::tempdir().unwrap();

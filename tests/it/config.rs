@@ -102,3 +102,114 @@ fn every_table_of_every_example_rejects_an_unknown_key_and_names_it_once() {
         }
     }
 }
+
+/// docs/configuration.md's table and the code's partition defaults are one source: every key the code has
+/// is in the table, and every default the table states as a literal is the code's.
+#[test]
+fn the_configuration_table_states_the_code_s_defaults() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+    )
+    .expect("docs/configuration.md is part of the package's source");
+    let code = toml::Value::try_from(config::Config::production_defaults()).unwrap();
+    // Every dotted key of the defaults (tables of tables flattened; `domains` is an array of tables).
+    fn keys(prefix: &str, v: &toml::Value, out: &mut Vec<(String, toml::Value)>) {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if matches!(v, toml::Value::Table(_)) && path != "registry.upstreams" {
+                    keys(&path, v, out);
+                } else {
+                    out.push((path, v.clone()));
+                }
+            }
+        }
+    }
+    let mut defaults = Vec::new();
+    keys("", &code, &mut defaults);
+    // The table's rows: `| `key` | default | meaning |`; `a` / `b` rows name two keys.
+    let mut rows = std::collections::BTreeMap::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 4 || !cells[1].starts_with('`') {
+            continue;
+        }
+        let names: Vec<&str> = cells[1].split(" / ").map(|n| n.trim_matches('`')).collect();
+        let values: Vec<&str> = cells[2].split(" / ").collect();
+        for (i, name) in names.iter().enumerate() {
+            let name = if i > 0 && !name.contains('.') {
+                // `sync.min_images_per_name` / `max_images_per_name`
+                let section = names[0].rsplit_once('.').map_or("", |(s, _)| s);
+                format!("{section}.{name}")
+            } else {
+                name.to_string()
+            };
+            rows.insert(name, values.get(i).copied().unwrap_or(cells[2]).to_string());
+        }
+    }
+    let mut missing = Vec::new();
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for (key, value) in &defaults {
+        if key == "domains" {
+            continue; // the `[[domains]] …` rows
+        }
+        let Some(cell) = rows.get(key) else {
+            missing.push(key.clone());
+            continue;
+        };
+        // A cell that is one backticked literal (before any "(laptop: …)" or "(…)" remark) is checked.
+        let Some(literal) = cell
+            .strip_prefix('`')
+            .and_then(|c| c.split_once('`'))
+            .map(|(l, _)| l)
+        else {
+            continue;
+        };
+        if !cell
+            .trim_start_matches('`')
+            .split_once('`')
+            .is_some_and(|(_, rest)| rest.trim().is_empty() || rest.trim().starts_with('('))
+        {
+            continue;
+        }
+        let stated: toml::Value = format!("v = {literal}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(literal.to_string()));
+        let same = match (&stated, value) {
+            // Durations and sizes print as the code prints them ("10m", "1m 30s"): compare parsed.
+            (toml::Value::String(a), toml::Value::String(b)) => {
+                a == b
+                    || humantime::parse_duration(a)
+                        .ok()
+                        .zip(humantime::parse_duration(b).ok())
+                        .is_some_and(|(x, y)| x == y)
+            }
+            (a, b) => a == b,
+        };
+        if same {
+            checked += 1;
+        } else {
+            wrong.push(format!("{key}: the table says {literal}, the code {value}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "keys the code has and docs/configuration.md does not list: {missing:?}"
+    );
+    assert!(
+        wrong.is_empty(),
+        "docs/configuration.md disagrees with the code:\n  {}",
+        wrong.join("\n  ")
+    );
+    assert!(
+        checked >= 40,
+        "only {checked} defaults were compared: the table's format changed"
+    );
+}

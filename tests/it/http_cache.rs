@@ -463,24 +463,14 @@ async fn on_miss_redirect_and_proxy() {
     svc.stop().await;
 }
 
-fn epoch_ms() -> u64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    since.as_secs() * 1000 + u64::from(since.subsec_millis())
-}
-
-/// Sleeps until the wall clock reads `at_ms` (milliseconds since the epoch); not at all if it is past.
-async fn sleep_until_epoch_ms(at_ms: u64) {
-    tokio::time::sleep(Duration::from_millis(at_ms.saturating_sub(epoch_ms()))).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revalidation_keeps_copies_current_and_survives_a_dead_origin() {
     let env = Env::new().await;
     let mut config = env.config(OnMiss::Fill);
     config.domains[0].revalidate_after = Span(Duration::from_secs(2));
     let svc = env.start(config).await;
+    let clock = svc.store().clock().clone();
+    let key = image_cache::store::Key::parse("file:files.test/mutable/a").unwrap();
     let text = |r: reqwest::Response| async move { r.text().await.unwrap() };
     macro_rules! fetch {
         () => {{
@@ -489,26 +479,25 @@ async fn revalidation_keeps_copies_current_and_survives_a_dead_origin() {
             t
         }};
     }
-    // Filled late in wall-clock second S and asked again early in S+2: about 1.2 s old in a 2 s window.
-    // (With whole-second timestamps this copy counted as 2 s old, stale, and was revalidated.)
-    let second = loop {
-        sleep_until_epoch_ms(epoch_ms() / 1000 * 1000 + 850).await;
-        let now = epoch_ms();
-        if now % 1000 >= 850 && now % 1000 < 950 {
-            break now / 1000;
-        }
-        sleep_until_epoch_ms((now / 1000 + 1) * 1000).await;
+    // The service's clock set to `ms` after the copy was last validated.
+    let age_to = |ms: u64| {
+        let validated = svc.store().get(&key).unwrap().unwrap().validated_ms;
+        clock.advance(Duration::from_millis(
+            (validated + ms).saturating_sub(clock.now_millis()),
+        ));
     };
     assert_eq!(fetch!(), "version 1\n");
-    sleep_until_epoch_ms((second + 2) * 1000 + 50).await;
+    // The window holds to the millisecond: fresh at 1.95 s of a 2 s window (whole-second ages would
+    // already call it 2 s old whenever the fill was more than 0.05 s into its second)...
+    age_to(1950);
     assert_eq!(fetch!(), "version 1\n");
     assert_eq!(
         env.origin.gets("/mutable/a"),
         1,
         "fresh copies are served without asking"
     );
-
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // ...and stale just past it: revalidated with If-None-Match, the 304 keeps the copy.
+    age_to(2050);
     assert_eq!(fetch!(), "version 1\n");
     assert_eq!(
         env.origin.state.conditional_gets.load(Ordering::SeqCst),
@@ -517,7 +506,7 @@ async fn revalidation_keeps_copies_current_and_survives_a_dead_origin() {
     );
 
     env.origin.state.version.store(2, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    age_to(2050);
     assert_eq!(fetch!(), "version 2\n", "changed content replaces the copy");
     assert_eq!(svc.store().object_count(), 1);
     assert_eq!(
@@ -527,7 +516,7 @@ async fn revalidation_keeps_copies_current_and_survives_a_dead_origin() {
     );
 
     env.origin.stop();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    age_to(2050);
     assert_eq!(fetch!(), "version 2\n", "origin down: stored copy served");
     assert_eq!(
         svc.metric("image_cache_requests_total{kind=\"file\",result=\"stale\"}")

@@ -12,6 +12,7 @@ mod config;
 mod contrib;
 mod dns;
 mod http_cache;
+mod layers;
 mod lifecycle;
 mod passthrough;
 mod peers;

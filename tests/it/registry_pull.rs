@@ -1,5 +1,5 @@
 //! The pull-through mirror against an in-test registry (token endpoint, redirecting CDN, injected
-//! faults), driven with containerd's request shapes (spec/registry-mirror.md §2.6, scenarios of §6).
+//! faults), driven with containerd's request shapes (HEAD by tag, GET by digest, Accept lists, `ns`).
 
 use crate::common;
 
@@ -172,7 +172,7 @@ async fn tags_revalidate_with_head_and_follow_a_moved_tag() {
         ),
         old.index
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    svc.store().clock().advance(Duration::from_millis(1100));
     // Same digest upstream: one HEAD, no GET (Docker Hub counts GETs as pulls).
     assert_eq!(
         header(
@@ -190,7 +190,7 @@ async fn tags_revalidate_with_head_and_follow_a_moved_tag() {
     assert_eq!(reg.count("GET /v2/app/manifests/stable"), 1);
 
     let new = reg.push_image("app", "stable", &layers(1, 1000, 3));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    svc.store().clock().advance(Duration::from_millis(1100));
     let r = get(&svc, "app", "manifests", "stable", RESOLVE_ACCEPT).await;
     assert_eq!(header(&r, "docker-content-digest"), new.index);
     assert_eq!(oci::digest(&r.bytes().await.unwrap()), new.index);

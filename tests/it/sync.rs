@@ -321,7 +321,7 @@ async fn v2_lists_with_a_bearer_token_and_refreshes_it_before_it_ages_out() {
     let env = Env::new().await;
     let origin = env.origin.url();
     let api = MetalApi::start(KEY, images(&origin), partitions(&origin)).await;
-    let now = image_cache::store::now_secs();
+    let now = image_cache::clock::Clock::system().now_secs();
     // 1000 s old, 100 s left of 1100: past three quarters, so the first call refreshes it.
     let old = common::metal_api::jwt(now - 1000, now + 100);
     api.issue(&old);
@@ -376,7 +376,7 @@ async fn scheduled_v2_sync_runs_at_start_and_pings_metal_apiserver() {
     let env = Env::new().await;
     let origin = env.origin.url();
     let api = MetalApi::start(KEY, images(&origin), partitions(&origin)).await;
-    let now = image_cache::store::now_secs();
+    let now = image_cache::clock::Clock::system().now_secs();
     let token = common::metal_api::jwt(now, now + 144 * 3600);
     api.issue(&token);
     let token_file = env.dir.path().join("metal-token");

@@ -76,7 +76,7 @@ async fn if_range_is_answered_against_the_version_being_filled() {
     hit.bytes().await.unwrap();
     // The origin moves to a new version; the stored copy goes stale.
     env.origin.state.version.fetch_add(1, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    svc.store().clock().advance(Duration::from_millis(1100));
     let resumed = svc
         .get(path)
         .header("range", "bytes=1000000-")

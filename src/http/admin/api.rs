@@ -35,7 +35,7 @@ pub(super) enum AdminError {
     BadRequest(String),
     #[error("no such key")]
     NoSuchKey,
-    #[error("no such admin route; see the README's admin API section")]
+    #[error("no such admin route; see docs/operations.md, The admin API")]
     NoRoute,
     #[error("method not allowed")]
     Method { allow: &'static str },

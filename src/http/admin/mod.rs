@@ -30,7 +30,7 @@ const SUMMARY_ENTRIES: usize = 10;
 const SCRIPT: &str = include_str!("assets/status.js");
 const STYLE: &str = include_str!("assets/style.css");
 
-/// What the admin API needs from the sync job, which the HTTP front may not import (DESIGN §2): `app`
+/// What the admin API needs from the sync job, which the HTTP front may not import (ARCHITECTURE.md, "Layers"): `app`
 /// implements it over the real `Syncer` and translates its reports into the view the API publishes.
 #[async_trait::async_trait]
 pub trait SyncControl: Send + Sync {

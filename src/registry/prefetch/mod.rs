@@ -13,7 +13,7 @@ pub mod reference;
 use super::path::{self, OciDigest, Reference};
 use crate::config::Config;
 use crate::lifecycle::{Busy, RunStatus, RunTicket, Runs, Worker, Workers};
-use crate::store::{Key, Store, now_secs};
+use crate::store::{Key, Store};
 use crate::upstream::{self, Request, Upstream};
 use futures_util::StreamExt;
 use manifest::Document;
@@ -153,7 +153,7 @@ impl Prefetcher {
         let stop = self.workers.shutdown_token();
         let mut report = Report {
             run: ticket.run(),
-            started_at: now_secs(),
+            started_at: self.store.clock().now_secs(),
             finished_at: 0,
             configured,
             images: Vec::new(),
@@ -210,7 +210,7 @@ impl Prefetcher {
                 }
             }
         }
-        report.finished_at = now_secs();
+        report.finished_at = self.store.clock().now_secs();
         tracing::info!(
             run = report.run,
             images = report.images.len(),

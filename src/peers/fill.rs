@@ -6,14 +6,12 @@
 //! if it does not, or it is down, busy (its own fill of the key waits on a node) or failing, the fill
 //! goes to the origin. What the owner sends is verified like any fill (length, digest, md5).
 
-use super::{Request, Response, Upstream, source};
+use super::{ORIGIN_ETAG_HEADER, PEER_HEADER};
 use crate::metrics::{Metrics, peer_fill};
-use crate::peers::{ORIGIN_ETAG_HEADER, PEER_HEADER};
-use crate::store::{SourceError, SourceFuture, SourceMeta, SourceOutcome};
+use crate::store::{PeerWait, SourceError, SourceFuture, SourceMeta, SourceOutcome};
+use crate::upstream::{Request, Response, Upstream, source};
 use futures_util::StreamExt;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// What to ask the owner, and how to read its answer.
@@ -28,8 +26,8 @@ pub struct PeerAsk {
     /// Statuses that are the origin's verdict, passed on instead of asking the origin again (a file the
     /// origin does not have: 404, 410).
     pub final_statuses: &'static [u16],
-    /// Cleared when the fill stops waiting on the owner (see `store::FillSpec::peer_wait`).
-    pub waiting: Arc<AtomicBool>,
+    /// Cleared when the fill stops waiting on the owner (see `store::PeerWait`).
+    pub waiting: PeerWait,
     /// Fills in what a body from the owner tells (its `Docker-Content-Digest`, the origin's validators).
     pub adapt: fn(&Response, &mut SourceMeta),
 }
@@ -44,7 +42,7 @@ impl PeerAsk {
         url_path: &str,
         ours: Option<String>,
         timeout: Duration,
-        waiting: Arc<AtomicBool>,
+        waiting: PeerWait,
     ) -> Option<Self> {
         let url = url::Url::parse(&format!("http://{peer}{url_path}")).ok()?;
         let mut headers = vec![("host".to_string(), host.to_string())];
@@ -66,7 +64,7 @@ impl PeerAsk {
 }
 
 /// The owner's answer if it has a usable one, else `fallback` (the origin).
-pub fn peer_first(
+pub(super) fn peer_first(
     upstream: Upstream,
     metrics: Metrics,
     ask: PeerAsk,
@@ -117,7 +115,7 @@ pub fn peer_first(
         };
         tracing::info!(%peer, url = %ask.url, %why, "owner node unusable; filling from the origin");
         metrics.peer_fill(peer, peer_fill::FALLBACK);
-        ask.waiting.store(false, Ordering::SeqCst);
+        ask.waiting.stop();
         fallback.await
     })
 }
