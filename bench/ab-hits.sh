@@ -8,10 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -eq 2 ] && [ -x "$1" ] && [ -x "$2" ] || { echo "usage: bench/ab-hits.sh BINARY_A BINARY_B"; exit 2; }
 A=$1; B=$2; DUR=${DUR:-8}; ROUNDS=${ROUNDS:-3}
-command -v nginx >/dev/null && command -v wrk >/dev/null || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null; }
-W=$(mktemp -d /tmp/ic-ab.XXXXXX); chmod 755 "$W"
-PIDS=(); cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }; trap cleanup EXIT
+source bench/lib.sh
+bench_need nginx:nginx-light wrk:wrk
+bench_start ab
 mkdir -p "$W/www"; head -c 1073741824 /dev/urandom > "$W/www/big.bin"; head -c 100000 /dev/urandom > "$W/www/small.bin"
 cat > "$W/nginx.conf" <<CONF
 worker_processes 1; pid $W/nginx.pid; error_log $W/nginx.err; events { worker_connections 256; }
@@ -48,8 +47,9 @@ m=re.search(r"Transfer/sec:\s+([\d.]+)([KMG]?B)",out); bps=float(m.group(1))*{"B
 gb=bps*dur/1e9; print(f"{bps/1e6:.0f}MB/s {rps:.0f}req/s {t/hz/gb:.3f}cpu-s/GB")
 PY
 }
+declare -A PORT=([a]=18180 [b]=18181)
 for r in $(seq "$ROUNDS"); do
-  for x in a b; do echo "round $r $x big:   $(run "$(cat $W/$x.pid)" $([ $x = a ] && echo 18180 || echo 18181) 4 /big.bin)"; done
-  for x in b a; do echo "round $r $x small: $(run "$(cat $W/$x.pid)" $([ $x = a ] && echo 18180 || echo 18181) 50 /small.bin)"; done
+  for x in a b; do echo "round $r $x big:   $(run "$(cat "$W/$x.pid")" "${PORT[$x]}" 4 /big.bin)"; done
+  for x in b a; do echo "round $r $x small: $(run "$(cat "$W/$x.pid")" "${PORT[$x]}" 50 /small.bin)"; done
 done
-for x in a b; do echo "$x VmHWM: $(grep VmHWM /proc/$(cat $W/$x.pid)/status)"; done
+for x in a b; do echo "$x VmHWM: $(grep VmHWM "/proc/$(cat "$W/$x.pid")/status")"; done

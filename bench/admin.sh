@@ -15,14 +15,9 @@ DUR=${DUR:-8}
 REPEAT=${REPEAT:-5}
 VIEWERS=${VIEWERS:-5}
 OBJECTS=${OBJECTS:-20000}
-W=$(mktemp -d /tmp/ic-bench-admin.XXXXXX)
-chmod 755 "$W"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
-
-command -v nginx >/dev/null && command -v wrk >/dev/null || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null; }
+source bench/lib.sh
+bench_start bench-admin
+bench_need nginx:nginx-light wrk:wrk
 cargo build --release --locked -q
 BIN=$PWD/target/release/image-cache
 

@@ -12,19 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10}
 REPEAT=${REPEAT:-3}
-W=$(mktemp -d /tmp/ic-dnsbench.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
-
-need=()
-command -v dnsperf >/dev/null || need+=(dnsperf)
-command -v unbound >/dev/null || need+=(unbound)
-command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
-command -v dig >/dev/null || need+=(dnsutils)
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+source bench/lib.sh
+bench_start dnsbench
+bench_need dnsperf:dnsperf unbound:unbound dnsmasq:dnsmasq-base dig:dnsutils
 cargo build --release --locked -q
 BIN=target/release/image-cache
 UP=127.0.0.1:25399 IC=25353 UB=25354
@@ -42,7 +32,7 @@ DOMAINS=(images.metal-stack.io github.com objects.githubusercontent.com releases
   echo "[nodes]"; echo "self = \"127.0.0.1\""
   for d in "${DOMAINS[@]}"; do echo "[[domains]]"; echo "name = \"$d\""; done
 } > "$W/ic.toml"
-IMAGE_CACHE_LOG__LEVEL=error "$BIN" serve --config "$W/ic.toml" 2>>"$W/ic.log" & ICPID=$!; PIDS+=($ICPID)
+IMAGE_CACHE_LOG__LEVEL=error "$BIN" serve --config "$W/ic.toml" 2>>"$W/ic.log" & ICPID=$!; PIDS+=("$ICPID")
 
 {
   echo "server:"
@@ -69,7 +59,7 @@ IMAGE_CACHE_LOG__LEVEL=error "$BIN" serve --config "$W/ic.toml" 2>>"$W/ic.log" &
   echo "  name: \".\""
   echo "  forward-addr: ${UP%:*}@${UP#*:}"
 } > "$W/unbound.conf"
-unbound -d -c "$W/unbound.conf" & UBPID=$!; PIDS+=($UBPID)
+unbound -d -c "$W/unbound.conf" & UBPID=$!; PIDS+=("$UBPID")
 sleep 1.5
 
 for d in "${DOMAINS[@]}"; do echo "$d A"; done > "$W/intercepted.txt"

@@ -1,13 +1,12 @@
+# shellcheck shell=bash
 # bench/fill-scene.sh — sourced by bench/fill.sh and bench/profile-fill.sh: a SIZE_MB MiB file of random bytes
 # served over TLS by nginx on 127.0.0.1:18443 (a CA of its own in $W/ca.pem, access log $W/access.log) and an
 # image-cache that fills files.test from it, on 127.0.0.1:18080. Expects BIN and SIZE_MB; sets W and IC; defines
 # fresh_cache (image-cache restarted on an empty state folder); installs an EXIT trap that cleans everything up.
-W=$(mktemp -d /tmp/ic-fill.XXXXXX)
-chmod 755 "$W"
-PIDS=()
+source bench/lib.sh
+bench_start fill
 IC=
-cleanup() { for p in "${PIDS[@]}" $IC; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
+bench_stop() { if [ -n "$IC" ]; then kill "$IC" 2>/dev/null || true; fi; }
 
 mkdir -p "$W/www"
 head -c $((SIZE_MB * 1048576)) /dev/urandom >"$W/www/big.img"

@@ -11,14 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10}
 REPEAT=${REPEAT:-3}
-W=$(mktemp -d /tmp/ic-bench.XXXXXX)
-chmod 755 "$W"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
-
-command -v nginx >/dev/null && command -v wrk >/dev/null || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null; }
+source bench/lib.sh
+bench_start bench
+bench_need nginx:nginx-light wrk:wrk
 cargo build --release --locked -q
 BIN=target/release/image-cache
 
@@ -51,14 +46,14 @@ enabled = false
 name = "bench.test"
 origin = "http://127.0.0.1:18081"
 CONF
-IMAGE_CACHE_LOG__LEVEL=error "$BIN" serve --config "$W/ic.toml" 2>>"$W/ic.log" & IC=$!; PIDS+=($IC)
+IMAGE_CACHE_LOG__LEVEL=error "$BIN" serve --config "$W/ic.toml" 2>>"$W/ic.log" & IC=$!; PIDS+=("$IC")
 sleep 1
 for f in big.bin small.bin; do curl -sf -H 'Host: bench.test' "http://127.0.0.1:18080/$f" -o /dev/null; done
 sleep 1
 
 cpu_of() { # utime+stime in clock ticks, summed over the given pids
   local t=0; for p in "$@"; do read -ra s < "/proc/$p/stat"; t=$((t + s[13] + s[14])); done; echo $t; }
-nginx_pids() { pgrep -f "nginx -c $W/nginx.conf" | tr '\n' ' '; pgrep -P "$(cat "$W/nginx.pid")" | tr '\n' ' '; }
+nginx_pids() { pgrep -f "nginx -c $W/nginx.conf"; pgrep -P "$(cat "$W/nginx.pid")"; }
 HZ=$(getconf CLK_TCK)
 
 # run NAME URL_BASE CONNS PATH PIDS... → prints "bytes_per_s req_per_s cpu_s_per_gb"
@@ -82,13 +77,14 @@ PY
 # Pairs of runs, image-cache and nginx back to back (order alternating), so that drift of this shared machine
 # hits both sides of a ratio alike; the reported ratio is the median of the pairs' ratios.
 : > "$W/pairs"
+mapfile -t NGINX < <(nginx_pids)
 for i in $(seq "$REPEAT"); do
   for case in "large 4 /big.bin" "small 50 /small.bin"; do
     read -r name conns path <<<"$case"
     if (( i % 2 )); then
-      ic=$(run http://127.0.0.1:18080 "$conns" "$path" $IC); ng=$(run http://127.0.0.1:18081 "$conns" "$path" $(nginx_pids))
+      ic=$(run http://127.0.0.1:18080 "$conns" "$path" "$IC"); ng=$(run http://127.0.0.1:18081 "$conns" "$path" "${NGINX[@]}")
     else
-      ng=$(run http://127.0.0.1:18081 "$conns" "$path" $(nginx_pids)); ic=$(run http://127.0.0.1:18080 "$conns" "$path" $IC)
+      ng=$(run http://127.0.0.1:18081 "$conns" "$path" "${NGINX[@]}"); ic=$(run http://127.0.0.1:18080 "$conns" "$path" "$IC")
     fi
     echo "$name $ic $ng" >> "$W/pairs"
   done

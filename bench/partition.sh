@@ -14,16 +14,14 @@ OBJECTS=${OBJECTS:-4}
 SIZE_MB=${SIZE_MB:-64}
 N=${N:-24}
 REPEAT=${REPEAT:-3}
-command -v nginx >/dev/null && command -v curl >/dev/null && command -v bc >/dev/null || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light curl bc >/dev/null; }
+source bench/lib.sh
+source tests/e2e/lib.sh # e2e_node_config
+bench_need nginx:nginx-light curl:curl bc:bc
 cargo build --release --locked -q
 BIN=$PWD/target/release/image-cache
-W=$(mktemp -d /tmp/ic-partition.XXXXXX)
-chmod 755 "$W"
-PIDS=()
+bench_start partition
 stop_nodes() { for p in "${NODE_PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; wait "${NODE_PIDS[@]:-}" 2>/dev/null || true; NODE_PIDS=(); }
-cleanup() { stop_nodes; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
+bench_stop() { stop_nodes; }
 NODE_PIDS=()
 PORT=18180
 
@@ -51,10 +49,9 @@ start_nodes() { # start_nodes COUNT: fresh stores, every node knowing the others
   local count=$1 i j peers
   for i in $(seq 1 "$count"); do
     peers=""
-    for j in $(seq 1 "$count"); do [ "$i" = "$j" ] || peers="$peers\"127.0.0.$j\","; done
-    rm -rf "$W/n$i"; mkdir -p "$W/n$i"
-    cat >"$W/n$i/ic.toml" <<TOML
-state_dir = "$W/n$i/state"
+    for j in $(seq 1 "$count"); do [ "$i" = "$j" ] || peers="$peers 127.0.0.$j"; done
+    rm -rf "$W/n$i"
+    e2e_node_config "$W/n$i" "127.0.0.$i" "$peers" "peer_port = $PORT" 'health_interval = "200ms"' <<TOML
 [http]
 listen = ["127.0.0.$i:$PORT"]
 [dns]
@@ -62,18 +59,13 @@ enabled = false
 upstreams = ["127.0.0.1:9"]
 [passthrough]
 enabled = false
-[nodes]
-self = "127.0.0.$i"
-peers = [${peers%,}]
-peer_port = $PORT
-health_interval = "200ms"
 [[domains]]
 name = "files.test"
 origin = "http://127.0.0.1:18181"
 [log]
 level = "warn"
 TOML
-    "$BIN" serve --config "$W/n$i/ic.toml" >"$W/n$i/log" 2>&1 &
+    "$BIN" serve --config "$W/n$i/config.toml" >"$W/n$i/log" 2>&1 &
     NODE_PIDS+=($!)
   done
   for i in $(seq 1 "$count"); do
@@ -105,7 +97,6 @@ run_clients() { # run_clients COUNT → seconds for N clients (client k on node 
   echo "$(date +%s.%N) - $t0" | bc
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 total=$((OBJECTS * SIZE_MB * 1048576))
 ratios=(); factors=(); tp=(); t1=()
 for r in $(seq 1 "$REPEAT"); do

@@ -8,15 +8,10 @@ cd "$(dirname "$0")/.."
 DUR=${DUR:-8}
 OUT=bench/out
 mkdir -p "$OUT"
-W=$(mktemp -d /tmp/ic-profile.XXXXXX)
-chmod 755 "$W"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
-command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
+source bench/lib.sh
+bench_start profile
+bench_need perf:linux-perf nginx:nginx-light wrk:wrk
 command -v perf >/dev/null || { echo "bench/profile-hits.sh needs perf (Debian: linux-perf)"; exit 1; }
-command -v nginx >/dev/null && command -v wrk >/dev/null || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null; }
 # Symbols for the profile: a release build with debug line tables.
 CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --locked -q
 BIN=target/release/image-cache
@@ -44,7 +39,7 @@ enabled = false
 name = "bench.test"
 origin = "http://127.0.0.1:18091"
 CONF
-IMAGE_CACHE_LOG__LEVEL=warn "$BIN" serve --config "$W/ic.toml" & IC=$!; PIDS+=($IC)
+IMAGE_CACHE_LOG__LEVEL=warn "$BIN" serve --config "$W/ic.toml" & IC=$!; PIDS+=("$IC")
 sleep 1
 for f in big.bin small.bin; do curl -sf -H 'Host: bench.test' "http://127.0.0.1:18090/$f" -o /dev/null; done
 sleep 1

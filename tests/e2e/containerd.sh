@@ -11,20 +11,9 @@
 # Needs root (network namespaces). Installs containerd, docker-registry, skopeo, python3 if missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[ "$(id -u)" = 0 ] || { echo "tests/e2e/containerd.sh needs root (network namespaces)"; exit 1; }
-need=()
-command -v containerd >/dev/null || need+=(containerd)
-command -v docker-registry >/dev/null || need+=(docker-registry)
-command -v skopeo >/dev/null || need+=(skopeo)
-command -v python3 >/dev/null || need+=(python3)
-command -v curl >/dev/null || need+=(curl)
-command -v ip >/dev/null || need+=(iproute2)
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-cargo build --release --locked -q
-BIN=$PWD/target/release/image-cache
-
+source tests/e2e/lib.sh
+e2e_start ctd containerd:containerd docker-registry:docker-registry skopeo:skopeo python3:python3 curl:curl \
+  ip:iproute2 bc:bc
 source tests/e2e/oci-scene.sh
 
 # Cache only: the registry as written in the reference is a dead port, so containerd cannot pass by
@@ -37,7 +26,6 @@ server = "http://127.0.0.1:1"
 TOML
 REF=registry.test:5000/test/app:1
 
-command -v bc >/dev/null || { apt-get install -y -qq bc >/dev/null 2>&1 || true; }
 
 pulled "cold pull through the mirror" "$W/hosts" "$REF"
 pulled "warm pull through the mirror" "$W/hosts" "$REF"
@@ -71,5 +59,5 @@ mkdir -p "$W/hosts-fallback/_default"
 mv "$W/hosts-fallback/hosts.toml.default" "$W/hosts-fallback/_default/hosts.toml"
 pulled "pull with image-cache stopped falls back to the registry" "$W/hosts-fallback" 127.0.0.1:5000/test/app:1 --plain-http
 
-echo "containerd e2e: $FAILS failure(s)"
-[ "$FAILS" = 0 ] || { echo "--- image-cache log"; tail -30 "$W/ic.log"; exit 1; }
+[ "$FAILS" = 0 ] || { echo "--- image-cache log"; tail -30 "$W/ic.log"; }
+e2e_done containerd

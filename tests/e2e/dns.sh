@@ -11,38 +11,13 @@
 # Needs root (namespaces, port 53). Installs dnsutils, dnsmasq-base and iproute2 if missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[ "$(id -u)" = 0 ] || { echo "tests/e2e/dns.sh needs root (network namespaces)"; exit 1; }
-need=()
-command -v dig >/dev/null || need+=(dnsutils)
-command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
-command -v ip >/dev/null || need+=(iproute2)
-command -v openssl >/dev/null || need+=(openssl)
-command -v curl >/dev/null || need+=(curl)
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-cargo build --release --locked -q
-BIN=$PWD/target/release/image-cache
-
-W=$(mktemp -d /tmp/ic-e2e-dns.XXXXXX)
+source tests/e2e/lib.sh
+e2e_start e2e-dns dig:dnsutils dnsmasq:dnsmasq-base ip:iproute2 openssl:openssl curl:curl
 A=ic-e2e-dns-a B=ic-e2e-dns-b
-declare -A PID=()
-cleanup() {
-  for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  ip netns del $A 2>/dev/null || true
-  ip netns del $B 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
+trap e2e_cleanup EXIT
 trap 'exit 143' TERM INT
-FAILS=0
-pass() { echo "PASS $*"; }
-fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
 
-ip netns add $A; ip netns add $B
-ip -n $A link set lo up; ip -n $B link set lo up
+e2e_netns $A $B
 ip link add ic-e2e-va netns $A type veth peer name ic-e2e-vb netns $B
 ip -n $A addr add 10.99.0.1/24 dev ic-e2e-va; ip -n $A link set ic-e2e-va up
 ip -n $B addr add 10.99.0.2/24 dev ic-e2e-vb; ip -n $B link set ic-e2e-vb up
@@ -62,8 +37,7 @@ ip netns exec $B openssl s_server -accept 10.99.0.2:8443 -cert "$W/origin.pem" -
 PID[origin]=$!
 
 config() { # name self peer answer_order
-  cat > "$W/$1.toml" <<CONF
-state_dir = "$W/$1"
+  e2e_node_config "$W/$1" "$2" "$3" 'health_interval = "1s"' <<CONF
 [http]
 listen = ["$2:80"]
 [dns]
@@ -72,11 +46,6 @@ upstreams = ["10.99.0.1:5300"]
 allow = ["10.99.0.0/24", "127.0.0.0/8"]
 answer_ttl = "30s"
 answer_order = "$4"
-[nodes]
-self = "$2"
-peers = ["$3"]
-peer_port = 80
-health_interval = "1s"
 [passthrough]
 listen = ["$2:443"]
 [[domains]]
@@ -90,7 +59,7 @@ CONF
 config a 10.99.0.1 10.99.0.2 rotate
 config b 10.99.0.2 10.99.0.1 self-first
 start() { # node netns
-  IMAGE_CACHE_LOG__LEVEL=warn ip netns exec "$2" "$BIN" serve --config "$W/$1.toml" >>"$W/$1.log" 2>&1 &
+  IMAGE_CACHE_LOG__LEVEL=warn ip netns exec "$2" "$BIN" serve --config "$W/$1/config.toml" >>"$W/$1/log" 2>&1 &
   PID[$1]=$!
 }
 start a $A
@@ -159,7 +128,6 @@ if wait_for 10 "10.99.0.2" qb images.metal-stack.io A; then pass "the other node
 else fail "B after A died: $(answers qb images.metal-stack.io A)"; fi
 
 if ((FAILS)); then
-  echo "--- node a log"; tail -20 "$W/a.log"; echo "--- node b log"; tail -20 "$W/b.log"
-  echo "$FAILS check(s) failed"; exit 1
+  echo "--- node a log"; tail -20 "$W/a/log"; echo "--- node b log"; tail -20 "$W/b/log"
 fi
-echo "all DNS e2e checks passed"
+e2e_done DNS

@@ -46,9 +46,7 @@ in_ origin dnsmasq --keep-in-foreground --pid-file= --port=53 --listen-address="
 PID[dns]=$!
 
 node_config() { # node_config SELF PEER
-  mkdir -p "$W/$1"
-  cat >"$W/$1/config.toml" <<TOML
-state_dir = "$W/$1/state"
+  e2e_node_config "$W/$1" "${ADDR[$1]}" "${ADDR[$2]}" 'health_interval = "1s"' <<TOML
 [http]
 listen = ["${ADDR[$1]}:80"]
 [dns]
@@ -57,10 +55,6 @@ upstreams = ["${ADDR[origin]}:53"]
 allow = ["10.98.0.0/24"]
 [passthrough]
 enabled = false
-[nodes]
-self = "${ADDR[$1]}"
-peers = ["${ADDR[$2]}"]
-health_interval = "1s"
 [[domains]]
 name = "files.test"
 origin = "http://files.test"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # tests/e2e/lib.sh — sourced by the end-to-end scripts: the preamble they all share.
 #   e2e_start NAME CMD:PACKAGE...   root check, missing Debian packages installed, release build (sets BIN),
 #                                   a 0755 scratch dir (sets W: daemons that drop privileges read from it)
@@ -5,9 +6,13 @@
 #   pass / fail, FAILS              one line per check; the script ends with `e2e_done NAME`
 #   e2e_nginx NS 'server {…}' [LOG] nginx in the foreground in namespace NS (PID[nginx]), access log off unless named
 #   e2e_netns NS...                 fresh namespaces with lo up and an empty /etc/netns/NS (for a hosts file)
+#   e2e_node_config DIR SELF "PEER…" [NODES_LINE…] <<TOML
+#                                   DIR/config.toml of one cache node: its state in DIR/state, the node's own
+#                                   tables from stdin ([http], [dns], [[domains]] …), then [nodes] with SELF, the
+#                                   PEERs (space-separated, may be empty) and the NODES_LINEs (`peer_timeout = "3s"`)
 #   e2e_cleanup                     for `trap e2e_cleanup EXIT`: stops PID[], kills what still runs in the
-#                                   namespaces of e2e_netns, deletes them and their /etc/netns, removes W
-# A script with more to undo (mounts, namespaces made by hand) writes its own EXIT trap around e2e_stop_all.
+#                                   namespaces of e2e_netns, deletes them and their /etc/netns, calls e2e_undo
+#                                   when the script defines it (mounts), removes W
 declare -A PID=()
 E2E_NETNS=()
 FAILS=0
@@ -21,11 +26,14 @@ e2e_start() {
   for pair in "$@"; do
     command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
   done
-  need+=(${E2E_EXTRA_PACKAGES:-})
+  local extra=()
+  read -r -a extra <<<"${E2E_EXTRA_PACKAGES:-}"
+  need+=("${extra[@]}")
   if ((${#need[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
   cargo build --release --locked -q
+  # shellcheck disable=SC2034 # for the scripts that source this file
   BIN=$PWD/target/release/image-cache
   W=$(mktemp -d "/tmp/ic-$name.XXXXXX")
   chmod 755 "$W"
@@ -67,7 +75,23 @@ e2e_cleanup() {
     ip netns del "$ns" 2>/dev/null || true
     rm -rf "/etc/netns/$ns"
   done
+  if declare -F e2e_undo >/dev/null; then e2e_undo; fi
   rm -rf "$W"
+}
+
+e2e_node_config() {
+  local dir=$1 self=$2 peer quoted=()
+  for peer in $3; do quoted+=("\"$peer\""); done
+  shift 3
+  mkdir -p "$dir"
+  {
+    echo "state_dir = \"$dir/state\""
+    cat
+    echo "[nodes]"
+    echo "self = \"$self\""
+    echo "peers = [$(IFS=,; echo "${quoted[*]}")]"
+    if (($#)); then printf '%s\n' "$@"; fi
+  } >"$dir/config.toml"
 }
 
 e2e_stop_all() {

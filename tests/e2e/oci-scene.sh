@@ -2,27 +2,18 @@
 # namespace with docker-registry on 127.0.0.1:5000 holding test/app:1 (a two-platform image written by
 # oci-image.py, layer sizes in KiB from $LAYERS_KIB), image-cache on 127.0.0.1:8080 with that registry as
 # "registry.test:5000" (not started with OCI_SCENE_NO_CACHE=1: the caller runs its own, as the container
-# test does), and a standalone containerd. Expects BIN (the image-cache binary); sets W, NS, SOCK, INDEX,
-# SNAP, PID[] and the helpers below (ctr_, pulled); installs an EXIT trap that cleans everything up.
+# test does), and a standalone containerd. Expects what `e2e_start` of tests/e2e/lib.sh sets (BIN, W); sets
+# NS, SOCK, INDEX, SNAP and the helpers below (ctr_, pulled); installs an EXIT trap that cleans everything up
+# (e2e_cleanup, with containerd's mounts undone).
+# shellcheck shell=bash
 
-W=$(mktemp -d /tmp/ic-ctd.XXXXXX)
+: "${W:?tests/e2e/oci-scene.sh is sourced after e2e_start of tests/e2e/lib.sh}"
+declare -gA PID # tests/e2e/lib.sh's; said again for shellcheck, which reads this file alone
 NS=${NS:-ic-e2e-ctd}
 SOCK=$W/c.sock
-declare -A PID=()
-cleanup() {
-  for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  ip netns pids $NS 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-  ip netns del $NS 2>/dev/null || true
-  umount -R "$W/ctd/root" 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
+e2e_undo() { umount -R "$W/ctd/root" 2>/dev/null || true; }
+trap e2e_cleanup EXIT
 trap 'exit 143' TERM INT
-FAILS=0
-pass() { echo "PASS $*"; }
-fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
 in_ns() { ip netns exec $NS "$@"; }
 wait_for() { # wait_for SECONDS CMD...: retry every 0.1 s
   local deadline=$((SECONDS + $1)); shift
@@ -32,9 +23,7 @@ wait_for() { # wait_for SECONDS CMD...: retry every 0.1 s
   done
 }
 
-ip netns del $NS 2>/dev/null || true
-ip netns add $NS
-ip -n $NS link set lo up
+e2e_netns $NS
 
 # --- the registry, and an image pushed to it -------------------------------------------------------
 mkdir -p "$W/reg"
@@ -97,6 +86,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
   address = ""
 TOML
 ip netns exec $NS containerd --config "$W/ctd/config.toml" >"$W/ctd/log" 2>&1 &
+# shellcheck disable=SC2034 # stopped by e2e_cleanup
 PID[containerd]=$!
 wait_for 20 in_ns ctr --address "$SOCK" version
 SNAP=()
@@ -104,7 +94,8 @@ in_ns ctr --address "$SOCK" plugins ls | grep -q 'overlayfs.*ok' || SNAP=(--snap
 ctr_() { in_ns ctr --address "$SOCK" "$@"; }
 pulled() { # pulled LABEL HOSTS REF [ctr args]: PASS when ctr pulls the pushed index digest; the image is removed after
   local label=$1 hosts=$2 ref=$3; shift 3
-  local t0=$(date +%s.%N)
+  local t0
+  t0=$(date +%s.%N)
   if ctr_ images pull "${SNAP[@]}" "$@" --hosts-dir "$hosts" "$ref" >"$W/pull.log" 2>&1; then
     local got
     got=$(ctr_ images ls | awk -v r="$ref" '$1 == r {print $3}')

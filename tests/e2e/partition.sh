@@ -78,10 +78,8 @@ in_ origin skopeo --policy "$W/policy.json" copy -q --all --dest-tls-verify=fals
 # --- three cache nodes ------------------------------------------------------------------------------
 node_config() { # node_config SELF
   local peers=() n
-  for n in "${NODES[@]}"; do [ "$n" = "$1" ] || peers+=("\"${ADDR[$n]}\""); done
-  mkdir -p "$W/$1"
-  cat >"$W/$1/config.toml" <<TOML
-state_dir = "$W/$1/state"
+  for n in "${NODES[@]}"; do [ "$n" = "$1" ] || peers+=("${ADDR[$n]}"); done
+  e2e_node_config "$W/$1" "${ADDR[$1]}" "${peers[*]}" 'health_interval = "1s"' 'peer_timeout = "3s"' <<TOML
 [http]
 listen = ["${ADDR[$1]}:80"]
 [dns]
@@ -90,11 +88,6 @@ upstreams = ["${ADDR[origin]}:53"]
 allow = ["10.97.0.0/24"]
 [passthrough]
 enabled = false
-[nodes]
-self = "${ADDR[$1]}"
-peers = [$(IFS=,; echo "${peers[*]}")]
-health_interval = "1s"
-peer_timeout = "3s"
 [[domains]]
 name = "files.test"
 origin = "http://files.test"

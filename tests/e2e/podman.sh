@@ -1,6 +1,8 @@
+# shellcheck shell=bash
 # tests/e2e/podman.sh — sourced: a podman of the test's own, configured the way it runs on these machines
-# (vfs storage, file locks, cgroupfs, no event log: ../shared/spec/e2e-facts.md), with all its state under
-# one folder and its fixed path /var/lib/containers a scratch tmpfs in a private mount namespace.
+# (vfs storage, file locks, cgroupfs, no event log: what works on a CI machine without systemd or overlay
+# mounts), with all its state under one folder and its fixed path /var/lib/containers a scratch tmpfs in a
+# private mount namespace.
 #   podman_private_setup DIR    writes DIR/containers.conf, DIR/storage.conf and an empty DIR/auth.json
 #   podman_private DIR ARGS...  podman with that configuration (and DIR/registries.conf when it exists),
 #                               started through $PODMAN_WRAP when set (a command or function that enters a

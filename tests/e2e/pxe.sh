@@ -131,9 +131,7 @@ e2e_nginx $NS "server {
     root $W/www;
   }" "$W/origin-access.log"
 
-mkdir -p "$W/ic"
-cat >"$W/ic/config.toml" <<TOML
-state_dir = "$W/ic/state"
+e2e_node_config "$W/ic" 10.99.0.2 "" <<TOML
 [http]
 listen = ["10.99.0.2:80"]
 [dns]
@@ -146,8 +144,6 @@ enabled = false
 [[domains]]
 name = "boot.test"
 origin = "https://boot.test"
-[nodes]
-self = "10.99.0.2"
 [upstream]
 ca_file = "$W/certs/ca.pem"
 TOML
@@ -168,7 +164,7 @@ if [ -z "$ACCEL" ]; then
     grep -q IMAGE-CACHE-PROBE-OK "$W/probe.serial" 2>/dev/null && ACCEL=kvm
   fi
 fi
-CPU=(); [ "$ACCEL" = kvm ] && CPU=(-cpu host,-arch-capabilities)
+CPU=(); [ "$ACCEL" = kvm ] && CPU=(-cpu "host,-arch-capabilities")
 echo "QEMU accelerator: $ACCEL"
 
 boot() { # boot N: machine N on tapN; returns when QEMU exits (guest powered off) or after 300 s

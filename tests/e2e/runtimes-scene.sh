@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # tests/e2e/runtimes-scene.sh — sourced by tests/e2e/runtimes.sh and bench/runtimes.sh after e2e_start and
 # with NS set: a private network namespace (only loopback) holding a Debian docker-registry (127.0.0.1:5000,
 # the image test/app:1 pushed, two platforms, LAYERS_KIB), one image-cache (127.0.0.1:8080; the registry is
@@ -6,6 +7,7 @@
 # lines before any pull). Pull helpers, each returning the pull's exit status and removing the image after:
 #   ctr_get VERSION REF HOSTS_DIR [ARGS...]   docker_get REF   podman_get REF [ARGS...]
 # and the accessors ctr_ VERSION ARGS..., docker_ ARGS..., podman_ ARGS...
+declare -gA PID # tests/e2e/lib.sh's; said again for shellcheck, which reads this file alone
 e2e_netns $NS
 in_ns() { ip netns exec $NS "$@"; }
 # Programs that must keep the host's /sys (cgroups) run in the namespace's network only, in a private
@@ -37,6 +39,7 @@ echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$W/policy.json"
 in_ns skopeo --policy "$W/policy.json" copy -q --all --dest-tls-verify=false \
   "oci:$W/img:1" docker://127.0.0.1:5000/test/app:1
 echo "pushed test/app:1 = $INDEX"
+# shellcheck disable=SC2034 # for the caller: the registry log lines before any runtime pulled
 PUSHED=$(wc -l <"$W/reg/log")
 
 # --- image-cache: the registry is "registry.test" (containerd's ns, podman's prefix) and "docker.io" ------
@@ -137,6 +140,7 @@ start_docker() {
       --pidfile '$W/docker/pid' -H 'unix://$W/docker/d.sock' -G root --containerd '$W/ctd-1.6/c.sock' \
       --storage-driver vfs --iptables=false --ip6tables=false --ip-masq=false --ip-forward=false \
       --bridge=none --userland-proxy=false" >"$W/docker/log" 2>&1 &
+  # shellcheck disable=SC2034 # stopped by e2e_cleanup
   PID[dockerd]=$!
   wait_for 30 $DOCKER -H "unix://$W/docker/d.sock" version
 }
@@ -166,6 +170,7 @@ podman_() { PODMAN_WRAP=in_net podman_private "$W/podman" "$@"; }
 podman_get() { # podman_get REF [ARGS...]
   local ref=$1 rc=0; shift
   podman_ pull -q "$@" "$ref" >"$W/podman/pull.log" 2>&1 || rc=$?
+  # shellcheck disable=SC2034 # for the caller, which compares it with INDEX
   GOT=$(podman_ image inspect --format '{{range .RepoDigests}}{{.}} {{end}}' "$ref" 2>/dev/null || true)
   podman_ rmi -f "$ref" >/dev/null 2>&1 || true
   return $rc

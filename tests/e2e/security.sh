@@ -47,8 +47,7 @@ mkdir -p "$W/www"; echo "hello from the origin" >"$W/www/hello.txt"; chmod -R a+
 e2e_nginx "$P-internet" "server { listen ${ADDR[internet]}:443 ssl; ssl_certificate $W/cert.pem; ssl_certificate_key $W/key.pem; root $W/www; }" "$W/origin.log"
 
 node_config() { # node_config [TOKEN_FILE]
-  cat >"$W/config.toml" <<TOML
-state_dir = "$W/state"
+  e2e_node_config "$W" "${ADDR[node]}" "" <<TOML
 [http]
 listen = ["0.0.0.0:80"]
 ${1:+admin_token_file = \"$1\"}
@@ -60,8 +59,6 @@ allow = ["10.96.0.0/24"]
 enabled = true
 listen = ["${ADDR[node]}:443"]
 allow = ["${ADDR[tenant]}/32"]
-[nodes]
-self = "${ADDR[node]}"
 [upstream]
 ca_file = "$W/cert.pem"
 [[domains]]

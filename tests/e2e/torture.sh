@@ -4,7 +4,7 @@
 # store smaller than what is asked of it), and killed with -9 at a random moment. After every kill:
 # the restart empties tmp/, `image-cache store verify` finds nothing corrupt, and every transfer a client
 # saw complete — before the kill and after the restart — is byte for byte what the origin holds.
-# Prints the figures the README quotes: cycles run, transfers checked, corrupt served (must be 0).
+# Prints the figures docs/features.md quotes: cycles run, transfers checked, corrupt served (must be 0).
 # Runs in a private network namespace (loopback only). Needs root. Installs nginx-light, curl, python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
