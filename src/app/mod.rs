@@ -16,6 +16,7 @@ use crate::registry::RegistryState;
 use crate::store::Store;
 use crate::sync::Syncer;
 use crate::systemd;
+use crate::upstream::registry_health::RegistryHealth;
 use crate::upstream::{NameResolver, Upstream, oci_auth::OciAuth, tls::TlsSetupError};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use std::net::{SocketAddr, TcpListener};
@@ -163,12 +164,19 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         .map(local)
         .collect::<Result<Vec<_>, _>>()?;
 
+    let registry_health = Arc::new(RegistryHealth::new(
+        config.registry.upstreams.keys(),
+        config.registry.ratelimit_reserve,
+        store.clock().clone(),
+        metrics.clone(),
+    ));
     let prefetcher = crate::registry::prefetch::Prefetcher::new(
         Arc::clone(&config),
         store.clone(),
         upstream.clone(),
         workers.clone(),
         own_front(&http_addrs),
+        Arc::clone(&registry_health),
     );
     let token = match &config.http.admin_token_file {
         Some(path) => http::admin::auth::AdminToken::from_file(path)
@@ -192,6 +200,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         Arc::new(prefetch_admin::PrefetchAdmin(Arc::clone(&prefetcher))),
         crate::store::VerifyJob::new(store.clone(), workers.clone()),
         workers.clone(),
+        Arc::clone(&registry_health),
     );
     let state = Arc::new(HttpState::new(
         Arc::clone(&config),
@@ -217,10 +226,12 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             &config.registry.upstreams,
             &config.registry.token_realms,
             metrics.clone(),
+            Arc::clone(&registry_health),
         ),
         metrics.clone(),
         peers.clone(),
         upstream.clone(),
+        registry_health,
     ));
     let (hit_ratio, sampled) = (Arc::clone(&metrics.hit_ratio), metrics.clone());
     workers.spawn("hit-ratio sampler", move |w| async move {

@@ -47,6 +47,7 @@ pub fn run_view(r: &Report) -> PrefetchRunView {
             .map(|i| PrefetchImageView {
                 image: i.image.clone(),
                 ok: i.ok,
+                deferred: i.deferred,
                 message: i.message.clone(),
                 manifests: i.manifests,
                 blobs: i.blobs,
@@ -55,5 +56,6 @@ pub fn run_view(r: &Report) -> PrefetchRunView {
             .collect(),
         unpinned: r.unpinned,
         failed: r.failed(),
+        deferred: r.deferred(),
     }
 }

@@ -71,15 +71,20 @@ async fn via_server(client: &AdminClient, images: &[String]) -> Result<i32, CliE
 /// One line per image, then the totals; the exit code: 0 when every image is stored and pinned.
 fn print_report(report: &PrefetchRunView) -> i32 {
     for i in &report.images {
-        let mark = if i.ok { "ok" } else { "FAILED" };
+        let mark = match (i.ok, i.deferred) {
+            (true, _) => "ok",
+            (false, true) => "WAITS",
+            (false, false) => "FAILED",
+        };
         println!("{mark:>6} {}: {}", i.image, i.message);
     }
     println!(
-        "{} of {} images stored and pinned, {} failed, {} keys unpinned",
-        report.images.len() - report.failed,
+        "{} of {} images stored and pinned, {} failed, {} deferred (rate limit), {} keys unpinned",
+        report.images.len() - report.failed - report.deferred,
         report.images.len(),
         report.failed,
+        report.deferred,
         report.unpinned
     );
-    i32::from(report.failed > 0)
+    i32::from(report.failed > 0 || report.deferred > 0)
 }

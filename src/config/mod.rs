@@ -11,7 +11,7 @@ mod validate;
 pub mod vhost;
 
 pub use load::{ConfigError, ConfigSource, from_toml, load};
-pub use units::{ByteSize, Span};
+pub use units::{ByteSize, Reserve, Span};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -180,6 +180,15 @@ pub struct DomainConfig {
     /// A stored copy older than this is checked with a conditional request before it is served.
     #[serde(default = "default_revalidate_after")]
     pub revalidate_after: Span,
+    /// A stored file the origin answers 404/410 for is still served this long (from the first such
+    /// answer), then removed; `0s`: follow the origin at once. Pinned files are never removed by it.
+    #[serde(default = "default_deleted_grace")]
+    pub deleted_grace: Span,
+}
+
+/// A week: long enough to notice (the status page lists such objects) and to pin what must stay.
+pub fn default_deleted_grace() -> Span {
+    Span::from_secs(7 * 86_400)
 }
 
 fn default_on_miss() -> OnMiss {
@@ -198,6 +207,7 @@ impl DomainConfig {
             on_miss: default_on_miss(),
             include_subdomains: false,
             revalidate_after: default_revalidate_after(),
+            deleted_grace: default_deleted_grace(),
         }
     }
 
@@ -314,6 +324,16 @@ pub struct RegistryConfig {
     pub tag_ttl: Span,
     /// A registry's 404 is remembered (and answered without asking it) for this long.
     pub negative_ttl: Span,
+    /// A stored tag (or referrers index) the registry answers 404/410 for is still served this long
+    /// (from the first such answer), then removed; `0s`: follow the registry at once. Pinned tags
+    /// (prefetch, operator) are never removed by it.
+    #[serde(default = "default_deleted_grace")]
+    pub deleted_grace: Span,
+    /// Below this much of a registry's announced pull budget (`ratelimit-remaining` against
+    /// `ratelimit-limit`), the cache spends the rest only on live pulls of content it does not hold:
+    /// tag revalidations serve the stored tag, prefetch runs defer.
+    #[serde(default = "default_ratelimit_reserve")]
+    pub ratelimit_reserve: Reserve,
     /// The registries the mirror may dial: `ns` (or a path prefix) name → base URL. The host dialled
     /// never comes from a request.
     pub upstreams: BTreeMap<String, String>,
@@ -353,6 +373,10 @@ pub struct RegistryConfig {
     /// Requests per second the cache sends to one unlisted registry (bursts of as many).
     #[serde(default = "default_open_rate_limit")]
     pub open_rate_limit: u32,
+}
+
+fn default_ratelimit_reserve() -> Reserve {
+    Reserve::Percent(20)
 }
 
 fn default_open_ports() -> Vec<u16> {
@@ -494,6 +518,8 @@ impl Config {
                 enabled: true,
                 tag_ttl: Span::from_secs(60),
                 negative_ttl: Span::from_secs(30),
+                deleted_grace: default_deleted_grace(),
+                ratelimit_reserve: default_ratelimit_reserve(),
                 credentials_file: None,
                 token_realms: default_token_realms(),
                 default_upstream: None,

@@ -121,9 +121,93 @@ impl<'de> Deserialize<'de> for Span {
     }
 }
 
+/// The part of a registry's pull budget kept for live pulls: `20%` of the limit it announces, or a
+/// number of requests (`10`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reserve {
+    Percent(u8),
+    Requests(u64),
+}
+
+impl Reserve {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let trimmed = s.trim();
+        let bad = || {
+            format!(
+                "`{trimmed}` is not a reserve; use a share of the limit (`20%`) or a number of requests (`10`)"
+            )
+        };
+        match trimmed.strip_suffix('%') {
+            Some(p) => match p.trim().parse::<u8>() {
+                Ok(p) if p <= 100 => Ok(Reserve::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => trimmed.parse().map(Reserve::Requests).map_err(|_| bad()),
+        }
+    }
+
+    /// The requests kept back out of `limit`.
+    pub fn of(self, limit: u64) -> u64 {
+        match self {
+            Reserve::Percent(p) => (limit.saturating_mul(u64::from(p))).div_ceil(100),
+            Reserve::Requests(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Reserve {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reserve::Percent(p) => write!(f, "{p}%"),
+            Reserve::Requests(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Serialize for Reserve {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Reserve {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Reserve::Requests(n)),
+            Raw::Str(s) => Reserve::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserves_parse_as_a_share_or_a_count() {
+        assert_eq!(Reserve::parse("20%"), Ok(Reserve::Percent(20)));
+        assert_eq!(Reserve::parse(" 0 % "), Ok(Reserve::Percent(0)));
+        assert_eq!(Reserve::parse("15"), Ok(Reserve::Requests(15)));
+        for bad in ["101%", "-1", "1.5%", "a lot", ""] {
+            assert!(Reserve::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Reserve::Percent(20).of(100), 20);
+        assert_eq!(
+            Reserve::Percent(20).of(11),
+            3,
+            "rounded up: the reserve is never shaved"
+        );
+        assert_eq!(Reserve::Requests(5).of(100), 5);
+        for r in [Reserve::Percent(20), Reserve::Requests(7)] {
+            assert_eq!(Reserve::parse(&r.to_string()), Ok(r));
+        }
+    }
 
     #[test]
     fn sizes_parse_decimal_and_binary() {

@@ -73,8 +73,14 @@ pub async fn handle(
             },
         )
     };
+    let mut quiet = false;
     let decide = |row: Option<&ObjectRow>| match row {
         Some(r) if !may_fill || r.fresh_at(state.store.clock().now_millis(), revalidate_after) => {
+            Plan::Serve
+        }
+        // Its revalidation failed moments ago: served stale without asking the origin again.
+        Some(_) if state.store.is_quiet(&key) => {
+            quiet = true;
             Plan::Serve
         }
         Some(r) => {
@@ -124,7 +130,8 @@ pub async fn handle(
 
     match access {
         Access::Hit(hit) => {
-            state.metrics.request(kind::FILE, result::HIT);
+            let res = if quiet { result::STALE } else { result::HIT };
+            state.metrics.request(kind::FILE, res);
             let origin_etag = hit.row.etag.clone();
             with_origin_etag(
                 serve::serve_hit(&req, &state.metrics, hit),
@@ -144,7 +151,7 @@ pub async fn handle(
             _ => pass_through(&req, &state, origin_url, result::MISS).await,
         },
         Access::Fill { fill, .. } => {
-            follow_fill(&req, &state, &key, fill, origin_url, from_peer).await
+            follow_fill(&req, &state, &key, fill, origin_url, from_peer, domain).await
         }
     }
 }
@@ -186,6 +193,7 @@ async fn follow_fill(
     fill: Arc<Fill>,
     origin_url: url::Url,
     to_peer: bool,
+    domain: &DomainConfig,
 ) -> HttpResponse {
     match fill.head().await {
         Phase::NotModified => serve_stored_again(req, state, key, result::HIT),
@@ -194,8 +202,19 @@ async fn follow_fill(
             pass_through(req, state, origin_url, result::MISS).await
         }
         Phase::Failed(failure) => {
-            // Revalidation failed: the stored copy (if any) is better than an error.
-            if let Ok(Some(hit)) = state.store.open_stored(key) {
+            // Revalidation failed: the stored copy (if any) is better than an error, whatever the
+            // origin said — unless it has said 404/410 for longer than `deleted_grace` (`store::gone`).
+            let status = match &failure {
+                FillFailure::Upstream(SourceError::Status { status, .. }) => Some(*status),
+                _ => None,
+            };
+            let stored = state.store.after_failed_revalidation(
+                key,
+                status,
+                domain.deleted_grace.get(),
+                domain.revalidate_after.get(),
+            );
+            if let Ok(Some(hit)) = stored {
                 tracing::warn!(key = %key, %failure, "origin unavailable; serving the stored copy");
                 state.metrics.request(kind::FILE, result::STALE);
                 return serve::serve_hit(req, &state.metrics, hit);

@@ -135,6 +135,9 @@ pub struct Metrics {
     pub registry_requests: Family<RegistryRequestLabels, Counter>,
     pub registry_bytes: Family<RegistryLabels, Counter>,
     pub registry_upstream: Family<RegistryStatusLabels, Counter>,
+    pub registry_ratelimit_remaining: Family<RegistryLabels, Gauge>,
+    pub registry_ratelimit_limit: Family<RegistryLabels, Gauge>,
+    pub upstream_auth_failures: Family<RegistryLabels, Counter>,
     /// The status page's hit ratio over the last hour, sampled from `requests`.
     pub hit_ratio: Arc<ratio::HitRatio>,
     /// Registries with series of their own (`registry.upstreams`); any other (an unlisted registry
@@ -176,6 +179,9 @@ impl Metrics {
             registry_requests: Family::default(),
             registry_bytes: Family::default(),
             registry_upstream: Family::default(),
+            registry_ratelimit_remaining: Family::default(),
+            registry_ratelimit_limit: Family::default(),
+            upstream_auth_failures: Family::default(),
             hit_ratio: Arc::default(),
             listed_registries: Arc::default(),
         };
@@ -285,6 +291,22 @@ impl Metrics {
             "Answers of upstream registries (token endpoints included) by status; `error` = no answer",
             m.registry_upstream.clone(),
         );
+        r.register(
+            "registry_ratelimit_remaining",
+            "Pulls the registry said are left in its window (ratelimit-remaining), as last seen",
+            m.registry_ratelimit_remaining.clone(),
+        );
+        r.register(
+            "registry_ratelimit_limit",
+            "Pulls the registry allows per window (ratelimit-limit), as last seen",
+            m.registry_ratelimit_limit.clone(),
+        );
+        r.register(
+            "upstream_auth_failures",
+            "Registries refusing (401/403) to revalidate content they gave the cache before: an \
+             expired, revoked or rate-banned account. Stored content keeps being served",
+            m.upstream_auth_failures.clone(),
+        );
         let m = Metrics {
             registry: Arc::new(r),
             ..m
@@ -354,6 +376,37 @@ impl Metrics {
         let _ = self.registry_bytes.get_or_create(&RegistryLabels {
             registry: registry.to_string(),
         });
+    }
+
+    /// The auth-failure series of one configured registry, at zero (an alert on its increase sees it).
+    pub fn initialise_registry_health(&self, registry: &str) {
+        let _ = self.upstream_auth_failures.get_or_create(&RegistryLabels {
+            registry: registry.to_string(),
+        });
+    }
+
+    /// A configured registry's announced budget (`remaining` of `limit`).
+    pub fn registry_ratelimit(&self, registry: &str, remaining: u64, limit: Option<u64>) {
+        let labels = RegistryLabels {
+            registry: registry.to_string(),
+        };
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.registry_ratelimit_remaining
+            .get_or_create(&labels)
+            .set(gauge(remaining));
+        if let Some(l) = limit {
+            self.registry_ratelimit_limit
+                .get_or_create(&labels)
+                .set(gauge(l));
+        }
+    }
+
+    pub fn upstream_auth_failure(&self, registry: &str) {
+        self.upstream_auth_failures
+            .get_or_create(&RegistryLabels {
+                registry: registry.to_string(),
+            })
+            .inc();
     }
 
     pub fn request(&self, kind: &'static str, result: &'static str) {

@@ -12,6 +12,7 @@ use crate::store::{
     SourceMeta, SourceOutcome, StoreError,
 };
 use crate::upstream::guard::DialGuard;
+use crate::upstream::registry_health;
 use crate::upstream::{self, Method, Request, Response, UpstreamError};
 use std::sync::Arc;
 
@@ -101,7 +102,7 @@ pub(super) fn manifest(
         let accept = accept::upstream_accept(client_accept.as_deref());
         match send(&state, &target, Method::Get, Some(accept)).await {
             Ok(resp) if resp.status == 200 => manifest_body(resp),
-            Ok(resp) => refused(&state, &target, &resp),
+            Ok(resp) => refused(&state, &target, resp).await,
             Err(e) => unreachable(e),
         }
     })
@@ -124,7 +125,9 @@ pub(super) fn revalidate_tag(
                 }
                 manifest(state, target, client_accept).await
             }
-            Ok(resp) => refused(&state, &target, &resp),
+            // Not remembered as missing: the stored tag is served through the registry's trouble
+            // (`store::gone`), and a remembered 404 would answer before the store is asked.
+            Ok(resp) => SourceOutcome::Unavailable(upstream_status(&state, &target, resp).await),
             Err(e) => unreachable(e),
         }
     })
@@ -151,11 +154,11 @@ pub(super) fn referrers(
                 match send(&state, &tag, Method::Get, Some(INDEX.into())).await {
                     Ok(resp) if resp.status == 200 => index_body(resp),
                     Ok(resp) if resp.status == 404 => empty_index(),
-                    Ok(resp) => refused(&state, &tag, &resp),
+                    Ok(resp) => refused(&state, &tag, resp).await,
                     Err(e) => unreachable(e),
                 }
             }
-            Ok(resp) => refused(&state, &api, &resp),
+            Ok(resp) => refused(&state, &api, resp).await,
             Err(e) => unreachable(e),
         }
     })
@@ -218,7 +221,7 @@ pub(super) fn blob(state: Arc<RegistryState>, target: Target) -> SourceFuture {
                 }
                 Err(why) => refuse(why),
             },
-            Ok(resp) => refused(&state, &target, &resp),
+            Ok(resp) => refused(&state, &target, resp).await,
             Err(e) => unreachable(e),
         }
     })
@@ -283,39 +286,72 @@ pub(super) fn content_digest(resp: &Response) -> Option<Digest> {
         .and_then(|d| Digest::parse(d.trim()).ok())
 }
 
-/// A registry's non-200 answer as a fill source's outcome (see `refusal`).
-pub(super) fn refused(state: &RegistryState, target: &Target, resp: &Response) -> SourceOutcome {
-    match refusal(state, target, resp) {
-        FillFailure::Upstream(e) => SourceOutcome::Unavailable(e),
-        other => refuse(other.to_string()),
-    }
-}
-
-/// A registry's non-200 answer: remembered when it is a 404 or a 429, passed on with its status.
-pub(super) fn refusal(state: &RegistryState, target: &Target, resp: &Response) -> FillFailure {
+/// A registry's non-200 answer as a fill source's outcome: a 404 or 410 is remembered as missing for
+/// `negative_ttl` (see `refusal_to_this_request` for the rest).
+pub(super) async fn refused(
+    state: &RegistryState,
+    target: &Target,
+    resp: Response,
+) -> SourceOutcome {
     if matches!(resp.status, 404 | 410) {
         state.negative.insert(&target.key);
     }
-    refusal_to_this_request(state, target, resp)
+    SourceOutcome::Unavailable(upstream_status(state, target, resp).await)
+}
+
+/// A registry's non-200 answer with its status and, for a 401/403, the registry's own words (its
+/// error body, bounded, or its challenge's `error`), which the credentials state shows the operator.
+async fn upstream_status(state: &RegistryState, target: &Target, resp: Response) -> SourceError {
+    let FillFailure::Upstream(SourceError::Status { status, message }) =
+        refusal_to_this_request(state, target, &resp)
+    else {
+        return SourceError::Status {
+            status: resp.status,
+            message: format!("{} answered {}", target.registry, resp.status),
+        };
+    };
+    if !matches!(status, 401 | 403) {
+        return SourceError::Status { status, message };
+    }
+    let token_error = resp
+        .header(upstream::oci_auth::TOKEN_ERROR_HEADER)
+        .map(str::to_string);
+    let challenge = resp
+        .header("www-authenticate")
+        .and_then(upstream::challenge::error_of);
+    let body = upstream::read_body(resp.body, 4096)
+        .await
+        .unwrap_or_default();
+    let said = token_error
+        .or_else(|| registry_health::message_of(&body))
+        .or(challenge);
+    SourceError::Status {
+        status,
+        message: match said {
+            Some(said) => format!("{message}: {said}"),
+            None => message,
+        },
+    }
 }
 
 /// A registry's non-200 answer to one client's own request (a pass-through with its `Accept`): a 429
-/// still backs the registry off, but a 404 may be content negotiation — no representation this client
-/// accepts — and says nothing about whether the tag exists, so it is not remembered.
+/// (or a 503 naming a `Retry-After`) backs the registry off, but a 404 may be content negotiation — no
+/// representation this client accepts — and says nothing about whether the tag exists, so it is not
+/// remembered.
 pub(super) fn refusal_to_this_request(
     state: &RegistryState,
     target: &Target,
     resp: &Response,
 ) -> FillFailure {
-    if resp.status == 429 {
-        let wait = state
-            .backoff
-            .rate_limited(&target.registry, resp.header("retry-after"));
+    let retry_after = resp.header("retry-after");
+    if resp.status == 429 || (resp.status == 503 && retry_after.is_some()) {
+        let wait = state.backoff.rate_limited(&target.registry, retry_after);
         tracing::warn!(
             registry = %target.registry,
+            status = resp.status,
             wait_s = wait.as_secs(),
             remaining = resp.header("ratelimit-remaining").unwrap_or("?"),
-            "registry rate limit hit; leaving it alone"
+            "registry rate limit hit or registry unavailable; leaving it alone"
         );
     }
     FillFailure::Upstream(SourceError::Status {
@@ -396,6 +432,7 @@ pub(super) async fn adopt(
         hits: 0,
         pinned: false,
         operator_pin: false,
+        upstream_deleted_ms: None,
     };
     match state.store.link(key, &row) {
         Ok(true) => {

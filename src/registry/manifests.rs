@@ -8,7 +8,7 @@ use super::answer::{self, internal, pass_through, store_error, stored};
 use super::error::{Object, OciError};
 use super::fetch::{self, Repo, adopt, target};
 use super::path::{OciDigest, manifest_key, tag_key};
-use super::{RegistryState, accept};
+use super::{RegistryState, accept, stale};
 use crate::metrics::{kind, result};
 use crate::store::{Access, Expected, FillSpec, Key, ObjectRow, Phase, Plan};
 use actix_web::http::header;
@@ -48,7 +48,13 @@ pub(super) async fn by_tag(
             Plan::Skip
         }
         Some(r) if r.fresh_at(state.store.clock().now_millis(), tag_ttl) => Plan::Serve,
-        Some(_) if blocked => {
+        // Backed off, or the registry's budget is down to what live pulls need: the stored tag serves,
+        // and a later request revalidates.
+        Some(_)
+            if blocked
+                || state.store.is_quiet(&key)
+                || state.health.spare(repo.registry).is_err() =>
+        {
             stale = true;
             Plan::Serve
         }
@@ -102,9 +108,10 @@ pub(super) async fn by_tag(
                 }
             };
         }
-        Ok(Some(Access::Fill { fill, .. })) => fill,
+        Ok(Some(Access::Fill { fill, coalesced })) => (fill, !coalesced),
         Err(e) => return store_error(state, repo.registry, kind::MANIFEST, &e),
     };
+    let (fill, started_here) = fill;
     match fill.finished().await {
         Phase::NotModified => serve_again(req, state, repo.registry, &key, result::HIT),
         Phase::Complete { row } => {
@@ -115,28 +122,13 @@ pub(super) async fn by_tag(
             serve_again(req, state, repo.registry, &key, result::MISS)
         }
         Phase::Failed(failure) => {
-            let status = match &failure {
-                crate::store::FillFailure::Upstream(e) => e.status(),
-                _ => None,
-            };
-            match status {
-                // The tag is gone (or closed): forget it rather than resurrect it when the registry is down.
-                Some(401 | 403 | 404 | 410) => {
-                    if let Err(e) = state.store.remove(&[key.as_str().to_string()]) {
-                        tracing::warn!(key = %key, error = %e, "cannot drop a tag the registry no longer has");
-                    }
-                }
-                _ => {
-                    if let Ok(Some(hit)) = state.store.open_stored(&key) {
-                        tracing::warn!(key = %key, %failure, "registry unavailable; serving the stored tag");
-                        state.metrics.registry_request(
-                            repo.registry,
-                            kind::MANIFEST,
-                            result::STALE,
-                        );
-                        return stored(req, state, hit);
-                    }
-                }
+            if let Some(hit) =
+                stale::after_failure(state, repo.registry, &key, &failure, started_here)
+            {
+                state
+                    .metrics
+                    .registry_request(repo.registry, kind::MANIFEST, result::STALE);
+                return stored(req, state, hit);
             }
             state
                 .metrics

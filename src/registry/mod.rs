@@ -20,6 +20,7 @@ pub mod open;
 pub mod path;
 pub mod prefetch;
 mod referrers;
+mod stale;
 pub mod unlisted;
 
 use crate::config::RegistryConfig;
@@ -28,6 +29,8 @@ use crate::peers::Peers;
 use crate::store::Store;
 use crate::upstream::Upstream;
 use crate::upstream::oci_auth::OciAuth;
+use crate::upstream::registry_health::RegistryHealth;
+use std::sync::Arc;
 
 /// Everything the mirror needs, shared by all actix workers.
 pub struct RegistryState {
@@ -43,6 +46,8 @@ pub struct RegistryState {
     pub upstream: Upstream,
     /// Registries not in `upstreams`, when `registry.open` admits them.
     pub unlisted: Option<unlisted::Unlisted>,
+    /// Each configured registry's announced budget and rejected accounts.
+    pub health: Arc<RegistryHealth>,
 }
 
 impl RegistryState {
@@ -53,6 +58,7 @@ impl RegistryState {
         metrics: Metrics,
         peers: Peers,
         upstream: Upstream,
+        health: Arc<RegistryHealth>,
     ) -> Self {
         let clock = store.clock().clone();
         let negative = negative::NegativeCache::new(config.negative_ttl.get(), clock.clone());
@@ -69,6 +75,7 @@ impl RegistryState {
             negative,
             peers,
             upstream,
+            health,
         }
     }
 }

@@ -4,11 +4,11 @@
 //! tag schema or with an empty index (`fetch::referrers`). `artifactType` filters what is served, and
 //! `OCI-Filters-Applied` says so; the stored index is always the whole one.
 
-use super::RegistryState;
 use super::answer::{self, internal};
 use super::error::Object;
 use super::fetch::{self, INDEX, Repo, target};
 use super::path::{OciDigest, referrers_key, referrers_tag};
+use super::{RegistryState, stale};
 use crate::metrics::{kind, result};
 use crate::store::{Access, Expected, FillSpec, Hit, Phase, Plan};
 use actix_web::http::Method;
@@ -36,8 +36,15 @@ pub(super) async fn get(
             .registry_request(repo.registry, kind::REFERRERS, res)
     };
     let tag_ttl = state.config.tag_ttl.get();
+    let blocked = state.backoff.remaining(repo.registry).is_some()
+        || state.health.spare(repo.registry).is_err();
+    let mut stale = false;
     let access = state.store.access(&key, |row| match row {
         Some(r) if r.fresh_at(state.store.clock().now_millis(), tag_ttl) => Plan::Serve,
+        Some(_) if blocked || state.store.is_quiet(&key) => {
+            stale = true;
+            Plan::Serve
+        }
         _ => Plan::Fill(FillSpec {
             expected: Expected::default(),
             source: fetch::referrers(Arc::clone(state), api, tag),
@@ -47,22 +54,22 @@ pub(super) async fn get(
         }),
     });
     let (hit, res) = match access {
+        Ok(Access::Hit(hit)) if stale => (hit, result::STALE),
         Ok(Access::Hit(hit)) => (hit, result::HIT),
-        Ok(Access::Fill { fill, .. }) => match fill.finished().await {
+        Ok(Access::Fill { fill, coalesced }) => match fill.finished().await {
             Phase::Complete { .. } | Phase::NotModified => match state.store.open_stored(&key) {
                 Ok(Some(hit)) => (hit, result::MISS),
                 _ => return internal("the referrers index vanished after its fill"),
             },
-            Phase::Failed(failure) => match state.store.open_stored(&key) {
-                Ok(Some(hit)) => {
-                    tracing::warn!(key = %key, %failure, "registry unavailable; serving stored referrers");
-                    (hit, result::STALE)
+            Phase::Failed(failure) => {
+                match stale::after_failure(state, repo.registry, &key, &failure, !coalesced) {
+                    Some(hit) => (hit, result::STALE),
+                    None => {
+                        count(result::ERROR);
+                        return answer::failure(state, repo.registry, Object::Manifest, &failure);
+                    }
                 }
-                _ => {
-                    count(result::ERROR);
-                    return answer::failure(state, repo.registry, Object::Manifest, &failure);
-                }
-            },
+            }
             Phase::Connecting | Phase::Streaming { .. } => {
                 return internal("fill ended without an outcome");
             }

@@ -78,6 +78,8 @@ pub(super) async fn run(
             let updated = tokio::task::spawn_blocking(move || {
                 let updated = index_inner.index.update(&k, |row| {
                     row.validated_ms = now;
+                    // The upstream has it again: no longer deleted there.
+                    row.upstream_deleted_ms = None;
                     true
                 });
                 index_inner.hot.forget(&k);
@@ -121,6 +123,9 @@ pub(super) async fn run(
             }
         }
     };
+    if matches!(phase, Phase::NotModified | Phase::Complete { .. }) {
+        inner.quiet.release(&key);
+    }
     guard.finish(phase);
 }
 
@@ -274,6 +279,7 @@ async fn write_body(
         hits: 0,
         pinned: pin,
         operator_pin: false,
+        upstream_deleted_ms: None,
     };
     let inner2 = Arc::clone(inner);
     let key2 = key.to_string();

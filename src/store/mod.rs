@@ -7,12 +7,14 @@
 mod evict;
 mod fill;
 pub(crate) mod fs;
+pub mod gone;
 mod hashing;
 mod hot;
 pub(crate) mod index;
 pub mod inflight;
 pub mod key;
 mod maintenance;
+mod quiet;
 mod read_buffers;
 mod recover;
 mod row;
@@ -149,6 +151,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// The service's clock: rows' fetch, validation and access times.
     clock: Clock,
+    /// Keys served stale after a failed revalidation, not asked again for a while.
+    quiet: quiet::QuietKeys,
     /// Tests make index commits fail, as on a full disk.
     #[cfg(test)]
     fail_commits: std::sync::atomic::AtomicBool,
@@ -183,6 +187,7 @@ impl Store {
             evict_wake: Notify::new(),
             runtime,
             clock: Clock::system(),
+            quiet: quiet::QuietKeys::default(),
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicBool::new(false),
         };
@@ -368,6 +373,61 @@ impl Store {
             file: Arc::new(file),
             body: None,
         }))
+    }
+
+    /// After a revalidation of `key` failed with `status` (`None`: no answer): the stored copy to serve
+    /// instead, marked as deleted upstream when the upstream said 404/410 — or `None` when nothing is
+    /// stored or the upstream's deletion is followed now (`gone`: past `grace`, never for a pinned key).
+    /// The copy served is not revalidated again for `quiet` (at most `quiet::MAX_QUIET`; `is_quiet`).
+    pub fn after_failed_revalidation(
+        &self,
+        key: &Key,
+        status: Option<u16>,
+        grace: std::time::Duration,
+        quiet: std::time::Duration,
+    ) -> Result<Option<Hit>, StoreError> {
+        let Some(row) = self.get(key)? else {
+            return Ok(None);
+        };
+        let now_ms = self.inner.clock.now_millis();
+        match gone::after_failure(&row, status, now_ms, grace) {
+            gone::Verdict::Stale => {}
+            gone::Verdict::Deleted { since_ms } => {
+                if row.upstream_deleted_ms.is_none() {
+                    tracing::warn!(key = %key, "the upstream says it no longer has this; serving the stored copy through the grace");
+                    self.inner.index.update(key.as_str(), |r| {
+                        let first = r.upstream_deleted_ms.is_none();
+                        r.upstream_deleted_ms.get_or_insert(since_ms);
+                        first
+                    })?;
+                    self.inner.hot.forget(key.as_str());
+                }
+            }
+            gone::Verdict::Drop => {
+                let removed =
+                    self.remove_rows(&[key.as_str().to_string()], gone::may_drop, false)?;
+                self.refresh_gauges();
+                if removed > 0 {
+                    tracing::warn!(key = %key, "deleted upstream for longer than the grace; removed");
+                    return Ok(None);
+                }
+            }
+        }
+        let hit = self.open_stored(key)?;
+        if hit.is_some() {
+            self.inner
+                .quiet
+                .hold(key.as_str(), self.inner.clock.instant(), quiet);
+        }
+        Ok(hit)
+    }
+
+    /// Whether `key`'s last revalidation failed so recently that its stored copy is served without
+    /// asking again (`after_failed_revalidation`).
+    pub fn is_quiet(&self, key: &Key) -> bool {
+        self.inner
+            .quiet
+            .is_quiet(key.as_str(), self.inner.clock.instant())
     }
 
     /// Reads a row without side effects.

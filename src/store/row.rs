@@ -33,6 +33,11 @@ pub struct ObjectRow {
     pub pinned: bool,
     #[serde(default)]
     pub operator_pin: bool,
+    /// When the upstream first answered a revalidation with 404/410 (milliseconds since the epoch): the
+    /// copy is still served for the grace (`store::gone`), and the mark goes when the upstream has it
+    /// again. Absent from rows the upstream never denied, so they cost nothing more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_deleted_ms: Option<u64>,
 }
 
 impl ObjectRow {
@@ -67,6 +72,7 @@ impl ObjectRow {
             hits: 0,
             pinned: false,
             operator_pin: false,
+            upstream_deleted_ms: None,
         }
     }
 }

@@ -23,6 +23,22 @@ pub struct Summary {
     /// Bytes of the distinct blobs held by at least one pinned key: what eviction can never free.
     pub pinned_bytes: u64,
     pub pinned_keys: u64,
+    /// Objects their upstream answered 404/410 for, still served through the grace: the longest
+    /// deleted first.
+    #[serde(default)]
+    pub upstream_deleted: Vec<Deleted>,
+    #[serde(default)]
+    pub upstream_deleted_keys: u64,
+}
+
+/// An object the upstream no longer has.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Deleted {
+    pub key: String,
+    /// The upstream's first 404/410, milliseconds since the epoch.
+    pub since_ms: u64,
+    /// Pinned: kept whatever the upstream says.
+    pub pinned: bool,
 }
 
 /// Collects the summary while rows stream past, keeping at most `n` of each list.
@@ -55,6 +71,22 @@ impl Collector {
             last_access: row.last_access,
             pinned: row.pinned,
         };
+        if let Some(since_ms) = row.upstream_deleted_ms {
+            self.summary.upstream_deleted_keys += 1;
+            let list = &mut self.summary.upstream_deleted;
+            let at = list.partition_point(|d| (d.since_ms, d.key.as_str()) < (since_ms, key));
+            if at < self.n {
+                list.insert(
+                    at,
+                    Deleted {
+                        key: key.to_string(),
+                        since_ms,
+                        pinned: row.pinned || row.operator_pin,
+                    },
+                );
+                list.truncate(self.n);
+            }
+        }
         keep_top(&mut self.summary.largest, self.n, entry(), |e| e.size);
         if row.hits > 0 {
             keep_top(&mut self.summary.most_requested, self.n, entry(), |e| {
@@ -108,6 +140,28 @@ mod tests {
         assert_eq!(keys(&s.most_requested), ["c", "e"]);
         assert_eq!(s.pinned_keys, 3);
         assert_eq!(s.pinned_bytes, 30 + 5);
+    }
+
+    #[test]
+    fn objects_deleted_upstream_are_listed_longest_deleted_first() {
+        let mut c = Collector::new(2);
+        let deleted = |since, pinned| ObjectRow {
+            upstream_deleted_ms: Some(since),
+            pinned,
+            ..ObjectRow::sample(1, 10)
+        };
+        c.offer("new", &deleted(300, false));
+        c.offer("kept", &row(10, 0, false, 2));
+        c.offer("old", &deleted(100, true));
+        c.offer("mid", &deleted(200, false));
+        let s = c.finish();
+        assert_eq!(s.upstream_deleted_keys, 3);
+        let listed: Vec<(&str, u64, bool)> = s
+            .upstream_deleted
+            .iter()
+            .map(|d| (d.key.as_str(), d.since_ms, d.pinned))
+            .collect();
+        assert_eq!(listed, [("old", 100, true), ("mid", 200, false)]);
     }
 
     #[test]

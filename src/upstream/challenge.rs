@@ -36,6 +36,26 @@ pub fn parse(header: &str) -> Option<Challenge> {
     })
 }
 
+/// A Bearer challenge's `error` (RFC 6750 §3: `invalid_token`, `insufficient_scope`), with its
+/// `error_description` when given: why a registry refused a token it was sent.
+pub fn error_of(header: &str) -> Option<String> {
+    let (scheme, rest) = header.trim().split_once(char::is_whitespace)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let params = params(rest);
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, v)| k.eq_ignore_ascii_case(name) && !v.is_empty())
+            .map(|(_, v)| v.clone())
+    };
+    match (get("error"), get("error_description")) {
+        (Some(e), Some(d)) => Some(format!("{e}: {d}")),
+        (e, d) => e.or(d),
+    }
+}
+
 /// `k=v` and `k="quoted, with \"escapes\""` pairs separated by commas.
 fn params(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -85,6 +105,21 @@ fn params(text: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reason_a_token_was_refused() {
+        assert_eq!(
+            error_of(r#"Bearer realm="https://a/token",error="invalid_token",error_description="expired""#)
+                .as_deref(),
+            Some("invalid_token: expired")
+        );
+        assert_eq!(
+            error_of(r#"Bearer realm="https://a/token",error="insufficient_scope""#).as_deref(),
+            Some("insufficient_scope")
+        );
+        assert_eq!(error_of(r#"Bearer realm="https://a/token""#), None);
+        assert_eq!(error_of(r#"Basic realm="x",error="y""#), None);
+    }
 
     #[test]
     fn challenges() {

@@ -10,13 +10,16 @@
 //! the registry (a CDN it redirected to): such a challenge is not answered at all.
 
 use super::challenge::{self, Challenge};
+use super::registry_health::{self, RegistryHealth};
 use super::{Request, Response, Upstream, UpstreamError};
 use crate::config::credentials::{Credential, RegistryCredentials};
 use crate::metrics::Metrics;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Set on a registry's 401 that could not be answered because its token endpoint refused: the reason.
+pub const TOKEN_ERROR_HEADER: &str = "x-image-cache-token-error";
 /// A token answer larger than this is refused (they are a few KiB).
 const TOKEN_BODY_LIMIT: usize = 64 * 1024;
 /// `expires_in` when the token endpoint does not say (token spec: 60 s).
@@ -36,6 +39,8 @@ pub struct OciAuth {
     /// `(registry, repository)` → the `Authorization` value that worked, and until when.
     cache: Mutex<HashMap<(String, String), (String, Instant)>>,
     metrics: Metrics,
+    /// Every answer's budget headers, accepted answers and rejected accounts go here.
+    health: Arc<RegistryHealth>,
 }
 
 /// What one token request asks of a realm.
@@ -61,6 +66,7 @@ impl OciAuth {
         bases: &std::collections::BTreeMap<String, String>,
         realms: &[String],
         metrics: Metrics,
+        health: Arc<RegistryHealth>,
     ) -> Self {
         OciAuth {
             upstream,
@@ -72,6 +78,7 @@ impl OciAuth {
             realms: realms.iter().map(|r| r.to_ascii_lowercase()).collect(),
             cache: Mutex::new(HashMap::new()),
             metrics,
+            health,
         }
     }
 
@@ -152,6 +159,10 @@ impl OciAuth {
                     Ok((token, lifetime)) => (format!("Bearer {token}"), lifetime),
                     Err(why) => {
                         tracing::warn!(%registry, %realm, %why, "no token from the registry's auth realm");
+                        // The registry's 401 goes back; why it could not be answered goes with it, for
+                        // the operator (`registry_health`), never to a client.
+                        let mut resp = resp;
+                        resp.headers.push((TOKEN_ERROR_HEADER.to_string(), why));
                         return Ok(resp);
                     }
                 }
@@ -199,6 +210,7 @@ impl OciAuth {
     }
 
     async fn counted(&self, registry: &str, request: Request) -> Result<Response, UpstreamError> {
+        let is_token = request.kind == "token";
         let result = self.upstream.send(request).await;
         let label = match &result {
             Ok(r) => r.status.to_string(),
@@ -206,6 +218,13 @@ impl OciAuth {
             Err(_) => "error".into(),
         };
         self.metrics.registry_upstream(registry, label);
+        if let Ok(resp) = &result {
+            self.health.observe(registry, |name| resp.header(name));
+            // A token is given to anyone; only the registry serving content says the access works.
+            if (200..300).contains(&resp.status) && !is_token {
+                self.health.accepted(registry);
+            }
+        }
         result
     }
 
@@ -244,7 +263,16 @@ impl OciAuth {
             .await
             .map_err(|e| e.to_string())?;
         if resp.status != 200 {
-            return Err(format!("token endpoint answered {}", resp.status));
+            let status = resp.status;
+            let mut why = format!("token endpoint answered {status}");
+            let body = super::read_body(resp.body, 4096).await.unwrap_or_default();
+            if let Some(said) = registry_health::message_of(&body) {
+                why = format!("{why}: {said}");
+            }
+            if matches!(status, 401 | 403) && credential.is_some() {
+                why.push_str(" (the account of registry.credentials_file)");
+            }
+            return Err(why);
         }
         let body = super::read_body(resp.body, TOKEN_BODY_LIMIT)
             .await

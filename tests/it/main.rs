@@ -20,4 +20,5 @@ mod prefetch;
 mod registry;
 mod registry_pull;
 mod sync;
+mod upstream_trouble;
 mod verified;

@@ -16,6 +16,7 @@ use super::HttpState;
 use crate::lifecycle::{RunStatus, Workers};
 use crate::store::summary::Summary;
 use crate::store::{Store, VerifyJob};
+use crate::upstream::registry_health::RegistryHealth;
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse};
 use auth::AdminToken;
@@ -81,6 +82,8 @@ pub struct Admin {
     pub verify: VerifyJob,
     /// Listed on the status page and in `GET /admin/status`.
     pub workers: Workers,
+    /// Each registry's budget and rejected accounts, for the status page and `GET /admin/status`.
+    pub registries: Arc<RegistryHealth>,
     summary: tokio::sync::Mutex<Option<(Instant, Summary)>>,
 }
 
@@ -92,6 +95,7 @@ impl Admin {
         prefetch: Arc<dyn PrefetchControl>,
         verify: VerifyJob,
         workers: Workers,
+        registries: Arc<RegistryHealth>,
     ) -> Self {
         Admin {
             token,
@@ -100,6 +104,7 @@ impl Admin {
             prefetch,
             verify,
             workers,
+            registries,
             summary: tokio::sync::Mutex::new(None),
         }
     }

@@ -40,6 +40,8 @@ pub fn live(v: &StatusView) -> String {
     fills(&mut h, &v.fills);
     sync(&mut h, v);
     prefetch(&mut h, v);
+    registries(&mut h, v);
+    upstream_deleted(&mut h, v);
     objects(&mut h, "largest", "Largest objects", &v.objects.largest);
     objects(
         &mut h,
@@ -217,11 +219,12 @@ fn prefetch(h: &mut String, v: &StatusView) {
         }
         None => String::new(),
         Some(r) => format!(
-            "last run {} finished {}: {} images, {} failed, {} unpinned",
+            "last run {} finished {}: {} images, {} failed, {} deferred, {} unpinned",
             r.run,
             when(r.finished_at),
             r.images.len(),
             r.failed,
+            r.deferred,
             r.unpinned
         ),
     };
@@ -255,7 +258,7 @@ fn prefetch(h: &mut String, v: &StatusView) {
                 i.manifests,
                 i.blobs,
                 bytes(i.bytes),
-                escape(&if i.ok {
+                escape(&if i.ok || i.deferred {
                     i.message.clone()
                 } else {
                     format!("failed: {}", i.message)
@@ -265,6 +268,91 @@ fn prefetch(h: &mut String, v: &StatusView) {
         h.push_str("</tbody></table>");
     }
     h.push_str("</section>");
+}
+
+/// Each configured registry's standing: whether it rejects the cache's account, and its pull budget.
+fn registries(h: &mut String, v: &StatusView) {
+    if v.registries.is_empty() {
+        return;
+    }
+    h.push_str(
+        "<section id=\"registries\"><h2>Registries</h2><table><thead><tr><th>registry</th>\
+         <th>access</th><th>pull budget</th></tr></thead><tbody>",
+    );
+    for r in &v.registries {
+        let rejection = r
+            .last_rejection
+            .as_ref()
+            .map(|x| format!("{} at {}: {}", x.status, when(x.at_ms / 1000), x.message));
+        let access = match (&rejection, r.credentials_rejected) {
+            (Some(x), true) => format!("REJECTED (stored content is still served) — {x}"),
+            (Some(x), false) => format!("accepted since; last rejected {x}"),
+            (None, _) => "accepted".to_string(),
+        };
+        let budget = match &r.budget {
+            None => "not announced".to_string(),
+            Some(b) => {
+                let mut t = match b.reading.limit {
+                    Some(l) => format!("{} of {l} left", b.reading.remaining),
+                    None => format!("{} left", b.reading.remaining),
+                };
+                if let Some(w) = b.reading.window_secs {
+                    let _ = write!(t, " per {}", duration(w));
+                }
+                let _ = write!(t, ", seen {}", when(b.seen_ms / 1000));
+                if b.low {
+                    let _ = write!(
+                        t,
+                        "; within the reserve of {}: only live pulls of new content spend it, \
+                         revalidations and prefetch wait",
+                        b.reserve
+                    );
+                }
+                t
+            }
+        };
+        let low = r.budget.as_ref().is_some_and(|b| b.low);
+        let _ = write!(
+            h,
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if r.credentials_rejected || low {
+                "down"
+            } else {
+                "up"
+            },
+            escape(&r.registry),
+            escape(&access),
+            escape(&budget)
+        );
+    }
+    h.push_str("</tbody></table></section>");
+}
+
+/// Objects their upstream answered 404/410 for: still served through `deleted_grace`, then removed
+/// unless pinned.
+fn upstream_deleted(h: &mut String, v: &StatusView) {
+    let o = &v.objects;
+    if o.upstream_deleted_keys == 0 {
+        return;
+    }
+    let _ = write!(
+        h,
+        "<section id=\"upstream-deleted\"><h2>Deleted upstream</h2><p>{} objects the upstream no longer \
+         has are served through their grace (deleted_grace), then removed unless pinned; pin what must \
+         stay.</p><table><thead><tr><th>key</th><th>deleted upstream since</th><th>pinned</th></tr>\
+         </thead><tbody>",
+        o.upstream_deleted_keys
+    );
+    for d in &o.upstream_deleted {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&d.key),
+            when(d.since_ms / 1000),
+            if d.pinned { "yes, kept" } else { "no" }
+        );
+    }
+    h.push_str("</tbody></table></section>");
 }
 
 fn workers(h: &mut String, list: &[WorkerInfo]) {
@@ -321,7 +409,9 @@ mod tests {
     use super::*;
     use crate::http::admin::view::*;
     use crate::lifecycle::RunStatus;
-    use crate::store::summary::Summary;
+    use crate::store::summary::{Deleted, Summary};
+    use crate::upstream::ratelimit::Reading;
+    use crate::upstream::registry_health::{Budget, RegistryStanding, Rejection};
 
     fn view(key: &str) -> StatusView {
         let entry = Entry {
@@ -403,16 +493,29 @@ mod tests {
                     started_at: 0,
                     finished_at: 0,
                     configured: true,
-                    images: vec![PrefetchImageView {
-                        image: format!("docker.io/library/{key}:1"),
-                        ok: false,
-                        message: format!("manifests/{key}: answered 404"),
-                        manifests: 1,
-                        blobs: 0,
-                        bytes: 0,
-                    }],
+                    images: vec![
+                        PrefetchImageView {
+                            image: format!("docker.io/library/{key}:1"),
+                            ok: false,
+                            deferred: false,
+                            message: format!("manifests/{key}: answered 404"),
+                            manifests: 1,
+                            blobs: 0,
+                            bytes: 0,
+                        },
+                        PrefetchImageView {
+                            image: "docker.io/library/later:1".into(),
+                            ok: false,
+                            deferred: true,
+                            message: "deferred: docker.io has 3 pulls left".into(),
+                            manifests: 0,
+                            blobs: 0,
+                            bytes: 0,
+                        },
+                    ],
                     unpinned: 0,
                     failed: 1,
+                    deferred: 1,
                 }),
                 ..RunStatus::default()
             },
@@ -429,7 +532,34 @@ mod tests {
                 most_requested: vec![entry],
                 pinned_bytes: 2048,
                 pinned_keys: 1,
+                upstream_deleted: vec![Deleted {
+                    key: key.to_string(),
+                    since_ms: 0,
+                    pinned: true,
+                }],
+                upstream_deleted_keys: 4,
             },
+            registries: vec![RegistryStanding {
+                registry: "docker.io".into(),
+                credentials_rejected: true,
+                last_rejection: Some(Rejection {
+                    at_ms: 0,
+                    status: 401,
+                    message: format!("UNAUTHORIZED {key}"),
+                    count: 2,
+                }),
+                budget: Some(Budget {
+                    reading: Reading {
+                        limit: Some(100),
+                        remaining: 3,
+                        window_secs: Some(21600),
+                        reset_secs: None,
+                    },
+                    seen_ms: 0,
+                    reserve: 20,
+                    low: true,
+                }),
+            }],
         }
     }
 
@@ -455,6 +585,14 @@ mod tests {
             "<td>image</td><td>4.0 KiB</td><td>download</td><td>failed: md5 of",
             "<section id=\"workers\">",
             "<td>busy</td>",
+            "<tr class=\"down\"><td>docker.io</td><td>REJECTED (stored content is still served) — 401 at",
+            "3 of 100 left per 6h 0m",
+            "within the reserve of 20",
+            "<section id=\"upstream-deleted\">",
+            "4 objects the upstream no longer has",
+            "yes, kept",
+            "1 failed, 1 deferred, 0 unpinned",
+            "<td>deferred: docker.io has 3 pulls left</td>",
         ] {
             assert!(html.contains(needle), "missing {needle}");
         }

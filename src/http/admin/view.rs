@@ -6,6 +6,7 @@ use crate::lifecycle::{RunStatus, WorkerInfo};
 use crate::metrics::{PeerFillLabels, peer_fill, ratio};
 use crate::store::summary::Summary;
 use crate::store::{FillStatus, ObjectRow};
+use crate::upstream::registry_health::RegistryStanding;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize)]
@@ -23,6 +24,8 @@ pub struct StatusView {
     /// Background work: long-lived workers and the runs going on now.
     pub workers: Vec<WorkerInfo>,
     pub objects: Summary,
+    /// Each configured registry: its announced pull budget and whether it rejects the cache's account.
+    pub registries: Vec<RegistryStanding>,
 }
 
 /// One sync run as the admin API publishes it and the page and the CLI show it. `app` builds it from the
@@ -56,12 +59,17 @@ pub struct PrefetchRunView {
     pub images: Vec<PrefetchImageView>,
     pub unpinned: usize,
     pub failed: usize,
+    /// Images not attempted because their registry's budget is down to the reserve.
+    #[serde(default)]
+    pub deferred: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrefetchImageView {
     pub image: String,
     pub ok: bool,
+    #[serde(default)]
+    pub deferred: bool,
     pub message: String,
     pub manifests: usize,
     pub blobs: usize,
@@ -248,6 +256,7 @@ pub async fn gather(state: &HttpState) -> StatusView {
         prefetch: state.admin.prefetch.status(),
         workers: state.admin.workers.list(),
         objects,
+        registries: state.admin.registries.standings(),
     }
 }
 
@@ -264,6 +273,10 @@ pub struct ObjectView {
     /// `operator` (admin API; sync leaves it), `sync` (metal-api lists it), or null.
     pub pinned_by: Option<String>,
     pub content_type: Option<String>,
+    /// When the upstream first answered 404/410 for it (seconds since the epoch): served through
+    /// `deleted_grace`, then removed unless pinned. Absent while the upstream has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_deleted_at: Option<u64>,
 }
 
 impl ObjectView {
@@ -278,6 +291,7 @@ impl ObjectView {
             pinned: row.pinned,
             pinned_by: row.pinned_by().map(String::from),
             content_type: row.content_type,
+            upstream_deleted_at: row.upstream_deleted_ms.map(|ms| ms / 1000),
         }
     }
 }

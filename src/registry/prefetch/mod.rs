@@ -14,6 +14,7 @@ use super::path::{self, OciDigest, Reference};
 use crate::config::Config;
 use crate::lifecycle::{Busy, RunStatus, RunTicket, Runs, Worker, Workers};
 use crate::store::{Key, Store};
+use crate::upstream::registry_health::RegistryHealth;
 use crate::upstream::{self, Request, Upstream};
 use futures_util::StreamExt;
 use manifest::Document;
@@ -34,6 +35,10 @@ const COMMIT_WAIT: Duration = Duration::from_secs(10);
 pub struct ImageOutcome {
     pub image: String,
     pub ok: bool,
+    /// Not attempted: its registry's budget is down to `registry.ratelimit_reserve` (the reason is in
+    /// `message`); the next run tries again. Not a failure.
+    #[serde(default)]
+    pub deferred: bool,
     pub message: String,
     pub manifests: usize,
     pub blobs: usize,
@@ -56,7 +61,11 @@ pub struct Report {
 
 impl Report {
     pub fn failed(&self) -> usize {
-        self.images.iter().filter(|i| !i.ok).count()
+        self.images.iter().filter(|i| !i.ok && !i.deferred).count()
+    }
+
+    pub fn deferred(&self) -> usize {
+        self.images.iter().filter(|i| i.deferred).count()
     }
 }
 
@@ -78,6 +87,8 @@ pub struct Prefetcher {
     /// This node's own HTTP front, where the images are pulled from.
     front: SocketAddr,
     runs: Arc<Runs<Report>>,
+    /// Registries' budgets: a prefetch waits while one is below `registry.ratelimit_reserve`.
+    health: Arc<RegistryHealth>,
 }
 
 impl Prefetcher {
@@ -87,6 +98,7 @@ impl Prefetcher {
         upstream: Upstream,
         workers: Workers,
         front: SocketAddr,
+        health: Arc<RegistryHealth>,
     ) -> Arc<Self> {
         Arc::new(Prefetcher {
             config,
@@ -95,6 +107,7 @@ impl Prefetcher {
             workers,
             front,
             runs: Arc::default(),
+            health,
         })
     }
 
@@ -162,6 +175,20 @@ impl Prefetcher {
         let mut keep = HashSet::new();
         let mut done = 0;
         for image in &images {
+            if let Err(deferral) = self.health.spare(&image.registry) {
+                // Nothing of it is asked for: the rest of the budget is for machines pulling now.
+                tracing::warn!(image = %image, %deferral, "prefetch deferred");
+                report.images.push(ImageOutcome {
+                    image: image.to_string(),
+                    ok: false,
+                    deferred: true,
+                    message: format!("deferred: {deferral}; the next run tries again"),
+                    manifests: 0,
+                    blobs: 0,
+                    bytes: 0,
+                });
+                continue;
+            }
             let mut pull = Pull {
                 me: self,
                 image,
@@ -169,6 +196,7 @@ impl Prefetcher {
                 outcome: ImageOutcome {
                     image: image.to_string(),
                     ok: false,
+                    deferred: false,
                     message: String::new(),
                     manifests: 0,
                     blobs: 0,
@@ -202,7 +230,7 @@ impl Prefetcher {
                 break;
             }
         }
-        if configured && report.failed() == 0 && !stop.is_cancelled() {
+        if configured && report.failed() == 0 && report.deferred() == 0 && !stop.is_cancelled() {
             match self.unpin_unlisted(&keep) {
                 Ok(n) => report.unpinned = n,
                 Err(e) => {
@@ -215,6 +243,7 @@ impl Prefetcher {
             run = report.run,
             images = report.images.len(),
             failed = report.failed(),
+            deferred = report.deferred(),
             unpinned = report.unpinned,
             "prefetch finished"
         );

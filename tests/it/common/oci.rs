@@ -62,6 +62,11 @@ pub(crate) struct RegState {
     /// When set, a tag whose manifest type the request's `Accept` (all lines) does not admit is a 404
     /// MANIFEST_UNKNOWN, as registries that do not convert answer, instead of Docker Hub's fallback.
     pub strict_accept: AtomicBool,
+    /// When set, every registry answer carries Docker Hub's budget headers: (limit, remaining).
+    pub ratelimit: Mutex<Option<(u64, u64)>>,
+    /// Plays an expired account: tokens for `private/*` stop working and the token endpoint refuses
+    /// the account with Docker Hub's message.
+    pub account_revoked: AtomicBool,
     port: AtomicU64,
     cdn_port: AtomicU64,
 }
@@ -265,6 +270,24 @@ fn token_for(repo: &str) -> String {
 }
 
 fn registry_route(req: HttpRequest, s: Arc<RegState>) -> HttpResponse {
+    let mut resp = registry_answer(req, &s);
+    if let Some((limit, remaining)) = *s.ratelimit.lock().unwrap() {
+        let h = resp.headers_mut();
+        let value = |v: String| header::HeaderValue::from_str(&v).unwrap();
+        h.insert(
+            header::HeaderName::from_static("ratelimit-limit"),
+            value(format!("{limit};w=21600")),
+        );
+        h.insert(
+            header::HeaderName::from_static("ratelimit-remaining"),
+            value(format!("{remaining};w=21600")),
+        );
+    }
+    resp
+}
+
+fn registry_answer(req: HttpRequest, s: &Arc<RegState>) -> HttpResponse {
+    let s = Arc::clone(s);
     let accept = req
         .headers()
         .get_all(header::ACCEPT)
@@ -302,10 +325,12 @@ fn registry_route(req: HttpRequest, s: Arc<RegState>) -> HttpResponse {
     };
     let port = s.port.load(Ordering::SeqCst);
     let want = format!("Bearer {}", token_for(&repo));
-    let authorized = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .is_some_and(|v| v.as_bytes() == want.as_bytes());
+    let revoked = repo.starts_with("private/") && s.account_revoked.load(Ordering::SeqCst);
+    let authorized = !revoked
+        && req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes() == want.as_bytes());
     if !authorized {
         s.challenges.fetch_add(1, Ordering::SeqCst);
         let realm = s
@@ -330,8 +355,14 @@ fn registry_route(req: HttpRequest, s: Arc<RegState>) -> HttpResponse {
         if let Some(r) = retry {
             b.insert_header((header::RETRY_AFTER, *r));
         }
-        return b
-            .json(serde_json::json!({"errors":[{"code":"TOOMANYREQUESTS","message":"injected"}]}));
+        let code = match code {
+            401 => "UNAUTHORIZED",
+            403 => "DENIED",
+            404 | 410 => "MANIFEST_UNKNOWN",
+            429 => "TOOMANYREQUESTS",
+            _ => "UNAVAILABLE",
+        };
+        return b.json(serde_json::json!({"errors":[{"code":code,"message":"injected"}]}));
     }
     match kind {
         "referrers" if s.no_referrers_api.load(Ordering::SeqCst) => HttpResponse::NotFound().json(
@@ -437,6 +468,10 @@ fn token(req: &HttpRequest, s: &RegState) -> HttpResponse {
     else {
         return HttpResponse::BadRequest().finish();
     };
+    if repo.starts_with("private/") && s.account_revoked.load(Ordering::SeqCst) {
+        return HttpResponse::Unauthorized()
+            .json(serde_json::json!({"details": "incorrect username or password"}));
+    }
     if repo.starts_with("private/") {
         use base64::Engine;
         let want = format!(

@@ -79,6 +79,8 @@ pub(crate) struct OriginState {
     pub accepted: AtomicU64,
     /// Set by `stop`: open keep-alive connections answer nothing more.
     pub stopped: std::sync::atomic::AtomicBool,
+    /// Path → the status every request for it is answered with (429 and 503 with `Retry-After: 1`).
+    pub statuses: Mutex<HashMap<String, u16>>,
 }
 
 pub(crate) struct Origin {
@@ -204,6 +206,19 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
     st: &OriginState,
 ) -> std::io::Result<bool> {
     let head_only = method == "HEAD";
+    let forced = st.statuses.lock().unwrap().get(path).copied();
+    if let Some(code) = forced {
+        let retry = if matches!(code, 429 | 503) {
+            "Retry-After: 1\r\n"
+        } else {
+            ""
+        };
+        io.write_all(
+            format!("HTTP/1.1 {code} Forced\r\n{retry}Content-Length: 0\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        return Ok(true);
+    }
     let kind = path.split('/').nth(1).unwrap_or_default();
     match kind {
         // /img/<size>/<seed>/<name> with `<name>.md5` (md5sum format) next to it; /badimg/… has a sidecar
