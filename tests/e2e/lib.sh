@@ -12,7 +12,8 @@
 #                                   PEERs (space-separated, may be empty) and the NODES_LINEs (`peer_timeout = "3s"`)
 #   e2e_cleanup                     for `trap e2e_cleanup EXIT`: stops PID[], kills what still runs in the
 #                                   namespaces of e2e_netns, deletes them and their /etc/netns, calls e2e_undo
-#                                   when the script defines it (mounts), removes W
+#                                   when the script defines it (mounts), removes W (kept with E2E_KEEP=1, to
+#                                   read the logs of a failed run)
 declare -A PID=()
 E2E_NETNS=()
 FAILS=0
@@ -76,7 +77,7 @@ e2e_cleanup() {
     rm -rf "/etc/netns/$ns"
   done
   if declare -F e2e_undo >/dev/null; then e2e_undo; fi
-  rm -rf "$W"
+  [ -n "${E2E_KEEP:-}" ] || rm -rf "$W"
 }
 
 e2e_node_config() {

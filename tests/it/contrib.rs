@@ -95,12 +95,25 @@ async fn dashboard_and_alerts_only_use_exposed_metrics() {
     let closed = common::unused_port("127.0.0.2");
     config.nodes.peers = vec!["127.0.0.2".parse().unwrap()];
     config.nodes.peer_port = closed;
-    config.registry.upstreams = [(
-        "fake.test".to_string(),
-        format!("http://127.0.0.2:{closed}"),
-    )]
+    // And a registry that announces its pull budget, for the budget gauges.
+    let metered = common::oci::FakeRegistry::start().await;
+    metered.push_image("x", "1", &[b"layer".to_vec()]);
+    *metered.state.ratelimit.lock().unwrap() = Some((100, 60));
+    config.registry.upstreams = [
+        (
+            "fake.test".to_string(),
+            format!("http://127.0.0.2:{closed}"),
+        ),
+        ("metered.test".to_string(), metered.url.clone()),
+    ]
     .into();
     let svc = env.start(config).await;
+    let r = svc
+        .admin("/v2/x/manifests/1?ns=metered.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let r = svc.get("/file/100/1").send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r = svc
