@@ -232,12 +232,12 @@ async fn follow_fill(
                 digest: None,
             };
             let etag = format!("\"{}\"", row.digest);
-            let resp = stream_fill(req, state, &fill, &meta, Some(etag), origin_url);
+            let resp = stream_fill(req, state, &fill, &meta, Some(etag), origin_url).await;
             with_origin_etag(resp, meta.etag.as_deref(), to_peer)
         }
         Phase::Streaming { meta, .. } => {
             state.metrics.request(kind::FILE, result::MISS);
-            let resp = stream_fill(req, state, &fill, &meta, None, origin_url);
+            let resp = stream_fill(req, state, &fill, &meta, None, origin_url).await;
             with_origin_etag(resp, meta.etag.as_deref(), to_peer)
         }
         Phase::Connecting => HttpResponse::ServiceUnavailable().body("fill did not start\n"),
@@ -263,7 +263,7 @@ fn serve_stored_again(
 }
 
 /// `etag`: the content digest as an entity tag, once the fill is complete.
-fn stream_fill(
+async fn stream_fill(
     req: &HttpRequest,
     state: &HttpState,
     fill: &Arc<Fill>,
@@ -286,6 +286,7 @@ fn stream_fill(
         etag.as_deref(),
         Some(resume),
     )
+    .await
 }
 
 fn failure_response(failure: &FillFailure) -> HttpResponse {

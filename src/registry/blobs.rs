@@ -108,7 +108,7 @@ pub(super) async fn get(
     // retries with a Range, which containerd does.
     let etag = format!("\"{sha256}\"");
     with_digest(
-        serve::stream_fill(req, &state.metrics, &fill, &meta, Some(&etag), None),
+        serve::stream_fill(req, &state.metrics, &fill, &meta, Some(&etag), None).await,
         digest.as_str(),
     )
 }

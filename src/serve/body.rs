@@ -105,7 +105,12 @@ pub fn fill_stream(
                         served.inc_by(chunk.len() as u64);
                         Some((Ok(chunk), state))
                     }
-                    Some(Err(e)) => Some((Err(e), State::Done)),
+                    Some(Err(e)) => {
+                        // Let the server write out what it holds (the head, the bytes so far) before the
+                        // error closes the connection: the client must see a cut body, not no answer.
+                        tokio::task::yield_now().await;
+                        Some((Err(e), State::Done))
+                    }
                     None => None,
                 };
             }

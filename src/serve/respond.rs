@@ -5,11 +5,12 @@
 use super::body::{self, Resume};
 use super::conditional::{self, Decision};
 use crate::metrics::Metrics;
-use crate::store::{Fill, Hit, SourceMeta};
+use crate::store::{Fill, FillFailure, FillReader, Hit, ReadError, SourceMeta};
 use crate::upstream;
 use actix_web::body::SizedStream;
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
+use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -83,7 +84,7 @@ fn conditions(req: &HttpRequest) -> conditional::Request<'_> {
 /// (`etag`, the content digest) only once it is known — a client resuming another version with
 /// `If-Range` gets the whole new body, never a 206 of it. `resume` continues from the origin when the
 /// store gives up mid-way (disk full).
-pub fn stream_fill(
+pub async fn stream_fill(
     req: &HttpRequest,
     metrics: &Metrics,
     fill: &Arc<Fill>,
@@ -123,8 +124,12 @@ pub fn stream_fill(
         if req.method() == Method::HEAD {
             return builder.body(actix_web::body::None::new());
         }
-        let reader = fill.reader(0, None);
-        return builder.streaming(body::fill_stream(reader, None, resume, metrics.clone()));
+        let (reader, first) = match first_chunk(fill, 0, None, resume.is_some(), metrics).await {
+            Ok(r) => r,
+            Err(failed) => return failed,
+        };
+        let rest = body::fill_stream(reader, None, resume, metrics.clone());
+        return builder.streaming(futures_util::stream::iter(first.map(Ok)).chain(rest));
     };
     let (start, end) = match decision {
         Decision::NotModified => {
@@ -145,9 +150,45 @@ pub fn stream_fill(
     if req.method() == Method::HEAD {
         return head_response(builder, end - start);
     }
-    let reader = fill.reader(start, Some(end));
-    let stream = body::fill_stream(reader, Some(end), resume, metrics.clone());
+    let (reader, first) = match first_chunk(fill, start, Some(end), resume.is_some(), metrics).await
+    {
+        Ok(r) => r,
+        Err(failed) => return failed,
+    };
+    let rest = body::fill_stream(reader, Some(end), resume, metrics.clone());
+    let stream = futures_util::stream::iter(first.map(Ok)).chain(rest);
     builder.body(SizedStream::new(end - start, stream))
+}
+
+/// The first bytes of a growing fill's range, read before the response head is written: a fill that fails
+/// before them (a wrong digest found at once, a small body cut) gets a clean 502 instead of a connection
+/// dropped before any head, which clients report as a broken server rather than a failed upstream. A store
+/// that gives up (disk full) while a `resume` can continue from the origin is left to `body::fill_stream`.
+async fn first_chunk(
+    fill: &Arc<Fill>,
+    start: u64,
+    end: Option<u64>,
+    resumable: bool,
+    metrics: &Metrics,
+) -> Result<(FillReader, Option<bytes::Bytes>), HttpResponse> {
+    if end == Some(start) {
+        return Ok((fill.reader(start, end), None));
+    }
+    let mut reader = fill.reader(start, end);
+    match reader.next_chunk().await {
+        Some(Ok(chunk)) => {
+            metrics.served("upstream", chunk.len() as u64);
+            Ok((reader, Some(chunk)))
+        }
+        None => Ok((reader, None)),
+        Some(Err(ReadError::Failed {
+            failure: FillFailure::Storage(_),
+            ..
+        })) if resumable => Ok((fill.reader(start, end), None)),
+        Some(Err(e)) => Err(HttpResponse::BadGateway()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .body(format!("the upstream transfer failed: {e}\n"))),
+    }
 }
 
 /// A HEAD answer announcing `len` bytes: actix writes the Content-Length of the body and sends none.

@@ -839,3 +839,44 @@ async fn referrers_relayed_filtered_from_the_tag_schema_or_empty() {
     assert_eq!(hits, 1.0);
     svc.stop().await;
 }
+
+/// A blob whose fill fails before its first byte reaches the client (wrong bytes, found at once for a
+/// small blob) gets a clean 502, never a connection dropped before any response head (which clients
+/// report as `IncompleteMessage`, a broken server).
+#[tokio::test]
+async fn a_fill_that_fails_before_its_first_byte_is_a_clean_502() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let svc = env.start(config(&env, &reg)).await;
+    let blobs: Vec<String> = (0..30u8)
+        .map(|i| reg.put_blob("app", vec![i; 16]))
+        .collect();
+    for d in &blobs {
+        reg.fault(&format!("/v2/app/blobs/{d}"), Fault::WrongBody);
+    }
+    for d in &blobs {
+        let r = svc
+            .client
+            .get(url(&svc, "app", "blobs", d))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{d}: no response head: {e:?}"));
+        if r.status() == 200 {
+            // The head went out with the first bytes: the body must then be cut short.
+            assert!(
+                r.bytes().await.is_err(),
+                "{d}: a complete-looking wrong body"
+            );
+        } else {
+            assert_eq!(r.status(), 502, "{d}");
+        }
+    }
+    svc.settle().await;
+    assert!(
+        svc.store()
+            .list("oci:fake.test:5000/app@", None, 50)
+            .unwrap()
+            .is_empty()
+    );
+    svc.stop().await;
+}
