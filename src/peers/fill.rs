@@ -79,6 +79,9 @@ pub(super) fn peer_first(
         }
         let answer = tokio::time::timeout(ask.timeout, upstream.send(request)).await;
         let why = match answer {
+            Ok(Ok(resp)) if resp.status == 200 && source::coding_refusal(&resp).is_some() => {
+                "answered in a content coding".to_string()
+            }
             Ok(Ok(resp)) if resp.status == 200 => {
                 metrics.peer_fill(peer, peer_fill::SERVED);
                 // The owner's ETag is its content digest, not the origin's validator.

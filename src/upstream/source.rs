@@ -45,10 +45,26 @@ pub fn get_kind(
 }
 
 pub fn body_outcome(resp: Response) -> SourceOutcome {
+    if let Some(refused) = coding_refusal(&resp) {
+        return SourceOutcome::Unavailable(refused);
+    }
     let meta = meta_of(&resp);
     SourceOutcome::Body {
         body: body_of(resp.body, meta.content_length),
         meta,
+    }
+}
+
+/// A body in a content coding (`gzip`, `br`, …) is not the object: the cache asks for none, and an origin
+/// or CDN that encodes anyway would have its compressed bytes stored and served as the file. Refused.
+pub fn coding_refusal(resp: &Response) -> Option<SourceError> {
+    match resp.header("content-encoding").map(str::trim) {
+        None | Some("") => None,
+        Some(c) if c.eq_ignore_ascii_case("identity") => None,
+        Some(c) => Some(SourceError::Refused(format!(
+            "{} sent Content-Encoding `{c}` although none was asked for; not stored",
+            resp.url
+        ))),
     }
 }
 

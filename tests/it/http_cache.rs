@@ -360,6 +360,20 @@ async fn origin_failures_give_clear_statuses_and_store_nothing() {
             >= 5.0
     );
 
+    // A body in a content coding nobody asked for is not the file: refused, never stored.
+    for _ in 0..2 {
+        let r = svc.get("/gzip/disk.img").send().await.unwrap();
+        assert_eq!(r.status(), 502);
+        assert!(r.text().await.unwrap().contains("Content-Encoding `gzip`"));
+    }
+    assert_eq!(env.origin.gets("/gzip/disk.img"), 2, "nothing stored");
+    assert!(
+        svc.store()
+            .get(&image_cache::store::Key::parse("file:files.test/gzip/disk.img").unwrap())
+            .unwrap()
+            .is_none()
+    );
+
     // Origin gone entirely.
     env.origin.stop();
     tokio::time::sleep(Duration::from_millis(100)).await;

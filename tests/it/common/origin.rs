@@ -427,6 +427,22 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
             Ok(true)
         }
         // /mutable/<name>: content depends on the version counter; ETag too.
+        // /gzip/<name>: an origin that encodes although nobody asked.
+        "gzip" => {
+            let body = b"\x1f\x8b\x08\x00compressed bytes, not the file";
+            io.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await?;
+            if !head_only {
+                io.write_all(body).await?;
+            }
+            Ok(true)
+        }
         "mutable" => {
             let v = st.version.load(Ordering::SeqCst);
             let etag = format!("\"v{v}\"");
