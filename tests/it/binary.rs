@@ -263,6 +263,24 @@ impl Served {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         rustix::process::kill_process(pid, sig).unwrap();
     }
+
+    /// SIGTERM, then waits (at most `limit`) for the exit, as systemd does: what the graceful stop
+    /// finishes (a fill's commit) is on disk afterwards, which a `kill` right behind the TERM would cut.
+    fn terminate(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        self.signal(rustix::process::Signal::TERM);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < limit,
+                "did not stop within {limit:?}; log:\n{}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Served {
@@ -328,7 +346,7 @@ async fn kill_9_during_a_fill_never_leaves_a_partial_object() {
         "the killed transfer is not a complete body"
     );
 
-    let served = Served::start(Command::new(BIN).args(["serve", "--config", &cfg]));
+    let mut served = Served::start(Command::new(BIN).args(["serve", "--config", &cfg]));
     assert!(
         common::files_under(&env.state_dir().join("tmp")).is_empty(),
         "recovery emptied tmp/"
@@ -344,7 +362,8 @@ async fn kill_9_during_a_fill_never_leaves_a_partial_object() {
         2,
         "the partial copy was never served"
     );
-    served.signal(rustix::process::Signal::TERM);
+    let (status, _) = served.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
     drop(served);
 
     let (code, out, err) = run(&["store", "--config", &cfg, "verify"], &[]);
@@ -380,15 +399,7 @@ async fn sigterm_stops_gracefully_and_store_commands_work_afterwards() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(out.contains("file:files.test/file/1000/3"), "{out}");
-    served.signal(rustix::process::Signal::TERM);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = served.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(15), "did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (status, _) = served.terminate(Duration::from_secs(15));
     assert!(
         status.success(),
         "exit status {status:?}; log:\n{}",
@@ -415,16 +426,10 @@ async fn sigterm_never_commits_a_fill_whose_end_was_not_seen() {
     drop(resp); // the client goes away; the fill goes on
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut served = served;
-    served.signal(rustix::process::Signal::TERM);
-    let start = Instant::now();
-    while served.child.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < Duration::from_secs(20), "did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_, took) = served.terminate(Duration::from_secs(20));
     assert!(
-        start.elapsed() > Duration::from_secs(5),
-        "stopped after {:?}: the fill was not drained; log:\n{}",
-        start.elapsed(),
+        took > Duration::from_secs(5),
+        "stopped after {took:?}: the fill was not drained; log:\n{}",
         served.log.lock().unwrap()
     );
     drop(served);
