@@ -20,12 +20,7 @@ e2e_start bench-ctd containerd:containerd docker-registry:docker-registry skopeo
 NS=ic-bench-ctd
 source tests/e2e/oci-scene.sh
 
-mkdir -p "$W/hosts/registry.test:5000" "$W/hosts-direct"
-cat >"$W/hosts/registry.test:5000/hosts.toml" <<TOML
-server = "http://127.0.0.1:1"
-[host."http://127.0.0.1:8080"]
-  capabilities = ["pull", "resolve"]
-TOML
+mkdir -p "$W/hosts-direct"
 
 timed_pull() { # timed_pull HOSTS REF [args] → seconds on stdout
   local hosts=$1 ref=$2; shift 2

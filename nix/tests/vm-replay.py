@@ -448,25 +448,21 @@ exec sleep infinity
         return output
 
     def wait_until_succeeds(self, command, timeout=900):
-        output = ""
-
-        def check(_last):
-            nonlocal output
-            status, output = self.execute(command, timeout=timeout)
-            return status == 0
-
-        retry(check, timeout, f"{self.name}: waiting for success: {command}")
-        return output
+        return self._wait_until(command, timeout, succeeds=True)
 
     def wait_until_fails(self, command, timeout=900):
+        return self._wait_until(command, timeout, succeeds=False)
+
+    def _wait_until(self, command, timeout, succeeds):
         output = ""
 
         def check(_last):
             nonlocal output
             status, output = self.execute(command, timeout=timeout)
-            return status != 0
+            return (status == 0) == succeeds
 
-        retry(check, timeout, f"{self.name}: waiting for failure: {command}")
+        what = "success" if succeeds else "failure"
+        retry(check, timeout, f"{self.name}: waiting for {what}: {command}")
         return output
 
     def wait_for_open_port(self, port, addr="localhost", timeout=900):

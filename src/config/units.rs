@@ -63,17 +63,19 @@ impl Serialize for ByteSize {
     }
 }
 
+/// A unit written either as a bare number or as text (`100G`, `20%`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    Int(u64),
+    Str(String),
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Str(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        match NumberOrText::deserialize(d)? {
+            NumberOrText::Int(n) => Ok(ByteSize(n)),
+            NumberOrText::Str(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -172,15 +174,9 @@ impl Serialize for Reserve {
 
 impl<'de> Deserialize<'de> for Reserve {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Reserve::Requests(n)),
-            Raw::Str(s) => Reserve::parse(&s).map_err(serde::de::Error::custom),
+        match NumberOrText::deserialize(d)? {
+            NumberOrText::Int(n) => Ok(Reserve::Requests(n)),
+            NumberOrText::Str(s) => Reserve::parse(&s).map_err(serde::de::Error::custom),
         }
     }
 }

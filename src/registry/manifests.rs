@@ -88,7 +88,7 @@ pub(super) async fn by_tag(
             })
         }
     });
-    let fill = match access {
+    let (fill, started_here) = match access {
         Ok(None) => return answer::busy(),
         Ok(Some(Access::Hit(hit))) => {
             let res = if stale { result::STALE } else { result::HIT };
@@ -111,7 +111,6 @@ pub(super) async fn by_tag(
         Ok(Some(Access::Fill { fill, coalesced })) => (fill, !coalesced),
         Err(e) => return store_error(state, repo.registry, kind::MANIFEST, &e),
     };
-    let (fill, started_here) = fill;
     match fill.finished().await {
         Phase::NotModified => serve_again(req, state, repo.registry, &key, result::HIT),
         Phase::Complete { row } => {

@@ -23,12 +23,7 @@ pub fn parse(header: &str) -> Option<Challenge> {
         return None;
     }
     let params = params(rest);
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
+    let get = |name| param(&params, name);
     Some(Challenge::Bearer {
         realm: get("realm").filter(|r| !r.is_empty())?,
         service: get("service"),
@@ -44,16 +39,19 @@ pub fn error_of(header: &str) -> Option<String> {
         return None;
     }
     let params = params(rest);
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|(k, v)| k.eq_ignore_ascii_case(name) && !v.is_empty())
-            .map(|(_, v)| v.clone())
-    };
+    let get = |name| param(&params, name).filter(|v| !v.is_empty());
     match (get("error"), get("error_description")) {
         (Some(e), Some(d)) => Some(format!("{e}: {d}")),
         (e, d) => e.or(d),
     }
+}
+
+/// A parameter's value by name (names are case-insensitive).
+fn param(params: &[(String, String)], name: &str) -> Option<String> {
+    params
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
 }
 
 /// `k=v` and `k="quoted, with \"escapes\""` pairs separated by commas.

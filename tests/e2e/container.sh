@@ -81,12 +81,6 @@ RO=$(podman_ inspect --format '{{.HostConfig.ReadonlyRootfs}}' ic)
 [ "$RO" = true ] && pass "read-only root filesystem" || fail "ReadonlyRootfs=$RO"
 
 # --- containerd pulls through the container ----------------------------------------------------------
-mkdir -p "$W/hosts/registry.test:5000"
-cat >"$W/hosts/registry.test:5000/hosts.toml" <<TOML
-server = "http://127.0.0.1:1"
-[host."http://127.0.0.1:8080"]
-  capabilities = ["pull", "resolve"]
-TOML
 REF=registry.test:5000/test/app:1
 pulled "cold pull through the container" "$W/hosts" "$REF"
 pulled "warm pull through the container" "$W/hosts" "$REF"

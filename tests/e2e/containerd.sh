@@ -16,14 +16,7 @@ e2e_start ctd containerd:containerd docker-registry:docker-registry skopeo:skope
   ip:iproute2 bc:bc
 source tests/e2e/oci-scene.sh
 
-# Cache only: the registry as written in the reference is a dead port, so containerd cannot pass by
-# falling back; every request the registry sees comes from image-cache.
-mkdir -p "$W/hosts/registry.test:5000" "$W/hosts-fallback"
-cat >"$W/hosts/registry.test:5000/hosts.toml" <<TOML
-server = "http://127.0.0.1:1"
-[host."http://127.0.0.1:8080"]
-  capabilities = ["pull", "resolve"]
-TOML
+mkdir -p "$W/hosts-fallback"
 REF=registry.test:5000/test/app:1
 
 

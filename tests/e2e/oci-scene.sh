@@ -1,10 +1,12 @@
-# tests/e2e/oci-scene.sh — sourced by tests/e2e/containerd.sh and bench/registry.sh: a private network
-# namespace with docker-registry on 127.0.0.1:5000 holding test/app:1 (a two-platform image written by
-# oci-image.py, layer sizes in KiB from $LAYERS_KIB), image-cache on 127.0.0.1:8080 with that registry as
-# "registry.test:5000" (not started with OCI_SCENE_NO_CACHE=1: the caller runs its own, as the container
-# test does), and a standalone containerd. Expects what `e2e_start` of tests/e2e/lib.sh sets (BIN, W); sets
-# NS, SOCK, INDEX, SNAP and the helpers below (ctr_, pulled); installs an EXIT trap that cleans everything up
-# (e2e_cleanup, with containerd's mounts undone).
+# tests/e2e/oci-scene.sh — sourced by tests/e2e/containerd.sh, container.sh, upstream-trouble.sh and
+# bench/registry.sh: a private network namespace with docker-registry on 127.0.0.1:5000 holding test/app:1 (a
+# two-platform image written by oci-image.py, layer sizes in KiB from $LAYERS_KIB), image-cache on
+# 127.0.0.1:8080 with that registry as "registry.test:5000" (not started with OCI_SCENE_NO_CACHE=1: the caller
+# runs its own, as the container test does), and a standalone containerd. Expects what `e2e_start` of
+# tests/e2e/lib.sh sets (BIN, W); sets NS, SOCK, INDEX, SNAP, the cache-only hosts dir $W/hosts and the helpers
+# below (push, start_cache, ctr_, pulled); installs an EXIT trap that cleans everything up (e2e_cleanup, with
+# containerd's mounts undone). OCI_SCENE_UPSTREAM puts something else in front of the registry (the fault
+# proxy of upstream-trouble.sh); OCI_SCENE_REGISTRY_KEYS adds lines to image-cache's [registry].
 # shellcheck shell=bash
 
 : "${W:?tests/e2e/oci-scene.sh is sourced after e2e_start of tests/e2e/lib.sh}"
@@ -44,8 +46,10 @@ start_registry
 
 INDEX=$(python3 tests/e2e/oci-image.py "$W/img" 1 ${LAYERS_KIB:-1 30720 256})
 echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$W/policy.json"
-in_ns skopeo --policy "$W/policy.json" copy -q --all --dest-tls-verify=false \
-  "oci:$W/img:1" docker://127.0.0.1:5000/test/app:1
+push() { # push LAYOUT:TAG REPO:TAG — an OCI layout's image, every platform, to the registry
+  in_ns skopeo --policy "$W/policy.json" copy -q --all --dest-tls-verify=false "oci:$1" "docker://127.0.0.1:5000/$2"
+}
+push "$W/img:1" test/app:1
 echo "pushed test/app:1 = $INDEX"
 
 # --- image-cache ------------------------------------------------------------------------------------
@@ -60,8 +64,9 @@ upstreams = ["127.0.0.1:9"]
 enabled = false
 [registry]
 tag_ttl = "1s"
+${OCI_SCENE_REGISTRY_KEYS:-}
 [registry.upstreams]
-"registry.test:5000" = "http://127.0.0.1:5000"
+"registry.test:5000" = "${OCI_SCENE_UPSTREAM:-http://127.0.0.1:5000}"
 TOML
 start_cache() {
   ip netns exec $NS "$BIN" serve --config "$W/ic.toml" >>"$W/ic.log" 2>&1 &
@@ -69,6 +74,16 @@ start_cache() {
   wait_for 20 in_ns curl -sf http://127.0.0.1:8080/health
 }
 [ -n "${OCI_SCENE_NO_CACHE:-}" ] || start_cache
+
+# Cache only ($W/hosts, for `pulled … "$W/hosts" registry.test:5000/…`): the registry as written in the
+# reference is a dead port, so containerd cannot pass by falling back; every request the registry sees
+# comes from image-cache.
+mkdir -p "$W/hosts/registry.test:5000"
+cat >"$W/hosts/registry.test:5000/hosts.toml" <<TOML
+server = "http://127.0.0.1:1"
+[host."http://127.0.0.1:8080"]
+  capabilities = ["pull", "resolve"]
+TOML
 
 # --- containerd -------------------------------------------------------------------------------------
 mkdir -p "$W/ctd"

@@ -44,7 +44,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def reply(self, status, body=b"", headers=()):
+    def reply(self, status, body=b"", headers=(), length=None):
+        """`length`: the Content-Length of a HEAD answer, which has no body to measure."""
         self.send_response(status)
         for k, v in headers:
             self.send_header(k, v)
@@ -53,7 +54,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if rl:
             self.send_header("ratelimit-limit", f"{rl[0]};w=21600")
             self.send_header("ratelimit-remaining", f"{rl[1]};w=21600")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(body)) if length is None else length)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -109,19 +110,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         resp = conn.getresponse()
         data = resp.read()
         out = [(k, v) for k, v in resp.getheaders() if k.lower() not in HOP and k.lower() != "content-length"]
-        if self.command == "HEAD":
-            self.send_response(resp.status)
-            for k, v in out:
-                self.send_header(k, v)
-            with lock:
-                rl = ratelimit
-            if rl:
-                self.send_header("ratelimit-limit", f"{rl[0]};w=21600")
-                self.send_header("ratelimit-remaining", f"{rl[1]};w=21600")
-            self.send_header("Content-Length", resp.getheader("Content-Length", "0"))
-            self.end_headers()
-        else:
-            self.reply(resp.status, data, out)
+        length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else None
+        self.reply(resp.status, data, out, length)
         conn.close()
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = forward

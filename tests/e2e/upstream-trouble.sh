@@ -18,16 +18,14 @@ source tests/e2e/lib.sh
 e2e_start trouble containerd:containerd docker-registry:docker-registry skopeo:skopeo python3:python3 \
   curl:curl ip:iproute2 bc:bc
 # shellcheck disable=SC2034 # read by tests/e2e/oci-scene.sh
-OCI_SCENE_NO_CACHE=1 LAYERS_KIB="1 64" NS=ic-e2e-trouble
+OCI_SCENE_NO_CACHE=1 LAYERS_KIB="1 64" NS=ic-e2e-trouble OCI_SCENE_UPSTREAM=http://127.0.0.1:5001 \
+  OCI_SCENE_REGISTRY_KEYS='deleted_grace = "12s"'
 source tests/e2e/oci-scene.sh
 APP_INDEX=$INDEX
-in_ns skopeo --policy "$W/policy.json" copy -q --all --dest-tls-verify=false \
-  "oci:$W/img:1" docker://127.0.0.1:5000/test/app:pinned
+push "$W/img:1" test/app:pinned
 NEW_INDEX=$(python3 tests/e2e/oci-image.py "$W/img2" 1 1 64)
-for repo in new other; do
-  in_ns skopeo --policy "$W/policy.json" copy -q --all --dest-tls-verify=false \
-    "oci:$W/img2:1" "docker://127.0.0.1:5000/test/$repo:1"
-done
+push "$W/img2:1" test/new:1
+push "$W/img2:1" test/other:1
 
 ip netns exec "$NS" python3 tests/e2e/registry-proxy.py 5001 5000 &
 # shellcheck disable=SC2034 # stopped by e2e_cleanup
@@ -43,28 +41,7 @@ print(eval(sys.argv[1]))" "$1"
 }
 metric() { admin /metrics | awk -v m="$1" '$1 == m {print $2}'; }
 
-cat >"$W/ic.toml" <<TOML
-state_dir = "$W/ic-state"
-[http]
-listen = ["127.0.0.1:8080"]
-[dns]
-enabled = false
-upstreams = ["127.0.0.1:9"]
-[passthrough]
-enabled = false
-[registry]
-tag_ttl = "1s"
-deleted_grace = "12s"
-[registry.upstreams]
-"registry.test:5000" = "http://127.0.0.1:5001"
-TOML
 start_cache
-mkdir -p "$W/hosts/registry.test:5000"
-cat >"$W/hosts/registry.test:5000/hosts.toml" <<TOML
-server = "http://127.0.0.1:1"
-[host."http://127.0.0.1:8080"]
-  capabilities = ["pull", "resolve"]
-TOML
 REF=registry.test:5000/test/app:1
 PINNED=registry.test:5000/test/app:pinned
 

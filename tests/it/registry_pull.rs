@@ -421,21 +421,7 @@ async fn credentials_file_opens_private_repositories() {
     let env = Env::new().await;
     let reg = FakeRegistry::start().await;
     let img = reg.push_image("private/app", "1", &layers(1, 5000, 11));
-    let creds = env.dir.path().join("auth.json");
-    use base64::Engine;
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!(
-        "{}:{}",
-        oci::USER,
-        oci::PASSWORD
-    ));
-    std::fs::write(
-        &creds,
-        format!(
-            r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
-            reg.url.trim_start_matches("http://")
-        ),
-    )
-    .unwrap();
+    let creds = reg.credentials_file(env.dir.path(), reg.url.trim_start_matches("http://"));
     let mut c = config(&env, &reg);
     c.registry.credentials_file = Some(creds);
     let svc = env.start(c).await;
@@ -584,7 +570,6 @@ async fn blob_head_asks_the_registry_without_downloading() {
 /// redirects to is not answered with anything.
 #[tokio::test]
 async fn credentials_never_leave_their_registry() {
-    use base64::Engine;
     let env = Env::new().await;
     let reg = FakeRegistry::start().await;
     let img = reg.push_image("private/app", "1", &layers(1, 1000, 31));
@@ -607,17 +592,7 @@ async fn credentials_never_leave_their_registry() {
         }
     });
     *reg.state.realm.lock().unwrap() = Some(format!("http://{canary_addr}/token"));
-    let creds = env.dir.path().join("auth.json");
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!(
-        "{}:{}",
-        oci::USER,
-        oci::PASSWORD
-    ));
-    std::fs::write(
-        &creds,
-        format!(r#"{{"auths":{{"fake.test:5000":{{"auth":"{auth}"}}}}}}"#),
-    )
-    .unwrap();
+    let creds = reg.credentials_file(env.dir.path(), "fake.test:5000");
     let mut c = config(&env, &reg);
     c.registry.credentials_file = Some(creds);
     let svc = env.start(c).await;

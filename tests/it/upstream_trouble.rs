@@ -28,15 +28,9 @@ fn layers(seed: u64) -> Vec<Vec<u8>> {
     vec![common::origin::content(seed, 2000)]
 }
 
-/// containerd's resolve: HEAD of the tag; returns status and digest.
+/// containerd's resolve (`HEAD` of the tag): the status and the digest the answer names.
 async fn resolve(svc: &Service, repo: &str, tag: &str) -> (u16, String) {
-    let r = svc
-        .client
-        .head(format!("{}/v2/{repo}/manifests/{tag}?{NS}", svc.base))
-        .header("accept", RESOLVE_ACCEPT)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_tag(svc, reqwest::Method::HEAD, repo, tag).await;
     let digest = r
         .headers()
         .get("docker-content-digest")
@@ -46,17 +40,28 @@ async fn resolve(svc: &Service, repo: &str, tag: &str) -> (u16, String) {
     (r.status().as_u16(), digest)
 }
 
-/// GET of the tag: status and the digest of the body.
+/// `GET` of the tag: the status and the digest of the body.
 async fn fetch_tag(svc: &Service, repo: &str, tag: &str) -> (u16, String) {
-    let r = svc
-        .client
-        .get(format!("{}/v2/{repo}/manifests/{tag}?{NS}", svc.base))
+    let r = ask_tag(svc, reqwest::Method::GET, repo, tag).await;
+    let status = r.status().as_u16();
+    (status, oci::digest(&r.bytes().await.unwrap()))
+}
+
+async fn ask_tag(
+    svc: &Service,
+    method: reqwest::Method,
+    repo: &str,
+    tag: &str,
+) -> reqwest::Response {
+    svc.client
+        .request(
+            method,
+            format!("{}/v2/{repo}/manifests/{tag}?{NS}", svc.base),
+        )
         .header("accept", RESOLVE_ACCEPT)
         .send()
         .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, oci::digest(&r.bytes().await.unwrap()))
+        .unwrap()
 }
 
 async fn status_json(svc: &Service) -> serde_json::Value {
@@ -76,6 +81,21 @@ async fn object(svc: &Service, key: &str) -> Option<serde_json::Value> {
         .iter()
         .find(|o| o["key"] == key)
         .cloned()
+}
+
+/// An operator's prefetch of `image`, waited for: its report.
+async fn prefetch(svc: &Service, image: &str) -> serde_json::Value {
+    let q = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("wait", "true")
+        .append_pair("image", image)
+        .finish();
+    let r = svc
+        .client
+        .post(format!("{}/admin/registry/prefetch?{q}", svc.base))
+        .send()
+        .await
+        .unwrap();
+    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
 }
 
 fn tag_key(repo: &str, tag: &str) -> String {
@@ -272,21 +292,7 @@ async fn an_expired_account_is_shown_with_the_token_endpoints_words_and_stored_t
     let env = Env::new().await;
     let reg = FakeRegistry::start().await;
     let img = reg.push_image("private/app", "1", &layers(44));
-    let creds = env.dir.path().join("auth.json");
-    use base64::Engine;
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!(
-        "{}:{}",
-        oci::USER,
-        oci::PASSWORD
-    ));
-    std::fs::write(
-        &creds,
-        format!(
-            r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
-            reg.url.trim_start_matches("http://")
-        ),
-    )
-    .unwrap();
+    let creds = reg.credentials_file(env.dir.path(), reg.url.trim_start_matches("http://"));
     let mut c = config(&env, &reg);
     c.registry.credentials_file = Some(creds);
     let svc = env.start(c).await;
@@ -359,18 +365,7 @@ async fn below_the_reserve_only_live_pulls_of_new_content_spend_the_budget() {
     );
 
     // A prefetch run defers and says why, sending nothing.
-    let r = svc
-        .client
-        .post(format!(
-            "{}/admin/registry/prefetch?wait=true&image={}",
-            svc.base,
-            url::form_urlencoded::byte_serialize(format!("{REGISTRY}/team/later:1").as_bytes())
-                .collect::<String>()
-        ))
-        .send()
-        .await
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let report = prefetch(&svc, &format!("{REGISTRY}/team/later:1")).await;
     let image = &report["images"][0];
     assert_eq!(image["deferred"], true, "{report}");
     assert_eq!(image["ok"], false);
@@ -414,18 +409,7 @@ async fn below_the_reserve_only_live_pulls_of_new_content_spend_the_budget() {
     clock.advance(Duration::from_secs(11 * 60));
     assert_eq!(resolve(&svc, "team/held", "1").await.1, held.index);
     assert_eq!(svc.metric(&gauge("remaining")).await, 90.0);
-    let r = svc
-        .client
-        .post(format!(
-            "{}/admin/registry/prefetch?wait=true&image={}",
-            svc.base,
-            url::form_urlencoded::byte_serialize(format!("{REGISTRY}/team/later:1").as_bytes())
-                .collect::<String>()
-        ))
-        .send()
-        .await
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let report = prefetch(&svc, &format!("{REGISTRY}/team/later:1")).await;
     assert_eq!(report["images"][0]["ok"], true, "{report}");
     svc.stop().await;
 }

@@ -200,6 +200,23 @@ impl FakeRegistry {
         digest
     }
 
+    /// A docker `config.json` in `dir` holding the account of `private/*` under the name `registry`.
+    pub(crate) fn credentials_file(
+        &self,
+        dir: &std::path::Path,
+        registry: &str,
+    ) -> std::path::PathBuf {
+        use base64::Engine;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+        let path = dir.join("auth.json");
+        std::fs::write(
+            &path,
+            format!(r#"{{"auths":{{"{registry}":{{"auth":"{auth}"}}}}}}"#),
+        )
+        .unwrap();
+        path
+    }
+
     pub(crate) fn fault(&self, path: &str, f: Fault) {
         self.state.faults.lock().unwrap().insert(path.into(), f);
     }
