@@ -21,8 +21,10 @@ const BATCH_CHUNKS: usize = 1024;
 /// Longest a partial batch waits before it is written, so readers of a slow source still see progress.
 const FLUSH_AFTER: Duration = Duration::from_millis(20);
 
-/// Ends a fill exactly once: final phase first, then off the in-flight map, so anyone who no longer finds
-/// the fill finds its committed row.
+/// Ends a fill exactly once: off the in-flight map and into its final phase under the map's lock. Its row
+/// (if any) is committed before, so anyone who no longer finds the fill finds the row; and a waiter that
+/// learns the ending and asks again starts afresh instead of joining the ended fill and being answered
+/// with its failure.
 struct FillGuard {
     inner: Arc<Inner>,
     fill: Arc<Fill>,
@@ -39,7 +41,6 @@ impl FillGuard {
             return;
         }
         self.done = true;
-        self.fill.set_phase(phase);
         let mut inflight = lock(&self.inner.inflight);
         if inflight
             .get(self.fill.key())
@@ -47,6 +48,8 @@ impl FillGuard {
         {
             inflight.remove(self.fill.key());
         }
+        self.fill.set_phase(phase);
+        drop(inflight);
     }
 }
 

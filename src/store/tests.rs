@@ -344,12 +344,41 @@ async fn a_source_that_refuses_leaves_no_trace_and_no_running_fill() {
             ..
         }))
     ));
-    tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(t.store.fills().is_empty());
     assert!(matches!(
         t.store.access(&k, |_| Plan::Skip).unwrap(),
         Access::Skipped
     ));
+}
+
+/// Whoever saw a fill end and asks again starts afresh: an ended fill is off the in-flight map before its
+/// waiters learn the ending, so a request right after a failed fill is not answered with that failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_after_a_failed_fill_never_joins_it() {
+    let t = open(1 << 30);
+    for i in 0..300 {
+        let k = key(&format!("refused-{i}.img"));
+        let Access::Fill { fill, .. } = t
+            .store
+            .access(&k, |_| {
+                fill_plan(
+                    Box::pin(async {
+                        SourceOutcome::Unavailable(SourceError::Refused("gzip".into()))
+                    }),
+                    Expected::default(),
+                )
+            })
+            .unwrap()
+        else {
+            panic!("expected a fill");
+        };
+        assert!(matches!(fill.head().await, Phase::Failed(_)));
+        let again = t.store.access(&k, |_| Plan::Skip).unwrap();
+        assert!(
+            matches!(again, Access::Skipped),
+            "request {i} after the failure joined the ended fill"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
