@@ -10,7 +10,14 @@ use crate::config::{self, Config};
 use crate::store::{FilePath, Key};
 
 /// The targets the fuzz driver (`fuzz/main.rs`) knows, by name.
-pub const TARGETS: [&str; 5] = ["dns", "sni", "file-path", "oci-path", "config"];
+pub const TARGETS: [&str; 6] = [
+    "dns",
+    "sni",
+    "file-path",
+    "oci-path",
+    "answer-headers",
+    "config",
+];
 
 /// A TLS ClientHello's server name: any answer but a panic; a name found is a plausible host name
 /// (letters, digits, `-`, `.`, and `_` as some real names carry; never a byte that could smuggle anything
@@ -75,18 +82,23 @@ pub fn oci_path(data: &[u8]) {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let ns = crate::registry::path::ns_param(query);
-        if let Ok(to) = crate::registry::path::destination(
+        match crate::registry::path::destination(
             ns.as_deref(),
             name,
             &upstreams,
             Some("docker.io"),
             true,
         ) {
-            assert!(
+            Ok(to) => assert!(
                 crate::registry::path::name_ok(to.name).is_ok() && name.ends_with(to.name),
                 "{name:?} routed to {:?}",
                 to.name
-            );
+            ),
+            Err(no) => {
+                if let Some((registry, _)) = no.unlisted {
+                    unlisted_registry(&registry);
+                }
+            }
         }
         for segment in name.split('/').chain([reference.as_str()]) {
             assert!(
@@ -102,6 +114,59 @@ pub fn oci_path(data: &[u8]) {
         }
     }
     let _ = crate::registry::path::ns_param(query);
+}
+
+/// A registry name `registry.open` may admit (`ns`, a path prefix): an admitted name is canonical — admitting
+/// it again gives itself — so every spelling of one registry (`:443`, `:0443`, `:+443`, any case) makes one
+/// set of store keys, and the front can tell it is a configured registry (`upstream_for`) by that key.
+fn unlisted_registry(name: &str) {
+    let policy = crate::registry::open::OpenPolicy {
+        ports: vec![443, 5000],
+        deny: vec!["*.denied.test".into()],
+    };
+    let Ok(admitted) = crate::registry::open::admit(name, &policy) else {
+        return;
+    };
+    let again = crate::registry::open::admit(&admitted.registry, &policy)
+        .unwrap_or_else(|e| panic!("{name:?} admitted as {admitted:?}, which is refused: {e}"));
+    assert_eq!(again, admitted, "{name:?}: admitting is not idempotent");
+    assert!(
+        !admitted.registry.ends_with(":443")
+            && admitted.registry == admitted.registry.to_ascii_lowercase(),
+        "{name:?} admitted under a second name {:?}",
+        admitted.registry
+    );
+    assert_eq!(admitted.base, format!("https://{}", admitted.registry));
+}
+
+/// An upstream answer's `Content-Type` (first line) and `Content-Encoding` (second): only registry media
+/// types reach a client from a registry — never a type a browser runs — and only an identity body is stored.
+pub fn answer_headers(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (content_type, coding) = text.split_once('\n').unwrap_or((&text, ""));
+    if crate::registry::accept::registry_media_type(content_type) {
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        let json = essence == "application/json"
+            || (essence.starts_with("application/vnd.")
+                && essence.matches('+').count() == 1
+                && (essence.ends_with("+json") || essence.ends_with("+prettyjws")));
+        assert!(
+            json && !essence.contains(['<', '>', '"', ' ', '\\', '\'']),
+            "{content_type:?} passed as a registry type"
+        );
+    }
+    if crate::upstream::source::identity_coding(Some(coding)) {
+        let c = coding.trim();
+        assert!(
+            c.is_empty() || c.eq_ignore_ascii_case("identity"),
+            "{coding:?} taken as identity"
+        );
+    }
 }
 
 /// A config file: loads or names the key it refuses; what loads prints and loads again.

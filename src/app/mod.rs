@@ -436,10 +436,12 @@ async fn dispatch(req: HttpRequest, routing: web::Data<Routing>) -> HttpResponse
     if let Some(host) = host
         && let Some(domain) = crate::config::vhost::find(&state.config.domains, &host)
     {
-        return http::files::handle(req.clone(), Arc::clone(state), domain, host).await;
+        let answer = http::files::handle(req.clone(), Arc::clone(state), domain, host).await;
+        return crate::serve::untrusted_content(answer);
     }
     if (req.path() == "/v2" || req.path().starts_with("/v2/")) && state.config.registry.enabled {
-        return crate::registry::handler::handle(&req, &routing.registry).await;
+        let answer = crate::registry::handler::handle(&req, &routing.registry).await;
+        return crate::serve::untrusted_content(answer);
     }
     if !routing.admin_addrs.is_empty() {
         return HttpResponse::NotFound().body("not found\n");

@@ -26,6 +26,25 @@ pub fn upstream_accept(client: Option<&str>) -> String {
     types.join(", ")
 }
 
+/// Whether `media_type` is one a registry answer may carry to a client: `application/json` or an
+/// `application/vnd.…` type in JSON (`+json`) or a signed schema-1 manifest (`+prettyjws`). A registry
+/// is an upstream the cache does not trust: with `registry.open` anyone names it, and an answer typed
+/// `text/html` (or SVG, or script) served from the cache's address would run with the origin of its
+/// status page. Parameters and case do not matter.
+pub fn registry_media_type(media_type: &str) -> bool {
+    let t = essence(media_type);
+    t == "application/json"
+        || t.strip_prefix("application/vnd.")
+            .and_then(|rest| rest.split_once('+'))
+            .is_some_and(|(name, suffix)| {
+                (suffix == "json" || suffix == "prettyjws")
+                    && !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            })
+}
+
 /// True when an `Accept` header admits `media_type`. No header (or an empty one) accepts anything;
 /// `*/*` and `type/*` wildcards count; `q=0` refuses.
 pub fn accepts(header: Option<&str>, media_type: &str) -> bool {
@@ -97,6 +116,37 @@ mod tests {
         ];
         for (header, media, want) in cases {
             assert_eq!(accepts(header, media), want, "{header:?} {media}");
+        }
+    }
+
+    #[test]
+    fn only_registry_media_types_reach_a_client() {
+        for t in MANIFEST_TYPES {
+            assert!(registry_media_type(t), "{t}");
+        }
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/VND.OCI.Image.Index.v1+JSON",
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            "application/vnd.cncf.helm.config.v1+json",
+        ] {
+            assert!(registry_media_type(ok), "{ok}");
+        }
+        for bad in [
+            "text/html",
+            "text/html; charset=utf-8",
+            "image/svg+xml",
+            "application/xhtml+xml",
+            "application/javascript",
+            "text/plain",
+            "application/vnd.+json",
+            "application/vnd.evil<script>+json",
+            "application/vnd.example.page+xml",
+            "application/vnd.a+xml+json",
+            "",
+        ] {
+            assert!(!registry_media_type(bad), "{bad}");
         }
     }
 

@@ -3,6 +3,7 @@
 //! uncached relay of what the store does not keep.
 
 use super::RegistryState;
+use super::accept;
 use super::backoff::retry_after_secs;
 use super::error::{Object, OciError};
 use super::fetch::{self, Target};
@@ -99,10 +100,33 @@ pub(super) async fn pass_through(
     };
     match fetch::send(state, target, method, client_accept).await {
         Ok(resp) if resp.status == 200 => {
+            let typed = resp.header("content-type").map(str::to_string);
+            if what != kind::BLOB
+                && let Some(t) = typed.filter(|t| !accept::registry_media_type(t))
+            {
+                state
+                    .metrics
+                    .registry_request(&target.registry, what, result::ERROR);
+                return OciError::Upstream(format!(
+                    "{} answered with {t:?}, not a registry media type; refused",
+                    target.registry
+                ))
+                .response();
+            }
             state
                 .metrics
                 .registry_request(&target.registry, what, result::MISS);
-            serve::relay(req, &state.metrics, resp, &["content-type", DIGEST_HEADER])
+            if what == kind::BLOB {
+                // A blob is bytes: whatever type the registry claims, the client gets octet-stream.
+                let mut relayed = serve::relay(req, &state.metrics, resp, &[DIGEST_HEADER]);
+                relayed.headers_mut().insert(
+                    actix_web::http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                relayed
+            } else {
+                serve::relay(req, &state.metrics, resp, &["content-type", DIGEST_HEADER])
+            }
         }
         Ok(resp) => {
             state

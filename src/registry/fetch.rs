@@ -234,6 +234,14 @@ fn manifest_body(resp: Response) -> SourceOutcome {
     if resp.content_length().is_some_and(|l| l > MANIFEST_MAX) {
         return refuse(format!("manifest larger than {MANIFEST_MAX} bytes refused"));
     }
+    if let Some(t) = resp
+        .header("content-type")
+        .filter(|t| !accept::registry_media_type(t))
+    {
+        return refuse(format!(
+            "a manifest typed {t:?} is not a registry answer; nothing stored"
+        ));
+    }
     let meta = SourceMeta {
         content_length: resp.content_length(),
         content_type: manifest_type(&resp),
@@ -507,11 +515,12 @@ pub(super) fn via_owner(
     )
 }
 
-/// A manifest's media type, without parameters.
+/// A manifest's media type, without parameters; none when it is not a registry media type (a peer's
+/// answer is not refused for it, its manifest is checked by digest, but the type is not kept).
 fn manifest_type(resp: &Response) -> Option<String> {
     resp.header("content-type")
+        .filter(|t| accept::registry_media_type(t))
         .map(|t| t.split(';').next().unwrap_or(t).trim().to_string())
-        .filter(|t| !t.is_empty())
 }
 
 /// The store's `access` for this request; for a request from another node, `None` when the fill

@@ -61,12 +61,24 @@ pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpRespon
                 Ok(a) => a,
                 Err(why) => return OciError::Denied(why).response(),
             };
+            // `docker.io:443`, `DOCKER.IO:0443`, `registry-1.docker.io`: another spelling of a configured
+            // registry is that registry — its store keys, credentials and back-off — never a second,
+            // unlisted one beside it that could replace its tags or be handed its token.
+            let (registry, base, guard) =
+                match path::upstream_for(Some(&admitted.registry), &state.config.upstreams) {
+                    Some((registry, base)) => (registry, base, None),
+                    None => (
+                        admitted.registry.as_str(),
+                        admitted.base.as_str(),
+                        Some(unlisted.guard()),
+                    ),
+                };
             Repo {
-                registry: &admitted.registry,
-                base: &admitted.base,
+                registry,
+                base,
                 name,
                 from_peer: crate::serve::asker(&state.peers, req) == Asker::Node,
-                guard: Some(unlisted.guard()),
+                guard,
             }
         }
     };

@@ -7,7 +7,9 @@ pub mod body;
 pub mod conditional;
 mod respond;
 
-pub use respond::{content_headers, head_response, relay, serve_hit, stream_fill, unsatisfiable};
+pub use respond::{
+    content_headers, head_response, relay, serve_hit, stream_fill, unsatisfiable, untrusted_content,
+};
 
 /// Who sent a request, for the partition's routing rule (`peers::Peers::asker`).
 pub fn asker(peers: &crate::peers::Peers, req: &actix_web::HttpRequest) -> crate::peers::Asker {

@@ -219,6 +219,23 @@ pub fn content_headers(
     }
 }
 
+/// Sets the headers every answer of the file and registry fronts carries. Their bodies come from upstreams
+/// the cache does not vouch for (with `registry.open`, from any registry a client names) and are served
+/// from the same origin as the status page: a browser must never sniff one into a type that runs, and one
+/// it renders anyway runs sandboxed, allowed nothing.
+pub fn untrusted_content(mut resp: HttpResponse) -> HttpResponse {
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    resp
+}
+
 /// An upstream answer passed on uncached: its status, the named headers, and its body as it arrives.
 pub fn relay(
     req: &HttpRequest,

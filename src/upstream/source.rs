@@ -58,14 +58,21 @@ pub fn body_outcome(resp: Response) -> SourceOutcome {
 /// A body in a content coding (`gzip`, `br`, …) is not the object: the cache asks for none, and an origin
 /// or CDN that encodes anyway would have its compressed bytes stored and served as the file. Refused.
 pub fn coding_refusal(resp: &Response) -> Option<SourceError> {
-    match resp.header("content-encoding").map(str::trim) {
-        None | Some("") => None,
-        Some(c) if c.eq_ignore_ascii_case("identity") => None,
-        Some(c) => Some(SourceError::Refused(format!(
-            "{} sent Content-Encoding `{c}` although none was asked for; not stored",
-            resp.url
-        ))),
-    }
+    let coding = resp.header("content-encoding");
+    (!identity_coding(coding)).then(|| {
+        SourceError::Refused(format!(
+            "{} sent Content-Encoding `{}` although none was asked for; not stored",
+            resp.url,
+            coding.unwrap_or_default().trim()
+        ))
+    })
+}
+
+/// Whether a `Content-Encoding` value leaves the body as it is: none, empty, or `identity`.
+pub fn identity_coding(value: Option<&str>) -> bool {
+    value
+        .map(str::trim)
+        .is_none_or(|c| c.is_empty() || c.eq_ignore_ascii_case("identity"))
 }
 
 /// What a 200 answer's headers tell the store about its body.

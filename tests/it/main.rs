@@ -11,6 +11,7 @@ mod binary;
 mod config;
 mod contrib;
 mod dns;
+mod hostile;
 mod http_cache;
 mod layers;
 mod lifecycle;

@@ -33,6 +33,8 @@ pub(crate) enum Fault {
     Slow(Duration),
     /// The CDN the blob redirects to answers 401 with a Basic challenge.
     CdnChallenge,
+    /// Answer with this `Content-Type` (a hostile registry's `text/html`).
+    ContentType(&'static str),
 }
 
 /// (repo, tag or digest) → (media type, bytes).
@@ -405,7 +407,13 @@ fn registry_answer(req: HttpRequest, s: &Arc<RegState>) -> HttpResponse {
                 .map(|(_, t)| t)
                 .collect();
             tags.sort();
-            HttpResponse::Ok().json(serde_json::json!({"name": repo, "tags": tags}))
+            let body = serde_json::json!({"name": repo, "tags": tags}).to_string();
+            match fault {
+                Some(Fault::ContentType(t)) => HttpResponse::Ok().content_type(t).body(body),
+                _ => HttpResponse::Ok()
+                    .content_type("application/json")
+                    .body(body),
+            }
         }
         "manifests" => {
             let found = s
@@ -543,7 +551,10 @@ fn cdn_route(req: HttpRequest, s: Arc<RegState>) -> HttpResponse {
 fn respond(req: &HttpRequest, media: &str, bytes: Vec<u8>, fault: Option<Fault>) -> HttpResponse {
     let d = digest(&bytes);
     let mut b = HttpResponse::Ok();
-    b.insert_header((header::CONTENT_TYPE, media));
+    match fault {
+        Some(Fault::ContentType(t)) => b.insert_header((header::CONTENT_TYPE, t)),
+        _ => b.insert_header((header::CONTENT_TYPE, media)),
+    };
     if !matches!(fault, Some(Fault::NoDigest)) {
         b.insert_header(("docker-content-digest", d));
     }

@@ -1,0 +1,176 @@
+//! Hostile tenants and hostile upstreams (issue 29): another spelling of a configured registry is that
+//! registry; a registry's answer reaches a client only in a registry media type; every answer of the
+//! registry and file fronts forbids sniffing and runs sandboxed.
+
+use crate::common;
+
+use common::oci::{self, FakeRegistry, Fault, RESOLVE_ACCEPT};
+use common::{Env, Service};
+use image_cache::config::{Config, OnMiss};
+use image_cache::store::Key;
+
+/// A configured registry under a public-looking name, so that `registry.open` would admit the name as an
+/// unlisted registry if the cache let it.
+const CONFIGURED: &str = "mirror.example.net";
+
+fn open_config(env: &Env, reg: &FakeRegistry) -> Config {
+    let mut c = env.config(OnMiss::Fill);
+    c.registry.upstreams = [(CONFIGURED.to_string(), reg.url.clone())]
+        .into_iter()
+        .collect();
+    c.registry.open = true;
+    c.registry.open_ports = vec![443];
+    c
+}
+
+async fn get(svc: &Service, path: &str) -> reqwest::Response {
+    svc.client
+        .get(format!("{}{path}", svc.base))
+        .header("accept", RESOLVE_ACCEPT)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The headers every registry and file answer carries, whatever its status.
+fn assert_untrusted_headers(r: &reqwest::Response, what: &str) {
+    assert_eq!(header(r, "x-content-type-options"), "nosniff", "{what}");
+    let csp = header(r, "content-security-policy");
+    assert!(
+        csp.contains("sandbox") && csp.contains("default-src 'none'"),
+        "{what}: {csp:?}"
+    );
+}
+
+#[tokio::test]
+async fn another_spelling_of_a_configured_registry_is_that_registry() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    let svc = env.start(open_config(&env, &reg)).await;
+
+    // Each spelling asks for a tag of its own, so each must reach a registry: the configured one.
+    let spellings = [
+        format!("ns={CONFIGURED}:443"),
+        "ns=MIRROR.Example.NET%3A0443".to_string(),
+        format!("ns={CONFIGURED}:%2B443"),
+        format!("ns=registry-1.{CONFIGURED}:443"),
+        String::new(),
+        format!("ns={CONFIGURED}"),
+    ];
+    for (i, ns) in spellings.iter().enumerate() {
+        let tag = format!("v{i}");
+        let image = reg.push_image(
+            "library/app",
+            &tag,
+            &[common::origin::content(i as u64, 300)],
+        );
+        let path = if ns.is_empty() {
+            format!("/v2/{CONFIGURED}:443/library/app/manifests/{tag}")
+        } else {
+            format!("/v2/library/app/manifests/{tag}?{ns}")
+        };
+        let r = get(&svc, &path).await;
+        let unlisted = i == 3;
+        if unlisted {
+            // Another host under the configured name is not the configured registry: refused by the
+            // dialler (no DNS here), never served from the configured one.
+            assert!(r.status().as_u16() >= 500, "{path}: {}", r.status());
+            continue;
+        }
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(header(&r, "oci-namespace"), CONFIGURED, "{path}");
+        assert_eq!(
+            oci::digest(&r.bytes().await.unwrap()),
+            image.index,
+            "{path}"
+        );
+    }
+    // Every spelling reached the configured registry; none was dialled as `https://mirror.example.net`,
+    // whose failure would have been a 502 above.
+    assert!(reg.count("GET /v2/library/app/manifests/v0") >= 1);
+    let keys: Vec<String> = svc
+        .store()
+        .list("", None, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert!(
+        keys.iter().all(|k| !k.contains(":443")),
+        "one registry, one set of keys: {keys:?}"
+    );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_registry_answer_reaches_a_client_only_in_a_registry_media_type() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    reg.push_image("library/app", "1.0", &[common::origin::content(2, 3000)]);
+    let page = b"<html><script>fetch('/admin/status')</script></html>".to_vec();
+    reg.put_manifest("library/app", Some("page"), "text/html", page.clone());
+    reg.fault(
+        "/v2/library/app/tags/list",
+        Fault::ContentType("text/html; charset=utf-8"),
+    );
+    let svc = env.start(open_config(&env, &reg)).await;
+
+    // A manifest typed text/html is refused and never stored; the same for the by-digest path.
+    let by_tag = format!("/v2/library/app/manifests/page?ns={CONFIGURED}");
+    let by_digest = format!(
+        "/v2/library/app/manifests/{}?ns={CONFIGURED}",
+        oci::digest(&page)
+    );
+    for path in [&by_tag, &by_digest] {
+        let r = get(&svc, path).await;
+        assert_eq!(r.status(), 502, "{path}");
+        assert_untrusted_headers(&r, path);
+        assert_ne!(header(&r, "content-type"), "text/html", "{path}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("text/html"), "{path}: {body}");
+    }
+    for key in [
+        format!("oci:{CONFIGURED}/library/app:page"),
+        format!("oci:{CONFIGURED}/library/app@{}", oci::digest(&page)),
+    ] {
+        assert!(
+            svc.store()
+                .get(&Key::parse(&key).unwrap())
+                .unwrap()
+                .is_none(),
+            "{key} stored"
+        );
+    }
+    // A listing relayed uncached keeps to the rule too.
+    let r = get(&svc, &format!("/v2/library/app/tags/list?ns={CONFIGURED}")).await;
+    assert_eq!(r.status(), 502);
+    assert_untrusted_headers(&r, "tags/list");
+    reg.clear_faults();
+    let r = get(&svc, &format!("/v2/library/app/tags/list?ns={CONFIGURED}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-type"), "application/json");
+    assert_untrusted_headers(&r, "tags/list");
+
+    // A good manifest and the base carry the same headers.
+    let r = get(
+        &svc,
+        &format!("/v2/library/app/manifests/1.0?ns={CONFIGURED}"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_untrusted_headers(&r, "manifest");
+    assert_untrusted_headers(&get(&svc, "/v2/").await, "base");
+    // So does the file front.
+    let r = svc.get("/file/100/1").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_untrusted_headers(&r, "file");
+    svc.stop().await;
+}
