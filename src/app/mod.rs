@@ -16,6 +16,7 @@ use crate::registry::RegistryState;
 use crate::store::Store;
 use crate::sync::Syncer;
 use crate::systemd;
+use crate::upstream::guard::AddressRule;
 use crate::upstream::registry_health::RegistryHealth;
 use crate::upstream::{NameResolver, Upstream, oci_auth::OciAuth, tls::TlsSetupError};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -138,6 +139,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         resolver.clone(),
         metrics.clone(),
         cpus.min(4),
+        AddressRule::of_subdomains(&config),
     )?;
     let peers = Peers::new(&config.nodes);
     let workers = lifecycle.workers().clone();

@@ -4,6 +4,7 @@
 use super::CliError;
 use crate::config::{Config, ConfigError};
 use crate::http::admin::auth::AdminToken;
+use crate::upstream::guard::AddressRule;
 use crate::upstream::{Method, Request, Upstream};
 use serde::de::DeserializeOwned;
 
@@ -210,6 +211,7 @@ pub(super) fn connect(config: &Config) -> Result<AdminClient, CliError> {
         resolver,
         crate::metrics::Metrics::new(),
         1,
+        AddressRule::of_subdomains(config),
     )?;
     AdminClient::new(config, upstream)
 }

@@ -13,6 +13,7 @@ use crate::lifecycle::{RunStatus, Workers};
 use crate::metrics::Metrics;
 use crate::sync::planner::{Action, Item, Plan};
 use crate::sync::{Outcome, SyncError, Syncer, metal_api::ApiError};
+use crate::upstream::guard::AddressRule;
 use crate::upstream::{Method, NameResolver, Upstream};
 use std::io::Write;
 
@@ -36,7 +37,13 @@ pub async fn sync(arg: &ConfigArg, dry_run: bool) -> Result<i32, CliError> {
             format!("cannot build a resolver: {e}"),
         ))
     })?;
-    let upstream = Upstream::start(&config.upstream, resolver, metrics.clone(), 2)?;
+    let upstream = Upstream::start(
+        &config.upstream,
+        resolver,
+        metrics.clone(),
+        2,
+        AddressRule::of_subdomains(&config),
+    )?;
     let workers = Workers::new(tokio_util::sync::CancellationToken::new());
     // No server runs, so no health is known of the other nodes: everything comes from the origin.
     let peers = crate::peers::Peers::new(&config.nodes);

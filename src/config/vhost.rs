@@ -49,6 +49,13 @@ pub fn origin_for(domain: &DomainConfig, host: &str) -> String {
     }
 }
 
+/// Whether the client picked the name dialled for `host`: a subdomain under `include_subdomains` without
+/// an `origin`, reached by its own name. Such a name may lead only where a client may send the cache
+/// (`upstream::guard`), never to an internal address.
+pub fn client_named(domain: &DomainConfig, host: &str) -> bool {
+    domain.origin.is_none() && host != domain.name
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

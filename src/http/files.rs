@@ -37,30 +37,31 @@ pub async fn handle(
     };
     let asker = serve::asker(&state.peers, &req);
     let from_peer = asker == Asker::Node;
-    let origin_url = match url::Url::parse(&format!(
+    let origin = match url::Url::parse(&format!(
         "{}{}",
         crate::config::vhost::origin_for(domain, &host),
         path.to_url_path()
     )) {
-        Ok(u) => u,
+        Ok(url) => upstream::Origin {
+            url,
+            // A subdomain dialled by its own name leads only where a client may send the cache.
+            guard: crate::config::vhost::client_named(domain, &host)
+                .then(upstream::guard::DialGuard::subdomain),
+        },
         Err(e) => return bad_request(&state, &format!("cannot build origin URL: {e}")),
     };
     let revalidate_after = domain.revalidate_after.get();
     let may_fill = domain.on_miss != OnMiss::Redirect;
     // The partition's rule (`peers::route`): through the key's owner, or from the origin here.
     let source = |etag: Option<String>, last_modified: Option<String>, ours: Option<String>| {
-        let origin = upstream::source::get(
-            state.upstream.clone(),
-            origin_url.clone(),
-            etag,
-            last_modified,
-        );
+        let from_origin =
+            upstream::source::get(state.upstream.clone(), &origin, etag, last_modified);
         state.peers.source(
             &state.upstream,
             &state.metrics,
             asker,
             key.as_str(),
-            origin,
+            from_origin,
             |peer, waiting| {
                 PeerAsk::file(
                     peer,
@@ -124,7 +125,7 @@ pub async fn handle(
         Ok(a) => a,
         Err(e) => {
             tracing::error!(key = %key, error = %e, "store lookup failed; passing through");
-            return pass_through(&req, &state, origin_url, result::ERROR).await;
+            return pass_through(&req, &state, origin, result::ERROR).await;
         }
     };
 
@@ -148,10 +149,10 @@ pub async fn handle(
                 state.metrics.request(kind::FILE, result::MISS);
                 redirect(&req, &host)
             }
-            _ => pass_through(&req, &state, origin_url, result::MISS).await,
+            _ => pass_through(&req, &state, origin, result::MISS).await,
         },
         Access::Fill { fill, .. } => {
-            follow_fill(&req, &state, &key, fill, origin_url, from_peer, domain).await
+            follow_fill(&req, &state, &key, fill, origin, from_peer, domain).await
         }
     }
 }
@@ -191,7 +192,7 @@ async fn follow_fill(
     state: &Arc<HttpState>,
     key: &Key,
     fill: Arc<Fill>,
-    origin_url: url::Url,
+    origin: upstream::Origin,
     to_peer: bool,
     domain: &DomainConfig,
 ) -> HttpResponse {
@@ -199,7 +200,7 @@ async fn follow_fill(
         Phase::NotModified => serve_stored_again(req, state, key, result::HIT),
         Phase::Failed(FillFailure::Storage(why)) => {
             tracing::warn!(key = %key, %why, "cannot store; passing through");
-            pass_through(req, state, origin_url, result::MISS).await
+            pass_through(req, state, origin, result::MISS).await
         }
         Phase::Failed(failure) => {
             // Revalidation failed: the stored copy (if any) is better than an error, whatever the
@@ -232,12 +233,12 @@ async fn follow_fill(
                 digest: None,
             };
             let etag = format!("\"{}\"", row.digest);
-            let resp = stream_fill(req, state, &fill, &meta, Some(etag), origin_url).await;
+            let resp = stream_fill(req, state, &fill, &meta, Some(etag), origin).await;
             with_origin_etag(resp, meta.etag.as_deref(), to_peer)
         }
         Phase::Streaming { meta, .. } => {
             state.metrics.request(kind::FILE, result::MISS);
-            let resp = stream_fill(req, state, &fill, &meta, None, origin_url).await;
+            let resp = stream_fill(req, state, &fill, &meta, None, origin).await;
             with_origin_etag(resp, meta.etag.as_deref(), to_peer)
         }
         Phase::Connecting => HttpResponse::ServiceUnavailable().body("fill did not start\n"),
@@ -269,11 +270,11 @@ async fn stream_fill(
     fill: &Arc<Fill>,
     meta: &SourceMeta,
     etag: Option<String>,
-    origin_url: url::Url,
+    origin: upstream::Origin,
 ) -> HttpResponse {
     let resume = Resume {
         upstream: state.upstream.clone(),
-        url: origin_url,
+        origin,
         etag: meta.etag.clone(),
         last_modified: meta.last_modified.clone(),
         total: meta.content_length,
@@ -307,10 +308,10 @@ fn failure_response(failure: &FillFailure) -> HttpResponse {
 async fn pass_through(
     req: &HttpRequest,
     state: &HttpState,
-    url: url::Url,
+    origin: upstream::Origin,
     res: &'static str,
 ) -> HttpResponse {
-    let mut request = upstream::Request::get(url, "file");
+    let mut request = origin.get("file");
     if req.method() == Method::HEAD {
         request.method = upstream::Method::Head;
     }

@@ -187,7 +187,7 @@ async fn accept(
             },
             _ = shutdown.cancelled() => break,
         };
-        let ip = canonical(peer.ip());
+        let ip = address::canonical(peer.ip());
         if !ctx.clients.iter().any(|n| n.contains(&ip)) {
             tracing::debug!(%peer, "passthrough client not in passthrough.allow; closing");
             ctx.count(passthrough_result::CLIENT);
@@ -257,13 +257,13 @@ async fn handle(mut client: TcpStream, ctx: &Ctx) -> Result<(), Ended> {
         .lookup_socket_addrs(host, port)
         .await
         .map_err(|e| error(e.to_string()))?;
-    if domain.origin.is_none() && name != domain.name {
+    if crate::config::vhost::client_named(domain, &name) {
         // The client picked this name (a subdomain under `include_subdomains`, dialled by its own name):
         // it may lead only to the public internet.
         let before = addrs.len();
         let mut why = String::new();
         addrs.retain(|a| {
-            address::dialable(canonical(a.ip()), &ctx.own_networks, &ctx.allow_targets)
+            address::dialable(a.ip(), &ctx.own_networks, &ctx.allow_targets)
                 .map_err(|e| why = e)
                 .is_ok()
         });
@@ -305,14 +305,6 @@ async fn read_hello(client: &mut TcpStream) -> Result<(Vec<u8>, String), String>
             Sni::Missing => return Err("ClientHello without a server name".into()),
             Sni::NotTls => return Err("not a TLS ClientHello".into()),
         }
-    }
-}
-
-/// IPv4-mapped IPv6 as IPv4, so one rule covers both spellings.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 

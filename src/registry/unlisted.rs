@@ -4,7 +4,7 @@
 
 use super::open::{self, Admitted, OpenPolicy};
 use crate::config::RegistryConfig;
-use crate::upstream::guard::DialGuard;
+use crate::upstream::guard::{DialGuard, Reach};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -34,6 +34,7 @@ impl Unlisted {
             },
             guard: DialGuard {
                 ports: Arc::from(config.open_ports.as_slice()),
+                reach: Reach::Registry,
             },
             limiter: RateLimiter::keyed(Quota::per_second(rate)),
         })

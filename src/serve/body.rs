@@ -48,7 +48,7 @@ pub fn file_stream(
 #[derive(Clone)]
 pub struct Resume {
     pub upstream: Upstream,
-    pub url: url::Url,
+    pub origin: upstream::Origin,
     /// The origin's entity tag for the version being filled (only a strong one is used).
     pub etag: Option<String>,
     /// The origin's Last-Modified, used when there is no strong entity tag.
@@ -132,7 +132,9 @@ async fn resume_from(
         Some(e) => format!("bytes={from}-{}", e.saturating_sub(1)),
         None => format!("bytes={from}-"),
     };
-    let req = upstream::Request::get(resume.url.clone(), "file")
+    let req = resume
+        .origin
+        .get("file")
         .header("range", range)
         .header("if-range", validator);
     let resp = resume.upstream.send(req).await.map_err(|e| e.to_string())?;

@@ -78,6 +78,14 @@ fn v6(ip: Ipv6Addr) -> Option<Internal> {
     })
 }
 
+/// IPv4-mapped IPv6 as IPv4, so one rule covers both spellings.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// `None` for a public internet address; else what kind of internal address it is.
 pub fn internal(ip: IpAddr) -> Option<Internal> {
     match ip {
@@ -88,7 +96,9 @@ pub fn internal(ip: IpAddr) -> Option<Internal> {
 
 /// Whether a client-chosen name may be dialled at `ip`: a public address outside the partition's own
 /// networks, or an address the operator allowed explicitly. The reason otherwise.
+/// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) counts as the IPv4 address it is.
 pub fn dialable(ip: IpAddr, own_networks: &[IpNet], allowed: &[IpNet]) -> Result<(), String> {
+    let ip = canonical(ip);
     if allowed.iter().any(|n| n.contains(&ip)) {
         return Ok(());
     }

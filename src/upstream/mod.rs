@@ -58,9 +58,27 @@ pub struct Request {
     pub follow_redirects: bool,
     /// A request body (small JSON for API calls; never streamed).
     pub body: Option<Bytes>,
-    /// Set when a client chose the host (an unlisted registry): every hop is checked, and connections
-    /// go through a client of their own that dials public addresses only.
+    /// Set when a client chose the host (an unlisted registry, an intercepted domain's subdomain): every
+    /// hop is checked, and connections go through a client of their own that dials only the addresses
+    /// the guard's rule admits.
     pub guard: Option<guard::DialGuard>,
+}
+
+/// An origin a file is asked from: its URL, and the guard its hops and connections are checked under
+/// when a client chose its host.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub url: Url,
+    pub guard: Option<guard::DialGuard>,
+}
+
+impl Origin {
+    /// A GET of the origin's URL under its guard.
+    pub fn get(&self, kind: &'static str) -> Request {
+        let mut request = Request::get(self.url.clone(), kind);
+        request.guard = self.guard.clone();
+        request
+    }
 }
 
 impl Request {
@@ -170,15 +188,28 @@ struct Settings {
     read_timeout: Duration,
     metrics: Metrics,
     resolver: NameResolver,
+    /// The address rule of subdomains dialled by their own name (`guard::Reach::Subdomain`).
+    subdomains: Arc<guard::AddressRule>,
+}
+
+impl Settings {
+    fn rule(&self, reach: guard::Reach) -> Arc<guard::AddressRule> {
+        match reach {
+            guard::Reach::Registry => Arc::new(guard::AddressRule::default()),
+            guard::Reach::Subdomain => Arc::clone(&self.subdomains),
+        }
+    }
 }
 
 impl Upstream {
-    /// Starts `threads` client threads. Fails when `upstream.ca_file` cannot be used.
+    /// Starts `threads` client threads. Fails when `upstream.ca_file` cannot be used. `subdomains` is
+    /// the address rule of requests guarded as `Reach::Subdomain`.
     pub fn start(
         config: &UpstreamConfig,
         resolver: NameResolver,
         metrics: Metrics,
         threads: usize,
+        subdomains: guard::AddressRule,
     ) -> Result<Self, tls::TlsSetupError> {
         let settings = Settings {
             tls: tls::client_config(config.ca_file.as_deref())?,
@@ -186,6 +217,7 @@ impl Upstream {
             read_timeout: config.read_timeout.get(),
             metrics,
             resolver,
+            subdomains: Arc::new(subdomains),
         };
         let mut workers = Vec::new();
         for i in 0..threads.max(1) {
@@ -234,12 +266,14 @@ pub async fn read_body(mut body: Body, limit: usize) -> Result<Vec<u8>, BodyErro
 }
 
 async fn serve_jobs(mut rx: mpsc::UnboundedReceiver<Job>, settings: Settings) {
-    let open = build_client(&settings, false);
-    // Its own client, so its pool never hands a guarded request a connection made without the check.
-    let guarded = build_client(&settings, true);
+    let open = build_client(&settings, None);
+    // One client per rule, so a pool never hands a guarded request a connection made without its check.
+    let registries = build_client(&settings, Some(settings.rule(guard::Reach::Registry)));
+    let subdomains = build_client(&settings, Some(settings.rule(guard::Reach::Subdomain)));
     while let Some(job) = rx.recv().await {
-        let client = match job.request.guard {
-            Some(_) => guarded.clone(),
+        let client = match job.request.guard.as_ref().map(|g| g.reach) {
+            Some(guard::Reach::Registry) => registries.clone(),
+            Some(guard::Reach::Subdomain) => subdomains.clone(),
             None => open.clone(),
         };
         let settings = settings.clone();
@@ -257,11 +291,11 @@ async fn serve_jobs(mut rx: mpsc::UnboundedReceiver<Job>, settings: Settings) {
     }
 }
 
-fn build_client(settings: &Settings, public_only: bool) -> awc::Client {
+fn build_client(settings: &Settings, rule: Option<Arc<guard::AddressRule>>) -> awc::Client {
     let tcp = actix_tls::connect::Connector::new(actix_tls::connect::Resolver::custom(
         resolve::AwcResolve {
             resolver: settings.resolver.clone(),
-            public_only,
+            rule,
         },
     ))
     .service();
@@ -292,7 +326,9 @@ async fn execute(
     let mut hops = 0;
     loop {
         if let Some(guard) = &request.guard {
-            guard.url(&request.url).map_err(UpstreamError::Forbidden)?;
+            guard
+                .url(&request.url, &settings.rule(guard.reach))
+                .map_err(UpstreamError::Forbidden)?;
         }
         let method = match request.method {
             Method::Get => awc::http::Method::GET,

@@ -234,12 +234,12 @@ fn name_server(addr: SocketAddr) -> NameServerConfig {
     NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
 }
 
-/// awc's hook: its connector asks this for the addresses of an origin. With `public_only` (the client
-/// of guarded requests) an answer with any internal address is refused, so the connector has nothing
+/// awc's hook: its connector asks this for the addresses of an origin. With a `rule` (the clients of
+/// guarded requests) an answer with any address the rule refuses is refused, so the connector has nothing
 /// to dial: the check is on the very addresses the connection is made to.
 pub struct AwcResolve {
     pub resolver: NameResolver,
-    pub public_only: bool,
+    pub rule: Option<Arc<super::guard::AddressRule>>,
 }
 
 impl actix_tls::connect::Resolve for AwcResolve {
@@ -255,9 +255,9 @@ impl actix_tls::connect::Resolve for AwcResolve {
                 .lookup_socket_addrs(host, port)
                 .await
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error>)?;
-            if self.public_only {
-                super::guard::addresses(host, &addrs).map_err(|why| {
-                    tracing::warn!(%host, %why, "refused to dial a client-named registry");
+            if let Some(rule) = &self.rule {
+                super::guard::addresses(host, &addrs, rule).map_err(|why| {
+                    tracing::warn!(%host, %why, "refused to dial a client-named host");
                     Box::<dyn std::error::Error>::from(why)
                 })?;
             }

@@ -2,21 +2,22 @@
 //! fills (file cache, peers, sync) reads an origin the same way: 200 → body, 304 → not modified,
 //! anything else → unavailable with the status kept for the client.
 
-use super::{BodyError, Request, Response, Upstream, UpstreamError};
+use super::{BodyError, Origin, Request, Response, Upstream, UpstreamError};
 use crate::store::{SourceError, SourceFuture, SourceMeta, SourceOutcome};
 use futures_util::StreamExt;
 
-/// A GET of `url`, conditional when a stored copy is being revalidated (`etag`, `last_modified`).
+/// A GET of a file's origin, conditional when a stored copy is being revalidated (`etag`,
+/// `last_modified`).
 pub fn get(
     upstream: Upstream,
-    url: url::Url,
+    origin: &Origin,
     etag: Option<String>,
     last_modified: Option<String>,
 ) -> SourceFuture {
-    get_kind(upstream, url, "file", etag, last_modified)
+    conditional(upstream, origin.get("file"), etag, last_modified)
 }
 
-/// `get` with the `kind` label of `image_cache_upstream_requests_total`.
+/// `get` with the `kind` label of `image_cache_upstream_requests_total`, of a host the operator named.
 pub fn get_kind(
     upstream: Upstream,
     url: url::Url,
@@ -24,8 +25,16 @@ pub fn get_kind(
     etag: Option<String>,
     last_modified: Option<String>,
 ) -> SourceFuture {
+    conditional(upstream, Request::get(url, kind), etag, last_modified)
+}
+
+fn conditional(
+    upstream: Upstream,
+    mut request: Request,
+    etag: Option<String>,
+    last_modified: Option<String>,
+) -> SourceFuture {
     Box::pin(async move {
-        let mut request = Request::get(url, kind);
         if let Some(e) = etag {
             request = request.header("if-none-match", e);
         }

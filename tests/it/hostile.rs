@@ -174,3 +174,62 @@ async fn a_registry_answer_reaches_a_client_only_in_a_registry_media_type() {
     assert_untrusted_headers(&r, "file");
     svc.stop().await;
 }
+
+/// `include_subdomains` without an `origin`: the client picks the name the cache dials. One that resolves
+/// inside (here 127.0.0.43, where an "internal server" listens on 443) is refused for where it leads —
+/// the rule of the TLS passthrough — and nothing is stored; `passthrough.allow_targets` lets it through.
+#[tokio::test]
+async fn a_client_picked_subdomain_never_leads_the_file_front_inside() {
+    let env = Env::new().await;
+    let dns = common::dns::Upstream::start().await;
+    // Root (CI) can listen on 443 and prove no connection is made; elsewhere the refusal's words do.
+    let internal = common::Canary::start_on("127.0.0.43:443").await.ok();
+    let mut c = env.config(OnMiss::Fill);
+    c.dns.upstreams = vec![dns.addr];
+    let mut d = image_cache::config::DomainConfig::named("inside.test");
+    d.include_subdomains = true;
+    c.domains.push(d.clone());
+    d.name = "proxied.inside.test".into();
+    d.on_miss = OnMiss::Proxy;
+    c.domains.push(d);
+    let svc = env.start(c.clone()).await;
+    for host in ["filled.inside.test", "x.proxied.inside.test"] {
+        let r = svc
+            .client
+            .get(format!("{}/secret/config.json", svc.base))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_untrusted_headers(&r, host);
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        assert!(status >= 500, "{host}: {status} {body}");
+        assert!(
+            body.contains("loopback"),
+            "{host}: refused for where it leads: {body}"
+        );
+    }
+    if let Some(canary) = &internal {
+        assert_eq!(canary.connections(), 0, "the internal server was dialled");
+    }
+    assert_eq!(svc.store().object_count(), 0);
+    svc.stop().await;
+
+    // Allowed by the operator: dialled (the canary answers nothing, so the fill fails another way).
+    c.passthrough.allow_targets = vec!["127.0.0.43/32".parse().unwrap()];
+    let svc = env.start(c).await;
+    let r = svc
+        .client
+        .get(format!("{}/secret/config.json", svc.base))
+        .header("host", "allowed.inside.test")
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    assert!(!body.contains("loopback"), "{body}");
+    if let Some(canary) = &internal {
+        assert!(canary.connections() >= 1, "an allowed target is dialled");
+    }
+    svc.stop().await;
+}

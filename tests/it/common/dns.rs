@@ -87,6 +87,7 @@ pub(crate) fn a_records(m: &Message) -> Vec<String> {
 /// - `tcponly.test.` A 192.0.2.9, but over UDP always truncated (TC) so the asker must use TCP
 ///   (UDP answers larger than the asker's EDNS payload, or 512 bytes, are truncated too, as real servers do)
 /// - `<anything>.loop.test.` A 127.0.0.1 (a name that leads inside)
+/// - `<anything>.inside.test.` A 127.0.0.43 (inside, on an address of its own, so a test can listen on 443)
 /// - anything else: NXDOMAIN with an SOA for `test.`
 pub(crate) struct Upstream {
     pub addr: SocketAddr,
@@ -215,6 +216,13 @@ fn answer(q: &Message, counts: &Mutex<HashMap<String, u64>>, proto: &str, refuse
                 owner,
                 300,
                 RData::A(A::new(127, 0, 0, 1)),
+            ));
+        }
+        (n, RecordType::A) if n.ends_with(".inside.test.") => {
+            r.add_answer(Record::from_rdata(
+                owner,
+                300,
+                RData::A(A::new(127, 0, 0, 43)),
             ));
         }
         // A headless Service of three cache nodes (`nodes.peers_from`).

@@ -167,7 +167,14 @@ pub(crate) struct Canary {
 
 impl Canary {
     pub(crate) async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0")
+            .await
+            .expect("a loopback port")
+    }
+
+    /// On a given address (a privileged port needs root: the error says so).
+    pub(crate) async fn start_on(addr: &str) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let port = listener.local_addr().unwrap().port();
         let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let seen = connections.clone();
@@ -176,7 +183,7 @@ impl Canary {
                 seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         });
-        Canary { port, connections }
+        Ok(Canary { port, connections })
     }
 
     pub(crate) fn connections(&self) -> u64 {
