@@ -136,6 +136,8 @@ pub struct Metrics {
     pub registry_bytes: Family<RegistryLabels, Counter>,
     pub registry_upstream: Family<RegistryStatusLabels, Counter>,
     pub registry_ratelimit_remaining: Family<RegistryLabels, Gauge>,
+    pub registry_tokens: Gauge,
+    pub registry_token_bytes: Gauge,
     pub registry_ratelimit_limit: Family<RegistryLabels, Gauge>,
     pub upstream_auth_failures: Family<RegistryLabels, Counter>,
     /// The status page's hit ratio over the last hour, sampled from `requests`.
@@ -179,6 +181,8 @@ impl Metrics {
             registry_requests: Family::default(),
             registry_bytes: Family::default(),
             registry_upstream: Family::default(),
+            registry_tokens: Gauge::default(),
+            registry_token_bytes: Gauge::default(),
             registry_ratelimit_remaining: Family::default(),
             registry_ratelimit_limit: Family::default(),
             upstream_auth_failures: Family::default(),
@@ -290,6 +294,16 @@ impl Metrics {
             "registry_upstream_responses",
             "Answers of upstream registries (token endpoints included) by status; `error` = no answer",
             m.registry_upstream.clone(),
+        );
+        r.register(
+            "registry_tokens",
+            "Registry tokens the cache holds (bounded; expired ones are dropped at every new token)",
+            m.registry_tokens.clone(),
+        );
+        r.register(
+            "registry_token_bytes",
+            "Bytes of the registry tokens the cache holds (bounded at 8 MiB)",
+            m.registry_token_bytes.clone(),
         );
         r.register(
             "registry_ratelimit_remaining",

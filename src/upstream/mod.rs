@@ -14,6 +14,7 @@ pub mod registry_health;
 pub mod resolve;
 pub mod source;
 pub mod tls;
+pub mod token_cache;
 
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;

@@ -11,6 +11,7 @@
 
 use super::challenge::{self, Challenge};
 use super::registry_health::{self, RegistryHealth};
+use super::token_cache::TokenCache;
 use super::{Request, Response, Upstream, UpstreamError};
 use crate::config::credentials::{Credential, RegistryCredentials};
 use crate::metrics::Metrics;
@@ -37,7 +38,7 @@ pub struct OciAuth {
     /// Token realm hosts besides the registries' own that may receive an account's credentials.
     realms: Vec<String>,
     /// `(registry, repository)` → the `Authorization` value that worked, and until when.
-    cache: Mutex<HashMap<(String, String), (String, Instant)>>,
+    cache: Mutex<TokenCache>,
     metrics: Metrics,
     /// Every answer's budget headers, accepted answers and rejected accounts go here.
     health: Arc<RegistryHealth>,
@@ -76,7 +77,7 @@ impl OciAuth {
                 .filter_map(|(k, v)| url::Url::parse(v).ok().map(|u| (k.clone(), u)))
                 .collect(),
             realms: realms.iter().map(|r| r.to_ascii_lowercase()).collect(),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(TokenCache::default()),
             metrics,
             health,
         }
@@ -106,7 +107,7 @@ impl OciAuth {
             return Ok(resp);
         }
         if cached.is_some() {
-            self.lock().remove(&key);
+            self.keep(|cache| cache.remove(&key));
         }
         // An unlisted registry (a guarded request) is its own first URL's origin.
         let base = match (self.bases.get(registry), &request.guard) {
@@ -172,8 +173,9 @@ impl OciAuth {
             .counted(registry, request.header("authorization", auth.clone()))
             .await?;
         if answer.status != 401 && answer.status != 403 {
-            let until = Instant::now() + Duration::from_secs(lifetime);
-            self.lock().insert(key, (auth, until));
+            let now = Instant::now();
+            let until = now + Duration::from_secs(lifetime);
+            self.keep(|cache| cache.insert(key, auth, until, now));
         }
         Ok(answer)
     }
@@ -193,20 +195,17 @@ impl OciAuth {
         host_ok && scheme_ok
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (String, Instant)>> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    /// Changes the token cache and shows its size in the metrics.
+    fn keep<T>(&self, change: impl FnOnce(&mut TokenCache) -> T) -> T {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let out = change(&mut cache);
+        self.metrics.registry_tokens.set(cache.len() as i64);
+        self.metrics.registry_token_bytes.set(cache.bytes() as i64);
+        out
     }
 
     fn cached(&self, key: &(String, String)) -> Option<String> {
-        let mut cache = self.lock();
-        match cache.get(key) {
-            Some((auth, until)) if *until > Instant::now() => Some(auth.clone()),
-            Some(_) => {
-                cache.remove(key);
-                None
-            }
-            None => None,
-        }
+        self.keep(|cache| cache.get(key, Instant::now()))
     }
 
     async fn counted(&self, registry: &str, request: Request) -> Result<Response, UpstreamError> {

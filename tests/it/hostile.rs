@@ -233,3 +233,41 @@ async fn a_client_picked_subdomain_never_leads_the_file_front_inside() {
     }
     svc.stop().await;
 }
+
+/// A token endpoint handing out 60 KB tokens and a client pulling 300 repositories: the tokens the cache
+/// holds stay within their bound (8 MiB) instead of growing by every repository asked for.
+#[tokio::test]
+async fn the_token_cache_is_bounded_in_bytes() {
+    let env = Env::new().await;
+    let reg = FakeRegistry::start().await;
+    reg.state
+        .token_padding
+        .store(60 * 1024, std::sync::atomic::Ordering::SeqCst);
+    let layers = [common::origin::content(3, 100)];
+    for i in 0..300 {
+        reg.push_image(&format!("team/app-{i}"), "1.0", &layers);
+    }
+    let svc = env.start(open_config(&env, &reg)).await;
+    for i in 0..300 {
+        let r = get(
+            &svc,
+            &format!("/v2/team/app-{i}/manifests/1.0?ns={CONFIGURED}"),
+        )
+        .await;
+        assert_eq!(r.status(), 200, "team/app-{i}");
+    }
+    assert_eq!(
+        reg.state
+            .tokens_issued
+            .load(std::sync::atomic::Ordering::SeqCst),
+        300
+    );
+    let bytes = svc.metric("image_cache_registry_token_bytes").await;
+    let tokens = svc.metric("image_cache_registry_tokens").await;
+    assert!(bytes <= (8 << 20) as f64, "{bytes} bytes of tokens held");
+    assert!(
+        tokens > 50.0 && tokens < 300.0,
+        "{tokens} tokens held: bounded, but the recent ones kept"
+    );
+    svc.stop().await;
+}

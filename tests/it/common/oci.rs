@@ -69,6 +69,8 @@ pub(crate) struct RegState {
     /// Plays an expired account: tokens for `private/*` stop working and the token endpoint refuses
     /// the account with Docker Hub's message.
     pub account_revoked: AtomicBool,
+    /// Bytes added to every token (a token endpoint that hands out large ones).
+    pub token_padding: std::sync::atomic::AtomicUsize,
     port: AtomicU64,
     cdn_port: AtomicU64,
 }
@@ -284,8 +286,9 @@ async fn serve(
     (server, port, handle)
 }
 
-fn token_for(repo: &str) -> String {
-    format!("tok-{}", repo.replace('/', "."))
+fn token_for(repo: &str, s: &RegState) -> String {
+    let padding = s.token_padding.load(Ordering::SeqCst);
+    format!("tok-{}{}", repo.replace('/', "."), "p".repeat(padding))
 }
 
 fn registry_route(req: HttpRequest, s: Arc<RegState>) -> HttpResponse {
@@ -343,7 +346,7 @@ fn registry_answer(req: HttpRequest, s: &Arc<RegState>) -> HttpResponse {
         return HttpResponse::NotFound().finish();
     };
     let port = s.port.load(Ordering::SeqCst);
-    let want = format!("Bearer {}", token_for(&repo));
+    let want = format!("Bearer {}", token_for(&repo, &s));
     let revoked = repo.starts_with("private/") && s.account_revoked.load(Ordering::SeqCst);
     let authorized = !revoked
         && req
@@ -512,7 +515,7 @@ fn token(req: &HttpRequest, s: &RegState) -> HttpResponse {
         }
     }
     s.tokens_issued.fetch_add(1, Ordering::SeqCst);
-    HttpResponse::Ok().json(serde_json::json!({"token": token_for(repo), "expires_in": 300}))
+    HttpResponse::Ok().json(serde_json::json!({"token": token_for(repo, s), "expires_in": 300}))
 }
 
 fn cdn_route(req: HttpRequest, s: Arc<RegState>) -> HttpResponse {
