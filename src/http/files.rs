@@ -5,7 +5,7 @@
 use super::HttpState;
 use crate::config::{DomainConfig, OnMiss};
 use crate::metrics::{kind, result};
-use crate::peers::{Asker, ORIGIN_ETAG_HEADER, PEER_HEADER, PeerAsk};
+use crate::peers::{Asker, ORIGIN_ETAG_HEADER, ORIGIN_VERDICT_HEADER, PEER_HEADER, PeerAsk};
 use crate::serve::{self, body::Resume};
 use crate::store::{
     Access, Expected, FilePath, Fill, FillFailure, FillSpec, Key, ObjectRow, Phase, Plan,
@@ -221,7 +221,14 @@ async fn follow_fill(
                 return serve::serve_hit(req, &state.metrics, hit);
             }
             state.metrics.request(kind::FILE, result::ERROR);
-            failure_response(&failure)
+            let mut resp = failure_response(&failure);
+            if to_peer && matches!(resp.status().as_u16(), 404 | 410) {
+                resp.headers_mut().insert(
+                    header::HeaderName::from_static(ORIGIN_VERDICT_HEADER),
+                    header::HeaderValue::from_static("absent"),
+                );
+            }
+            resp
         }
         Phase::Complete { row } => {
             state.metrics.request(kind::FILE, result::MISS);

@@ -4,9 +4,11 @@
 //! any client. The request carries `X-Image-Cache-Peer: 1`, so the owner never passes it on: a request
 //! crosses at most one hop between nodes. The owner must answer with headers within `nodes.peer_timeout`;
 //! if it does not, or it is down, busy (its own fill of the key waits on a node) or failing, the fill
-//! goes to the origin. What the owner sends is verified like any fill (length, digest, md5).
+//! goes to the origin. What the owner sends is verified like any fill (length, digest, md5). The owner's
+//! 404 is the origin's verdict only when the owner says so: a 404 about its own store (it does not fill
+//! on a miss) sends the asking node to the origin.
 
-use super::{ORIGIN_ETAG_HEADER, PEER_HEADER};
+use super::{ORIGIN_ETAG_HEADER, ORIGIN_VERDICT_HEADER, PEER_HEADER};
 use crate::metrics::{Metrics, peer_fill};
 use crate::store::{PeerWait, SourceError, SourceFuture, SourceMeta, SourceOutcome};
 use crate::upstream::{Request, Response, Upstream, source};
@@ -23,8 +25,8 @@ pub struct PeerAsk {
     pub headers: Vec<(String, String)>,
     /// How long the owner may take to answer with headers.
     pub timeout: Duration,
-    /// Statuses that are the origin's verdict, passed on instead of asking the origin again (a file the
-    /// origin does not have: 404, 410).
+    /// Statuses that are the origin's verdict when the owner marks them so (`ORIGIN_VERDICT_HEADER`),
+    /// passed on instead of asking the origin again (a file the origin does not have: 404, 410).
     pub final_statuses: &'static [u16],
     /// Cleared when the fill stops waiting on the owner (see `store::PeerWait`).
     pub waiting: PeerWait,
@@ -105,7 +107,10 @@ pub(super) fn peer_first(
                 metrics.peer_fill(peer, peer_fill::NOT_MODIFIED);
                 return SourceOutcome::NotModified;
             }
-            Ok(Ok(resp)) if ask.final_statuses.contains(&resp.status) => {
+            Ok(Ok(resp))
+                if ask.final_statuses.contains(&resp.status)
+                    && resp.header(ORIGIN_VERDICT_HEADER).is_some() =>
+            {
                 metrics.peer_fill(peer, peer_fill::REFUSED);
                 return SourceOutcome::Unavailable(SourceError::Status {
                     status: resp.status,

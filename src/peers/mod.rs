@@ -22,6 +22,9 @@ pub const PEER_HEADER: &str = "x-image-cache-peer";
 /// The origin's own entity tag, sent by the owner to the node it serves (its `ETag` is the content
 /// digest), so that node can revalidate with the origin later.
 pub const ORIGIN_ETAG_HEADER: &str = "x-image-cache-origin-etag";
+/// Set by a node on a 404/410 that is the origin's own answer (`absent`). A node's 404 without it says
+/// only that the node does not hold the object (its `on_miss` is not `fill`): never the origin's verdict.
+pub const ORIGIN_VERDICT_HEADER: &str = "x-image-cache-origin-verdict";
 
 /// Who fills a key that this node lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

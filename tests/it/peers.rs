@@ -414,3 +414,50 @@ async fn nodes_found_through_a_headless_service_name_form_one_partition() {
         "the owner filled it"
     );
 }
+
+/// A node's 404 about its own store is not the origin's: an owner that does not fill on a miss
+/// (`on_miss = proxy`) answers a node "not in my cache", and the asking node goes to the origin instead
+/// of telling its client the file does not exist. A 404 the origin gave (through an owner that fills) is
+/// passed on without asking the origin again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_does_not_hold_a_file_is_not_taken_for_the_origin() {
+    let env = Env::new().await;
+    let p = Partition::start(&env, 3, |i, c| {
+        if i == 1 {
+            c.domains[0].on_miss = image_cache::config::OnMiss::Proxy;
+        }
+    })
+    .await;
+    let owned_by = |owner: usize, prefix: &str| {
+        (0..256)
+            .map(|n| format!("{prefix}{n}"))
+            .find(|path| p.owner_of(&key(path)) == owner)
+            .unwrap()
+    };
+    let path = owned_by(1, "/file/2000/");
+    let seed: u64 = path.rsplit('/').next().unwrap().parse().unwrap();
+    let body = get_from(&p.nodes[0], &path)
+        .await
+        .expect("served from the origin");
+    assert_eq!(body.as_ref(), content(seed, 2000).as_slice());
+    assert_eq!(env.origin.gets(&path), 1);
+    assert_eq!(
+        p.nodes[0]
+            .metric_sum("image_cache_peer_fills_total", "result=\"fallback\"")
+            .await,
+        1.0
+    );
+
+    // The origin's own 404, relayed by an owner that fills: final, one origin GET in all.
+    let missing = owned_by(2, "/status/404/");
+    let r = p.nodes[0].get(&missing).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(env.origin.gets(&missing), 1);
+    assert_eq!(
+        p.nodes[0]
+            .metric_sum("image_cache_peer_fills_total", "result=\"refused\"")
+            .await,
+        1.0
+    );
+    p.stop().await;
+}
