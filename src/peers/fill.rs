@@ -10,7 +10,7 @@
 
 use super::{ORIGIN_ETAG_HEADER, ORIGIN_VERDICT_HEADER, PEER_HEADER};
 use crate::metrics::{Metrics, peer_fill};
-use crate::store::{PeerWait, SourceError, SourceFuture, SourceMeta, SourceOutcome};
+use crate::store::{Digest, PeerWait, SourceError, SourceFuture, SourceMeta, SourceOutcome};
 use crate::upstream::{Request, Response, Upstream, source};
 use futures_util::StreamExt;
 use std::net::SocketAddr;
@@ -60,6 +60,11 @@ impl PeerAsk {
             waiting,
             adapt: |resp, meta| {
                 meta.etag = resp.header(ORIGIN_ETAG_HEADER).map(str::to_string);
+                // A stored copy's ETag is its content digest: what the body must hash to here too
+                // (peer traffic is plain HTTP). A copy the owner is still filling has none yet.
+                meta.digest = resp
+                    .header("etag")
+                    .and_then(|e| Digest::parse(e.trim_matches('"')).ok());
             },
         })
     }

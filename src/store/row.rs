@@ -42,8 +42,13 @@ pub struct ObjectRow {
 
 impl ObjectRow {
     /// Whether the copy is still inside its freshness window `ttl` at `now_ms`, without asking the origin.
+    /// A validation later than `now_ms` (the clock was ahead then, and has been set back) proves nothing
+    /// about now: the copy is revalidated — and still served if the origin cannot answer — instead of
+    /// counting as fresh until the clock catches up, which could be any time.
     pub fn fresh_at(&self, now_ms: u64, ttl: std::time::Duration) -> bool {
-        u128::from(now_ms.saturating_sub(self.validated_ms)) < ttl.as_millis()
+        now_ms
+            .checked_sub(self.validated_ms)
+            .is_some_and(|age| u128::from(age) < ttl.as_millis())
     }
 
     /// Who holds the pin: `operator` (admin API, kept across syncs), `sync`, or nobody.
@@ -117,7 +122,11 @@ mod tests {
         assert!(!row.fresh_at(101_999, window));
         assert!(!row.fresh_at(200_000, window));
         assert!(!row.fresh_at(101_001, Duration::ZERO));
-        assert!(row.fresh_at(0, window), "a clock set back keeps the copy");
+        assert!(
+            !row.fresh_at(100_998, window),
+            "validated in the future (the clock was ahead): revalidated"
+        );
+        assert!(!row.fresh_at(0, Duration::from_secs(365 * 86_400)));
     }
 
     #[test]

@@ -461,3 +461,39 @@ async fn an_owner_that_does_not_hold_a_file_is_not_taken_for_the_origin() {
     );
     p.stop().await;
 }
+
+/// Peer traffic is plain HTTP: a stored copy an owner serves carries its content digest (the ETag), and the
+/// asking node checks the body against it. Here the owner's blob rotted on disk after it was stored: the
+/// asking node's client gets a cut transfer and the asking node stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_from_an_owner_is_checked_against_the_owners_digest() {
+    let env = Env::new().await;
+    let p = Partition::start(&env, 2, |_, _| {}).await;
+    let path = (0..256)
+        .map(|n| format!("/file/3000000/{n}"))
+        .find(|path| p.owner_of(&key(path)) == 1)
+        .unwrap();
+    assert_eq!(p.nodes[1].get(&path).fetch().await.len(), 3_000_000);
+    p.nodes[1].settle().await;
+    let blobs: Vec<_> = common::files_under(&env.dir.path().join("node-1"))
+        .into_iter()
+        .filter(|f| f.metadata().map(|m| m.len()).ok() == Some(3_000_000))
+        .collect();
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&blobs[0])
+            .unwrap();
+        f.write_all_at(b"rot", 1_000_000).unwrap();
+    }
+    assert!(
+        get_from(&p.nodes[0], &path).await.is_err(),
+        "a body that does not hash to the owner's digest is cut"
+    );
+    p.nodes[0].settle().await;
+    let k = image_cache::store::Key::parse(&key(&path)).unwrap();
+    assert!(p.nodes[0].store().get(&k).unwrap().is_none(), "stored");
+    p.stop().await;
+}
