@@ -17,7 +17,9 @@ async fn store_answers(store: &Store) -> bool {
         .unwrap_or(false)
 }
 
-/// Sets this node healthy for DNS answers while the index answers and we are not shutting down.
+/// Sets this node healthy for DNS answers while the index answers, the node makes progress (its probe
+/// completes within `Progress::stalled_after`), and we are not shutting down. One probe at a time: a
+/// probe that waits for a blocking thread is waited for again, never queued a second time.
 pub(super) async fn self_check(
     every: Duration,
     store: Store,
@@ -25,15 +27,43 @@ pub(super) async fn self_check(
     peers: Peers,
     worker: Worker,
 ) {
+    let mut probe: Option<tokio::task::JoinHandle<bool>> = None;
     while !worker.is_stopping() {
         worker.busy();
-        let healthy = store_answers(&store).await;
+        let mut running = match probe.take() {
+            Some(p) => p,
+            None => {
+                let s = store.clone();
+                tokio::spawn(async move { store_answers(&s).await })
+            }
+        };
+        let answered =
+            match tokio::time::timeout(lifecycle.progress().stalled_after(), &mut running).await {
+                Ok(done) => done.unwrap_or(false),
+                Err(_) => {
+                    probe = Some(running);
+                    false
+                }
+            };
+        if answered {
+            lifecycle.progress().record_ok();
+        }
+        let stalled = lifecycle.progress().stalled();
+        let healthy = answered && stalled.is_none();
         peers.set_self_healthy(healthy && lifecycle.is_ready() && !worker.is_stopping());
-        worker.finished(if healthy {
-            Ok(())
-        } else {
-            Err("the store's index does not answer")
+        worker.finished(match (answered, stalled) {
+            (true, _) => Ok(()),
+            (false, Some(_)) => {
+                Err("no progress: blocking work does not run (pool exhausted or disk hung)")
+            }
+            (false, None) => Err("the store's index does not answer"),
         });
+        if let Some(since) = stalled {
+            tracing::error!(
+                stalled_for = ?since,
+                "this node makes no progress: its self-check has not completed; out of DNS answers, /health 503"
+            );
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = worker.shutdown().cancelled() => {}
@@ -42,11 +72,13 @@ pub(super) async fn self_check(
     peers.set_self_healthy(false);
 }
 
-/// Pets the systemd watchdog while the store answers; stops petting if it does not, so systemd restarts us.
-pub(super) async fn watchdog(every: Duration, store: Store, worker: Worker) {
+/// Pets the systemd watchdog while the node makes progress (the self-check's probe completes) and the
+/// index answers; stops petting otherwise, so systemd restarts us.
+pub(super) async fn watchdog(every: Duration, store: Store, lifecycle: Lifecycle, worker: Worker) {
     while !worker.is_stopping() {
         worker.busy();
-        let healthy = store_answers(&store).await;
+        let healthy = lifecycle.progress().stalled().is_none()
+            && store.get(&crate::store::Key::health_probe()).is_ok();
         if healthy {
             systemd::watchdog();
             systemd::status(&format!(

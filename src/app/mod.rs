@@ -107,7 +107,7 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
 pub async fn start(config: Config) -> Result<Running, AppError> {
     let config = Arc::new(config);
     let metrics = Metrics::new();
-    let lifecycle = Lifecycle::new();
+    let lifecycle = Lifecycle::with_check_interval(config.nodes.health_interval.get());
 
     let state_dir = config.state_dir.clone();
     let max_size = config.cache.max_size.bytes();
@@ -219,22 +219,25 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             .map_err(|m| ConfigError::new("registry.credentials_file", m))?,
         None => Default::default(),
     };
-    let registry = Arc::new(RegistryState::new(
-        config.registry.clone(),
-        store.clone(),
-        OciAuth::new(
-            upstream.clone(),
-            credentials,
-            &config.registry.upstreams,
-            &config.registry.token_realms,
+    let registry = Arc::new(
+        RegistryState::new(
+            config.registry.clone(),
+            store.clone(),
+            OciAuth::new(
+                upstream.clone(),
+                credentials,
+                &config.registry.upstreams,
+                &config.registry.token_realms,
+                metrics.clone(),
+                Arc::clone(&registry_health),
+            ),
             metrics.clone(),
-            Arc::clone(&registry_health),
-        ),
-        metrics.clone(),
-        peers.clone(),
-        upstream.clone(),
-        registry_health,
-    ));
+            peers.clone(),
+            upstream.clone(),
+            registry_health,
+        )
+        .with_fill_limits(Arc::clone(&state.fill_limits)),
+    );
     let (hit_ratio, sampled) = (Arc::clone(&metrics.hit_ratio), metrics.clone());
     workers.spawn("hit-ratio sampler", move |w| async move {
         hit_ratio.sample(sampled, w).await
@@ -330,9 +333,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         store.total_bytes()
     ));
     if let Some(every) = systemd::watchdog_interval() {
-        let watched = store.clone();
+        let (watched, watching) = (store.clone(), lifecycle.clone());
         workers.spawn("systemd watchdog", move |w| {
-            health::watchdog(every, watched, w)
+            health::watchdog(every, watched, watching, w)
         });
     }
     Ok(Running {

@@ -58,6 +58,23 @@ pub struct Config {
 pub struct CacheConfig {
     /// Eviction brings the store back to 90% of this when it grows past it.
     pub max_size: ByteSize,
+    /// Fills started for clients that may run at once on this node (requests joining a running fill do
+    /// not count; sync and prefetch downloads are bounded by their own settings). Beyond: 503 with
+    /// `Retry-After`, so a client (containerd) goes to its next host.
+    #[serde(default = "default_max_fills")]
+    pub max_fills: usize,
+    /// Of those, how many one client address may have running: one tenant cannot take every fill.
+    /// Other cache nodes of the partition are not counted per address.
+    #[serde(default = "default_max_fills_per_client")]
+    pub max_fills_per_client: usize,
+}
+
+fn default_max_fills() -> usize {
+    512
+}
+
+fn default_max_fills_per_client() -> usize {
+    64
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -453,6 +470,8 @@ impl Config {
             state_dir: PathBuf::from("/var/lib/image-cache"),
             cache: CacheConfig {
                 max_size: ByteSize(100_000_000_000),
+                max_fills: default_max_fills(),
+                max_fills_per_client: default_max_fills_per_client(),
             },
             http: HttpConfig {
                 listen: addrs(&["0.0.0.0:80"]),

@@ -14,6 +14,15 @@ pub(super) fn validate(mut c: Config) -> Result<Config, ConfigError> {
             "must be greater than zero",
         ));
     }
+    if c.cache.max_fills == 0 {
+        return Err(ConfigError::new("cache.max_fills", "must be at least 1"));
+    }
+    if c.cache.max_fills_per_client == 0 || c.cache.max_fills_per_client > c.cache.max_fills {
+        return Err(ConfigError::new(
+            "cache.max_fills_per_client",
+            "must be at least 1 and at most cache.max_fills",
+        ));
+    }
     if c.http.listen.is_empty() {
         return Err(ConfigError::new(
             "http.listen",

@@ -6,7 +6,7 @@ use super::HttpState;
 use crate::config::{DomainConfig, OnMiss};
 use crate::metrics::{kind, result};
 use crate::peers::{Asker, ORIGIN_ETAG_HEADER, ORIGIN_VERDICT_HEADER, PEER_HEADER, PeerAsk};
-use crate::serve::{self, body::Resume};
+use crate::serve::{self, body::Resume, fill_limits};
 use crate::store::{
     Access, Expected, FilePath, Fill, FillFailure, FillSpec, Key, ObjectRow, Phase, Plan,
     SourceError, SourceMeta,
@@ -74,43 +74,58 @@ pub async fn handle(
             },
         )
     };
+    // Fills started for a client count against `cache.max_fills` and, for a client that is not another
+    // cache node, against its address's share.
+    let fill_client = (!from_peer)
+        .then(|| req.peer_addr().map(|a| a.ip()))
+        .flatten();
     let mut quiet = false;
-    let decide = |row: Option<&ObjectRow>| match row {
-        Some(r) if !may_fill || r.fresh_at(state.store.clock().now_millis(), revalidate_after) => {
-            Plan::Serve
+    let mut refused = None;
+    let decide = |row: Option<&ObjectRow>| {
+        match row {
+            Some(r)
+                if !may_fill || r.fresh_at(state.store.clock().now_millis(), revalidate_after) =>
+            {
+                return Plan::Serve;
+            }
+            // Its revalidation failed moments ago: served stale without asking the origin again.
+            Some(_) if state.store.is_quiet(&key) => {
+                quiet = true;
+                return Plan::Serve;
+            }
+            None if domain.on_miss != OnMiss::Fill => return Plan::Skip,
+            _ => {}
         }
-        // Its revalidation failed moments ago: served stale without asking the origin again.
-        Some(_) if state.store.is_quiet(&key) => {
-            quiet = true;
-            Plan::Serve
-        }
-        Some(r) => {
-            let (source, peer_wait) = source(
+        let permit = match state.fill_limits.try_start(fill_client) {
+            Ok(permit) => permit,
+            Err(why) => {
+                state.metrics.fill_refused(why.label());
+                // A stored copy is served as it is rather than refused; a miss is refused.
+                quiet = row.is_some();
+                refused = row.is_none().then_some(why);
+                return if row.is_some() {
+                    Plan::Serve
+                } else {
+                    Plan::Skip
+                };
+            }
+        };
+        let (source, peer_wait) = match row {
+            Some(r) => source(
                 r.etag.clone(),
                 r.last_modified.clone(),
                 Some(format!("\"{}\"", r.digest)),
-            );
-            Plan::Fill(FillSpec {
-                expected: Expected::default(),
-                source,
-                // The sync computes an md5 when it needs one (`Store::ensure_md5`); a client waits for none.
-                want_md5: false,
-                peer_wait,
-                pin: false,
-            })
-        }
-        None if domain.on_miss != OnMiss::Fill => Plan::Skip,
-        None => {
-            let (source, peer_wait) = source(None, None, None);
-            Plan::Fill(FillSpec {
-                expected: Expected::default(),
-                source,
-                // The sync computes an md5 when it needs one (`Store::ensure_md5`); a client waits for none.
-                want_md5: false,
-                peer_wait,
-                pin: false,
-            })
-        }
+            ),
+            None => source(None, None, None),
+        };
+        Plan::Fill(FillSpec {
+            expected: Expected::default(),
+            source: fill_limits::held(permit, source),
+            // The sync computes an md5 when it needs one (`Store::ensure_md5`); a client waits for none.
+            want_md5: false,
+            peer_wait,
+            pin: false,
+        })
     };
     let access = if from_peer {
         match state.store.access_as_peer(&key, decide) {
@@ -129,6 +144,15 @@ pub async fn handle(
         }
     };
 
+    if let Some(why) = refused {
+        state.metrics.request(kind::FILE, result::ERROR);
+        return HttpResponse::ServiceUnavailable()
+            .insert_header((
+                header::RETRY_AFTER,
+                fill_limits::RETRY_AFTER_SECS.to_string(),
+            ))
+            .body(format!("{}\n", why.message(&state.fill_limits)));
+    }
     match access {
         Access::Hit(hit) => {
             let res = if quiet { result::STALE } else { result::HIT };

@@ -25,6 +25,8 @@ pub struct HttpState {
     pub health_probe_key: Key,
     /// The admin routes' state: token, sync control, hit ratio window, verify job.
     pub admin: admin::Admin,
+    /// Fills started for clients, bounded (shared with the registry front).
+    pub fill_limits: Arc<crate::serve::fill_limits::FillLimits>,
 }
 
 impl HttpState {
@@ -38,6 +40,10 @@ impl HttpState {
         admin: admin::Admin,
     ) -> Self {
         let health_probe_key = Key::health_probe();
+        let fill_limits = crate::serve::fill_limits::FillLimits::new(
+            config.cache.max_fills,
+            config.cache.max_fills_per_client,
+        );
         HttpState {
             config,
             store,
@@ -47,6 +53,7 @@ impl HttpState {
             peers,
             health_probe_key,
             admin,
+            fill_limits,
         }
     }
 }

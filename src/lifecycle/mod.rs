@@ -1,5 +1,6 @@
 //! Shutdown signal, readiness and the registry of named background work, shared by every component.
 
+pub mod progress;
 pub mod runs;
 pub mod schedule;
 pub mod workers;
@@ -17,6 +18,7 @@ pub struct Lifecycle {
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
     workers: Workers,
+    progress: Arc<progress::Progress>,
 }
 
 impl Default for Lifecycle {
@@ -26,6 +28,9 @@ impl Default for Lifecycle {
             workers: Workers::new(shutdown.clone()),
             shutdown,
             ready: Arc::default(),
+            progress: Arc::new(progress::Progress::for_interval(
+                std::time::Duration::from_secs(2),
+            )),
         }
     }
 }
@@ -33,6 +38,19 @@ impl Default for Lifecycle {
 impl Lifecycle {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// With the self-check running every `interval` (`nodes.health_interval`).
+    pub fn with_check_interval(interval: std::time::Duration) -> Self {
+        Lifecycle {
+            progress: Arc::new(progress::Progress::for_interval(interval)),
+            ..Self::default()
+        }
+    }
+
+    /// Whether this node makes progress (the self-check's probe completes).
+    pub fn progress(&self) -> &progress::Progress {
+        &self.progress
     }
 
     /// The background work of this service; every worker obeys this lifecycle's shutdown.
@@ -54,11 +72,15 @@ impl Lifecycle {
     }
 
     pub fn set_ready(&self) {
+        self.progress.record_ok();
         self.ready.store(true, Ordering::Relaxed);
     }
 
+    /// Serving: started, not stopping, and making progress.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.is_shutting_down()
+        self.ready.load(Ordering::Relaxed)
+            && !self.is_shutting_down()
+            && self.progress.stalled().is_none()
     }
 
     /// Resolves on SIGTERM or SIGINT (or when something else requested shutdown).

@@ -34,6 +34,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: &'static str,
 }
@@ -119,9 +124,11 @@ pub struct Metrics {
     pub bytes_served: Family<SourceLabels, Counter>,
     pub upstream_requests: Family<UpstreamLabels, Counter>,
     pub fills_coalesced: Counter,
+    pub fills_refused: Family<ReasonLabels, Counter>,
     pub store_bytes: Gauge,
     pub store_objects: Gauge,
     pub store_max_bytes: Gauge,
+    pub store_filling_bytes: Gauge,
     pub store_pinned_bytes: Gauge,
     pub evictions: Counter,
     pub dns_queries: Family<ResultLabels, Counter>,
@@ -165,9 +172,11 @@ impl Metrics {
             bytes_served: Family::default(),
             upstream_requests: Family::default(),
             fills_coalesced: Counter::default(),
+            fills_refused: Family::default(),
             store_bytes: Gauge::default(),
             store_objects: Gauge::default(),
             store_max_bytes: Gauge::default(),
+            store_filling_bytes: Gauge::default(),
             store_pinned_bytes: Gauge::default(),
             evictions: Counter::default(),
             dns_queries: Family::default(),
@@ -210,6 +219,12 @@ impl Metrics {
             m.fills_coalesced.clone(),
         );
         r.register(
+            "fills_refused",
+            "Fills not started for a client: `node` (cache.max_fills running) or `client` (its address \
+             has cache.max_fills_per_client running)",
+            m.fills_refused.clone(),
+        );
+        r.register(
             "store_bytes",
             "Bytes held in the store (each blob once)",
             m.store_bytes.clone(),
@@ -223,6 +238,12 @@ impl Metrics {
             "store_max_bytes",
             "cache.max_size: eviction keeps store_bytes under it",
             m.store_max_bytes.clone(),
+        );
+        r.register(
+            "store_filling_bytes",
+            "Bytes the running fills hold in tmp/ (announced lengths, or what they wrote past them), \
+             counted against cache.max_size",
+            m.store_filling_bytes.clone(),
         );
         r.register(
             "store_pinned_bytes",
@@ -475,6 +496,12 @@ impl Metrics {
                 kind,
                 result,
             })
+            .inc();
+    }
+
+    pub fn fill_refused(&self, reason: &'static str) {
+        self.fills_refused
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

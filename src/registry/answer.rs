@@ -9,6 +9,7 @@ use super::error::{Object, OciError};
 use super::fetch::{self, Target};
 use crate::metrics::{kind, result};
 use crate::serve;
+use crate::serve::fill_limits::{self, Refused};
 use crate::store::{FillFailure, Hit, SourceError};
 use crate::upstream::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -76,6 +77,24 @@ pub(super) fn rate_limited(state: &RegistryState, registry: &str) -> HttpRespons
             "{registry} rate-limits this cache; it is left alone for now and nothing is cached for this request"
         ),
         retry_after: retry_after_secs(wait),
+    }
+    .response()
+}
+
+/// A fill this node would not start for the client (`cache.max_fills`, `cache.max_fills_per_client`): 503
+/// with `Retry-After`, so containerd goes to its next host (the registry itself) at once.
+pub(super) fn fill_refused(
+    state: &RegistryState,
+    registry: &str,
+    what: &'static str,
+    why: Refused,
+) -> HttpResponse {
+    state
+        .metrics
+        .registry_request(registry, what, result::ERROR);
+    OciError::RateLimited {
+        message: why.message(&state.fill_limits),
+        retry_after: fill_limits::RETRY_AFTER_SECS,
     }
     .response()
 }

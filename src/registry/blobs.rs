@@ -10,6 +10,7 @@ use super::fetch::{self, Repo, adopt, target};
 use super::path::{OciDigest, blob_key};
 use crate::metrics::{kind, result};
 use crate::serve;
+use crate::serve::fill_limits;
 use crate::store::{Access, Expected, FillFailure, FillSpec, Phase, Plan, SourceMeta};
 use actix_web::http::Method as HttpMethod;
 use actix_web::{HttpRequest, HttpResponse};
@@ -51,10 +52,19 @@ pub(super) async fn get(
     }
     let head_only = req.method() == HttpMethod::HEAD;
     let blocked = state.backoff.remaining(repo.registry).is_some();
+    let mut refused = None;
     let decide = |row: Option<&crate::store::ObjectRow>| match row {
         Some(_) => Plan::Serve,
         None if head_only || blocked => Plan::Skip,
         None => {
+            let permit = match state.fill_limits.try_start(repo.client) {
+                Ok(p) => p,
+                Err(why) => {
+                    state.metrics.fill_refused(why.label());
+                    refused = Some(why);
+                    return Plan::Skip;
+                }
+            };
             let fallback = fetch::blob(Arc::clone(state), target.clone());
             let (source, peer_wait) =
                 fetch::via_owner(state, repo, &key, "blobs", digest.as_str(), fallback);
@@ -63,7 +73,7 @@ pub(super) async fn get(
                     sha256: Some(sha256),
                     ..Expected::default()
                 },
-                source,
+                source: fill_limits::held(permit, source),
                 want_md5: false,
                 peer_wait,
                 pin: false,
@@ -75,6 +85,9 @@ pub(super) async fn get(
         Ok(Some(Access::Hit(hit))) => {
             count(result::HIT);
             return stored(req, state, hit);
+        }
+        Ok(Some(Access::Skipped)) if let Some(why) = refused => {
+            return answer::fill_refused(state, repo.registry, kind::BLOB, why);
         }
         Ok(Some(Access::Skipped)) if blocked => {
             count(result::ERROR);

@@ -26,6 +26,9 @@ pub(super) struct Repo<'a> {
     pub name: &'a str,
     /// Asked by another cache node: fill from the registry, never from a node.
     pub from_peer: bool,
+    /// The client's address when it is not another cache node: its fills count against its share
+    /// (`cache.max_fills_per_client`).
+    pub client: Option<std::net::IpAddr>,
     /// An unlisted registry (`registry.open`): dialled under this guard and rate-limited.
     pub guard: Option<DialGuard>,
 }

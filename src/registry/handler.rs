@@ -37,6 +37,10 @@ pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpRespon
         Route::Base => return base(),
     };
     let ns = path::ns_param(req.query_string());
+    let from_peer = crate::serve::asker(&state.peers, req) == Asker::Node;
+    let client = (!from_peer)
+        .then(|| req.peer_addr().map(|a| a.ip()))
+        .flatten();
     let open = state.unlisted.as_ref();
     let admitted;
     let repo = match path::destination(
@@ -50,7 +54,8 @@ pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpRespon
             registry: to.registry,
             base: to.base,
             name: to.name,
-            from_peer: crate::serve::asker(&state.peers, req) == Asker::Node,
+            from_peer,
+            client,
             guard: None,
         },
         Err(no) => {
@@ -77,7 +82,8 @@ pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpRespon
                 registry,
                 base,
                 name,
-                from_peer: crate::serve::asker(&state.peers, req) == Asker::Node,
+                from_peer,
+                client,
                 guard,
             }
         }

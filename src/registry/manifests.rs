@@ -10,6 +10,7 @@ use super::fetch::{self, Repo, adopt, target};
 use super::path::{OciDigest, manifest_key, tag_key};
 use super::{RegistryState, accept, stale};
 use crate::metrics::{kind, result};
+use crate::serve::fill_limits::{self, Refused};
 use crate::store::{Access, Expected, FillSpec, Key, ObjectRow, Phase, Plan};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
@@ -21,6 +22,8 @@ enum Skip {
     Narrow,
     /// Nothing stored and the registry is backed off.
     RateLimited,
+    /// Nothing stored and no fill may start now (`cache.max_fills`, `cache.max_fills_per_client`).
+    Refused(Refused),
 }
 
 pub(super) async fn by_tag(
@@ -42,6 +45,14 @@ pub(super) async fn by_tag(
     let tag_ttl = state.config.tag_ttl.get();
     let mut skip = None;
     let mut stale = false;
+    let permit = |skip: &mut Option<Skip>| match state.fill_limits.try_start(repo.client) {
+        Ok(p) => Some(p),
+        Err(why) => {
+            state.metrics.fill_refused(why.label());
+            *skip = Some(Skip::Refused(why));
+            None
+        }
+    };
     let access = fetch::store_access(state, repo, &key, |row| match row {
         Some(r) if !accepted(client_accept.as_deref(), r) => {
             skip = Some(Skip::Narrow);
@@ -58,30 +69,44 @@ pub(super) async fn by_tag(
             stale = true;
             Plan::Serve
         }
-        Some(r) => Plan::Fill(FillSpec {
-            expected: Expected::default(),
-            source: fetch::revalidate_tag(
-                Arc::clone(state),
-                target.clone(),
-                r.digest,
-                client_accept.clone(),
-            ),
-            want_md5: false,
-            peer_wait: None,
-            pin: false,
-        }),
+        Some(r) => match permit(&mut skip) {
+            Some(permit) => Plan::Fill(FillSpec {
+                expected: Expected::default(),
+                source: fill_limits::held(
+                    permit,
+                    fetch::revalidate_tag(
+                        Arc::clone(state),
+                        target.clone(),
+                        r.digest,
+                        client_accept.clone(),
+                    ),
+                ),
+                want_md5: false,
+                peer_wait: None,
+                pin: false,
+            }),
+            // No revalidation can start now: the stored tag serves.
+            None => {
+                skip = None;
+                stale = true;
+                Plan::Serve
+            }
+        },
         None if blocked => {
             skip = Some(Skip::RateLimited);
             Plan::Skip
         }
         None => {
+            let Some(permit) = permit(&mut skip) else {
+                return Plan::Skip;
+            };
             let fallback =
                 fetch::manifest(Arc::clone(state), target.clone(), client_accept.clone());
             let (source, peer_wait) =
                 fetch::via_owner(state, repo, &key, "manifests", tag, fallback);
             Plan::Fill(FillSpec {
                 expected: Expected::default(),
-                source,
+                source: fill_limits::held(permit, source),
                 want_md5: false,
                 peer_wait,
                 pin: false,
@@ -100,6 +125,9 @@ pub(super) async fn by_tag(
         Ok(Some(Access::Skipped)) => {
             return match skip {
                 Some(Skip::Narrow) => pass_through(req, state, &target, client_accept).await,
+                Some(Skip::Refused(why)) => {
+                    answer::fill_refused(state, repo.registry, kind::MANIFEST, why)
+                }
                 _ => {
                     state
                         .metrics
@@ -164,10 +192,19 @@ pub(super) async fn by_digest(
         return stored(req, state, hit);
     }
     let blocked = state.backoff.remaining(repo.registry).is_some();
+    let mut refused = None;
     let access = fetch::store_access(state, repo, &key, |row| match row {
         Some(_) => Plan::Serve,
         None if blocked => Plan::Skip,
         None => {
+            let permit = match state.fill_limits.try_start(repo.client) {
+                Ok(p) => p,
+                Err(why) => {
+                    state.metrics.fill_refused(why.label());
+                    refused = Some(why);
+                    return Plan::Skip;
+                }
+            };
             let fallback =
                 fetch::manifest(Arc::clone(state), target.clone(), client_accept.clone());
             let (source, peer_wait) =
@@ -177,7 +214,7 @@ pub(super) async fn by_digest(
                     sha256: Some(sha256),
                     ..Expected::default()
                 },
-                source,
+                source: fill_limits::held(permit, source),
                 want_md5: false,
                 peer_wait,
                 pin: false,
@@ -191,6 +228,9 @@ pub(super) async fn by_digest(
                 .metrics
                 .registry_request(repo.registry, kind::MANIFEST, result::HIT);
             return stored(req, state, hit);
+        }
+        Ok(Some(Access::Skipped)) if let Some(why) = refused => {
+            return answer::fill_refused(state, repo.registry, kind::MANIFEST, why);
         }
         Ok(Some(Access::Skipped)) => {
             state

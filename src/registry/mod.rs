@@ -48,6 +48,8 @@ pub struct RegistryState {
     pub unlisted: Option<unlisted::Unlisted>,
     /// Each configured registry's announced budget and rejected accounts.
     pub health: Arc<RegistryHealth>,
+    /// Fills started for clients, bounded (shared with the file front).
+    pub fill_limits: Arc<crate::serve::fill_limits::FillLimits>,
 }
 
 impl RegistryState {
@@ -76,6 +78,13 @@ impl RegistryState {
             peers,
             upstream,
             health,
+            fill_limits: crate::serve::fill_limits::FillLimits::new(usize::MAX, usize::MAX),
         }
+    }
+
+    /// Shares the file front's bounds on fills (`cache.max_fills`), so both fronts count as one node.
+    pub fn with_fill_limits(mut self, limits: Arc<crate::serve::fill_limits::FillLimits>) -> Self {
+        self.fill_limits = limits;
+        self
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod conditional;
+pub mod fill_limits;
 mod respond;
 
 pub use respond::{

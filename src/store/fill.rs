@@ -138,6 +138,59 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| e.to_string())
 }
 
+/// The bytes a running fill holds in `tmp/`, counted with the stored bytes against `cache.max_size`:
+/// temp files of fills nobody waits for any more must not fill the disk past the cap. Given back when the
+/// fill ends (its bytes are then stored, or gone).
+struct Reservation {
+    inner: Arc<Inner>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// `bytes` for a fill about to start; refused when the fills in flight alone would outgrow the
+    /// cap. When they and the stored bytes would, eviction is woken to make room.
+    fn take(inner: &Arc<Inner>, bytes: u64) -> Result<Self, FillFailure> {
+        let mut r = Reservation {
+            inner: Arc::clone(inner),
+            bytes: 0,
+        };
+        r.grow_to(bytes)?;
+        Ok(r)
+    }
+
+    fn grow_to(&mut self, bytes: u64) -> Result<(), FillFailure> {
+        use std::sync::atomic::Ordering;
+        if bytes <= self.bytes {
+            return Ok(());
+        }
+        let more = bytes - self.bytes;
+        let filling = self.inner.filling.fetch_add(more, Ordering::SeqCst) + more;
+        self.bytes = bytes;
+        self.inner.metrics.store_filling_bytes.set(filling as i64);
+        if filling > self.inner.max_size {
+            return Err(FillFailure::Storage(format!(
+                "the fills in flight would hold {filling} bytes, more than cache.max_size ({} bytes)",
+                self.inner.max_size
+            )));
+        }
+        if self.inner.index.total_bytes() + filling > self.inner.max_size {
+            self.inner.evict_wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let left = self
+            .inner
+            .filling
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::SeqCst)
+            - self.bytes;
+        self.inner.metrics.store_filling_bytes.set(left as i64);
+    }
+}
+
 /// What a fill's body must match, and how its row is committed (from its `FillSpec`).
 struct Rules {
     expected: Expected,
@@ -170,15 +223,16 @@ async fn write_body(
             inner.max_size
         )));
     }
+    let mut reserved = Reservation::take(inner, meta.content_length.unwrap_or(0))?;
     let fs_ = inner.fs.clone();
     let with_md5 = want_md5 || expected.md5.is_some();
     let mut temp: TempBlob = blocking(move || fs_.create_temp())
         .await
         .map_err(FillFailure::Storage)?
         .map_err(|e| FillFailure::Storage(format!("creating temp file: {e}")))?;
-    // Hashing runs on blocking threads of its own, fed in order: a batch is hashed while the next one
-    // is received and written, and readers get each batch as soon as it is on disk.
-    let hash_tx = HashFeed::start(with_md5);
+    // Hashing runs beside the writes, in order: a batch is hashed while it is written and the next one
+    // received, and readers get each batch as soon as it is on disk. No thread is held between batches.
+    let mut hash_tx = HashFeed::start(with_md5);
     fill.set_file(temp.shared_file());
     fill.set_phase(Phase::Streaming {
         meta: Arc::new(meta.clone()),
@@ -195,7 +249,7 @@ async fn write_body(
             match tokio::time::timeout(FLUSH_AFTER, body.next()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    (temp, buf) = flush(fill, temp, buf, &hash_tx).await?;
+                    (temp, buf) = flush(fill, temp, buf, &mut hash_tx).await?;
                     continue;
                 }
             }
@@ -208,8 +262,9 @@ async fn write_body(
                         "object grew past cache.max_size".into(),
                     ));
                 }
+                reserved.grow_to(temp.written() + buf.len() as u64)?;
                 if buf.len() >= WRITE_BATCH || buf.chunks.len() >= BATCH_CHUNKS {
-                    (temp, buf) = flush(fill, temp, buf, &hash_tx).await?;
+                    (temp, buf) = flush(fill, temp, buf, &mut hash_tx).await?;
                 }
             }
             Some(Err(e)) => return Err(FillFailure::Upstream(e)),
@@ -217,7 +272,7 @@ async fn write_body(
         }
     }
     if !buf.is_empty() {
-        (temp, _) = flush(fill, temp, buf, &hash_tx).await?;
+        (temp, _) = flush(fill, temp, buf, &mut hash_tx).await?;
     }
 
     let hashes = hash_tx
@@ -345,7 +400,7 @@ async fn flush(
     fill: &Arc<Fill>,
     mut temp: TempBlob,
     buf: Batch,
-    hash_tx: &HashFeed,
+    hash_tx: &mut HashFeed,
 ) -> Result<(TempBlob, Batch), FillFailure> {
     let batch: Arc<[bytes::Bytes]> = buf.chunks.into();
     hash_tx

@@ -1,8 +1,10 @@
-//! A fill's digests, computed beside its writes: SHA-256 and the byte count on one blocking thread, MD5
-//! (when wanted) on another, both fed the same reference-counted batches (the received chunks) in order. A fill then costs the
-//! slower of the two hashes instead of their sum: on this project's machines SHA-256 (SHA-NI) runs at
-//! about 1.56 GB/s per core and MD5 at about 0.63 GB/s, so one thread doing both capped a fill near
-//! 0.45 GB/s before any I/O.
+//! A fill's digests, computed beside its writes: SHA-256 and the byte count in one pipeline, MD5 (when
+//! wanted) in another, each hashing a batch (the received chunks of one write) on a blocking thread while
+//! the writer writes it and receives the next. A pipeline holds a thread only while it hashes a batch —
+//! never while the fill waits for bytes — so a thousand fills of slow origins hold no thread at all, and a
+//! fill still costs the slower of the two hashes instead of their sum: on this project's machines SHA-256
+//! (SHA-NI) runs at about 1.56 GB/s per core and MD5 at about 0.63 GB/s, so one thread doing both capped
+//! a fill near 0.45 GB/s before any I/O.
 
 use super::fs::Hashes;
 use super::key::Digest;
@@ -10,92 +12,106 @@ use bytes::Bytes;
 use md5::Md5;
 use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// One write's worth of received chunks, shared by the writer and the hashers.
 pub(super) type Batch = Arc<[Bytes]>;
 
-/// Batches each hasher may be behind the writer.
-const QUEUE: usize = 4;
-
-pub(super) struct HashFeed {
-    sha256: mpsc::Sender<Batch>,
-    md5: Option<mpsc::Sender<Batch>>,
-    sha256_task: JoinHandle<(u64, [u8; 32])>,
-    md5_task: Option<JoinHandle<[u8; 16]>>,
+/// A hasher's state, with the bytes it has seen.
+trait State: Send + 'static {
+    fn update(&mut self, chunk: &[u8]);
 }
 
-/// A hashing thread stopped before the fill ended (it panicked, or the runtime is going away).
+struct Sha {
+    hasher: Sha256,
+    size: u64,
+}
+
+impl State for Sha {
+    fn update(&mut self, chunk: &[u8]) {
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+    }
+}
+
+impl State for Md5 {
+    fn update(&mut self, chunk: &[u8]) {
+        sha2::Digest::update(self, chunk);
+    }
+}
+
+/// One hash over the batches in order: the state is either here (idle) or in the one blocking task
+/// hashing the latest batch.
+enum Pipeline<S: State> {
+    Idle(S),
+    Hashing(JoinHandle<S>),
+    /// The blocking task failed (a panic, or the runtime is going away).
+    Gone,
+}
+
+impl<S: State> Pipeline<S> {
+    /// Waits for the batch before (it is usually done: it ran while the writer wrote and received).
+    async fn idle(&mut self) -> Result<S, HashingStopped> {
+        match std::mem::replace(self, Pipeline::Gone) {
+            Pipeline::Idle(state) => Ok(state),
+            Pipeline::Hashing(task) => task.await.map_err(|e| HashingStopped(e.to_string())),
+            Pipeline::Gone => Err(HashingStopped("a hasher quit".into())),
+        }
+    }
+
+    async fn feed(&mut self, batch: &Batch) -> Result<(), HashingStopped> {
+        let mut state = self.idle().await?;
+        let batch = Arc::clone(batch);
+        *self = Pipeline::Hashing(tokio::task::spawn_blocking(move || {
+            for chunk in batch.iter() {
+                state.update(chunk);
+            }
+            state
+        }));
+        Ok(())
+    }
+}
+
+pub(super) struct HashFeed {
+    sha256: Pipeline<Sha>,
+    md5: Option<Pipeline<Md5>>,
+}
+
+/// A hashing task stopped before the fill ended (it panicked, or the runtime is going away).
 #[derive(Debug, thiserror::Error)]
 #[error("hashing stopped: {0}")]
 pub(super) struct HashingStopped(String);
 
 impl HashFeed {
     pub(super) fn start(with_md5: bool) -> Self {
-        let (sha256, mut rx) = mpsc::channel::<Batch>(QUEUE);
-        let sha256_task = tokio::task::spawn_blocking(move || {
-            let (mut hasher, mut size) = (Sha256::new(), 0u64);
-            while let Some(batch) = rx.blocking_recv() {
-                for chunk in batch.iter() {
-                    hasher.update(chunk);
-                    size += chunk.len() as u64;
-                }
-            }
-            (size, hasher.finalize().into())
-        });
-        let (md5, md5_task) = if with_md5 {
-            let (tx, mut rx) = mpsc::channel::<Batch>(QUEUE);
-            let task = tokio::task::spawn_blocking(move || {
-                let mut hasher = Md5::new();
-                while let Some(batch) = rx.blocking_recv() {
-                    for chunk in batch.iter() {
-                        hasher.update(chunk);
-                    }
-                }
-                hasher.finalize().into()
-            });
-            (Some(tx), Some(task))
-        } else {
-            (None, None)
-        };
         HashFeed {
-            sha256,
-            md5,
-            sha256_task,
-            md5_task,
+            sha256: Pipeline::Idle(Sha {
+                hasher: Sha256::new(),
+                size: 0,
+            }),
+            md5: with_md5.then(|| Pipeline::Idle(Md5::new())),
         }
     }
 
-    /// Hands the next batch to every hasher (waits while one is `QUEUE` batches behind).
-    pub(super) async fn send(&self, batch: &Batch) -> Result<(), HashingStopped> {
-        let gone = |_| HashingStopped("a hasher quit".into());
-        self.sha256.send(Arc::clone(batch)).await.map_err(gone)?;
-        if let Some(md5) = &self.md5 {
-            md5.send(Arc::clone(batch)).await.map_err(gone)?;
+    /// Starts hashing the next batch, once the batch before it is hashed.
+    pub(super) async fn send(&mut self, batch: &Batch) -> Result<(), HashingStopped> {
+        self.sha256.feed(batch).await?;
+        if let Some(md5) = &mut self.md5 {
+            md5.feed(batch).await?;
         }
         Ok(())
     }
 
     /// The digests of everything sent.
-    pub(super) async fn finish(self) -> Result<Hashes, HashingStopped> {
-        let HashFeed {
-            sha256,
-            md5,
-            sha256_task,
-            md5_task,
-        } = self;
-        drop((sha256, md5));
-        let (size, sha256) = sha256_task
-            .await
-            .map_err(|e| HashingStopped(e.to_string()))?;
-        let md5 = match md5_task {
-            Some(task) => Some(task.await.map_err(|e| HashingStopped(e.to_string()))?),
+    pub(super) async fn finish(mut self) -> Result<Hashes, HashingStopped> {
+        let sha = self.sha256.idle().await?;
+        let md5 = match &mut self.md5 {
+            Some(p) => Some(p.idle().await?.finalize().into()),
             None => None,
         };
         Ok(Hashes {
-            size,
-            sha256: Digest::from_bytes(sha256),
+            size: sha.size,
+            sha256: Digest::from_bytes(sha.hasher.finalize().into()),
             md5,
         })
     }
@@ -109,7 +125,7 @@ mod tests {
     async fn both_digests_of_the_batches_in_order() {
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
         for with_md5 in [true, false] {
-            let feed = HashFeed::start(with_md5);
+            let mut feed = HashFeed::start(with_md5);
             for batch in data.chunks(200_000) {
                 let chunks: Batch = batch.chunks(65_536).map(Bytes::copy_from_slice).collect();
                 feed.send(&chunks).await.unwrap();

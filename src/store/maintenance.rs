@@ -35,9 +35,9 @@ impl Store {
         Ok(report)
     }
 
-    /// `store gc`: evicts down to 90% of `cache.max_size` now.
+    /// `store gc`: evicts down to 90% of `cache.max_size` now, less what the running fills hold.
     pub fn gc(&self) -> Result<GcReport, StoreError> {
-        self.evict_to(evict::target_bytes(self.inner.max_size))
+        self.evict_to(evict::target_bytes(self.inner.max_size).saturating_sub(self.filling_bytes()))
     }
 
     /// Runs the background duties: batched hit counts and eviction when the store outgrows its size.
@@ -56,7 +56,7 @@ impl Store {
             let count_pins = ticks.is_multiple_of(12);
             let result = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
                 store.flush_access()?;
-                if store.total_bytes() > store.max_size() {
+                if store.total_bytes() + store.filling_bytes() > store.max_size() {
                     store.gc()?;
                 }
                 if count_pins {

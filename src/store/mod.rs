@@ -148,6 +148,9 @@ struct Inner {
     /// Open blobs of recent hits. Every row change below `forget`s its key here.
     hot: HotSet,
     evict_wake: Notify,
+    /// Bytes the running fills hold in `tmp/` (their announced length, or what they wrote past it):
+    /// counted against `max_size` with the stored bytes.
+    filling: std::sync::atomic::AtomicU64,
     runtime: tokio::runtime::Handle,
     /// The service's clock: rows' fetch, validation and access times.
     clock: Clock,
@@ -185,6 +188,7 @@ impl Store {
             access: Mutex::new(HashMap::new()),
             hot: HotSet::new(HOT_ENTRIES, HOT_BODY_MAX, HOT_BODY_BUDGET),
             evict_wake: Notify::new(),
+            filling: std::sync::atomic::AtomicU64::new(0),
             runtime,
             clock: Clock::system(),
             quiet: quiet::QuietKeys::default(),
@@ -213,6 +217,11 @@ impl Store {
 
     pub fn total_bytes(&self) -> u64 {
         self.inner.index.total_bytes()
+    }
+
+    /// Bytes the running fills hold in `tmp/`, counted against `cache.max_size`.
+    pub fn filling_bytes(&self) -> u64 {
+        self.inner.filling.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn object_count(&self) -> u64 {

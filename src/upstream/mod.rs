@@ -422,7 +422,7 @@ where
         let mut ending: Option<Piece> = None;
         loop {
             if let Some(end) = ending.take() {
-                let _ = tx.send(end).await;
+                let _ = tokio::time::timeout(idle, tx.send(end)).await;
                 break;
             }
             let end = match tokio::time::timeout(idle, response.next()).await {
@@ -434,7 +434,7 @@ where
             let first = match end {
                 Err(chunk) => chunk,
                 Ok(end) => {
-                    let _ = tx.send(end).await;
+                    let _ = tokio::time::timeout(idle, tx.send(end)).await;
                     break;
                 }
             };
@@ -458,8 +458,19 @@ where
                     None => break,
                 }
             }
-            if tx.send(Piece::Data(batch)).await.is_err() {
-                break;
+            // A consumer that stops taking the body (a fill that cannot write) is given up on like an
+            // origin that stops sending: the transfer ends, the connection closes, the consumer reads
+            // a broken body when it comes back.
+            match tokio::time::timeout(idle, tx.send(Piece::Data(batch))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        "a body's reader took nothing for {}s; transfer dropped",
+                        idle.as_secs()
+                    );
+                    break;
+                }
             }
         }
     });

@@ -271,3 +271,237 @@ async fn the_token_cache_is_bounded_in_bytes() {
     );
     svc.stop().await;
 }
+
+/// A runtime like the service's, with a small blocking pool: the reproduction of a tenant stopping every
+/// fill (hundreds of slow fills against tokio's 512 threads) at a scale a test can run.
+fn small_pool_runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Forty fills whose origins send 1 KiB and then pause (five times the blocking pool): every client gets
+/// its first bytes, and a new file is served meanwhile — a fill holds no thread while it waits for bytes.
+#[test]
+fn fills_waiting_on_slow_origins_hold_no_thread() {
+    small_pool_runtime(8).block_on(async {
+        let env = Env::new().await;
+        let mut c = env.config(OnMiss::Fill);
+        c.upstream.read_timeout = image_cache::config::Span(std::time::Duration::from_secs(30));
+        let svc = env.start(c).await;
+        let mut slow = Vec::new();
+        for i in 0..40 {
+            slow.push(tokio::spawn(
+                svc.get(&format!("/slow/1000000/{i}/1024/30000")).send(),
+            ));
+        }
+        let mut first_bytes = Vec::new();
+        for s in slow {
+            let mut r = tokio::time::timeout(std::time::Duration::from_secs(10), s)
+                .await
+                .expect("every slow fill answers with its head")
+                .unwrap()
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
+                .await
+                .expect("and its first bytes")
+                .unwrap()
+                .unwrap();
+            assert!(!chunk.is_empty());
+            first_bytes.push(r);
+        }
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            svc.get("/file/100/1").send(),
+        )
+        .await
+        .expect("a new file is served while forty fills wait on their origins")
+        .unwrap();
+        assert_eq!(
+            r.bytes().await.unwrap().as_ref(),
+            common::origin::content(1, 100).as_slice()
+        );
+        assert_eq!(svc.text("/health").await, "HEALTHY");
+        drop(first_bytes);
+        svc.stop_now().await;
+    });
+}
+
+/// A node whose blocking work cannot run (here: every blocking thread held) says so: `/health` and
+/// `/ready` answer 503 naming the stall, and recover when the threads come back.
+#[test]
+fn a_node_that_cannot_make_progress_says_so() {
+    small_pool_runtime(4).block_on(async {
+        let env = Env::new().await;
+        let mut c = env.config(OnMiss::Fill);
+        c.nodes.health_interval = image_cache::config::Span(std::time::Duration::from_millis(100));
+        let svc = env.start(c).await;
+        assert_eq!(svc.text("/health").await, "HEALTHY");
+        let held: Vec<_> = (0..4)
+            .map(|_| {
+                tokio::task::spawn_blocking(|| {
+                    std::thread::sleep(std::time::Duration::from_secs(3))
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let mut seen = None;
+        while std::time::Instant::now() < deadline {
+            let r = svc.admin("/health").send().await.unwrap();
+            if r.status() == 503 {
+                seen = Some(r.text().await.unwrap());
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let said = seen.expect("/health reports the stall within its window");
+        assert!(said.contains("no progress"), "{said}");
+        let ready = svc.admin("/ready").send().await.unwrap();
+        assert_eq!(ready.status(), 503);
+        for h in held {
+            h.await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(svc.text("/health").await, "HEALTHY");
+        assert_eq!(svc.admin("/ready").send().await.unwrap().status(), 200);
+        svc.stop().await;
+    });
+}
+
+/// `cache.max_fills_per_client` and `cache.max_fills`: one address cannot start more fills than its
+/// share (503 with Retry-After, counted), another address still can until the node's total; joining a
+/// running fill is never refused, and a place comes back when a fill ends.
+#[tokio::test]
+async fn one_client_cannot_take_every_fill() {
+    let env = Env::new().await;
+    let mut c = env.config(OnMiss::Fill);
+    c.upstream.read_timeout = image_cache::config::Span(std::time::Duration::from_secs(30));
+    c.cache.max_fills = 6;
+    c.cache.max_fills_per_client = 4;
+    let svc = env.start(c).await;
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (from("127.0.0.1"), from("127.0.0.2"));
+    let ask = |client: &reqwest::Client, path: String| {
+        client
+            .get(format!("{}{path}", svc.base))
+            .header("host", common::DOMAIN)
+            .send()
+    };
+    // The first ends by itself after about two seconds; the others hold their place.
+    let mut held = vec![ask(&a, "/slow/3072/0/1024/1000".into()).await.unwrap()];
+    for i in 1..4 {
+        let r = ask(&a, format!("/slow/100000/{i}/1024/30000"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        held.push(r);
+    }
+    let refused = ask(&a, "/slow/100000/9/1024/30000".into()).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(header(&refused, "retry-after"), "2");
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("max_fills_per_client")
+    );
+    // Joining a running fill starts none.
+    let joined = ask(&a, "/slow/100000/1/1024/30000".into()).await.unwrap();
+    assert_eq!(joined.status(), 200);
+    for i in 10..12 {
+        let r = ask(&b, format!("/slow/100000/{i}/1024/30000"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "another address has its own share");
+        held.push(r);
+    }
+    let full = ask(&b, "/slow/100000/19/1024/30000".into()).await.unwrap();
+    assert_eq!(full.status(), 503);
+    assert!(full.text().await.unwrap().contains("cache.max_fills"));
+    assert_eq!(
+        svc.metric("image_cache_fills_refused_total{reason=\"client\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        svc.metric("image_cache_fills_refused_total{reason=\"node\"}")
+            .await,
+        1.0
+    );
+    // A client that hangs up does not give its place back (the fill runs on: its retry joins it); a fill
+    // that ends does.
+    drop(joined);
+    drop(held.remove(1));
+    let r = ask(&a, "/file/100/2".into()).await.unwrap();
+    assert_eq!(r.status(), 503);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = ask(&a, "/file/100/2".into()).await.unwrap();
+        if r.status() == 200 {
+            assert_eq!(r.bytes().await.unwrap().len(), 100);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no place came back");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(held);
+    svc.stop_now().await;
+}
+
+/// Fills in flight count against `cache.max_size`: six clients asking at once for different 8 MB files
+/// under a 10 MB cap (and hanging up) cannot fill `tmp/` with 48 MB. The first fill holds its 8 MB; the
+/// others are passed through uncached, and every client that stays gets its whole body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_in_flight_count_against_the_cache_size() {
+    let env = Env::new().await;
+    let mut c = env.config(OnMiss::Fill);
+    c.cache.max_size = image_cache::config::ByteSize(10_000_000);
+    c.upstream.read_timeout = image_cache::config::Span(std::time::Duration::from_secs(30));
+    let svc = env.start(c).await;
+    // 8 MB in 1 MiB pieces every 300 ms: about 2.4 s each.
+    let paths: Vec<String> = (0..6)
+        .map(|i| format!("/slow/8000000/{i}/1048576/300"))
+        .collect();
+    let mut clients = Vec::new();
+    for path in &paths {
+        let req = svc.get(path);
+        clients.push(tokio::spawn(async move {
+            req.send().await.unwrap().bytes().await
+        }));
+    }
+    let tmp = env.state_dir().join("tmp");
+    let mut most = 0u64;
+    for _ in 0..30 {
+        let held: u64 = common::files_under(&tmp)
+            .iter()
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        most = most.max(held);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        most <= 10_000_000,
+        "tmp/ held {most} bytes under a 10 MB cap"
+    );
+    for (i, c) in clients.into_iter().enumerate() {
+        let body = c.await.unwrap().unwrap();
+        assert_eq!(
+            body.as_ref(),
+            common::origin::content(i as u64, 8_000_000).as_slice()
+        );
+    }
+    assert!(svc.store().total_bytes() <= 10_000_000);
+    assert_eq!(svc.metric("image_cache_store_filling_bytes").await, 0.0);
+    svc.stop().await;
+}

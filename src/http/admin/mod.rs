@@ -233,8 +233,18 @@ fn refused(r: access::Refusal) -> HttpResponse {
         .json(serde_json::json!({ "error": r.message() }))
 }
 
-/// This node's own health: store open and readable, front answering (it is, since this runs).
+/// This node's own health: store open and readable, front answering (it is, since this runs), and making
+/// progress (the self-check's probe, which needs a blocking thread, completes).
 fn health(state: &HttpState) -> HttpResponse {
+    if let Some(since) = state.lifecycle.progress().stalled() {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body(format!(
+                "UNHEALTHY: no progress for {}s (blocking work does not run: the pool is exhausted or \
+                 the disk hangs)",
+                since.as_secs()
+            ));
+    }
     match state.store.get(&state.health_probe_key) {
         Ok(_) => HttpResponse::Ok()
             .content_type("text/plain")
@@ -249,6 +259,11 @@ fn health(state: &HttpState) -> HttpResponse {
 }
 
 fn ready(state: &HttpState) -> HttpResponse {
+    if let Some(since) = state.lifecycle.progress().stalled() {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body(format!("NOT READY: no progress for {}s", since.as_secs()));
+    }
     if state.lifecycle.is_ready() {
         HttpResponse::Ok().content_type("text/plain").body("READY")
     } else {
