@@ -120,6 +120,14 @@ pub fn oci_path(data: &[u8]) {
 /// it again gives itself — so every spelling of one registry (`:443`, `:0443`, `:+443`, any case) makes one
 /// set of store keys, and the front can tell it is a configured registry (`upstream_for`) by that key.
 fn unlisted_registry(name: &str) {
+    if let Some(one) = crate::registry::open::canonical(name) {
+        assert_eq!(
+            crate::registry::open::canonical(&one).as_deref(),
+            Some(one.as_str()),
+            "{name:?}: the canonical spelling is not its own"
+        );
+        assert!(!one.ends_with(":443"), "{name:?} → {one:?}");
+    }
     let policy = crate::registry::open::OpenPolicy {
         ports: vec![443, 5000],
         deny: vec!["*.denied.test".into()],

@@ -7,7 +7,7 @@ use super::error::{OciError, base};
 use super::fetch::{Repo, target};
 use super::manifests;
 use super::path::{self, Reference, Route};
-use super::{RegistryState, blobs, referrers};
+use super::{RegistryState, blobs, open, referrers};
 use crate::peers::Asker;
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::Method;
@@ -59,32 +59,39 @@ pub async fn handle(req: &HttpRequest, state: &Arc<RegistryState>) -> HttpRespon
             guard: None,
         },
         Err(no) => {
-            let (Some(unlisted), Some((registry, name))) = (open, no.unlisted) else {
+            let Some((registry, name)) = no.unlisted else {
                 return OciError::NameUnknown(no.why).response();
-            };
-            admitted = match unlisted.admit(&registry) {
-                Ok(a) => a,
-                Err(why) => return OciError::Denied(why).response(),
             };
             // `docker.io:443`, `DOCKER.IO:0443`, `registry-1.docker.io`: another spelling of a configured
             // registry is that registry — its store keys, credentials and back-off — never a second,
             // unlisted one beside it that could replace its tags or be handed its token.
-            let (registry, base, guard) =
-                match path::upstream_for(Some(&admitted.registry), &state.config.upstreams) {
-                    Some((registry, base)) => (registry, base, None),
-                    None => (
-                        admitted.registry.as_str(),
-                        admitted.base.as_str(),
-                        Some(unlisted.guard()),
-                    ),
+            let configured = open::canonical(&registry)
+                .and_then(|name| path::upstream_for(Some(&name), &state.config.upstreams));
+            if let Some((registry, base)) = configured {
+                Repo {
+                    registry,
+                    base,
+                    name,
+                    from_peer,
+                    client,
+                    guard: None,
+                }
+            } else {
+                let Some(unlisted) = open else {
+                    return OciError::NameUnknown(no.why).response();
                 };
-            Repo {
-                registry,
-                base,
-                name,
-                from_peer,
-                client,
-                guard,
+                admitted = match unlisted.admit(&registry) {
+                    Ok(a) => a,
+                    Err(why) => return OciError::Denied(why).response(),
+                };
+                Repo {
+                    registry: &admitted.registry,
+                    base: &admitted.base,
+                    name,
+                    from_peer,
+                    client,
+                    guard: Some(unlisted.guard()),
+                }
             }
         }
     };

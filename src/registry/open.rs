@@ -35,20 +35,46 @@ const SPECIAL_USE: [&str; 8] = [
     "onion",
 ];
 
-/// Admits `name` (`host` or `host:port`) as an open registry, or says why not.
-pub fn admit(name: &str, policy: &OpenPolicy) -> Result<Admitted, String> {
+/// `name` (`host` or `host:port`) split into its lowercase host and port (443 when none is given; `:0443`
+/// and `:+443` are 443 too).
+fn host_and_port(name: &str) -> Result<(String, u16), String> {
     let name = name.trim().to_ascii_lowercase();
-    let (host, port) = match name.rsplit_once(':') {
+    match name.rsplit_once(':') {
         Some((h, p)) => {
             let port = p
                 .parse::<u16>()
                 .ok()
                 .filter(|&n| n > 0)
                 .ok_or_else(|| format!("{name:?} has no valid port"))?;
-            (h, port)
+            Ok((h.to_string(), port))
         }
-        None => (name.as_str(), 443),
-    };
+        None => Ok((name, 443)),
+    }
+}
+
+/// The one spelling of a registry name: lowercase, `:443` dropped. Every spelling a client may use for a
+/// configured registry (`Docker.io:443`, `docker.io:0443`) comes out as its key, so the front finds it
+/// before anything is admitted as unlisted. `None` when the port is not a port.
+pub fn canonical(name: &str) -> Option<String> {
+    let (host, port) = host_and_port(name).ok()?;
+    let plausible = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    if !plausible {
+        return None;
+    }
+    Some(if port == 443 {
+        host
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+/// Admits `name` (`host` or `host:port`) as an open registry, or says why not.
+pub fn admit(name: &str, policy: &OpenPolicy) -> Result<Admitted, String> {
+    let (host, port) = host_and_port(name)?;
+    let host = host.as_str();
     host_name_ok(host)?;
     if !policy.ports.contains(&port) {
         return Err(format!(
@@ -59,11 +85,7 @@ pub fn admit(name: &str, policy: &OpenPolicy) -> Result<Admitted, String> {
     if let Some(rule) = policy.deny.iter().find(|rule| denied(host, rule)) {
         return Err(format!("{host:?} is on registry.deny ({rule:?})"));
     }
-    let registry = if port == 443 {
-        host.to_string()
-    } else {
-        format!("{host}:{port}")
-    };
+    let registry = canonical(name).unwrap_or_else(|| host.to_string());
     Ok(Admitted {
         base: format!("https://{registry}"),
         registry,
@@ -130,6 +152,29 @@ mod tests {
         assert_eq!(a.registry, "registry.gitlab.com:5000");
         assert_eq!(a.base, "https://registry.gitlab.com:5000");
         assert!(admit("xn--bcher-kva.ch", &p).is_ok());
+    }
+
+    #[test]
+    fn every_spelling_of_port_443_is_one_name() {
+        for spelling in [
+            "Quay.IO",
+            "quay.io:443",
+            "QUAY.io:0443",
+            "quay.io:+443",
+            " quay.io ",
+        ] {
+            assert_eq!(
+                canonical(spelling).as_deref(),
+                Some("quay.io"),
+                "{spelling}"
+            );
+        }
+        assert_eq!(canonical("quay.io:05000").as_deref(), Some("quay.io:5000"));
+        assert_eq!(canonical("quay.io:0"), None);
+        assert_eq!(canonical("quay.io:x"), None);
+        assert_eq!(canonical("docker.io:44.3:+443"), None);
+        assert_eq!(canonical(":443"), None);
+        assert_eq!(canonical("quay.\0 :443"), None);
     }
 
     #[test]

@@ -143,7 +143,7 @@ fn request_name_ok(name: &str) -> Result<String, PathError> {
 }
 
 /// `host[:port]` as a registry is named: dot-separated labels of lowercase letters, digits and inner hyphens, and
-/// a port from 1 to 65535.
+/// a port from 1 to 65535 in digits (the reference grammar's `[0-9]+`: no sign, which `u16` parsing takes).
 pub fn registry_host_ok(registry: &str) -> bool {
     let (host, port) = match registry.rsplit_once(':') {
         Some((h, p)) => (h, Some(p)),
@@ -151,7 +151,9 @@ pub fn registry_host_ok(registry: &str) -> bool {
     };
     host.len() <= 253
         && host.split('.').all(host_label_ok)
-        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
+        && port.is_none_or(|p| {
+            p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0)
+        })
 }
 
 /// One label of a host name: lowercase letters, digits and inner hyphens, 1 to 63 of them.
@@ -498,6 +500,7 @@ mod tests {
             "/v2/registry.test:x/team/manifests/1",
             "/v2/Registry.test:5000/team/manifests/1",
             "/v2/-r.test:5000/team/manifests/1",
+            "/v2/registry.test:+5000/team/manifests/1",
         ] {
             assert_eq!(name(bad), None, "{bad}");
         }

@@ -99,11 +99,13 @@ impl FillLimits {
     pub fn try_start(self: &Arc<Self>, client: Option<IpAddr>) -> Result<FillPermit, Refused> {
         let mut running = self.lock();
         if running.total >= self.node {
+            tracing::info!(client = ?client, running = running.total, "download refused: cache.max_fills");
             return Err(Refused::Node);
         }
         if let Some(ip) = client {
             let n = running.by_client.entry(ip).or_default();
             if *n >= self.per_client {
+                tracing::info!(%ip, running = *n, "download refused: cache.max_fills_per_client");
                 return Err(Refused::Client);
             }
             *n += 1;

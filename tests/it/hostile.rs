@@ -108,6 +108,24 @@ async fn another_spelling_of_a_configured_registry_is_that_registry() {
         "one registry, one set of keys: {keys:?}"
     );
     svc.stop().await;
+
+    // Without registry.open, the same: a spelling of a configured registry is that registry.
+    let mut c = open_config(&env, &reg);
+    c.registry.open = false;
+    let svc = env.start(c).await;
+    let r = get(
+        &svc,
+        &format!("/v2/library/app/manifests/v0?ns={CONFIGURED}:0443"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = get(
+        &svc,
+        "/v2/library/app/manifests/v0?ns=elsewhere.example.net",
+    )
+    .await;
+    assert_eq!(r.status(), 404, "an unlisted registry stays unknown");
+    svc.stop().await;
 }
 
 #[tokio::test]
