@@ -353,6 +353,9 @@ impl Metrics {
     /// Creates every series whose labels are known up front at zero, so dashboards and alerts (rates,
     /// `absent`, ratios) see them from the first scrape instead of after the first event.
     fn initialise(&self) {
+        for reason in ["node", "client"] {
+            let _ = self.fills_refused.get_or_create(&ReasonLabels { reason });
+        }
         for kind in [kind::FILE, kind::MANIFEST, kind::BLOB] {
             for result in [result::HIT, result::MISS, result::STALE, result::ERROR] {
                 let _ = self.requests.get_or_create(&RequestLabels { kind, result });
