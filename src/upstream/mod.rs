@@ -170,6 +170,9 @@ pub enum UpstreamError {
     Closed,
 }
 
+/// Upstream connections one client thread may hold at once (well above `cache.max_fills`).
+const CONNECTIONS_PER_THREAD: usize = 4096;
+
 struct Job {
     request: Request,
     reply: oneshot::Sender<Result<Response, UpstreamError>>,
@@ -303,7 +306,11 @@ fn build_client(settings: &Settings, rule: Option<Arc<guard::AddressRule>>) -> a
     let connector = awc::Connector::new()
         .connector(tcp)
         .rustls_0_23(Arc::clone(&settings.tls))
-        .timeout(settings.connect_timeout);
+        .timeout(settings.connect_timeout)
+        // awc's default of 100 connections per client thread made every request beyond them wait for a
+        // slot: 200 fills of slow origins held every upstream connection of a two-core node, and a new file
+        // waited behind them. What bounds upstream work is `cache.max_fills` and the clients themselves.
+        .limit(CONNECTIONS_PER_THREAD);
     // HTTP/1.1 only: the ALPN list in the TLS config says so. (Connector::max_http_version would rebuild the
     // TLS connector and drop our trust roots.)
     #[allow(clippy::disallowed_methods)] // the one place that builds an outbound client

@@ -56,6 +56,22 @@ CONF
   PID[nginx]=$!
 }
 
+# e2e_cert DIR LEAF NAME... — a CA (DIR/ca.pem, what the cache's upstream.ca_file trusts) and a server
+# certificate it signed for NAME... (DIR/LEAF.pem, DIR/LEAF.key). A self-signed certificate used as the
+# server's own is refused by rustls (CaUsedAsEndEntity), as by browsers.
+e2e_cert() {
+  local dir=$1 leaf=$2 san="" name
+  shift 2
+  for name in "$@"; do san+="${san:+,}DNS:$name"; done
+  mkdir -p "$dir"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=ic-e2e-ca -keyout "$dir/ca.key" \
+    -out "$dir/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=$1" -keyout "$dir/$leaf.key" -out "$dir/$leaf.csr" 2>/dev/null
+  printf 'subjectAltName=%s\n' "$san" >"$dir/$leaf.ext"
+  openssl x509 -req -in "$dir/$leaf.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+    -days 1 -extfile "$dir/$leaf.ext" -out "$dir/$leaf.pem" 2>/dev/null
+}
+
 e2e_netns() {
   local ns
   for ns in "$@"; do

@@ -87,12 +87,7 @@ initrd http://boot.test/initrd.gz
 boot
 IPXE
 chmod -R a+rX "$W/www"
-openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=ic-e2e-ca -keyout "$W/certs/ca.key" \
-  -out "$W/certs/ca.pem" 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -subj /CN=boot.test -keyout "$W/certs/origin.key" -out "$W/certs/origin.csr" 2>/dev/null
-printf 'subjectAltName=DNS:boot.test\n' >"$W/certs/ext"
-openssl x509 -req -in "$W/certs/origin.csr" -CA "$W/certs/ca.pem" -CAkey "$W/certs/ca.key" -CAcreateserial \
-  -days 1 -extfile "$W/certs/ext" -out "$W/certs/origin.pem" 2>/dev/null
+e2e_cert "$W/certs" origin boot.test
 
 # --- the namespace --------------------------------------------------------------------------------------
 e2e_netns $NS

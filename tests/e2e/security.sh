@@ -12,7 +12,14 @@
 #   - the node's own /etc/hosts never reaches a forwarded answer (its private entry for a name the
 #     upstream says does not exist stays private);
 #   - passthrough.allow: the outsider's TLS connection is closed and the origin never sees it, while the
-#     tenant's reaches the origin end to end.
+#     tenant's reaches the origin end to end;
+#   - include_subdomains: a subdomain the tenant names that resolves to the node's loopback (where an
+#     internal HTTPS server listens) is refused for where it leads, and the internal server never sees it;
+#   - an origin that answers in a content coding nobody asked for (Content-Encoding: gzip) gets a 502,
+#     nothing stored;
+#   - a hostile registry (nginx) typing a manifest and a tag listing text/html: 502, never served, and
+#     every registry and file answer carries nosniff and a sandboxing CSP; `ns=hostile.test:443` and
+#     `HOSTILE.test:0443` are the configured registry.
 # Needs root. Installs dnsutils, dnsmasq-base, nginx-light, curl, openssl, iproute2 if missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -39,12 +46,37 @@ printf '127.0.0.1 localhost\n10.66.66.66 secret.internal\n' >"/etc/netns/$P-node
 
 # The internet: a resolver (files.test → the origin, NXDOMAIN for the rest) and an HTTPS origin.
 in_ internet dnsmasq --keep-in-foreground --pid-file= --port=53 --listen-address="${ADDR[internet]}" --bind-interfaces \
-  --no-resolv --no-hosts --address=/files.test/"${ADDR[internet]}" --address=/#/ --log-facility=/dev/null &
+  --no-resolv --no-hosts --address=/internal.files.test/127.0.0.1 --address=/files.test/"${ADDR[internet]}" \
+  --address=/#/ --log-facility=/dev/null &
 PID[dns]=$!
-openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=files.test -addext subjectAltName=DNS:files.test \
-  -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
-mkdir -p "$W/www"; echo "hello from the origin" >"$W/www/hello.txt"; chmod -R a+rX "$W/www"
-e2e_nginx "$P-internet" "server { listen ${ADDR[internet]}:443 ssl; ssl_certificate $W/cert.pem; ssl_certificate_key $W/key.pem; root $W/www; }" "$W/origin.log"
+e2e_cert "$W" cert files.test '*.files.test'
+mkdir -p "$W/www/packed" "$W/www/v2/app/manifests" "$W/www/v2/app/tags"
+echo "hello from the origin" >"$W/www/hello.txt"
+echo "compressed bytes, not the file" >"$W/www/packed/data.txt"
+echo '<html><script>fetch("/admin/status")</script></html>' >"$W/www/v2/app/manifests/page"
+echo '<html><script>fetch("/admin/status")</script></html>' >"$W/www/v2/app/tags/list"
+echo '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}' \
+  >"$W/www/v2/app/manifests/good"
+chmod -R a+rX "$W/www"
+e2e_nginx "$P-internet" "server { listen ${ADDR[internet]}:443 ssl; ssl_certificate $W/cert.pem; ssl_certificate_key $W/cert.key; root $W/www;
+  location /packed/ { add_header Content-Encoding gzip; }
+  location /v2/app/manifests/page { default_type text/html; }
+  location /v2/app/tags/ { default_type text/html; }
+  location /v2/app/manifests/good { default_type application/vnd.oci.image.manifest.v1+json; } }" "$W/origin.log"
+# Inside the node: an internal HTTPS server on its loopback that a tenant must never reach through the cache.
+mkdir -p "$W/inside"; echo "internal secret" >"$W/inside/secret.txt"; chmod -R a+rX "$W/inside"
+cat >"$W/inside.conf" <<CONF
+daemon off;
+worker_processes 1;
+pid $W/inside.pid;
+error_log $W/inside-error.log;
+events { worker_connections 16; }
+http { access_log $W/inside.log; server { listen 127.0.0.1:443 ssl; ssl_certificate $W/cert.pem; ssl_certificate_key $W/cert.key; root $W/inside; } }
+CONF
+touch "$W/inside.log"
+ip netns exec $P-node ip link set lo up
+ip netns exec $P-node nginx -c "$W/inside.conf" &
+PID[inside]=$!
 
 node_config() { # node_config [TOKEN_FILE]
   e2e_node_config "$W" "${ADDR[node]}" "" <<TOML
@@ -60,9 +92,12 @@ enabled = true
 listen = ["${ADDR[node]}:443"]
 allow = ["${ADDR[tenant]}/32"]
 [upstream]
-ca_file = "$W/cert.pem"
+ca_file = "$W/ca.pem"
 [[domains]]
 name = "files.test"
+include_subdomains = true
+[registry.upstreams]
+"hostile.test" = "https://files.test"
 TOML
 }
 start_node() {
@@ -116,11 +151,58 @@ in_ outsider curl -sk --max-time 5 --resolve "files.test:443:${ADDR[node]}" http
   pass "the outsider's TLS connection is closed"
 sleep 0.3
 [ "$(wc -l <"$W/origin.log")" = "$before" ] && pass "the origin never saw the outsider" || fail "the origin saw the outsider"
-got=$(in_ tenant curl -s --max-time 10 --cacert "$W/cert.pem" --resolve "files.test:443:${ADDR[node]}" https://files.test/hello.txt || true)
+got=$(in_ tenant curl -s --max-time 10 --cacert "$W/ca.pem" --resolve "files.test:443:${ADDR[node]}" https://files.test/hello.txt || true)
 [ "$got" = "hello from the origin" ] && pass "the tenant reaches the origin through the passthrough, TLS end to end" ||
   fail "tenant through passthrough: '$got'"
 m=$(in_ node curl -s http://127.0.0.1/metrics | awk '/^image_cache_passthrough_connections_total\{result="client"\}/ {print $2}')
 [ "${m:-0}" -ge 1 ] && pass "refused passthrough clients counted ($m)" || fail "passthrough client refusals: '${m:-}'"
+
+# --- the file front: a subdomain the tenant names, an origin that encodes ---
+sleep 0.5 # the internal server is up
+in_ node curl -sf --cacert "$W/ca.pem" --resolve internal.files.test:443:127.0.0.1 \
+  https://internal.files.test/secret.txt >/dev/null && pass "the internal server answers on the node's loopback" ||
+  fail "the internal server does not answer"
+inside_before=$(wc -l <"$W/inside.log")
+body=$(in_ tenant curl -s -w ' %{http_code}' -H 'Host: internal.files.test' "$N/secret.txt")
+case "$body" in
+*"loopback"*502) pass "a subdomain leading to the node's loopback is refused for where it leads" ;;
+*) fail "internal.files.test: $body" ;;
+esac
+sleep 0.3
+[ "$(wc -l <"$W/inside.log")" = "$inside_before" ] && pass "the internal server never saw the cache" ||
+  fail "the cache reached the internal server"
+body=$(in_ tenant curl -s -w ' %{http_code}' -H 'Host: files.test' "$N/packed/data.txt")
+case "$body" in
+*"Content-Encoding"*502) pass "a body in a coding nobody asked for is refused" ;;
+*) fail "gzip origin: $body" ;;
+esac
+in_ node curl -s "http://127.0.0.1/admin/objects?prefix=file:files.test/packed" | grep -q '"key"' &&
+  fail "the encoded body was stored" || pass "nothing stored from the encoding origin"
+heads=$(in_ tenant curl -s -D - -o /dev/null -H 'Host: files.test' "$N/hello.txt" | tr -d '\r')
+grep -qi '^x-content-type-options: nosniff' <<<"$heads" && grep -qi "^content-security-policy: .*sandbox" <<<"$heads" &&
+  pass "file answers carry nosniff and a sandboxing CSP" || fail "file answer headers: $heads"
+
+# --- a hostile registry ---
+for path in "/v2/app/manifests/page?ns=hostile.test" "/v2/app/tags/list?ns=hostile.test"; do
+  heads=$(in_ tenant curl -s -D - -o "$W/answer" "$N$path" | tr -d '\r')
+  status=$(head -1 <<<"$heads" | awk '{print $2}')
+  if [ "$status" = 502 ] && ! grep -qi '^content-type: text/html' <<<"$heads" && grep -q 'text/html' "$W/answer" &&
+    grep -qi '^x-content-type-options: nosniff' <<<"$heads"; then
+    pass "a registry answer typed text/html is refused ($path)"
+  else
+    fail "$path: $heads $(cat "$W/answer")"
+  fi
+done
+for ns in hostile.test hostile.test:443 HOSTILE.test%3A0443; do
+  heads=$(in_ tenant curl -s -D - -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+    "$N/v2/app/manifests/good?ns=$ns" | tr -d '\r')
+  if grep -q '^HTTP/1.1 200' <<<"$heads" && grep -qi '^oci-namespace: hostile.test$' <<<"$heads" &&
+    grep -qi "^content-security-policy: .*sandbox" <<<"$heads"; then
+    pass "ns=$ns is the configured registry"
+  else
+    fail "ns=$ns: $heads"
+  fi
+done
 stop_node
 
 # --- with a token ---

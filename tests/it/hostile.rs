@@ -301,17 +301,20 @@ fn small_pool_runtime(threads: usize) -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Forty fills whose origins send 1 KiB and then pause (five times the blocking pool): every client gets
-/// its first bytes, and a new file is served meanwhile — a fill holds no thread while it waits for bytes.
+/// 450 fills whose origins send 1 KiB and then pause (56 times the blocking pool, and more than the upstream
+/// client's old 100 connections per thread on a 4-core machine): every client gets its first bytes, and a
+/// new file is served meanwhile — a fill holds no thread, and no connection slot others wait for.
 #[test]
 fn fills_waiting_on_slow_origins_hold_no_thread() {
     small_pool_runtime(8).block_on(async {
         let env = Env::new().await;
         let mut c = env.config(OnMiss::Fill);
         c.upstream.read_timeout = image_cache::config::Span(std::time::Duration::from_secs(30));
+        // One test client asks for all of them.
+        c.cache.max_fills_per_client = c.cache.max_fills;
         let svc = env.start(c).await;
         let mut slow = Vec::new();
-        for i in 0..40 {
+        for i in 0..450 {
             slow.push(tokio::spawn(
                 svc.get(&format!("/slow/1000000/{i}/1024/30000")).send(),
             ));
@@ -337,7 +340,7 @@ fn fills_waiting_on_slow_origins_hold_no_thread() {
             svc.get("/file/100/1").send(),
         )
         .await
-        .expect("a new file is served while forty fills wait on their origins")
+        .expect("a new file is served while 450 fills wait on their origins")
         .unwrap();
         assert_eq!(
             r.bytes().await.unwrap().as_ref(),
