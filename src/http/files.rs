@@ -99,7 +99,6 @@ pub async fn handle(
         let permit = match state.fill_limits.try_start(fill_client) {
             Ok(permit) => permit,
             Err(why) => {
-                state.metrics.fill_refused(why.label());
                 // A stored copy is served as it is rather than refused; a miss is refused.
                 quiet = row.is_some();
                 refused = row.is_none().then_some(why);

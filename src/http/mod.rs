@@ -43,6 +43,7 @@ impl HttpState {
         let fill_limits = crate::serve::fill_limits::FillLimits::new(
             config.cache.max_fills,
             config.cache.max_fills_per_client,
+            metrics.clone(),
         );
         HttpState {
             config,

@@ -60,7 +60,6 @@ pub(super) async fn get(
             let permit = match state.fill_limits.try_start(repo.client) {
                 Ok(p) => p,
                 Err(why) => {
-                    state.metrics.fill_refused(why.label());
                     refused = Some(why);
                     return Plan::Skip;
                 }

@@ -48,7 +48,6 @@ pub(super) async fn by_tag(
     let permit = |skip: &mut Option<Skip>| match state.fill_limits.try_start(repo.client) {
         Ok(p) => Some(p),
         Err(why) => {
-            state.metrics.fill_refused(why.label());
             *skip = Some(Skip::Refused(why));
             None
         }
@@ -200,7 +199,6 @@ pub(super) async fn by_digest(
             let permit = match state.fill_limits.try_start(repo.client) {
                 Ok(p) => p,
                 Err(why) => {
-                    state.metrics.fill_refused(why.label());
                     refused = Some(why);
                     return Plan::Skip;
                 }

@@ -78,7 +78,11 @@ impl RegistryState {
             peers,
             upstream,
             health,
-            fill_limits: crate::serve::fill_limits::FillLimits::new(usize::MAX, usize::MAX),
+            fill_limits: crate::serve::fill_limits::FillLimits::new(
+                usize::MAX,
+                usize::MAX,
+                Metrics::new(),
+            ),
         }
     }
 

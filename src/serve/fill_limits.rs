@@ -5,6 +5,7 @@
 //! fill starts none and is never refused. The permit goes with the fill's body and is given back when the
 //! fill ends, however it ends.
 
+use crate::metrics::Metrics;
 use crate::store::{SourceFuture, SourceOutcome};
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -59,6 +60,8 @@ pub struct FillLimits {
     node: usize,
     per_client: usize,
     running: Mutex<Running>,
+    /// Refusals are counted here (`image_cache_fills_refused_total{reason}`).
+    metrics: Metrics,
 }
 
 /// One running fill's place; given back when dropped.
@@ -83,11 +86,12 @@ impl Drop for FillPermit {
 }
 
 impl FillLimits {
-    pub fn new(node: usize, per_client: usize) -> Arc<Self> {
+    pub fn new(node: usize, per_client: usize, metrics: Metrics) -> Arc<Self> {
         Arc::new(FillLimits {
             node: node.max(1),
             per_client: per_client.max(1),
             running: Mutex::default(),
+            metrics,
         })
     }
 
@@ -100,12 +104,14 @@ impl FillLimits {
         let mut running = self.lock();
         if running.total >= self.node {
             tracing::info!(client = ?client, running = running.total, "download refused: cache.max_fills");
+            self.metrics.fill_refused(Refused::Node.label());
             return Err(Refused::Node);
         }
         if let Some(ip) = client {
             let n = running.by_client.entry(ip).or_default();
             if *n >= self.per_client {
                 tracing::info!(%ip, running = *n, "download refused: cache.max_fills_per_client");
+                self.metrics.fill_refused(Refused::Client.label());
                 return Err(Refused::Client);
             }
             *n += 1;
@@ -150,7 +156,7 @@ mod tests {
 
     #[test]
     fn a_client_holds_at_most_its_share_and_the_node_its_total() {
-        let limits = FillLimits::new(5, 2);
+        let limits = FillLimits::new(5, 2, Metrics::new());
         let a1 = limits.try_start(ip("10.0.0.1")).unwrap();
         let _a2 = limits.try_start(ip("10.0.0.1")).unwrap();
         assert_eq!(
@@ -175,7 +181,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_permit_is_given_back_when_the_body_is_dropped_not_at_the_head() {
-        let limits = FillLimits::new(1, 1);
+        let limits = FillLimits::new(1, 1, Metrics::new());
         let permit = limits.try_start(ip("10.0.0.1")).unwrap();
         let source: SourceFuture = Box::pin(async {
             SourceOutcome::Body {

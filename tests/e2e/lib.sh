@@ -40,20 +40,23 @@ e2e_start() {
   chmod 755 "$W"
 }
 
+# e2e_nginx NETNS SERVER_BLOCKS [ACCESS_LOG] [NAME] — an nginx in NETNS; NAME (default nginx) names its
+# files in $W and its PID entry, so a scenario can run more than one.
 e2e_nginx() {
-  cat >"$W/nginx.conf" <<CONF
+  local name=${4:-nginx}
+  cat >"$W/$name.conf" <<CONF
 daemon off;
 worker_processes 1;
-pid $W/nginx.pid;
-error_log $W/nginx-error.log;
+pid $W/$name.pid;
+error_log $W/$name-error.log;
 events { worker_connections 64; }
 http {
   access_log ${3:-off};
   $2
 }
 CONF
-  ip netns exec "$1" nginx -c "$W/nginx.conf" &
-  PID[nginx]=$!
+  ip netns exec "$1" nginx -c "$W/$name.conf" &
+  PID[$name]=$!
 }
 
 # e2e_cert DIR LEAF NAME... — a CA (DIR/ca.pem, what the cache's upstream.ca_file trusts) and a server

@@ -65,18 +65,10 @@ e2e_nginx "$P-internet" "server { listen ${ADDR[internet]}:443 ssl; ssl_certific
   location /v2/app/manifests/good { default_type application/vnd.oci.image.manifest.v1+json; } }" "$W/origin.log"
 # Inside the node: an internal HTTPS server on its loopback that a tenant must never reach through the cache.
 mkdir -p "$W/inside"; echo "internal secret" >"$W/inside/secret.txt"; chmod -R a+rX "$W/inside"
-cat >"$W/inside.conf" <<CONF
-daemon off;
-worker_processes 1;
-pid $W/inside.pid;
-error_log $W/inside-error.log;
-events { worker_connections 16; }
-http { access_log $W/inside.log; server { listen 127.0.0.1:443 ssl; ssl_certificate $W/cert.pem; ssl_certificate_key $W/cert.key; root $W/inside; } }
-CONF
 touch "$W/inside.log"
 ip netns exec $P-node ip link set lo up
-ip netns exec $P-node nginx -c "$W/inside.conf" &
-PID[inside]=$!
+e2e_nginx "$P-node" "server { listen 127.0.0.1:443 ssl; ssl_certificate $W/cert.pem; ssl_certificate_key $W/cert.key; root $W/inside; }" \
+  "$W/inside.log" inside
 
 node_config() { # node_config [TOKEN_FILE]
   e2e_node_config "$W" "${ADDR[node]}" "" <<TOML

@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::oci::{self, FakeRegistry, Fault, RESOLVE_ACCEPT};
-use common::{Env, Service};
+use common::{Env, Service, header};
 use image_cache::config::{Config, OnMiss};
 use image_cache::store::Key;
 
@@ -30,14 +30,6 @@ async fn get(svc: &Service, path: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap()
-}
-
-fn header(r: &reqwest::Response, name: &str) -> String {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// The headers every registry and file answer carries, whatever its status.

@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::oci::{self, DOCKER_V2, FakeRegistry, Fault, INDEX, MANIFEST, RESOLVE_ACCEPT};
-use common::{Env, Service};
+use common::{Env, Service, header};
 use image_cache::config::{Config, OnMiss, Span};
 use std::time::Duration;
 
@@ -50,14 +50,6 @@ async fn head(svc: &Service, repo: &str, kind: &str, reference: &str) -> reqwest
         .send()
         .await
         .unwrap()
-}
-
-fn header(r: &reqwest::Response, name: &str) -> String {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
 }
 
 async fn code(r: reqwest::Response) -> String {

@@ -242,3 +242,12 @@ impl Fetch for reqwest::RequestBuilder {
         self.send().await.unwrap().text().await.unwrap()
     }
 }
+
+/// A response header as text ("" when absent or not text).
+pub(crate) fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
