@@ -147,8 +147,8 @@ struct Reservation {
 }
 
 impl Reservation {
-    /// `bytes` for a fill about to start; refused when the fills in flight alone would outgrow the
-    /// cap. When they and the stored bytes would, eviction is woken to make room.
+    /// `bytes` for a fill about to start; refused when the object alone, or the fills in flight, would
+    /// outgrow the cap. When they and the stored bytes would, eviction is woken to make room.
     fn take(inner: &Arc<Inner>, bytes: u64) -> Result<Self, FillFailure> {
         let mut r = Reservation {
             inner: Arc::clone(inner),
@@ -162,6 +162,12 @@ impl Reservation {
         use std::sync::atomic::Ordering;
         if bytes <= self.bytes {
             return Ok(());
+        }
+        if bytes > self.inner.max_size {
+            return Err(FillFailure::Storage(format!(
+                "object is larger than cache.max_size ({} bytes)",
+                self.inner.max_size
+            )));
         }
         let more = bytes - self.bytes;
         let filling = self.inner.filling.fetch_add(more, Ordering::SeqCst) + more;
@@ -217,12 +223,6 @@ async fn write_body(
     {
         return integrity(format!("source announces {cl} bytes, expected {size}"));
     }
-    if meta.content_length.is_some_and(|cl| cl > inner.max_size) {
-        return Err(FillFailure::Storage(format!(
-            "object is larger than cache.max_size ({} bytes)",
-            inner.max_size
-        )));
-    }
     let mut reserved = Reservation::take(inner, meta.content_length.unwrap_or(0))?;
     let fs_ = inner.fs.clone();
     let with_md5 = want_md5 || expected.md5.is_some();
@@ -257,11 +257,6 @@ async fn write_body(
         match next {
             Some(Ok(bytes)) => {
                 buf.push(bytes);
-                if temp.written() + buf.len() as u64 > inner.max_size {
-                    return Err(FillFailure::Storage(
-                        "object grew past cache.max_size".into(),
-                    ));
-                }
                 reserved.grow_to(temp.written() + buf.len() as u64)?;
                 if buf.len() >= WRITE_BATCH || buf.chunks.len() >= BATCH_CHUNKS {
                     (temp, buf) = flush(fill, temp, buf, &mut hash_tx).await?;
